@@ -1,0 +1,3 @@
+from ddcustom.cli import main
+
+raise SystemExit(main())

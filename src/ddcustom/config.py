@@ -1,0 +1,224 @@
+"""Configuration: one schema for the recipe, merge configurations and local ``--config`` files.
+
+Keys are PascalCase as Greengrass components use. ``parse_settings`` turns a mapping into a frozen
+``Settings`` once; every problem is a ``ConfigError`` naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+
+if TYPE_CHECKING:
+    from ddcustom.detect.profile import Profile
+
+# Device Defender throttles reports sent faster than this (docs/device-defender.md, quotas).
+MIN_REPORT_INTERVAL = 300
+
+# Pool ports from Falco's miner_ports, minus the ones ordinary services use (25, 8000, 8001, 8008,
+# 8080, 8118, 8888, 8899): on a device those would flag every web proxy. Add them back if you like.
+DEFAULT_MINING_POOL_PORTS = [
+    3333, 3334, 3335, 3336, 3357, 4444, 5555, 5556, 5588, 5730, 6099, 6666, 7777, 7778,
+    8333, 9332, 9999, 14433, 14444, 45560, 45700,
+]  # fmt: skip
+
+DEFAULT_MINER_PROCESS_NAMES = [
+    "xmrig", "xmr-stak", "minerd", "minergate", "cpuminer", "ccminer", "ethminer", "cgminer",
+    "bfgminer", "sgminer", "claymore", "nbminer", "t-rex", "gminer", "lolminer", "phoenixminer",
+    "teamredminer", "nanominer", "bminer", "wildrig", "srbminer",
+]  # fmt: skip
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR")
+
+# Greengrass hands the component its whole configuration, including the recipe's access control.
+IGNORED_KEYS = frozenset({"accessControl"})
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message says which key and why."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    sample_interval_seconds: int
+    detect_interval_seconds: float
+    enable_gpu_metrics: bool
+    enable_device_defender_report: bool
+    use_short_names: bool
+    include_loopback: bool
+    gpu_load_feedback_file: str
+    inference_time_feedback_file: str
+    watched_processes: tuple[str, ...]
+    allowed_gpu_processes: tuple[str, ...]
+    mining_pool_ports: frozenset[int]
+    miner_process_names: tuple[str, ...]
+    security_profile: Profile
+    alert_topic: str
+    local_alert_topic: str
+    alert_spool_dir: str
+    alert_spool_max_bytes: int
+    max_report_list_size: int
+    log_level: str
+
+    def alert_topic_for(self, thing_name: str) -> str:
+        return self.alert_topic.replace("{thingName}", thing_name)
+
+
+# ---- value parsers: each takes (key, raw value) and returns the typed value or raises ----------
+
+
+def _fail(key: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"configuration key {key!r}: {json.dumps(value, default=str)} is not allowed; {allowed}")
+
+
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise _fail(key, value, 'expected true or false (JSON booleans or the strings "true"/"false")')
+
+
+def _number(key: str, value: Any, low: float, high: float, integer: bool) -> float:
+    kind = "a whole number" if integer else "a number"
+    allowed = f"expected {kind} from {low:g} to {high:g}"
+    if isinstance(value, bool):
+        raise _fail(key, value, allowed)
+    if isinstance(value, str):
+        try:
+            value_f = float(value.strip())
+        except ValueError:
+            raise _fail(key, value, allowed) from None
+    elif isinstance(value, (int, float)):
+        value_f = float(value)
+    else:
+        raise _fail(key, value, allowed)
+    if not math.isfinite(value_f) or (integer and not value_f.is_integer()) or not low <= value_f <= high:
+        raise _fail(key, value, allowed)
+    return value_f
+
+
+def _int_range(low: int, high: int) -> Callable[[str, Any], int]:
+    return lambda key, value: int(_number(key, value, low, high, integer=True))
+
+
+def _float_range(low: float, high: float) -> Callable[[str, Any], float]:
+    return lambda key, value: _number(key, value, low, high, integer=False)
+
+
+def _text(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(key, value, "expected a non-empty string")
+    return value.strip()
+
+
+def _names(key: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):  # a comma-separated string, as consoles tend to produce
+        value = [v for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise _fail(key, value, "expected a list of non-empty strings")
+    return tuple(dict.fromkeys(v.strip() for v in value))
+
+
+def _ports(key: str, value: Any) -> frozenset[int]:
+    if not isinstance(value, list):
+        raise _fail(key, value, "expected a list of port numbers from 1 to 65535")
+    return frozenset(int(_number(key, v, 1, 65535, integer=True)) for v in value)
+
+
+def _topic(key: str, value: Any) -> str:
+    topic = _text(key, value)
+    if topic.startswith("$") or "+" in topic or "#" in topic or len(topic.encode()) > 256:
+        raise _fail(key, value, "expected an MQTT topic without wildcards, not reserved ($...), <= 256 bytes")
+    return topic
+
+
+def _log_level(key: str, value: Any) -> str:
+    if isinstance(value, str) and value.strip().upper() in LOG_LEVELS:
+        level = value.strip().upper()
+        return "WARNING" if level == "WARN" else level
+    raise _fail(key, value, f"expected one of {', '.join(LOG_LEVELS)}")
+
+
+def _profile(key: str, value: Any) -> Profile:
+    from ddcustom.detect.profile import ProfileError, load_profile
+
+    if not isinstance(value, (str, dict, list)):
+        raise _fail(key, value, "expected a built-in profile name, a file path, or a profile object")
+    try:
+        return load_profile(value)
+    except ProfileError as exc:
+        raise ConfigError(f"configuration key {key!r}: {exc}") from None
+
+
+# key -> (default, parser, field name)
+_Parser = Callable[[str, Any], Any]
+SCHEMA: dict[str, tuple[Any, _Parser, str]] = {
+    "SampleIntervalSeconds": (300, _int_range(5, 86400), "sample_interval_seconds"),
+    "DetectIntervalSeconds": (10, _float_range(0.5, 3600), "detect_interval_seconds"),
+    "EnableGPUMetrics": (False, _bool, "enable_gpu_metrics"),
+    "EnableDeviceDefenderReport": (True, _bool, "enable_device_defender_report"),
+    "UseShortNames": (False, _bool, "use_short_names"),
+    "IncludeLoopback": (False, _bool, "include_loopback"),
+    "GpuLoadFeedbackFile": ("/var/gpu_load_fb", _text, "gpu_load_feedback_file"),
+    "InferenceTimeFeedbackFile": ("/var/gpu_inference_fb", _text, "inference_time_feedback_file"),
+    "WatchedProcesses": ([], _names, "watched_processes"),
+    "AllowedGpuProcesses": ([], _names, "allowed_gpu_processes"),
+    "MiningPoolPorts": (DEFAULT_MINING_POOL_PORTS, _ports, "mining_pool_ports"),
+    "MinerProcessNames": (DEFAULT_MINER_PROCESS_NAMES, _names, "miner_process_names"),
+    "SecurityProfile": ("crypto-mining", _profile, "security_profile"),
+    "AlertTopic": ("ddcustom/{thingName}/alerts", _topic, "alert_topic"),
+    "LocalAlertTopic": ("ddcustom/alerts", _topic, "local_alert_topic"),
+    "AlertSpoolDir": ("alert-spool", _text, "alert_spool_dir"),
+    "AlertSpoolMaxBytes": (10_000_000, _int_range(65536, 1_000_000_000), "alert_spool_max_bytes"),
+    "MaxReportListSize": (100, _int_range(1, 10000), "max_report_list_size"),
+    "LogLevel": ("INFO", _log_level, "log_level"),
+}
+
+DEFAULTS: dict[str, Any] = {key: default for key, (default, _, _) in SCHEMA.items()}
+
+
+def parse_settings(raw: Optional[Mapping[str, Any]] = None) -> tuple[Settings, list[str]]:
+    """Validate ``raw`` (missing keys take their defaults). Returns the settings and warnings."""
+    raw = dict(raw or {})
+    unknown = sorted(set(raw) - set(SCHEMA) - IGNORED_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"unknown configuration key(s) {', '.join(map(repr, unknown))}; known keys: {', '.join(SCHEMA)}"
+        )
+    values: dict[str, Any] = {}
+    for key, (default, parser, field_name) in SCHEMA.items():
+        values[field_name] = parser(key, raw.get(key, default))
+    warnings: list[str] = []
+    if values["enable_device_defender_report"] and values["sample_interval_seconds"] < MIN_REPORT_INTERVAL:
+        warnings.append(
+            f"SampleIntervalSeconds {values['sample_interval_seconds']} raised to {MIN_REPORT_INTERVAL}: "
+            "Device Defender throttles reports sent more often (set EnableDeviceDefenderReport false "
+            "to report faster locally)"
+        )
+        values["sample_interval_seconds"] = MIN_REPORT_INTERVAL
+    return Settings(**values), warnings
+
+
+def load_config_file(path: Union[str, Path]) -> dict[str, Any]:
+    """Read a JSON or YAML configuration file into a mapping (not yet validated)."""
+    import yaml
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {str(p)!r}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(f"configuration file {str(p)!r} does not parse: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"configuration file {str(p)!r} must hold a mapping of keys, not {type(data).__name__}")
+    return data

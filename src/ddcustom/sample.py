@@ -1,0 +1,104 @@
+"""The one typed, immutable snapshot that sources produce and report/detect consume.
+
+A field set to ``None`` means "not measured this cycle" (source disabled or failed); the report and
+the detection engine leave such metrics out instead of inventing a zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class ListeningPort:
+    port: int
+    interface: Optional[str]  # None when the socket listens on all interfaces / cannot be mapped
+
+
+@dataclass(frozen=True)
+class Connection:
+    remote_ip: str  # textual IPv4 or IPv6 address, no brackets
+    remote_port: int
+    local_port: int
+    local_interface: Optional[str]
+
+    @property
+    def remote_addr(self) -> str:
+        """Device Defender form: ``1.2.3.4:443`` or ``[2001:db8::1]:443``."""
+        if ":" in self.remote_ip:
+            return f"[{self.remote_ip}]:{self.remote_port}"
+        return f"{self.remote_ip}:{self.remote_port}"
+
+
+@dataclass(frozen=True)
+class NetCounters:
+    """Cumulative interface counters (since boot), summed over the counted interfaces."""
+
+    bytes_in: int
+    bytes_out: int
+    packets_in: int
+    packets_out: int
+
+
+@dataclass(frozen=True)
+class NetworkStats:
+    listening_tcp: tuple[ListeningPort, ...]
+    listening_udp: tuple[ListeningPort, ...]
+    established_tcp: tuple[Connection, ...]
+    counters: NetCounters
+
+
+@dataclass(frozen=True)
+class MinerProcess:
+    pid: int
+    name: str
+    reason: str  # "name" (known miner executable), "stratum" (pool URL on the command line), "flag"
+
+
+@dataclass(frozen=True)
+class ProcessStats:
+    child_processes: int  # descendants of all WatchedProcesses, recursively
+    miners: tuple[MinerProcess, ...]
+    pool_connections: tuple[Connection, ...]  # established connections to MiningPoolPorts
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    pid: int
+    name: str
+    gpu_index: int
+    used_memory_bytes: Optional[int]
+    sm_percent: Optional[float]
+    attribution: str  # "watched" (in a watched app's tree), "allowed" (AllowedGpuProcesses), "unknown"
+
+
+@dataclass(frozen=True)
+class GpuStats:
+    source: str  # "nvml" or "jetson"
+    utilization_percent: Optional[float]  # mean over the device's GPUs
+    power_watts: Optional[float]  # sum over the device's GPUs
+    sm_clock_mhz: Optional[float]
+    memory_used_percent: Optional[float]
+    processes: tuple[GpuProcess, ...] = ()
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """Values the device's application writes into the feedback files (None: missing or invalid)."""
+
+    gpu_load_per_inference: Optional[float]
+    avg_inference_time_ms: Optional[float]
+
+
+@dataclass(frozen=True)
+class Sample:
+    time: float  # wall clock, seconds since the epoch
+    monotonic: float  # time.monotonic() when taken: use for intervals, never `time`
+    network: Optional[NetworkStats] = None
+    cpu_percent: Optional[float] = None
+    memory_percent: Optional[float] = None
+    feedback: Optional[Feedback] = None
+    processes: Optional[ProcessStats] = None
+    gpu: Optional[GpuStats] = None
+    errors: tuple[str, ...] = field(default=())  # sources that failed this cycle, for the logs/state
