@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,13 +60,31 @@ class Settings:
     security_profile: Profile
     alert_topic: str
     local_alert_topic: str
-    alert_spool_dir: str
+    state_directory: str
     alert_spool_max_bytes: int
     max_report_list_size: int
     log_level: str
 
     def alert_topic_for(self, thing_name: str) -> str:
         return self.alert_topic.replace("{thingName}", thing_name)
+
+    @property
+    def alert_spool_dir(self) -> str:
+        return os.path.join(resolve_state_directory(self.state_directory), "alerts")
+
+
+def resolve_state_directory(configured: str) -> str:
+    """Where the alert spool and the last report_id live.
+
+    Empty means automatic: under Greengrass (SVCUID set) the component's working directory, which the
+    nucleus sets to {work:path}; elsewhere $XDG_STATE_HOME/ddcustom (~/.local/state/ddcustom).
+    """
+    if configured:
+        return configured
+    if os.environ.get("SVCUID"):
+        return os.path.abspath("state")
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "ddcustom")
 
 
 # ---- value parsers: each takes (key, raw value) and returns the typed value or raises ----------
@@ -113,6 +132,12 @@ def _float_range(low: float, high: float) -> Callable[[str, Any], float]:
 def _text(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise _fail(key, value, "expected a non-empty string")
+    return value.strip()
+
+
+def _path_or_auto(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise _fail(key, value, 'expected a directory path, or "" for the automatic location')
     return value.strip()
 
 
@@ -173,7 +198,7 @@ SCHEMA: dict[str, tuple[Any, _Parser, str]] = {
     "SecurityProfile": ("crypto-mining", _profile, "security_profile"),
     "AlertTopic": ("ddcustom/{thingName}/alerts", _topic, "alert_topic"),
     "LocalAlertTopic": ("ddcustom/alerts", _topic, "local_alert_topic"),
-    "AlertSpoolDir": ("alert-spool", _text, "alert_spool_dir"),
+    "StateDirectory": ("", _path_or_auto, "state_directory"),
     "AlertSpoolMaxBytes": (10_000_000, _int_range(65536, 1_000_000_000), "alert_spool_max_bytes"),
     "MaxReportListSize": (100, _int_range(1, 10000), "max_report_list_size"),
     "LogLevel": ("INFO", _log_level, "log_level"),

@@ -1,0 +1,199 @@
+"""The loop that ties sources, report, detection and sinks together.
+
+Everything runs on one thread, on the monotonic clock: a sample every DetectIntervalSeconds feeds the
+detection engine, and every SampleIntervalSeconds the same sample also becomes a Device Defender report.
+There is no timer thread that could die while the process looks alive (the public component's failure):
+a failing cycle is logged and retried with backoff, and the loop only ends when asked to stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from ddcustom.config import Settings, resolve_state_directory
+from ddcustom.detect.engine import Engine
+from ddcustom.report import ReportBuilder
+from ddcustom.sample import Sample
+from ddcustom.sinks.base import Sink, SinkError
+from ddcustom.sinks.spool import AlertSpool
+from ddcustom.sources.collect import Collector
+
+log = logging.getLogger(__name__)
+
+# Backoff after a cycle that raised: 1 s doubling to 60 s, with jitter so a fleet does not retry in step.
+FAILURE_BACKOFF_BASE = 1.0
+FAILURE_BACKOFF_CAP = 60.0
+
+
+@dataclass
+class AgentCounters:
+    cycles: int = 0
+    failed_cycles: int = 0
+    reports_sent: int = 0
+    reports_failed: int = 0
+    alerts_raised: int = 0
+    alerts_sent: int = 0
+
+
+class Agent:
+    def __init__(self, settings: Settings, thing_name: str, sink: Sink) -> None:
+        self.thing_name = thing_name
+        self.sink = sink
+        self.settings = settings
+        self.counters = AgentCounters()
+        self._collector = Collector(settings)
+        self._report_id_file = os.path.join(resolve_state_directory(settings.state_directory), "report_id")
+        self._builder = ReportBuilder(settings, last_report_id=_read_int(self._report_id_file))
+        self._engine = Engine(settings.security_profile, thing_name)
+        self._spool = AlertSpool(settings.alert_spool_dir, settings.alert_spool_max_bytes)
+        self._last_reported: Optional[Sample] = None
+        self._last_sample: Optional[Sample] = None
+        self._next_detect = 0.0
+        self._next_report = 0.0  # 0: the first report goes out at once
+        self._consecutive_failures = 0
+        self._lock = threading.Lock()  # apply_settings may come from another thread
+
+    # ---- configuration -------------------------------------------------------------------------
+
+    def apply_settings(self, settings: Settings, report_now: bool = True) -> None:
+        """Swap in new settings without a restart; keeps report_id, the last report and alarm state."""
+        with self._lock:
+            old = self.settings
+            self.settings = settings
+            self._collector.close()
+            self._collector = Collector(settings)
+            last_id = self._builder.last_report_id
+            self._builder = ReportBuilder(settings, last_report_id=last_id)
+            if settings.security_profile != old.security_profile:
+                self._engine = Engine(settings.security_profile, self.thing_name)
+            if (settings.alert_spool_dir, settings.alert_spool_max_bytes) != (
+                old.alert_spool_dir,
+                old.alert_spool_max_bytes,
+            ):
+                self._spool = AlertSpool(settings.alert_spool_dir, settings.alert_spool_max_bytes)
+            if report_now:  # as the public component does: a report with the new settings right away
+                self._next_report = 0.0
+            self._next_detect = 0.0
+
+    # ---- one step of the loop ------------------------------------------------------------------
+
+    def run_cycle(self, now: float) -> float:
+        """Do what is due at monotonic time ``now``; return the monotonic time of the next step."""
+        with self._lock:
+            settings = self.settings
+            report_due = self._next_report <= now
+            detect_due = self._next_detect <= now
+            if detect_due or report_due:
+                sample = self._collector.sample()
+                self._last_sample = sample
+                for event in self._engine.evaluate(sample):
+                    self._spool.append(event)
+                    self.counters.alerts_raised += 1
+                    log.warning(
+                        "%s: behavior %r on %s (value %s)",
+                        event.get("violationEventType"),
+                        event.get("behavior", {}).get("name"),
+                        self.thing_name,
+                        event.get("metricValue"),
+                    )
+                interval = settings.detect_interval_seconds
+                self._next_detect = _next_tick(self._next_detect, interval, now) if detect_due else now + interval
+                if report_due:
+                    self._send_report(sample)
+                    self._next_report = _next_tick(self._next_report, settings.sample_interval_seconds, now)
+            self._flush_alerts()
+            self.counters.cycles += 1
+            return min(self._next_detect, self._next_report)
+
+    def _send_report(self, sample: Sample) -> None:
+        report = self._builder.build(sample, self._last_reported)
+        try:
+            sent = self.sink.publish_report(report)
+        except SinkError as exc:
+            # The next report carries the deltas since the last one that went out.
+            self.counters.reports_failed += 1
+            log.warning("report %s not sent: %s", report["header"]["report_id"], exc)
+            return
+        if sent:
+            self._last_reported = sample
+            self.counters.reports_sent += 1
+            _write_int(self._report_id_file, self._builder.last_report_id)
+
+    def _flush_alerts(self) -> None:
+        """Send spooled alerts in order; stop at the first failure so order is kept."""
+        for key, event in self._spool.pending():
+            try:
+                self.sink.publish_alert(event)
+            except SinkError as exc:
+                log.warning("alert %s kept in the spool, will retry: %s", event.get("violationId"), exc)
+                return
+            self._spool.ack(key)
+            self.counters.alerts_sent += 1
+
+    # ---- the loop ------------------------------------------------------------------------------
+
+    def run_forever(
+        self,
+        stop: threading.Event,
+        wake: Optional[threading.Event] = None,
+        before_cycle: Optional[Callable[[], None]] = None,
+    ) -> None:
+        """Run until ``stop`` is set. ``wake`` interrupts a wait (configuration update, shutdown)."""
+        wake = wake or threading.Event()
+        rng = random.Random()
+        while not stop.is_set():
+            try:
+                if before_cycle is not None:
+                    before_cycle()
+                next_at = self.run_cycle(time.monotonic())
+                self._consecutive_failures = 0
+            except Exception:
+                self.counters.failed_cycles += 1
+                self._consecutive_failures += 1
+                delay = min(FAILURE_BACKOFF_CAP, FAILURE_BACKOFF_BASE * 2 ** min(self._consecutive_failures, 6))
+                delay = rng.uniform(delay / 2, delay)
+                log.exception("cycle failed (%d in a row); retrying in %.1f s", self._consecutive_failures, delay)
+                next_at = time.monotonic() + delay
+            timeout = max(0.0, next_at - time.monotonic())
+            if wake.wait(timeout):
+                wake.clear()
+
+    def close(self) -> None:
+        with self._lock:
+            self._collector.close()
+
+    def status(self) -> dict[str, Any]:
+        return {"counters": vars(self.counters), "pending_alerts": len(self._spool.pending())}
+
+
+def _next_tick(previous: float, interval: float, now: float) -> float:
+    """The next time on the interval grid; missed ticks are skipped, never bunched up."""
+    if previous <= 0 or previous + interval <= now:
+        return now + interval
+    return previous + interval
+
+
+def _read_int(path: str) -> Optional[int]:
+    try:
+        with open(path, encoding="ascii") as f:
+            return int(f.read(32).strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_int(path: str, value: int) -> None:
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(str(value))
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("cannot persist the last report_id in %s: %s", path, exc)

@@ -1,0 +1,192 @@
+"""Command line: ``ddcustom`` (also ``python -m ddcustom``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any, Optional
+
+from ddcustom import __version__
+from ddcustom.config import ConfigError, Settings, load_config_file, parse_settings
+
+log = logging.getLogger("ddcustom")
+
+EXIT_CONFIG = 2
+
+# Values `simulate` writes: the article's mining scenario, and values well inside the default profile.
+SCENARIOS = {"mining": (85.0, 180.0), "normal": (20.0, 45.0)}
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+
+
+def load_settings(path: Optional[str]) -> Settings:
+    """Settings from a --config file (or defaults); warnings are logged."""
+    raw = load_config_file(path) if path else {}
+    settings, warnings = parse_settings(raw)
+    for warning in warnings:
+        log.warning("%s", warning)
+    return settings
+
+
+def local_thing_name(explicit: Optional[str] = None) -> str:
+    return explicit or os.environ.get("AWS_IOT_THING_NAME") or socket.gethostname()
+
+
+def _install_stop_handlers(stop: threading.Event, wake: threading.Event) -> None:
+    def handler(signum: int, _frame: Any) -> None:
+        log.info("signal %d received, stopping", signum)
+        stop.set()
+        wake.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+# ---- commands ----------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if os.environ.get("SVCUID"):
+        from ddcustom.greengrass import run_under_greengrass
+
+        return run_under_greengrass(config_path=args.config)
+    return run_local(args.config, args.thing)
+
+
+def run_local(config_path: Optional[str], thing: Optional[str]) -> int:
+    from ddcustom.agent import Agent
+    from ddcustom.sinks.local import JsonLinesSink
+
+    settings = load_settings(config_path)
+    setup_logging(settings.log_level)
+    thing_name = local_thing_name(thing)
+    sink = JsonLinesSink(sys.stdout, thing_name, settings.alert_topic_for(thing_name))
+    agent = Agent(settings, thing_name, sink)
+    stop, wake = threading.Event(), threading.Event()
+    _install_stop_handlers(stop, wake)
+    log.info(
+        "running locally as %s: a sample every %gs, a report every %ds; JSON lines on stdout",
+        thing_name,
+        settings.detect_interval_seconds,
+        settings.sample_interval_seconds,
+    )
+    try:
+        agent.run_forever(stop, wake)
+    finally:
+        agent.close()
+        sink.close()
+    log.info("stopped: %s", json.dumps(agent.status()["counters"]))
+    return 0
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from ddcustom.report import ReportBuilder
+    from ddcustom.sources.collect import Collector
+
+    settings = load_settings(args.config)
+    collector = Collector(settings)
+    try:
+        report = ReportBuilder(settings).build(collector.sample(), None)
+    finally:
+        collector.close()
+    json.dump(report, sys.stdout, indent=None if args.compact else 2)
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    profile = settings.security_profile
+    print(f"{args.config}: OK ({len(profile.behaviors)} behaviors in security profile {profile.name!r})")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from ddcustom.feedback import write_feedback_value
+
+    settings = load_settings(args.config)
+    load, inference_ms = SCENARIOS[args.scenario]
+    load_file = args.load_file or settings.gpu_load_feedback_file
+    time_file = args.time_file or settings.inference_time_feedback_file
+    write_feedback_value(load_file, load)
+    write_feedback_value(time_file, inference_ms)
+    print(f"{args.scenario}: wrote {load:g} to {load_file} and {inference_ms:g} to {time_file}")
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from ddcustom.dev import run_dev
+
+    return run_dev(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ddcustom",
+        description="Cryptojacking detection for AWS IoT Greengrass v2 GPU edge devices.",
+    )
+    parser.add_argument("--version", action="version", version=f"ddcustom {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the component (under Greengrass when SVCUID is set, else locally)")
+    p.add_argument("--config", help="JSON or YAML file with configuration keys (local runs)")
+    p.add_argument("--thing", help="thing name for local runs (default: AWS_IOT_THING_NAME or the host name)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("collect", help="collect once and print the Device Defender report")
+    p.add_argument("--once", action="store_true", required=True, help="collect one report (required)")
+    p.add_argument("--config", help="JSON or YAML configuration file")
+    p.add_argument("--compact", action="store_true", help="one line of JSON")
+    p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("check", help="validate a configuration file and its security profile")
+    p.add_argument("--config", required=True, help="JSON or YAML configuration file")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("simulate", help="write the feedback files for a scenario, atomically")
+    p.add_argument("scenario", choices=sorted(SCENARIOS), help="mining: 85 / 180 ms; normal: 20 / 45 ms")
+    p.add_argument("--config", help="take the feedback file paths from this configuration file")
+    p.add_argument("--load-file", help="GPU load feedback file (default: GpuLoadFeedbackFile)")
+    p.add_argument("--time-file", help="inference time feedback file (default: InferenceTimeFeedbackFile)")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("dev", help="run the component against the stand-in nucleus and show what it publishes")
+    p.add_argument("--recipe", default="recipe.yaml", help="recipe whose configuration and access control apply")
+    p.add_argument("--thing", default="dev-thing", help="thing name the stand-in nucleus gives the component")
+    p.add_argument("--merge", help="merge configuration as JSON, as a deployment would send it")
+    p.add_argument("--seconds", type=float, default=0, help="stop after this many seconds (0: until Ctrl-C)")
+    p.set_defaults(func=cmd_dev)
+
+    try:
+        from ddcustom.cloud.cli import add_cloud_parser
+    except ImportError:  # the cloud extra (boto3) is optional on devices
+        pass
+    else:
+        add_cloud_parser(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"ddcustom: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,206 @@
+"""``ddcustom cloud setup|teardown``: the command line of the cloud side.
+
+This module is imported by the main CLI on devices too, so boto3 is imported only inside run_cloud.
+Exit codes: 0 done, 1 an AWS call failed (the message says what was already done), 2 nothing was
+changed because of an option, the credentials, the region or a conflicting resource.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Optional, TextIO
+
+from ddcustom.cloud.options import (
+    DEFAULT_BUCKET,
+    DEFAULT_MERGE_CONFIGURATION,
+    DEFAULT_PROFILE,
+    DEFAULT_STACK,
+    DEFAULT_THING_GROUP,
+    DEFAULT_TOKEN_EXCHANGE_ROLE,
+    TAG_KEY,
+    CloudOptions,
+    OptionError,
+    default_region,
+    parse_merge_configuration,
+)
+
+
+def add_cloud_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Adds ``cloud setup`` and ``cloud teardown`` to the main parser's subparsers."""
+    from ddcustom import COMPONENT_NAME, __version__
+
+    parser = subparsers.add_parser(
+        "cloud",
+        help="provision or remove the cloud side (alerts, quarantine, Device Defender, deployment)",
+        description="Provision (setup) or remove (teardown) the cloud side of ddcustom. Both are safe to "
+        f"run twice; teardown removes only what carries the tag {TAG_KEY}=<stack>.",
+    )
+    actions = parser.add_subparsers(dest="cloud_command", metavar="{setup,teardown}")
+    actions.required = True
+    setup = actions.add_parser("setup", help="create what is missing (idempotent)")
+    teardown = actions.add_parser("teardown", help="remove what setup created (tagged with the stack)")
+    for sub in (setup, teardown):
+        sub.add_argument(
+            "--region", help="AWS region (default: AWS_REGION, AWS_DEFAULT_REGION, config, us-east-1)"
+        )
+        sub.add_argument(
+            "--stack", default=DEFAULT_STACK, help=f"stack name, prefix and tag value ({DEFAULT_STACK})"
+        )
+        sub.add_argument(
+            "--thing-group", default=DEFAULT_THING_GROUP, help=f"devices to deploy to ({DEFAULT_THING_GROUP})"
+        )
+        sub.add_argument("--quarantine-group", default="", help="quarantine thing group (<stack>-quarantine)")
+        sub.add_argument("--component", default=COMPONENT_NAME, help=f"component name ({COMPONENT_NAME})")
+        sub.add_argument(
+            "--component-version", default=__version__, help=f"version to deploy ({__version__})"
+        )
+        sub.add_argument(
+            "--bucket",
+            default=DEFAULT_BUCKET,
+            help=f"gdk bucket prefix; <bucket>-<region>-<account> ({DEFAULT_BUCKET})",
+        )
+        sub.add_argument(
+            "--token-exchange-role",
+            default=DEFAULT_TOKEN_EXCHANGE_ROLE,
+            help=f"the devices' token exchange role ({DEFAULT_TOKEN_EXCHANGE_ROLE})",
+        )
+        sub.add_argument(
+            "--profile-name", default=DEFAULT_PROFILE, help=f"security profile ({DEFAULT_PROFILE})"
+        )
+        sub.add_argument("--no-detect", action="store_true", help="leave out Device Defender Detect")
+        sub.add_argument(
+            "--dry-run", action="store_true", help="print the calls that change things; make none"
+        )
+    setup.add_argument("--email", help="subscribe this address to the alerts topic")
+    setup.add_argument(
+        "--merge-config",
+        help=f"component configuration to merge, JSON or @FILE (default {DEFAULT_MERGE_CONFIGURATION})",
+    )
+    setup.add_argument(
+        "--nucleus-version", help="aws.greengrass.Nucleus version (default: the group's, else newest)"
+    )
+    parser.set_defaults(func=run_cloud)
+    return parser
+
+
+def options_from_args(args: argparse.Namespace) -> CloudOptions:
+    merge = getattr(args, "merge_config", None)
+    return CloudOptions(
+        region=args.region or default_region(),
+        stack=args.stack,
+        thing_group=args.thing_group,
+        quarantine_group=args.quarantine_group,
+        component=args.component,
+        component_version=args.component_version,
+        bucket=args.bucket,
+        token_exchange_role=args.token_exchange_role,
+        profile=args.profile_name,
+        merge_configuration=parse_merge_configuration(merge) if merge else dict(DEFAULT_MERGE_CONFIGURATION),
+        nucleus_version=getattr(args, "nucleus_version", None),
+        email=getattr(args, "email", None),
+        detect=not args.no_detect,
+    )
+
+
+def run_cloud(
+    args: argparse.Namespace,
+    clients: Optional[Any] = None,
+    out: Optional[TextIO] = None,
+    err: Optional[TextIO] = None,
+) -> int:
+    """Runs ``cloud setup`` or ``cloud teardown``; ``clients`` (service key -> client) is for tests."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        import botocore.exceptions as boto_errors
+    except ImportError:
+        print("ddcustom cloud needs boto3: pip install 'ddcustom[cloud]'", file=err)
+        return 2
+    from ddcustom.cloud import runner
+
+    try:
+        opts = options_from_args(args)
+        _check_region(opts.region)
+    except OptionError as exc:
+        print(f"ddcustom cloud: {exc}", file=err)
+        return 2
+    try:
+        return _run(args, opts, clients, out)
+    except OptionError as exc:
+        print(f"ddcustom cloud: {exc}", file=err)
+        return 2
+    except (boto_errors.NoCredentialsError, boto_errors.PartialCredentialsError):
+        print(
+            "ddcustom cloud: no AWS credentials found; set AWS_PROFILE, run `aws configure`, or export "
+            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY. Nothing was changed.",
+            file=err,
+        )
+        return 2
+    except (boto_errors.EndpointConnectionError, boto_errors.ConnectTimeoutError) as exc:
+        print(
+            f"ddcustom cloud: cannot reach AWS in {opts.region} ({exc}); check --region and the network",
+            file=err,
+        )
+        return 2
+    except runner.StepFailed as exc:
+        print(f"ddcustom cloud: {exc}", file=err)
+        if exc.done:
+            print(
+                f"already done before the failure (tagged {TAG_KEY}={opts.stack}; run the command again to "
+                f"finish, or `ddcustom cloud teardown --stack {opts.stack} --region {opts.region}`):",
+                file=err,
+            )
+            for label in exc.done:
+                print(f"  - {label}", file=err)
+        return 1
+    except (boto_errors.ClientError, boto_errors.BotoCoreError) as exc:
+        code = 2 if runner.explain(exc).startswith("the AWS credentials") else 1
+        print(f"ddcustom cloud: {runner.explain(exc)}. Nothing was changed.", file=err)
+        return code
+
+
+def _run(args: argparse.Namespace, opts: CloudOptions, clients: Optional[Any], out: TextIO) -> int:
+    from ddcustom.cloud import runner
+    from ddcustom.cloud.clients import client_factory
+    from ddcustom.cloud.plan import build_steps
+    from ddcustom.cloud.steps import Env
+
+    aws = clients or client_factory(opts.region)
+    identity = aws("sts").get_caller_identity()
+    env = Env(account=identity["Account"], region=opts.region, partition=identity["Arn"].split(":")[1])
+    profile = _load_profile(opts.profile) if opts.detect else {}
+    steps, notes = build_steps(opts, env, profile)
+    for note in notes:
+        print(f"note     {note}", file=out)
+    print(
+        f"{args.cloud_command} stack {opts.stack!r} in account {env.account}, region {env.region}", file=out
+    )
+    if args.cloud_command == "teardown":
+        return runner.teardown(steps, aws, out, dry_run=args.dry_run)
+    return runner.setup(steps, aws, out, dry_run=args.dry_run)
+
+
+def _load_profile(name: str) -> Any:
+    from ddcustom.detect.profile import ProfileError, load_profile
+
+    try:
+        return load_profile(name)
+    except ProfileError as exc:
+        raise OptionError(f"--profile-name {name!r}: {exc}") from None
+
+
+def _check_region(region: str) -> None:
+    """A region name IoT does not know is refused before any call (a typo would fail much later)."""
+    import boto3
+
+    session = boto3.Session()
+    known = {
+        r
+        for partition in session.get_available_partitions()
+        for r in session.get_available_regions("iot", partition)
+    }
+    if region not in known:
+        raise OptionError(
+            f"--region {region!r}: not a region where AWS IoT is offered; one of {', '.join(sorted(known))}"
+        )

@@ -1,0 +1,27 @@
+"""boto3 clients with the "standard" retry mode (backs off on throttling), one per service key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ddcustom.cloud.steps import Clients
+
+MAX_ATTEMPTS = 8
+
+
+def client_factory(region: str) -> Clients:
+    """Service key -> cached client. "iot-detect" is an iot client for the Device Defender calls."""
+    import boto3
+    from botocore.config import Config
+
+    session = boto3.Session(region_name=region)
+    config = Config(region_name=region, retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS})
+    cache: dict[str, Any] = {}
+
+    def get(service: str) -> Any:
+        if service not in cache:
+            name = "iot" if service == "iot-detect" else service
+            cache[service] = session.client(name, config=config)  # type: ignore[call-overload]
+        return cache[service]
+
+    return get

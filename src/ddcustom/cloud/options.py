@@ -1,0 +1,141 @@
+"""What ``ddcustom cloud setup|teardown`` works on: the options and every name derived from them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from ddcustom import COMPONENT_NAME, __version__
+
+TAG_KEY = "ddcustom:stack"
+DEFAULT_STACK = "ddcustom"
+DEFAULT_THING_GROUP = "GreengrassQuickStartGroup"  # the Greengrass installer's quick-start group
+DEFAULT_TOKEN_EXCHANGE_ROLE = "GreengrassV2TokenExchangeRole"
+DEFAULT_BUCKET = "greengrass-component-artifacts"  # gdk's bucket prefix: <bucket>-<region>-<account>
+DEFAULT_PROFILE = "crypto-mining"
+DEFAULT_MERGE_CONFIGURATION: dict[str, Any] = {"EnableGPUMetrics": True}
+FALLBACK_REGION = "us-east-1"
+
+_STACK_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,31}$")
+_GROUP_RE = re.compile(r"^[a-zA-Z0-9:_-]{1,128}$")
+
+
+class OptionError(ValueError):
+    """An option value that cannot be used; nothing was called yet."""
+
+
+@dataclass(frozen=True)
+class CloudOptions:
+    region: str
+    stack: str = DEFAULT_STACK
+    thing_group: str = DEFAULT_THING_GROUP
+    quarantine_group: str = ""  # empty: "<stack>-quarantine"
+    component: str = COMPONENT_NAME
+    component_version: str = __version__
+    bucket: str = DEFAULT_BUCKET
+    token_exchange_role: str = DEFAULT_TOKEN_EXCHANGE_ROLE
+    profile: str = DEFAULT_PROFILE
+    merge_configuration: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_MERGE_CONFIGURATION))
+    nucleus_version: Optional[str] = None  # None: keep the group's, else the newest
+    email: Optional[str] = None
+    detect: bool = True  # False: skip Device Defender Detect entirely
+
+    def __post_init__(self) -> None:
+        if not _STACK_RE.match(self.stack):
+            raise OptionError(
+                f"--stack {self.stack!r}: expected a letter then up to 31 letters, digits or '-'"
+            )
+        for option, group in (
+            ("--thing-group", self.thing_group),
+            ("--quarantine-group", self.quarantine_group),
+        ):
+            if group and not _GROUP_RE.match(group):
+                raise OptionError(f"{option} {group!r}: expected 1-128 of letters, digits, ':', '_', '-'")
+        if not isinstance(self.merge_configuration, dict):
+            raise OptionError("--merge-config: expected a JSON object")
+
+    # ---- names derived from the stack (teardown finds them again from the same options) ----
+    @property
+    def quarantine_group_name(self) -> str:
+        return self.quarantine_group or f"{self.stack}-quarantine"
+
+    @property
+    def sns_topic(self) -> str:
+        return f"{self.stack}-alerts"
+
+    @property
+    def iot_role(self) -> str:
+        """Role IoT assumes to publish alerts (topic rule and Detect alert target) to the topic."""
+        return f"{self.stack}-iot-alerts"
+
+    @property
+    def mitigation_role(self) -> str:
+        return f"{self.stack}-quarantine-action"
+
+    @property
+    def artifact_policy(self) -> str:
+        return f"{self.stack}-artifact-access"
+
+    @property
+    def topic_rule(self) -> str:
+        return self.stack.replace("-", "_") + "_alerts"  # rule names allow only [a-zA-Z0-9_]
+
+    @property
+    def security_profile(self) -> str:
+        return f"{self.stack}-{self.profile}"
+
+    @property
+    def mitigation_action(self) -> str:
+        return f"{self.stack}-quarantine"
+
+    @property
+    def deployment_name(self) -> str:
+        return f"{self.stack}-{self.component}"
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {TAG_KEY: self.stack}
+
+    def alert_topic_filter(self) -> str:
+        """The MQTT filter matching every device's alert topic (``{thingName}`` becomes ``+``)."""
+        topic = str(self.merge_configuration.get("AlertTopic", "ddcustom/{thingName}/alerts"))
+        return topic.replace("{thingName}", "+")
+
+
+def default_region(environ: Optional[dict[str, str]] = None) -> str:
+    """AWS_REGION, then AWS_DEFAULT_REGION, then the AWS config file's region, then us-east-1."""
+    env = os.environ if environ is None else environ
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+    if region:
+        return region
+    import boto3
+
+    return boto3.Session().region_name or FALLBACK_REGION
+
+
+def parse_merge_configuration(text: str) -> dict[str, Any]:
+    """``--merge-config``: a JSON object, or ``@FILE`` holding one; checked against the component schema."""
+    from ddcustom.config import ConfigError, parse_settings
+
+    source = "--merge-config"
+    if text.startswith("@"):
+        source = text[1:]
+        try:
+            with open(source, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as exc:
+            raise OptionError(f"--merge-config: cannot read {source!r}: {exc.strerror or exc}") from None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise OptionError(f"{source}: not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise OptionError(f"{source}: expected a JSON object of configuration keys")
+    try:
+        parse_settings(value)
+    except ConfigError as exc:
+        raise OptionError(f"{source}: {exc}") from None
+    return value

@@ -1,0 +1,61 @@
+"""IAM policy documents, built from the same names the rest of the setup uses."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+VERSION = "2012-10-17"
+
+
+def artifact_bucket(bucket: str, region: str, account: str) -> str:
+    """The bucket gdk publishes to: ``<bucket>-<region>-<account>``."""
+    return f"{bucket}-{region}-{account}"
+
+
+def artifact_statement(
+    bucket: str, region: str, account: str, component: str, partition: str = "aws"
+) -> dict:
+    """S3 read of the component's artifacts; component-artifact-policy.json holds the same statement."""
+    return {
+        "Sid": "ReadDeviceDefenderCustomArtifacts",
+        "Effect": "Allow",
+        "Action": ["s3:GetObject"],
+        "Resource": [f"arn:{partition}:s3:::{artifact_bucket(bucket, region, account)}/{component}/*"],
+    }
+
+
+def artifact_policy(bucket: str, region: str, account: str, component: str, partition: str = "aws") -> dict:
+    return {
+        "Version": VERSION,
+        "Statement": [artifact_statement(bucket, region, account, component, partition)],
+    }
+
+
+def trust_policy(service: str) -> dict:
+    """Lets ``service`` (e.g. iot.amazonaws.com) assume the role."""
+    return {
+        "Version": VERSION,
+        "Statement": [{"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}],
+    }
+
+
+def sns_publish_policy(topic_arn: str) -> dict:
+    return {
+        "Version": VERSION,
+        "Statement": [{"Effect": "Allow", "Action": "sns:Publish", "Resource": topic_arn}],
+    }
+
+
+def add_to_group_policy(group_arn: str, things_arn: str) -> dict:
+    """What the quarantine mitigation action needs: add any thing to that one group."""
+    return {
+        "Version": VERSION,
+        "Statement": [
+            {"Effect": "Allow", "Action": "iot:AddThingToThingGroup", "Resource": [group_arn, things_arn]}
+        ],
+    }
+
+
+def as_json(document: Any) -> str:
+    return json.dumps(document, sort_keys=True)

@@ -1,0 +1,648 @@
+"""Idempotent provisioning steps: each looks first (read-only), then says which calls create or remove it.
+
+A step never calls a mutating API itself: it returns ``Call`` values, which the runner makes or, for
+``--dry-run``, prints. Ownership is the stack tag written at creation time; what is not tagged by this
+stack is never changed or removed.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Callable, Optional
+
+from botocore.exceptions import ClientError
+
+from ddcustom.cloud.options import TAG_KEY, CloudOptions
+from ddcustom.cloud.policies import as_json, trust_policy
+
+# service key -> client; "iot-detect" is the iot client used for Device Defender Detect calls.
+Clients = Callable[[str], Any]
+
+NOT_FOUND = frozenset({"ResourceNotFoundException", "NoSuchEntity", "NotFound", "NotFoundException"})
+
+
+class Status(Enum):
+    MISSING = "missing"  # setup creates it
+    OWNED = "owned"  # exists and carries this stack's tag: setup keeps it, teardown removes it
+    PRESENT = "present"  # exists, not this stack's (or goes with its parent): used as is, never removed
+
+
+class Conflict(Exception):
+    """The resource exists but not as this stack would make it; setup stops before changing anything."""
+
+
+@dataclass(frozen=True)
+class Call:
+    service: str
+    operation: str
+    params: dict[str, Any]
+
+    def describe(self) -> str:
+        service = "iot" if self.service == "iot-detect" else self.service
+        return f"{service} {self.operation} {json.dumps(self.params, sort_keys=True, default=str)}"
+
+
+@dataclass(frozen=True)
+class Env:
+    """Where the stack lives: from STS GetCallerIdentity and the region option."""
+
+    account: str
+    region: str
+    partition: str = "aws"
+
+    def arn(self, service: str, resource: str, regional: bool = True) -> str:
+        region = self.region if regional else ""
+        return f"arn:{self.partition}:{service}:{region}:{self.account}:{resource}"
+
+
+class Step:
+    label = ""
+    detect = False  # part of Device Defender Detect: skipped where the account has no Detect
+    removed_with_parent = False  # an attachment or subscription: teardown of its parent removes it
+
+    def check(self, aws: Clients) -> Status:
+        """Read-only: what setup has to do. Raises Conflict when it cannot go on."""
+        raise NotImplementedError
+
+    def owned(self, aws: Clients) -> bool:
+        """Read-only: does teardown remove it (exists and tagged by this stack)?"""
+        return False
+
+    def create(self) -> list[Call]:
+        raise NotImplementedError
+
+    def remove(self, aws: Clients) -> list[Call]:
+        return []
+
+
+def error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _tag_list(tags: dict[str, str], key: str = "Key", value: str = "Value") -> list[dict[str, str]]:
+    return [{key: k, value: v} for k, v in tags.items()]
+
+
+def _has_tag(tags: Optional[list[dict[str, str]]], opts: CloudOptions) -> bool:
+    return any(t.get("Key") == TAG_KEY and t.get("Value") == opts.stack for t in tags or [])
+
+
+def _document(value: Any) -> Any:
+    """IAM returns policy documents as dicts, or as (URL-encoded) JSON text."""
+    if isinstance(value, str):
+        return json.loads(urllib.parse.unquote(value))
+    return value
+
+
+def _not_ours(what: str, opts: CloudOptions) -> Conflict:
+    return Conflict(
+        f"{what} already exists and is not tagged {TAG_KEY}={opts.stack}: it was not made by this stack. "
+        "Remove or rename it, or choose another --stack."
+    )
+
+
+# ---- IoT thing groups: used as they are when they exist, created (and owned) when they do not ----
+
+
+class ThingGroupStep(Step):
+    def __init__(self, opts: CloudOptions, name: str, description: str) -> None:
+        self.opts, self.name, self.description = opts, name, description
+        self.label = f"IoT thing group {name}"
+
+    def _attributes(self, aws: Clients) -> Optional[dict[str, str]]:
+        try:
+            found = aws("iot").describe_thing_group(thingGroupName=self.name)
+        except ClientError as exc:
+            if error_code(exc) in NOT_FOUND:
+                return None
+            raise
+        return dict(found.get("thingGroupProperties", {}).get("attributePayload", {}).get("attributes", {}))
+
+    def check(self, aws: Clients) -> Status:
+        attributes = self._attributes(aws)
+        if attributes is None:
+            return Status.MISSING
+        return Status.OWNED if attributes.get(TAG_KEY) == self.opts.stack else Status.PRESENT
+
+    def owned(self, aws: Clients) -> bool:
+        # IoT tags are written too, but the attribute is readable with the describe call itself.
+        return self.check(aws) is Status.OWNED
+
+    def create(self) -> list[Call]:
+        properties = {
+            "thingGroupDescription": self.description,
+            "attributePayload": {"attributes": dict(self.opts.tags)},
+        }
+        params = {
+            "thingGroupName": self.name,
+            "thingGroupProperties": properties,
+            "tags": _tag_list(self.opts.tags),
+        }
+        return [Call("iot", "CreateThingGroup", params)]
+
+    def remove(self, aws: Clients) -> list[Call]:
+        return [Call("iot", "DeleteThingGroup", {"thingGroupName": self.name})]
+
+
+# ---- SNS ----
+
+
+class SnsTopicStep(Step):
+    def __init__(self, opts: CloudOptions, env: Env) -> None:
+        self.opts = opts
+        self.topic_arn = env.arn("sns", opts.sns_topic)
+        self.label = f"SNS topic {opts.sns_topic}"
+
+    def _tagged(self, aws: Clients) -> Optional[bool]:
+        sns = aws("sns")
+        try:
+            sns.get_topic_attributes(TopicArn=self.topic_arn)
+        except ClientError as exc:
+            if error_code(exc) in NOT_FOUND:
+                return None
+            raise
+        return _has_tag(sns.list_tags_for_resource(ResourceArn=self.topic_arn).get("Tags"), self.opts)
+
+    def check(self, aws: Clients) -> Status:
+        tagged = self._tagged(aws)
+        if tagged is None:
+            return Status.MISSING
+        if not tagged:
+            raise _not_ours(self.label, self.opts)
+        return Status.OWNED
+
+    def owned(self, aws: Clients) -> bool:
+        return bool(self._tagged(aws))
+
+    def create(self) -> list[Call]:
+        return [Call("sns", "CreateTopic", {"Name": self.opts.sns_topic, "Tags": _tag_list(self.opts.tags)})]
+
+    def remove(self, aws: Clients) -> list[Call]:
+        return [Call("sns", "DeleteTopic", {"TopicArn": self.topic_arn})]  # its subscriptions go with it
+
+
+class EmailSubscriptionStep(Step):
+    """Removed together with the topic; SNS sends a confirmation e-mail first."""
+
+    removed_with_parent = True
+
+    def __init__(self, topic_arn: str, email: str) -> None:
+        self.topic_arn, self.email = topic_arn, email
+        self.label = f"SNS e-mail subscription {email}"
+
+    def check(self, aws: Clients) -> Status:
+        try:
+            pages = aws("sns").get_paginator("list_subscriptions_by_topic").paginate(TopicArn=self.topic_arn)
+            subscriptions = [s for page in pages for s in page.get("Subscriptions", [])]
+        except ClientError as exc:
+            if error_code(exc) in NOT_FOUND:
+                return Status.MISSING
+            raise
+        present = any(s.get("Protocol") == "email" and s.get("Endpoint") == self.email for s in subscriptions)
+        return Status.PRESENT if present else Status.MISSING
+
+    def create(self) -> list[Call]:
+        return [
+            Call(
+                "sns", "Subscribe", {"TopicArn": self.topic_arn, "Protocol": "email", "Endpoint": self.email}
+            )
+        ]
+
+
+# ---- IAM ----
+
+
+class RoleStep(Step):
+    """A role with one trusted service principal and one inline policy."""
+
+    def __init__(
+        self,
+        opts: CloudOptions,
+        name: str,
+        principal: str,
+        policy_name: str,
+        policy: dict,
+        detect: bool = False,
+    ) -> None:
+        self.opts, self.name, self.principal = opts, name, principal
+        self.policy_name, self.policy, self.detect = policy_name, policy, detect
+        self.label = f"IAM role {name}"
+
+    def _role(self, aws: Clients) -> Optional[dict[str, Any]]:
+        try:
+            return dict(aws("iam").get_role(RoleName=self.name)["Role"])
+        except ClientError as exc:
+            if error_code(exc) in NOT_FOUND:
+                return None
+            raise
+
+    def check(self, aws: Clients) -> Status:
+        role = self._role(aws)
+        if role is None:
+            return Status.MISSING
+        if not _has_tag(role.get("Tags"), self.opts):
+            raise _not_ours(self.label, self.opts)
+        try:
+            inline = aws("iam").get_role_policy(RoleName=self.name, PolicyName=self.policy_name)[
+                "PolicyDocument"
+            ]
+        except ClientError as exc:
+            if error_code(exc) not in NOT_FOUND:
+                raise
+            inline = None
+        trust = _document(role.get("AssumeRolePolicyDocument"))
+        if trust != trust_policy(self.principal) or _document(inline) != self.policy:
+            raise Conflict(
+                f"{self.label} exists with another trust or permission policy; "
+                f"run `ddcustom cloud teardown --stack {self.opts.stack}` first"
+            )
+        return Status.OWNED
+
+    def owned(self, aws: Clients) -> bool:
+        role = self._role(aws)
+        return role is not None and _has_tag(role.get("Tags"), self.opts)
+
+    def create(self) -> list[Call]:
+        return [
+            Call(
+                "iam",
+                "CreateRole",
+                {
+                    "RoleName": self.name,
+                    "AssumeRolePolicyDocument": as_json(trust_policy(self.principal)),
+                    "Description": f"ddcustom stack {self.opts.stack}: assumed by {self.principal}",
+                    "Tags": _tag_list(self.opts.tags),
+                },
+            ),
+            Call(
+                "iam",
+                "PutRolePolicy",
+                {
+                    "RoleName": self.name,
+                    "PolicyName": self.policy_name,
+                    "PolicyDocument": as_json(self.policy),
+                },
+            ),
+        ]
+
+    def remove(self, aws: Clients) -> list[Call]:
+        iam = aws("iam")
+        calls = [
+            Call("iam", "DeleteRolePolicy", {"RoleName": self.name, "PolicyName": name})
+            for name in iam.list_role_policies(RoleName=self.name)["PolicyNames"]
+        ]
+        calls += [
+            Call("iam", "DetachRolePolicy", {"RoleName": self.name, "PolicyArn": attached["PolicyArn"]})
+            for attached in iam.list_attached_role_policies(RoleName=self.name)["AttachedPolicies"]
+        ]
+        return [*calls, Call("iam", "DeleteRole", {"RoleName": self.name})]
+
+
+class ManagedPolicyStep(Step):
+    def __init__(self, opts: CloudOptions, env: Env, name: str, document: dict, description: str) -> None:
+        self.opts, self.name, self.document, self.description = opts, name, document, description
+        self.arn = env.arn("iam", f"policy/{name}", regional=False)
+        self.label = f"IAM policy {name}"
+
+    def _policy(self, aws: Clients) -> Optional[dict[str, Any]]:
+        try:
+            return dict(aws("iam").get_policy(PolicyArn=self.arn)["Policy"])
+        except ClientError as exc:
+            if error_code(exc) in NOT_FOUND:
+                return None
+            raise
+
+    def check(self, aws: Clients) -> Status:
+        policy = self._policy(aws)
+        if policy is None:
+            return Status.MISSING
+        if not _has_tag(policy.get("Tags"), self.opts):
+            raise _not_ours(self.label, self.opts)
+        version = aws("iam").get_policy_version(PolicyArn=self.arn, VersionId=policy["DefaultVersionId"])
+        if _document(version["PolicyVersion"]["Document"]) != self.document:
+            raise Conflict(
+                f"{self.label} exists with another document (another --bucket or --component?); "
+                f"run `ddcustom cloud teardown --stack {self.opts.stack}` first"
+            )
+        return Status.OWNED
+
+    def owned(self, aws: Clients) -> bool:
+        policy = self._policy(aws)
+        return policy is not None and _has_tag(policy.get("Tags"), self.opts)
+
+    def create(self) -> list[Call]:
+        params = {
+            "PolicyName": self.name,
+            "PolicyDocument": as_json(self.document),
+            "Description": self.description,
+            "Tags": _tag_list(self.opts.tags),
+        }
+        return [Call("iam", "CreatePolicy", params)]
+
+    def remove(self, aws: Clients) -> list[Call]:
+        iam = aws("iam")
+        entities = iam.list_entities_for_policy(PolicyArn=self.arn)
+        calls = [
+            Call("iam", "DetachRolePolicy", {"RoleName": r["RoleName"], "PolicyArn": self.arn})
+            for r in entities.get("PolicyRoles", [])
+        ]
+        calls += [
+            Call("iam", "DetachUserPolicy", {"UserName": u["UserName"], "PolicyArn": self.arn})
+            for u in entities.get("PolicyUsers", [])
+        ]
+        calls += [
+            Call("iam", "DetachGroupPolicy", {"GroupName": g["GroupName"], "PolicyArn": self.arn})
+            for g in entities.get("PolicyGroups", [])
+        ]
+        calls += [
+            Call("iam", "DeletePolicyVersion", {"PolicyArn": self.arn, "VersionId": v["VersionId"]})
+            for v in iam.list_policy_versions(PolicyArn=self.arn)["Versions"]
+            if not v["IsDefaultVersion"]
+        ]
+        return [*calls, Call("iam", "DeletePolicy", {"PolicyArn": self.arn})]
+
+
+class RolePolicyAttachmentStep(Step):
+    """Attaches a managed policy to a role that is not ours (the token exchange role)."""
+
+    removed_with_parent = True
+
+    def __init__(self, role: str, policy_arn: str, hint: str) -> None:
+        self.role, self.policy_arn, self.hint = role, policy_arn, hint
+        self.label = f"policy {policy_arn.rsplit('/', 1)[-1]} on IAM role {role}"
+
+    def check(self, aws: Clients) -> Status:
+        iam = aws("iam")
+        try:
+            pages = iam.get_paginator("list_attached_role_policies").paginate(RoleName=self.role)
+            attached = [p["PolicyArn"] for page in pages for p in page["AttachedPolicies"]]
+        except ClientError as exc:
+            if error_code(exc) in NOT_FOUND:
+                raise Conflict(f"IAM role {self.role} does not exist: {self.hint}") from None
+            raise
+        return Status.PRESENT if self.policy_arn in attached else Status.MISSING
+
+    def create(self) -> list[Call]:
+        return [Call("iam", "AttachRolePolicy", {"RoleName": self.role, "PolicyArn": self.policy_arn})]
+
+
+# ---- IoT topic rule ----
+
+
+class TopicRuleStep(Step):
+    def __init__(self, opts: CloudOptions, topic_arn: str, role_arn: str) -> None:
+        self.opts = opts
+        self.payload = {
+            "sql": f"SELECT * FROM '{opts.alert_topic_filter()}'",
+            "description": f"{TAG_KEY}={opts.stack}: on-device ddcustom alerts to SNS",
+            "actions": [{"sns": {"targetArn": topic_arn, "roleArn": role_arn, "messageFormat": "RAW"}}],
+            "ruleDisabled": False,
+            "awsIotSqlVersion": "2016-03-23",
+        }
+        self.label = f"IoT topic rule {opts.topic_rule}"
+
+    def _rule(self, aws: Clients) -> Optional[dict[str, Any]]:
+        try:
+            return dict(aws("iot").get_topic_rule(ruleName=self.opts.topic_rule)["rule"])
+        except ClientError as exc:
+            if error_code(exc) in NOT_FOUND | {
+                "UnauthorizedException"
+            }:  # IoT answers both for a missing rule
+                return None
+            raise
+
+    def owned(self, aws: Clients) -> bool:
+        # The owner mark is in the description, which GetTopicRule returns (the IoT tags are written too).
+        rule = self._rule(aws)
+        return rule is not None and rule.get("description") == self.payload["description"]
+
+    def check(self, aws: Clients) -> Status:
+        rule = self._rule(aws)
+        if rule is None:
+            return Status.MISSING
+        if rule.get("description") != self.payload["description"]:
+            raise _not_ours(self.label, self.opts)
+        if rule.get("sql") != self.payload["sql"] or rule.get("actions") != self.payload["actions"]:
+            raise Conflict(
+                f"{self.label} exists with another SQL or action (another AlertTopic?); "
+                f"run `ddcustom cloud teardown --stack {self.opts.stack}` first"
+            )
+        return Status.OWNED
+
+    def create(self) -> list[Call]:
+        params = {
+            "ruleName": self.opts.topic_rule,
+            "topicRulePayload": self.payload,
+            "tags": urllib.parse.urlencode(self.opts.tags),
+        }
+        return [Call("iot", "CreateTopicRule", params)]
+
+    def remove(self, aws: Clients) -> list[Call]:
+        return [Call("iot", "DeleteTopicRule", {"ruleName": self.opts.topic_rule})]
+
+
+# ---- Device Defender Detect ----
+
+
+def _iot_tagged(aws: Clients, arn: str, opts: CloudOptions) -> bool:
+    pages = aws("iot-detect").get_paginator("list_tags_for_resource").paginate(resourceArn=arn)
+    return _has_tag([t for page in pages for t in page.get("tags", [])], opts)
+
+
+class CustomMetricStep(Step):
+    """A custom metric made by hand before (as the article does) is used as is and kept by teardown."""
+
+    detect = True
+
+    def __init__(self, opts: CloudOptions, name: str, metric_type: str, description: str) -> None:
+        self.opts, self.name, self.metric_type, self.description = opts, name, metric_type, description
+        self.label = f"Device Defender custom metric {name}"
+
+    def _metric(self, aws: Clients) -> Optional[dict[str, Any]]:
+        try:
+            return dict(aws("iot-detect").describe_custom_metric(metricName=self.name))
+        except ClientError as exc:
+            if error_code(exc) in NOT_FOUND:
+                return None
+            raise
+
+    def check(self, aws: Clients) -> Status:
+        metric = self._metric(aws)
+        if metric is None:
+            return Status.MISSING
+        if metric.get("metricType") != self.metric_type:
+            raise Conflict(
+                f"{self.label} exists with type {metric.get('metricType')!r}, the component sends "
+                f"{self.metric_type!r}; a metric's type cannot change: delete it first"
+            )
+        return Status.OWNED if _iot_tagged(aws, metric["metricArn"], self.opts) else Status.PRESENT
+
+    def owned(self, aws: Clients) -> bool:
+        metric = self._metric(aws)
+        return metric is not None and _iot_tagged(aws, metric["metricArn"], self.opts)
+
+    def create(self) -> list[Call]:
+        params = {
+            "metricName": self.name,
+            "displayName": self.description[:128],
+            "metricType": self.metric_type,
+            "tags": _tag_list(self.opts.tags),
+        }
+        return [Call("iot-detect", "CreateCustomMetric", params)]
+
+    def remove(self, aws: Clients) -> list[Call]:
+        return [Call("iot-detect", "DeleteCustomMetric", {"metricName": self.name})]
+
+
+class SecurityProfileStep(Step):
+    detect = True
+
+    def __init__(self, opts: CloudOptions, behaviors: list[dict], topic_arn: str, role_arn: str) -> None:
+        self.opts, self.behaviors = opts, behaviors
+        self.alert_targets = {"SNS": {"alertTargetArn": topic_arn, "roleArn": role_arn}}
+        self.label = f"Device Defender security profile {opts.security_profile}"
+
+    def _profile(self, aws: Clients) -> Optional[dict[str, Any]]:
+        try:
+            return dict(
+                aws("iot-detect").describe_security_profile(securityProfileName=self.opts.security_profile)
+            )
+        except ClientError as exc:
+            if error_code(exc) in NOT_FOUND:
+                return None
+            raise
+
+    def check(self, aws: Clients) -> Status:
+        profile = self._profile(aws)
+        if profile is None:
+            return Status.MISSING
+        if not _iot_tagged(aws, profile["securityProfileArn"], self.opts):
+            raise _not_ours(self.label, self.opts)
+        if (
+            profile.get("behaviors", []) != self.behaviors
+            or profile.get("alertTargets") != self.alert_targets
+        ):
+            raise Conflict(
+                f"{self.label} exists with other behaviors or alert target (profile edited since?); "
+                f"run `ddcustom cloud teardown --stack {self.opts.stack}` first"
+            )
+        return Status.OWNED
+
+    def owned(self, aws: Clients) -> bool:
+        profile = self._profile(aws)
+        return profile is not None and _iot_tagged(aws, profile["securityProfileArn"], self.opts)
+
+    def create(self) -> list[Call]:
+        params = {
+            "securityProfileName": self.opts.security_profile,
+            "securityProfileDescription": f"ddcustom profile {self.opts.profile!r}, as on the devices",
+            "behaviors": self.behaviors,
+            "alertTargets": self.alert_targets,
+            "tags": _tag_list(self.opts.tags),
+        }
+        return [Call("iot-detect", "CreateSecurityProfile", params)]
+
+    def remove(self, aws: Clients) -> list[Call]:
+        name = self.opts.security_profile
+        detach = [
+            Call(
+                "iot-detect",
+                "DetachSecurityProfile",
+                {"securityProfileName": name, "securityProfileTargetArn": arn},
+            )
+            for arn in _profile_targets(aws, name)
+        ]
+        return [*detach, Call("iot-detect", "DeleteSecurityProfile", {"securityProfileName": name})]
+
+
+def _profile_targets(aws: Clients, profile: str) -> list[str]:
+    pages = (
+        aws("iot-detect")
+        .get_paginator("list_targets_for_security_profile")
+        .paginate(securityProfileName=profile)
+    )
+    return [t["arn"] for page in pages for t in page.get("securityProfileTargets", [])]
+
+
+class SecurityProfileAttachmentStep(Step):
+    """Detached by the security profile's removal."""
+
+    removed_with_parent = True
+
+    detect = True
+
+    def __init__(self, opts: CloudOptions, group_arn: str) -> None:
+        self.opts, self.group_arn = opts, group_arn
+        self.label = f"security profile {opts.security_profile} on {group_arn.rsplit('/', 1)[-1]}"
+
+    def check(self, aws: Clients) -> Status:
+        try:
+            targets = _profile_targets(aws, self.opts.security_profile)
+        except ClientError as exc:
+            if error_code(exc) in NOT_FOUND:
+                return Status.MISSING
+            raise
+        return Status.PRESENT if self.group_arn in targets else Status.MISSING
+
+    def create(self) -> list[Call]:
+        params = {
+            "securityProfileName": self.opts.security_profile,
+            "securityProfileTargetArn": self.group_arn,
+        }
+        return [Call("iot-detect", "AttachSecurityProfile", params)]
+
+
+class MitigationActionStep(Step):
+    """ADD_THINGS_TO_THING_GROUP into the quarantine group, for Detect alarms (console or API)."""
+
+    detect = True
+
+    def __init__(self, opts: CloudOptions, role_arn: str) -> None:
+        self.opts, self.role_arn = opts, role_arn
+        self.params = {
+            "addThingsToThingGroupParams": {
+                "thingGroupNames": [opts.quarantine_group_name],
+                "overrideDynamicGroups": False,
+            }
+        }
+        self.label = f"Device Defender mitigation action {opts.mitigation_action}"
+
+    def _action(self, aws: Clients) -> Optional[dict[str, Any]]:
+        try:
+            return dict(aws("iot-detect").describe_mitigation_action(actionName=self.opts.mitigation_action))
+        except ClientError as exc:
+            if error_code(exc) in NOT_FOUND:
+                return None
+            raise
+
+    def check(self, aws: Clients) -> Status:
+        action = self._action(aws)
+        if action is None:
+            return Status.MISSING
+        if not _iot_tagged(aws, action["actionArn"], self.opts):
+            raise _not_ours(self.label, self.opts)
+        if action.get("actionParams") != self.params or action.get("roleArn") != self.role_arn:
+            raise Conflict(
+                f"{self.label} exists with another group or role (another --quarantine-group?); "
+                f"run `ddcustom cloud teardown --stack {self.opts.stack}` first"
+            )
+        return Status.OWNED
+
+    def owned(self, aws: Clients) -> bool:
+        action = self._action(aws)
+        return action is not None and _iot_tagged(aws, action["actionArn"], self.opts)
+
+    def create(self) -> list[Call]:
+        params = {
+            "actionName": self.opts.mitigation_action,
+            "roleArn": self.role_arn,
+            "actionParams": self.params,
+            "tags": _tag_list(self.opts.tags),
+        }
+        return [Call("iot-detect", "CreateMitigationAction", params)]
+
+    def remove(self, aws: Clients) -> list[Call]:
+        return [Call("iot-detect", "DeleteMitigationAction", {"actionName": self.opts.mitigation_action})]

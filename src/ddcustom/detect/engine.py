@@ -1,0 +1,219 @@
+"""The on-device detection engine: one Sample in, Device Defender violation events out.
+
+Criteria describe normal behaviour; a datapoint violates when its criterion is false. A behavior goes
+into alarm after ``consecutiveDatapointsToAlarm`` violating datapoints and clears after
+``consecutiveDatapointsToClear`` normal ones. A metric absent from a sample gives no datapoint: the
+behavior's state neither advances nor clears. Pure apart from the random violation ids.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import operator
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from ddcustom.detect.profile import Behavior, Criteria, Profile
+from ddcustom.detect.statistics import Baseline
+from ddcustom.metrics import MetricValue, custom_values, standard_values
+from ddcustom.sample import Sample
+
+NUMERIC: dict[str, Callable[[float, float], bool]] = {
+    "less-than": operator.lt,
+    "less-than-equals": operator.le,
+    "greater-than": operator.gt,
+    "greater-than-equals": operator.ge,
+}
+# Upper bounds: a sum over part of a duration window that already violates can only grow.
+UPPER_BOUNDS = frozenset({"less-than", "less-than-equals"})
+# metric type -> DD metricValue key for list metrics
+LIST_VALUE_KEYS = {"number_list": "numbers", "string_list": "strings", "ip_list": "cidrs", "ports": "ports"}
+
+DEFAULT_BASELINE_SIZE = 360  # datapoints: one hour at the default 10 s detect interval
+DEFAULT_BASELINE_WARMUP = 30  # datapoints before a statistical threshold may alarm
+
+
+@dataclass
+class _Alarm:
+    violation_id: str
+    since: float
+    metric_value: dict[str, Any]
+
+
+@dataclass
+class _State:
+    violating: int = 0
+    normal: int = 0
+    alarm: Optional[_Alarm] = None
+    window: deque[tuple[float, float]] = field(
+        default_factory=deque
+    )  # (monotonic, delta) for durationSeconds
+    window_start: Optional[float] = None  # monotonic start of the first delta in the window
+    baseline: Optional[Baseline] = None
+
+
+class Engine:
+    def __init__(
+        self,
+        profile: Profile,
+        thing_name: str,
+        baseline_size: int = DEFAULT_BASELINE_SIZE,
+        baseline_warmup: int = DEFAULT_BASELINE_WARMUP,
+    ) -> None:
+        self.profile = profile
+        self.thing_name = thing_name
+        self._previous: Optional[Sample] = None
+        self._states: dict[str, _State] = {}
+        for behavior in profile.device_behaviors:
+            state = _State()
+            assert behavior.criteria is not None
+            if behavior.criteria.statistic is not None:
+                state.baseline = Baseline(behavior.criteria.statistic, baseline_size, baseline_warmup)
+            self._states[behavior.name] = state
+
+    def evaluate(self, sample: Sample) -> list[dict[str, Any]]:
+        """Evaluate every behavior on ``sample``; return the events to publish, in profile order."""
+        previous = self._previous
+        if previous is not None and sample.monotonic <= previous.monotonic:
+            return []  # the same or an older sample: no new datapoint
+        values: dict[str, MetricValue] = custom_values(sample)
+        values.update(standard_values(previous, sample))
+        self._previous = sample
+        interval_start = previous.monotonic if previous is not None else sample.monotonic
+        events: list[dict[str, Any]] = []
+        for behavior in self.profile.device_behaviors:
+            value = values.get(behavior.metric)
+            if value is None:
+                continue
+            if isinstance(value, (int, float)):
+                if not math.isfinite(value):
+                    continue  # NaN/inf is no measurement
+                value = float(value)  # sources may hand over ints; datapoints are floats
+            event = self._step(behavior, self._states[behavior.name], value, sample, interval_start)
+            if event is not None and not behavior.suppress_alerts:
+                events.append(event)
+        return events
+
+    def active_alarms(self) -> list[dict[str, Any]]:
+        """Behaviors in alarm now (suppressed ones included), for logs and component state."""
+        return [
+            {
+                "behavior": behavior.name,
+                "metric": behavior.metric,
+                "violationId": state.alarm.violation_id,
+                "since": state.alarm.since,
+                "metricValue": state.alarm.metric_value,
+                "suppressAlerts": behavior.suppress_alerts,
+            }
+            for behavior in self.profile.device_behaviors
+            for state in [self._states[behavior.name]]
+            if state.alarm is not None
+        ]
+
+    def _step(
+        self, behavior: Behavior, state: _State, value: MetricValue, sample: Sample, interval_start: float
+    ) -> Optional[dict[str, Any]]:
+        criteria = behavior.criteria
+        assert criteria is not None
+        datapoint = self._datapoint(criteria, state, value, sample.monotonic, interval_start)
+        if datapoint is None:
+            return None
+        value, violates = datapoint
+        metric_value = _metric_value(behavior, criteria, value)
+        if violates:
+            state.violating, state.normal = state.violating + 1, 0
+            if state.alarm is None and state.violating >= criteria.consecutive_datapoints_to_alarm:
+                state.alarm = _Alarm(str(uuid.uuid4()), sample.time, metric_value)
+                return self._event(behavior, state.alarm.violation_id, "in-alarm", metric_value, sample.time)
+            if state.alarm is not None:
+                state.alarm.metric_value = metric_value
+            return None
+        state.violating, state.normal = 0, state.normal + 1
+        alarm = state.alarm
+        if alarm is not None and state.normal >= criteria.consecutive_datapoints_to_clear:
+            state.alarm = None
+            return self._event(behavior, alarm.violation_id, "alarm-cleared", metric_value, sample.time)
+        return None
+
+    def _datapoint(
+        self, criteria: Criteria, state: _State, value: MetricValue, now: float, interval_start: float
+    ) -> Optional[tuple[MetricValue, bool]]:
+        """The datapoint for this sample and whether it violates; None when there is none."""
+        complete = True
+        if criteria.duration_seconds is not None and isinstance(value, float):
+            value, complete = _window_sum(state, criteria.duration_seconds, value, now, interval_start)
+        if state.baseline is not None and isinstance(value, float):
+            if not complete:
+                return None  # the baseline takes whole windows only
+            threshold = state.baseline.threshold()
+            state.baseline.add(value)
+            if threshold is None:
+                return None  # still warming up
+            return value, not NUMERIC[criteria.comparison_operator](value, threshold)
+        violates = _violates(criteria, value)
+        if not complete and violates != (criteria.comparison_operator in UPPER_BOUNDS):
+            return None  # a partly filled window whose verdict could still change
+        return value, violates
+
+    def _event(
+        self, behavior: Behavior, violation_id: str, kind: str, metric_value: dict[str, Any], time: float
+    ) -> dict[str, Any]:
+        return {
+            "violationId": violation_id,
+            "thingName": self.thing_name,
+            "securityProfileName": self.profile.name,
+            "behavior": behavior.to_json(),
+            "metricValue": metric_value,
+            "violationEventType": kind,
+            "violationEventTime": int(time),
+            "source": "device",
+        }
+
+
+def _window_sum(
+    state: _State, duration: int, delta: float, now: float, interval_start: float
+) -> tuple[float, bool]:
+    """Sum of the deltas of the last ``duration`` seconds, and whether the window is fully covered."""
+    if state.window_start is None:
+        state.window_start = interval_start
+    state.window.append((now, delta))
+    while state.window and state.window[0][0] <= now - duration:
+        state.window.popleft()
+    return sum(d for _, d in state.window), now - state.window_start >= duration
+
+
+def _violates(criteria: Criteria, value: MetricValue) -> bool:
+    op = criteria.comparison_operator
+    if op in NUMERIC:
+        assert isinstance(value, float) and criteria.threshold is not None
+        return not NUMERIC[op](value, criteria.threshold)
+    items: list[Any] = list(value) if isinstance(value, list) else [value]
+    if op in ("in-cidr-set", "not-in-cidr-set"):
+        inside = [_in_cidrs(str(ip), criteria) for ip in items]
+    else:
+        inside = [item in criteria.members for item in items]
+    if op.startswith("in-"):
+        return not all(inside)  # normal: every element inside the set
+    return any(inside)  # not-in-*: normal when no element is inside
+
+
+def _in_cidrs(ip: str, criteria: Criteria) -> bool:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(address in network for network in criteria.cidrs)
+
+
+def _metric_value(behavior: Behavior, criteria: Criteria, value: MetricValue) -> dict[str, Any]:
+    """The datapoint in Device Defender's metricValue form."""
+    if isinstance(value, list):
+        key = LIST_VALUE_KEYS[behavior.metric_type]
+        if key == "ports":
+            return {key: [int(v) for v in value]}
+        return {key: list(value)}
+    kind = criteria.value_kind or ("count" if behavior.metric.startswith("aws:") else "number")
+    return {"count": int(value)} if kind == "count" else {"number": value}

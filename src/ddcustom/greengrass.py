@@ -1,0 +1,214 @@
+"""Running under Greengrass: configuration through IPC, reports and alerts published over IPC.
+
+``GreengrassConnection`` owns the IPC client. It is the agent's sink, reconnects with backoff and
+jitter after a dropped connection (resubscribing and re-reading the configuration, since updates may
+have been missed meanwhile), and logs Device Defender's /rejected answers with their error codes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import threading
+import time
+from typing import Any, Optional
+
+from ddcustom.config import ConfigError, Settings, parse_settings
+from ddcustom.sinks.base import SinkError
+from ddcustom.sinks.ipc import GreengrassIpc, IpcError, UnauthorizedIpcError, reconnect_delays
+from ddcustom.sinks.local import report_topic
+
+log = logging.getLogger(__name__)
+
+RECONNECT_BASE = 0.5
+RECONNECT_CAP = 30.0
+
+
+class GreengrassConnection:
+    """The agent's sink under Greengrass; every call is bounded by the IPC timeout."""
+
+    def __init__(self, thing_name: str, ipc: Optional[GreengrassIpc] = None, timeout: float = 10.0) -> None:
+        self.thing_name = thing_name
+        self._ipc = ipc or GreengrassIpc(timeout=timeout)
+        self.settings: Optional[Settings] = None
+        self.config_changed = threading.Event()  # set by the IPC thread, read by the loop
+        self.wake = threading.Event()
+        self.rejected = 0
+        self.accepted = 0
+        self.connects = 0
+        self._delays = reconnect_delays(RECONNECT_BASE, RECONNECT_CAP, random.Random())
+        self._next_attempt = 0.0
+        self._last_state: Optional[str] = None
+
+    # ---- connection ----------------------------------------------------------------------------
+
+    def open(self) -> None:
+        self._ensure_connected()
+
+    def close(self) -> None:
+        self._ipc.close()
+
+    def _ensure_connected(self) -> None:
+        if self._ipc.connected:
+            return
+        now = time.monotonic()
+        if now < self._next_attempt:
+            raise SinkError(f"not connected to the nucleus; next attempt in {self._next_attempt - now:.1f} s")
+        try:
+            self._ipc.connect()
+            self._ipc.subscribe_configuration(self._on_config_update)
+            topic = report_topic(self.thing_name)
+            self._ipc.subscribe_iot(f"{topic}/accepted", self._on_accepted)
+            self._ipc.subscribe_iot(f"{topic}/rejected", self._on_rejected)
+        except IpcError as exc:
+            self._ipc.close()
+            self._next_attempt = time.monotonic() + next(self._delays)
+            raise SinkError(f"cannot connect to the nucleus: {exc}") from exc
+        self.connects += 1
+        self._delays = reconnect_delays(RECONNECT_BASE, RECONNECT_CAP, random.Random())
+        self._last_state = None
+        if self.connects > 1:
+            log.info("reconnected to the nucleus (connection %d)", self.connects)
+            self.config_changed.set()  # an update may have come while we were away
+
+    def _call(self, what: str, fn: Any, *args: Any) -> Any:
+        self._ensure_connected()
+        try:
+            return fn(*args)
+        except UnauthorizedIpcError as exc:
+            raise SinkError(f"{what}: the recipe's accessControl does not grant it: {exc}") from exc
+        except IpcError as exc:
+            if not self._ipc.connected:
+                self._next_attempt = time.monotonic() + next(self._delays)
+            raise SinkError(f"{what}: {exc}") from exc
+
+    # ---- what the agent and the runner call ------------------------------------------------------
+
+    def read_settings(self) -> tuple[Settings, list[str]]:
+        raw = self._call("GetConfiguration", self._ipc.get_configuration)
+        return parse_settings(raw)
+
+    def update_state(self, state: str) -> None:
+        if state == self._last_state:
+            return
+        try:
+            self._call("UpdateState", self._ipc.update_state, state)
+            self._last_state = state
+        except SinkError as exc:
+            log.warning("cannot report state %s: %s", state, exc)
+
+    def publish_report(self, report: dict[str, Any]) -> bool:
+        if self.settings is None or not self.settings.enable_device_defender_report:
+            return False
+        payload = json.dumps(report, separators=(",", ":")).encode()
+        self._call("PublishToIoTCore (report)", self._ipc.publish_iot, report_topic(self.thing_name), payload)
+        log.info("report %s published (%d bytes)", report["header"]["report_id"], len(payload))
+        self.update_state("RUNNING")
+        return True
+
+    def publish_alert(self, alert: dict[str, Any]) -> None:
+        assert self.settings is not None
+        payload = json.dumps(alert, separators=(",", ":")).encode()
+        self._call("PublishToIoTCore (alert)", self._ipc.publish_iot, self.settings.alert_topic_for(self.thing_name), payload)
+        try:
+            self._call("PublishToTopic (local alert)", self._ipc.publish_local, self.settings.local_alert_topic, payload)
+        except SinkError as exc:  # IoT Core has it; local subscribers are a convenience
+            log.warning("alert %s not published locally: %s", alert.get("violationId"), exc)
+
+    # ---- IPC callbacks (run on the client's threads: keep them short) ----------------------------
+
+    def _on_config_update(self) -> None:
+        self.config_changed.set()
+        self.wake.set()
+
+    def _on_accepted(self, _topic: str, _payload: bytes) -> None:
+        self.accepted += 1
+
+    def _on_rejected(self, _topic: str, payload: bytes) -> None:
+        self.rejected += 1
+        try:
+            answer = json.loads(payload)
+            details = answer.get("statusDetails", {})
+            code, message, report_id = details.get("ErrorCode"), details.get("ErrorMessage"), answer.get("reportId")
+        except (ValueError, AttributeError):
+            code, message, report_id = "unparseable answer", payload[:200].decode(errors="replace"), None
+        log.error("Device Defender rejected report %s: %s: %s (%d rejected so far)", report_id, code, message, self.rejected)
+
+
+def run_under_greengrass(config_path: Optional[str] = None) -> int:
+    """``ddcustom run`` with SVCUID set. Returns only when stopped by a signal."""
+    from ddcustom.agent import Agent
+    from ddcustom.cli import _install_stop_handlers, setup_logging
+
+    if config_path:
+        log.warning("--config is ignored under Greengrass: the configuration comes from the deployment")
+    thing_name = os.environ.get("AWS_IOT_THING_NAME", "")
+    if not thing_name:
+        log.error("AWS_IOT_THING_NAME is not set; the nucleus sets it for components")
+        return 1
+    conn = GreengrassConnection(thing_name)
+    stop = threading.Event()
+    _install_stop_handlers(stop, conn.wake)
+
+    settings = _first_settings(conn, stop)
+    if settings is None:
+        return 0
+    setup_logging(settings.log_level)
+    conn.settings = settings
+    agent = Agent(settings, thing_name, conn)
+
+    def before_cycle() -> None:
+        if not conn.config_changed.is_set():
+            return
+        conn.config_changed.clear()
+        try:
+            new, warnings = conn.read_settings()
+        except ConfigError as exc:
+            log.error("configuration update refused, the previous settings stay: %s", exc)
+            return
+        except SinkError as exc:
+            conn.config_changed.set()  # try again next cycle
+            log.warning("cannot read the configuration update yet: %s", exc)
+            return
+        for warning in warnings:
+            log.warning("%s", warning)
+        if new != conn.settings:
+            log.info("configuration updated; applying without a restart")
+            setup_logging(new.log_level)
+            conn.settings = new
+            agent.apply_settings(new)
+
+    try:
+        agent.run_forever(stop, conn.wake, before_cycle)
+    finally:
+        agent.close()
+        conn.close()
+    return 0
+
+
+def _first_settings(conn: GreengrassConnection, stop: threading.Event) -> Optional[Settings]:
+    """Connect and read the configuration; never exit while Greengrass expects the component to run.
+
+    A configuration that does not validate is reported as ERRORED and the component waits for a
+    deployment that fixes it, instead of running with settings nobody asked for.
+    """
+    while not stop.is_set():
+        try:
+            settings, warnings = conn.read_settings()
+        except ConfigError as exc:
+            log.error("the deployed configuration is invalid; waiting for a corrected one: %s", exc)
+            conn.update_state("ERRORED")
+            conn.wake.wait(60)
+            conn.wake.clear()
+            continue
+        except SinkError as exc:
+            log.warning("%s", exc)
+            stop.wait(1.0)
+            continue
+        for warning in warnings:
+            log.warning("%s", warning)
+        conn.config_changed.clear()
+        return settings
+    return None

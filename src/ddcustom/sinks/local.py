@@ -1,0 +1,44 @@
+"""Local sink: reports and alerts as JSON lines on a stream (stdout in ``ddcustom run``)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any, TextIO
+
+from ddcustom.sinks.base import SinkError
+
+
+def report_topic(thing_name: str) -> str:
+    return f"$aws/things/{thing_name}/defender/metrics/json"
+
+
+class JsonLinesSink:
+    """Writes ``{"kind": "report"|"alert", "topic": ..., ...}`` lines; the topic is where it would go."""
+
+    def __init__(self, stream: TextIO, thing_name: str, alert_topic: str) -> None:
+        self._stream = stream
+        self._thing_name = thing_name
+        self.alert_topic = alert_topic
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self._stream.flush()
+
+    def publish_report(self, report: dict[str, Any]) -> bool:
+        self._write({"kind": "report", "topic": report_topic(self._thing_name), "report": report})
+        return True
+
+    def publish_alert(self, alert: dict[str, Any]) -> None:
+        self._write({"kind": "alert", "topic": self.alert_topic, "alert": alert})
+
+    def _write(self, line: dict[str, Any]) -> None:
+        try:
+            with self._lock:
+                self._stream.write(json.dumps(line, separators=(",", ":")) + "\n")
+                self._stream.flush()
+        except (OSError, ValueError) as exc:  # closed pipe, closed stream
+            raise SinkError(f"cannot write to the output stream: {exc}") from exc

@@ -1,0 +1,119 @@
+"""Collector: one Sample per call from all sources, under the current settings.
+
+A source that fails does not fail the cycle: its part of the Sample is None, its name goes into
+``Sample.errors``, and the error is logged once (again when it changes, and when the source recovers).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Optional, TypeVar
+
+from ddcustom.config import Settings
+from ddcustom.sample import Connection, Feedback, GpuStats, NetworkStats, ProcessStats, Sample
+from ddcustom.sources.feedback_files import FeedbackReader
+from ddcustom.sources.network import NetworkSource
+from ddcustom.sources.processes import ProcessScan, ProcessSource
+from ddcustom.sources.system import SystemSource
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Collector:
+    def __init__(self, settings: Settings, proc_root: str = "/proc") -> None:
+        self._proc_root = proc_root
+        self._system = SystemSource(proc_root)  # kept across settings changes: CPU % needs the last reading
+        self._last_error: dict[str, str] = {}  # source -> last error message logged
+        self._gpu: Optional[Any] = None  # ddcustom.sources.gpu.GpuSource, once it could be created
+        self._gpu_missing_logged = False
+        self._feedback = FeedbackReader(
+            settings.gpu_load_feedback_file, settings.inference_time_feedback_file
+        )
+        self._errors: list[str] = []
+        self.settings = settings
+        self._configure(settings)
+
+    def apply_settings(self, settings: Settings) -> None:
+        """Use new settings from the next sample on (the GPU source is re-created if they changed)."""
+        if settings != self.settings:
+            self._close_gpu()
+        self.settings = settings
+        self._configure(settings)
+
+    def _configure(self, settings: Settings) -> None:
+        self._network = NetworkSource(settings.include_loopback, self._proc_root)
+        self._processes = ProcessSource(
+            settings.watched_processes,
+            settings.miner_process_names,
+            settings.mining_pool_ports,
+            self._proc_root,
+        )
+        paths = (settings.gpu_load_feedback_file, settings.inference_time_feedback_file)
+        if (self._feedback.gpu_load_path, self._feedback.inference_time_path) != paths:
+            self._feedback = FeedbackReader(*paths)  # kept otherwise: it remembers what it has logged
+
+    def sample(self) -> Sample:
+        self._errors = []
+        wall, mono = time.time(), time.monotonic()
+        network: Optional[NetworkStats] = self._run("network", self._network.read)
+        connections: tuple[Connection, ...] = network.established_tcp if network is not None else ()
+        scan: Optional[ProcessScan] = self._run("processes", lambda: self._processes.scan(connections))
+        processes: Optional[ProcessStats] = scan.stats if scan is not None else None
+        cpu = self._run("cpu", self._system.read_cpu_percent)
+        memory = self._run("memory", self._system.read_memory_percent)
+        feedback: Optional[Feedback] = None
+        gpu: Optional[GpuStats] = None
+        if self.settings.enable_gpu_metrics:
+            feedback = self._run("feedback", self._feedback.read)
+            watched = scan.watched_pids if scan is not None else frozenset()
+            gpu = self._run("gpu", lambda: self._read_gpu(watched))
+        return Sample(
+            time=wall,
+            monotonic=mono,
+            network=network,
+            cpu_percent=cpu,
+            memory_percent=memory,
+            feedback=feedback,
+            processes=processes,
+            gpu=gpu,
+            errors=tuple(self._errors),
+        )
+
+    def close(self) -> None:
+        self._close_gpu()
+
+    def _read_gpu(self, watched_pids: frozenset[int]) -> Optional[GpuStats]:
+        if self._gpu is None:
+            try:
+                from ddcustom.sources.gpu import GpuSource
+            except ImportError:
+                if not self._gpu_missing_logged:
+                    log.warning("GPU metrics enabled but this build has no GPU source; GPU metrics left out")
+                    self._gpu_missing_logged = True
+                return None
+            self._gpu = GpuSource(self.settings)
+        result: Optional[GpuStats] = self._gpu.read(watched_pids)
+        return result
+
+    def _close_gpu(self) -> None:
+        gpu, self._gpu = self._gpu, None
+        if gpu is not None:
+            self._run("gpu", gpu.close)
+
+    def _run(self, source: str, read: Callable[[], T]) -> Optional[T]:
+        try:
+            value = read()
+        except Exception as exc:  # a failing source must not fail the cycle
+            message = f"{type(exc).__name__}: {exc}"
+            if self._last_error.get(source) != message:
+                log.warning("source %s failed: %s (left out until it recovers)", source, message)
+                self._last_error[source] = message
+            self._errors.append(source)
+            return None
+        if source in self._last_error:
+            log.info("source %s recovered", source)
+            del self._last_error[source]
+        return value

@@ -1,0 +1,121 @@
+"""Feedback files: numbers the device's ML application writes (GPU load per inference, inference time).
+
+Each file holds one non-negative number as text. Reading never blocks and never reads much: the path is
+checked with ``stat`` before it is opened (a FIFO, a device such as /dev/zero, a directory are refused
+without opening them), opened with O_NONBLOCK, checked again with ``fstat`` on the open descriptor (so a
+file swapped in between is caught), and at most MAX_FEEDBACK_BYTES are read. A symlink to a regular file
+is followed: applications commonly point the configured path at a file in their own directory.
+
+A missing or invalid value leaves that metric out (None) and logs a warning once per distinct problem;
+a change of problem is logged again, and so is the recovery.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import stat
+from typing import Optional
+
+from ddcustom.sample import Feedback
+
+log = logging.getLogger(__name__)
+
+MAX_FEEDBACK_BYTES = 64
+
+
+class FeedbackProblem(Exception):
+    """Why a feedback file gave no value. ``kind`` names the problem (logged once per kind)."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}" if detail else kind)
+        self.kind = kind
+
+
+def parse_feedback_number(text: str) -> float:
+    """The value of a feedback file's text: a finite, non-negative decimal number."""
+    value_text = text.strip()
+    if not value_text:
+        raise FeedbackProblem("empty", "")
+    try:
+        if "_" in value_text:  # float() accepts 1_000, an application would not mean that
+            raise ValueError
+        value = float(value_text)
+    except ValueError:
+        raise FeedbackProblem("not a number", repr(value_text[:20])) from None
+    if not math.isfinite(value):
+        raise FeedbackProblem("not a finite number", repr(value_text[:20]))
+    if value < 0:
+        raise FeedbackProblem("negative", repr(value_text[:20]))
+    return value
+
+
+def _refuse_non_regular(mode: int) -> None:
+    if stat.S_ISREG(mode):
+        return
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    kind = next((text for test, text in kinds if test(mode)), "not a regular file")
+    raise FeedbackProblem("not a regular file", kind)
+
+
+def read_feedback_file(path: str) -> float:
+    """Read one feedback file; raises FeedbackProblem saying why there is no value."""
+    try:
+        _refuse_non_regular(os.stat(path).st_mode)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise FeedbackProblem("missing", "") from None
+    except OSError as exc:
+        raise FeedbackProblem("unreadable", exc.strerror or str(exc)) from None
+    try:
+        info = os.fstat(fd)
+        _refuse_non_regular(info.st_mode)
+        if info.st_size > MAX_FEEDBACK_BYTES:
+            raise FeedbackProblem("too large", f"{info.st_size} bytes, at most {MAX_FEEDBACK_BYTES}")
+        data = os.read(fd, MAX_FEEDBACK_BYTES + 1)
+    except OSError as exc:
+        raise FeedbackProblem("unreadable", exc.strerror or str(exc)) from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FEEDBACK_BYTES:  # grew after fstat
+        raise FeedbackProblem("too large", f"more than {MAX_FEEDBACK_BYTES} bytes")
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        raise FeedbackProblem("not a number", "not ASCII text") from None
+    return parse_feedback_number(text)
+
+
+class FeedbackReader:
+    """Reads both feedback files into a Feedback, logging each file's problems once."""
+
+    def __init__(self, gpu_load_path: str, inference_time_path: str) -> None:
+        self.gpu_load_path = gpu_load_path
+        self.inference_time_path = inference_time_path
+        self._problem: dict[str, Optional[str]] = {}  # path -> kind of its last problem, None when fine
+
+    def read(self) -> Feedback:
+        return Feedback(
+            gpu_load_per_inference=self._read_one(self.gpu_load_path, "GpuLoadFeedbackFile"),
+            avg_inference_time_ms=self._read_one(self.inference_time_path, "InferenceTimeFeedbackFile"),
+        )
+
+    def _read_one(self, path: str, key: str) -> Optional[float]:
+        try:
+            value = read_feedback_file(path)
+        except FeedbackProblem as problem:
+            if self._problem.get(path) != problem.kind:
+                log.warning("%s %s: %s; the metric is left out until it holds a number", key, path, problem)
+            self._problem[path] = problem.kind
+            return None
+        if self._problem.get(path) is not None:
+            log.info("%s %s: holds a valid number again", key, path)
+        self._problem[path] = None
+        return value

@@ -1,0 +1,179 @@
+"""Process source: children of the watched applications, miner processes, connections to pool ports.
+
+One scan of ``/proc/<pid>/stat`` (parent pid, name) and ``/proc/<pid>/cmdline`` per cycle, with bounded
+reads; a process that exits during the scan is skipped. Matching rules:
+
+- a process is *watched* when its name (``comm``, or the basename of argv[0]) equals a WatchedProcesses
+  entry (the kernel truncates ``comm`` to 15 characters; a longer entry matches its first 15). The
+  watched tree is the watched processes and all their descendants; ``child_processes`` counts the
+  members of the tree that are not themselves watched processes.
+- a process is a *miner* when its name, case-insensitively, is a MinerProcessNames entry or starts with
+  one followed by a non-letter (``xmrig-6.21``); or its command line holds a stratum URL
+  (``stratum+tcp://``, ``stratum+ssl://``, ``stratum+tls://``, ``stratum2+tcp://`` and the other
+  stratum2 transports); or the miner flag ``--donate-level``. Only the first CMDLINE_BYTES of a command
+  line are read.
+- a *pool connection* is an established connection (from the network source) whose remote port is in
+  MiningPoolPorts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Optional
+
+from ddcustom.sample import Connection, MinerProcess, ProcessStats
+
+STAT_BYTES = 4096
+CMDLINE_BYTES = 4096
+COMM_LENGTH = 15  # TASK_COMM_LEN - 1
+
+STRATUM_URL = re.compile(r"stratum2?\+(?:tcp|ssl|tls)://", re.IGNORECASE)
+MINER_FLAG = re.compile(r"--donate-level\b")
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int
+    ppid: int
+    comm: str
+    argv0_name: str  # basename of argv[0]; "" for kernel threads
+    cmdline: str  # arguments joined with spaces (possibly cut at CMDLINE_BYTES)
+
+
+@dataclass(frozen=True)
+class ProcessScan:
+    stats: ProcessStats
+    watched_pids: frozenset[int]  # the watched processes and their descendants (for GPU attribution)
+
+
+def parse_stat(text: str) -> tuple[str, int]:
+    """(comm, ppid) of a /proc/<pid>/stat line. comm may hold spaces and parentheses: it ends at the
+    last ')'."""
+    head, sep, tail = text.rpartition(")")
+    if not sep:
+        raise ValueError(f"malformed stat line: {text[:60]!r}")
+    comm = head.partition("(")[2]
+    fields = tail.split(None, 2)  # state, ppid, ...
+    return comm, int(fields[1])
+
+
+def parse_cmdline(raw: bytes) -> list[str]:
+    """Arguments of /proc/<pid>/cmdline (NUL-separated; a process may have rewritten it with spaces)."""
+    return [arg.decode("utf-8", "replace") for arg in raw.rstrip(b"\0").split(b"\0")] if raw else []
+
+
+def _read_bounded(path: str, limit: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
+
+
+def read_process_table(proc_root: str = "/proc") -> dict[int, ProcessInfo]:
+    """All processes under ``proc_root`` by pid; processes that vanish while being read are skipped."""
+    table: dict[int, ProcessInfo] = {}
+    for name in os.listdir(proc_root):
+        if not name.isdigit():
+            continue
+        base = f"{proc_root}/{name}/"
+        try:
+            comm, ppid = parse_stat(_read_bounded(base + "stat", STAT_BYTES).decode("utf-8", "replace"))
+            argv = parse_cmdline(_read_bounded(base + "cmdline", CMDLINE_BYTES))
+        except (OSError, ValueError, IndexError):  # exited mid-scan, or not readable
+            continue
+        argv0_name = argv[0].rpartition("/")[2] if argv else ""
+        table[int(name)] = ProcessInfo(int(name), ppid, comm, argv0_name, " ".join(argv))
+    return table
+
+
+def _is_watched(info: ProcessInfo, names: frozenset[str]) -> bool:
+    return info.comm in names or info.argv0_name in names
+
+
+def watched_tree(table: Mapping[int, ProcessInfo], watched_names: Iterable[str]) -> tuple[set[int], set[int]]:
+    """(watched pids, watched pids and all their descendants)."""
+    names = frozenset(n for name in watched_names for n in (name, name[:COMM_LENGTH]))
+    roots = {pid for pid, info in table.items() if _is_watched(info, names)}
+    children: dict[int, list[int]] = {}
+    for pid, info in table.items():
+        children.setdefault(info.ppid, []).append(pid)
+    tree = set(roots)
+    pending = list(roots)
+    while pending:
+        for child in children.get(pending.pop(), ()):
+            if child not in tree:
+                tree.add(child)
+                pending.append(child)
+    return roots, tree
+
+
+def miner_name_pattern(miner_names: Iterable[str]) -> re.Pattern[str]:
+    """One pattern for all names: a name, then the end or a non-letter (a version suffix)."""
+    names = sorted({n.lower() for n in miner_names if n}, key=len, reverse=True)
+    if not names:
+        return re.compile(r"(?!)")  # matches nothing
+    return re.compile("(?:" + "|".join(map(re.escape, names)) + r")(?![^\W\d_])", re.IGNORECASE)
+
+
+def miner_name(name: str, pattern: re.Pattern[str]) -> Optional[str]:
+    """The MinerProcessNames entry that ``name`` matches (case-insensitive, version suffix allowed)."""
+    match = pattern.match(name)
+    return match.group(0).lower() if match else None
+
+
+def find_miners(table: Mapping[int, ProcessInfo], pattern: re.Pattern[str]) -> tuple[MinerProcess, ...]:
+    """Miner processes by pid; ``pattern`` from miner_name_pattern(MinerProcessNames)."""
+    found: list[MinerProcess] = []
+    for pid in sorted(table):
+        info = table[pid]
+        name = info.comm or info.argv0_name
+        if miner_name(info.comm, pattern) or miner_name(info.argv0_name, pattern):
+            found.append(MinerProcess(pid, name, "name"))
+        elif STRATUM_URL.search(info.cmdline):
+            found.append(MinerProcess(pid, name, "stratum"))
+        elif MINER_FLAG.search(info.cmdline):
+            found.append(MinerProcess(pid, name, "flag"))
+    return tuple(found)
+
+
+def pool_connections(connections: Iterable[Connection], pool_ports: frozenset[int]) -> tuple[Connection, ...]:
+    return tuple(c for c in connections if c.remote_port in pool_ports)
+
+
+def build_process_scan(
+    table: Mapping[int, ProcessInfo],
+    watched_names: Iterable[str],
+    miner_pattern: re.Pattern[str],
+    pool_ports: frozenset[int],
+    connections: Iterable[Connection],
+) -> ProcessScan:
+    roots, tree = watched_tree(table, watched_names)
+    stats = ProcessStats(
+        child_processes=len(tree - roots),
+        miners=find_miners(table, miner_pattern),
+        pool_connections=pool_connections(connections, pool_ports),
+    )
+    return ProcessScan(stats=stats, watched_pids=frozenset(tree))
+
+
+class ProcessSource:
+    def __init__(
+        self,
+        watched_names: Iterable[str],
+        miner_names: Iterable[str],
+        pool_ports: frozenset[int],
+        proc_root: str = "/proc",
+    ) -> None:
+        self.watched_names = tuple(watched_names)
+        self.miner_pattern = miner_name_pattern(miner_names)
+        self.pool_ports = pool_ports
+        self.proc_root = proc_root
+
+    def scan(self, connections: Iterable[Connection]) -> ProcessScan:
+        """Scan the processes; ``connections`` are the network source's established connections."""
+        table = read_process_table(self.proc_root)
+        return build_process_scan(table, self.watched_names, self.miner_pattern, self.pool_ports, connections)

@@ -1,0 +1,100 @@
+"""Pure parts of the cloud side: policies agree with the repository's file, behaviors, options."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ddcustom.cloud.behaviors import cloud_behaviors
+from ddcustom.cloud.options import CloudOptions, OptionError, default_region
+from ddcustom.cloud.policies import artifact_policy
+from ddcustom.detect.profile import load_profile
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_cloud_artifact_policy_matches_repository_file() -> None:
+    text = (ROOT / "component-artifact-policy.json").read_text(encoding="utf-8")
+    filled = (
+        text.replace("REPLACE-WITH-BUCKET-PREFIX", "my-artifacts")
+        .replace("REPLACE-WITH-REGION", "eu-west-1")
+        .replace("REPLACE-WITH-ACCOUNT-ID", "111122223333")
+    )
+    expected = json.loads(filled)
+    ours = artifact_policy("my-artifacts", "eu-west-1", "111122223333", "com.awsiotblog.DeviceDefenderCustom")
+    assert ours == expected
+    assert ours["Statement"][0]["Resource"] == [
+        "arn:aws:s3:::my-artifacts-eu-west-1-111122223333/com.awsiotblog.DeviceDefenderCustom/*"
+    ]
+
+
+def test_cloud_behaviors_from_the_built_in_profile_are_unchanged() -> None:
+    raw = json.loads((ROOT / "src/ddcustom/profiles/crypto-mining.json").read_text(encoding="utf-8"))
+    behaviors, notes = cloud_behaviors(load_profile("crypto-mining"))
+    assert behaviors == raw["behaviors"]
+    assert notes == []
+
+
+def test_cloud_behaviors_drop_device_only_extras() -> None:
+    profile = {
+        "name": "custom",
+        "behaviors": [
+            {
+                "name": "cpu",
+                "metric": "cpu_usage",
+                "localBaseline": {"window": 100},
+                "criteria": {"comparisonOperator": "less-than", "value": {"number": 90}, "deviceOnly": True},
+            },
+            {"name": "local", "metric": "some_device_metric", "criteria": {}},
+            {
+                "name": "out",
+                "metric": "aws:all-bytes-out",
+                "criteria": {"statisticalThreshold": {"statistic": "p90"}, "durationSeconds": 300},
+            },
+        ],
+    }
+    behaviors, notes = cloud_behaviors(profile)
+    assert behaviors == [
+        {
+            "name": "cpu",
+            "metric": "cpu_usage",
+            "criteria": {"comparisonOperator": "less-than", "value": {"number": 90}},
+        },
+        {
+            "name": "out",
+            "metric": "aws:all-bytes-out",
+            "criteria": {"statisticalThreshold": {"statistic": "p90"}, "durationSeconds": 300},
+        },
+    ]
+    assert notes == [
+        "behavior 'cpu': device-only key 'localBaseline' left out",
+        "behavior 'cpu': device-only key 'criteria.deviceOnly' left out",
+        "behavior 'local': metric 'some_device_metric' is evaluated on the device only",
+    ]
+
+
+def test_cloud_options_names_and_alert_filter() -> None:
+    opts = CloudOptions(
+        region="eu-west-1", stack="fleet-a", merge_configuration={"AlertTopic": "alerts/{thingName}"}
+    )
+    assert opts.topic_rule == "fleet_a_alerts"
+    assert opts.quarantine_group_name == "fleet-a-quarantine"
+    assert opts.alert_topic_filter() == "alerts/+"
+    assert CloudOptions(region="eu-west-1").alert_topic_filter() == "ddcustom/+/alerts"
+
+
+@pytest.mark.parametrize("stack", ["", "1abc", "a_b", "x" * 33])
+def test_cloud_options_reject_bad_stack(stack: str) -> None:
+    with pytest.raises(OptionError, match="--stack"):
+        CloudOptions(region="eu-west-1", stack=stack)
+
+
+def test_cloud_default_region_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert default_region({"AWS_REGION": "eu-west-3", "AWS_DEFAULT_REGION": "eu-west-1"}) == "eu-west-3"
+    assert default_region({"AWS_DEFAULT_REGION": "eu-west-1"}) == "eu-west-1"
+    for key in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    assert default_region({}) == "us-east-1"

@@ -1,0 +1,629 @@
+"""`ddcustom cloud setup|teardown` against moto (IAM, SNS, IoT registry and rules) and botocore's
+Stubber for what moto lacks (Device Defender Detect, Greengrass v2): requests, tags, idempotence."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.stub import ANY, Stubber
+from moto import mock_aws
+
+from ddcustom.cloud.cli import add_cloud_parser, run_cloud
+from ddcustom.metrics import CUSTOM_METRICS
+
+REGION = "us-east-1"
+ACCOUNT = "123456789012"  # moto's account
+TAGS = [{"Key": "ddcustom:stack", "Value": "ddcustom"}]
+COMPONENT = "com.awsiotblog.DeviceDefenderCustom"
+GROUP = "GreengrassQuickStartGroup"
+GROUP_ARN = f"arn:aws:iot:{REGION}:{ACCOUNT}:thinggroup/{GROUP}"
+TOPIC_ARN = f"arn:aws:sns:{REGION}:{ACCOUNT}:ddcustom-alerts"
+IOT_ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/ddcustom-iot-alerts"
+MITIGATION_ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/ddcustom-quarantine-action"
+POLICY_ARN = f"arn:aws:iam::{ACCOUNT}:policy/ddcustom-artifact-access"
+COMPONENT_ARN = f"arn:aws:greengrass:{REGION}:{ACCOUNT}:components:{COMPONENT}:versions:1.0.0"
+NUCLEUS_ARN = f"arn:aws:greengrass:{REGION}:aws:components:aws.greengrass.Nucleus"
+PROFILE_ARN = f"arn:aws:iot:{REGION}:{ACCOUNT}:securityprofile/ddcustom-crypto-mining"
+ACTION_ARN = f"arn:aws:iot:{REGION}:{ACCOUNT}:mitigationaction/ddcustom-quarantine"
+PROFILE_BEHAVIORS = json.loads(
+    (Path(__file__).parents[1] / "src/ddcustom/profiles/crypto-mining.json").read_text(encoding="utf-8")
+)["behaviors"]
+HAND_MADE_METRIC = "gpu_load_per_inference"  # made by hand as the article does: used, never removed
+QUARANTINE_PARAMS = {
+    "addThingsToThingGroupParams": {
+        "thingGroupNames": ["ddcustom-quarantine"],
+        "overrideDynamicGroups": False,
+    }
+}
+# The group already runs a deployment (as after the Greengrass quick start): setup adds to it.
+EXISTING_COMPONENTS = {
+    "aws.greengrass.Nucleus": {"componentVersion": "2.13.0"},
+    "aws.greengrass.Cli": {"componentVersion": "2.13.0"},
+}
+INTERPOLATE = {"merge": '{"interpolateComponentConfiguration": true}'}
+KEPT_COMPONENTS = {  # what teardown leaves: the nucleus keeps the option it needs for 2.6+ recipes
+    "aws.greengrass.Nucleus": {"componentVersion": "2.13.0", "configurationUpdate": INTERPOLATE},
+    "aws.greengrass.Cli": {"componentVersion": "2.13.0"},
+}
+DEPLOYED_COMPONENTS = {
+    **KEPT_COMPONENTS,
+    COMPONENT: {"componentVersion": "1.0.0", "configurationUpdate": {"merge": '{"EnableGPUMetrics": true}'}},
+}
+NOT_FOUND = "ResourceNotFoundException"
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.setenv(key, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    with mock_aws():
+        yield
+
+
+class Account:
+    """Service key -> client: moto for iam/sns/sts/iot, Stubber for iot-detect and greengrassv2."""
+
+    def __init__(self) -> None:
+        self.moto: dict[str, Any] = {
+            name: boto3.client(name, region_name=REGION) for name in ("iam", "sns", "sts", "iot")
+        }
+        self.detect_client = boto3.client("iot", region_name=REGION)
+        self.greengrass_client = boto3.client("greengrassv2", region_name=REGION)
+        self.detect = Stubber(self.detect_client)
+        self.greengrass = Stubber(self.greengrass_client)
+        self.detect.activate()
+        self.greengrass.activate()
+
+    def __call__(self, service: str) -> Any:
+        if service == "iot-detect":
+            return self.detect_client
+        if service == "greengrassv2":
+            return self.greengrass_client
+        return self.moto[service]
+
+    def all_stubs_used(self) -> None:
+        self.detect.assert_no_pending_responses()
+        self.greengrass.assert_no_pending_responses()
+
+    def snapshot(self) -> dict[str, Any]:
+        """What exists in the moto-backed services."""
+        iam, sns, iot = self.moto["iam"], self.moto["sns"], self.moto["iot"]
+        topics = sorted(t["TopicArn"] for t in sns.list_topics()["Topics"])
+        return {
+            "topics": topics,
+            "subscriptions": sorted(
+                s["Endpoint"]
+                for t in topics
+                for s in sns.list_subscriptions_by_topic(TopicArn=t)["Subscriptions"]
+            ),
+            "roles": sorted(r["RoleName"] for r in iam.list_roles()["Roles"]),
+            "policies": sorted(p["PolicyName"] for p in iam.list_policies(Scope="Local")["Policies"]),
+            "tes_policies": sorted(
+                p["PolicyName"]
+                for p in iam.list_attached_role_policies(RoleName="GreengrassV2TokenExchangeRole")[
+                    "AttachedPolicies"
+                ]
+            ),
+            "rules": sorted(r["ruleName"] for r in iot.list_topic_rules()["rules"]),
+            "groups": sorted(g["groupName"] for g in iot.list_thing_groups()["thingGroups"]),
+        }
+
+
+def fleet() -> Account:
+    """An account after the Greengrass quick start: token exchange role, thing group with a device."""
+    account = Account()
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "credentials.iot.amazonaws.com"},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+    account.moto["iam"].create_role(
+        RoleName="GreengrassV2TokenExchangeRole", AssumeRolePolicyDocument=json.dumps(trust)
+    )
+    account.moto["iot"].create_thing_group(thingGroupName=GROUP)
+    account.moto["iot"].create_thing(thingName="gpu-edge-07")
+    account.moto["iot"].add_thing_to_thing_group(thingGroupName=GROUP, thingName="gpu-edge-07")
+    return account
+
+
+def cloud(account: Account, *argv: str) -> tuple[int, str, str]:
+    parser = argparse.ArgumentParser(prog="ddcustom")
+    add_cloud_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["cloud", *argv, "--region", REGION])
+    out, err = io.StringIO(), io.StringIO()
+    code = run_cloud(args, clients=account, out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+# ---- what the stubbed services expect and answer ----
+
+
+def metric_arn(name: str) -> str:
+    return f"arn:aws:iot:{REGION}:{ACCOUNT}:custommetric/{name}"
+
+
+def expect_metric_lookups(account: Account, created: bool, order: list[str]) -> None:
+    for name in order:
+        metric_type = CUSTOM_METRICS[name][1]
+        if not created and name != HAND_MADE_METRIC:
+            account.detect.add_client_error(
+                "describe_custom_metric", NOT_FOUND, expected_params={"metricName": name}
+            )
+            continue
+        found = {"metricName": name, "metricArn": metric_arn(name), "metricType": metric_type}
+        account.detect.add_response("describe_custom_metric", found, {"metricName": name})
+        tags = [] if name == HAND_MADE_METRIC else TAGS
+        account.detect.add_response(
+            "list_tags_for_resource", {"tags": tags}, {"resourceArn": metric_arn(name)}
+        )
+
+
+def expect_profile_found(account: Account) -> None:
+    found = {
+        "securityProfileName": "ddcustom-crypto-mining",
+        "securityProfileArn": PROFILE_ARN,
+        "behaviors": PROFILE_BEHAVIORS,
+        "alertTargets": {"SNS": {"alertTargetArn": TOPIC_ARN, "roleArn": IOT_ROLE_ARN}},
+    }
+    account.detect.add_response(
+        "describe_security_profile", found, {"securityProfileName": "ddcustom-crypto-mining"}
+    )
+    account.detect.add_response("list_tags_for_resource", {"tags": TAGS}, {"resourceArn": PROFILE_ARN})
+
+
+def expect_targets(account: Account) -> None:
+    account.detect.add_response(
+        "list_targets_for_security_profile",
+        {"securityProfileTargets": [{"arn": GROUP_ARN}]},
+        {"securityProfileName": "ddcustom-crypto-mining"},
+    )
+
+
+def expect_action_found(account: Account) -> None:
+    found = {
+        "actionName": "ddcustom-quarantine",
+        "actionType": "ADD_THINGS_TO_THING_GROUP",
+        "actionArn": ACTION_ARN,
+        "roleArn": MITIGATION_ROLE_ARN,
+        "actionParams": QUARANTINE_PARAMS,
+    }
+    account.detect.add_response("describe_mitigation_action", found, {"actionName": "ddcustom-quarantine"})
+    account.detect.add_response("list_tags_for_resource", {"tags": TAGS}, {"resourceArn": ACTION_ARN})
+
+
+def expect_latest_deployment(account: Account, deployment_id: str, components: dict, tags: dict) -> None:
+    account.greengrass.add_response(
+        "list_deployments",
+        {"deployments": [{"deploymentId": deployment_id, "targetArn": GROUP_ARN, "isLatestForTarget": True}]},
+        {"targetArn": GROUP_ARN, "historyFilter": "LATEST_ONLY"},
+    )
+    found = {"deploymentId": deployment_id, "targetArn": GROUP_ARN, "components": components, "tags": tags}
+    account.greengrass.add_response("get_deployment", found, {"deploymentId": deployment_id})
+
+
+def expect_component_published(account: Account) -> None:
+    found = {"arn": COMPONENT_ARN, "componentName": COMPONENT, "componentVersion": "1.0.0"}
+    account.greengrass.add_response("describe_component", found, {"arn": COMPONENT_ARN})
+
+
+def expect_first_setup(account: Account) -> None:
+    # checks, in plan order
+    expect_metric_lookups(account, created=False, order=list(CUSTOM_METRICS))
+    account.detect.add_client_error(
+        "describe_security_profile",
+        NOT_FOUND,
+        expected_params={"securityProfileName": "ddcustom-crypto-mining"},
+    )
+    account.detect.add_client_error(
+        "list_targets_for_security_profile",
+        NOT_FOUND,
+        expected_params={"securityProfileName": "ddcustom-crypto-mining"},
+    )
+    account.detect.add_client_error(
+        "describe_mitigation_action", NOT_FOUND, expected_params={"actionName": "ddcustom-quarantine"}
+    )
+    expect_component_published(account)
+    expect_latest_deployment(account, "d-quickstart", EXISTING_COMPONENTS, {})
+    # creations
+    for name, (_, metric_type, description) in CUSTOM_METRICS.items():
+        if name == HAND_MADE_METRIC:
+            continue
+        params = {"metricName": name, "displayName": description, "metricType": metric_type, "tags": TAGS}
+        account.detect.add_response(
+            "create_custom_metric", {"metricName": name, "metricArn": metric_arn(name)}, params
+        )
+    account.detect.add_response(
+        "create_security_profile",
+        {"securityProfileName": "ddcustom-crypto-mining", "securityProfileArn": PROFILE_ARN},
+        {
+            "securityProfileName": "ddcustom-crypto-mining",
+            "securityProfileDescription": ANY,
+            "behaviors": PROFILE_BEHAVIORS,
+            "alertTargets": {"SNS": {"alertTargetArn": TOPIC_ARN, "roleArn": IOT_ROLE_ARN}},
+            "tags": TAGS,
+        },
+    )
+    account.detect.add_response(
+        "attach_security_profile",
+        {},
+        {"securityProfileName": "ddcustom-crypto-mining", "securityProfileTargetArn": GROUP_ARN},
+    )
+    account.detect.add_response(
+        "create_mitigation_action",
+        {"actionArn": ACTION_ARN, "actionId": "a-1"},
+        {
+            "actionName": "ddcustom-quarantine",
+            "roleArn": MITIGATION_ROLE_ARN,
+            "actionParams": QUARANTINE_PARAMS,
+            "tags": TAGS,
+        },
+    )
+    account.greengrass.add_response(
+        "create_deployment",
+        {"deploymentId": "d-ddcustom"},
+        {
+            "targetArn": GROUP_ARN,
+            "deploymentName": f"ddcustom-{COMPONENT}",
+            "components": DEPLOYED_COMPONENTS,
+            "tags": {"ddcustom:stack": "ddcustom"},
+        },
+    )
+
+
+def expect_second_setup(account: Account) -> None:
+    expect_metric_lookups(account, created=True, order=list(CUSTOM_METRICS))
+    expect_profile_found(account)
+    expect_targets(account)
+    expect_action_found(account)
+    expect_component_published(account)
+    expect_latest_deployment(account, "d-ddcustom", DEPLOYED_COMPONENTS, {"ddcustom:stack": "ddcustom"})
+
+
+def expect_teardown(account: Account) -> None:
+    for _ in range(2):  # owned? then the components to keep
+        expect_latest_deployment(account, "d-ddcustom", DEPLOYED_COMPONENTS, {"ddcustom:stack": "ddcustom"})
+    account.greengrass.add_response(
+        "create_deployment",
+        {"deploymentId": "d-removal"},
+        {"targetArn": GROUP_ARN, "deploymentName": "ddcustom-removal", "components": KEPT_COMPONENTS},
+    )
+    expect_action_found(account)
+    account.detect.add_response("delete_mitigation_action", {}, {"actionName": "ddcustom-quarantine"})
+    expect_profile_found(account)
+    expect_targets(account)
+    account.detect.add_response(
+        "detach_security_profile",
+        {},
+        {"securityProfileName": "ddcustom-crypto-mining", "securityProfileTargetArn": GROUP_ARN},
+    )
+    account.detect.add_response(
+        "delete_security_profile", {}, {"securityProfileName": "ddcustom-crypto-mining"}
+    )
+    for name in reversed(list(CUSTOM_METRICS)):
+        expect_metric_lookups(account, created=True, order=[name])
+        if name != HAND_MADE_METRIC:
+            account.detect.add_response("delete_custom_metric", {}, {"metricName": name})
+
+
+# ---- the tests ----
+
+
+def test_cloud_setup_twice_then_teardown(aws: None) -> None:
+    account = fleet()
+    before = account.snapshot()
+
+    expect_first_setup(account)
+    code, out, err = cloud(account, "setup", "--email", "ops@example.com")
+    assert (code, err) == (0, "")
+    account.all_stubs_used()
+    after_setup = account.snapshot()
+    assert after_setup == {
+        "topics": [TOPIC_ARN],
+        "subscriptions": ["ops@example.com"],
+        "roles": ["GreengrassV2TokenExchangeRole", "ddcustom-iot-alerts", "ddcustom-quarantine-action"],
+        "policies": ["ddcustom-artifact-access"],
+        "tes_policies": ["ddcustom-artifact-access"],
+        "rules": ["ddcustom_alerts"],
+        "groups": [GROUP, "ddcustom-quarantine"],
+    }
+    assert "created  Greengrass deployment" in out
+
+    # what was created, and how
+    iam, sns, iot = account.moto["iam"], account.moto["sns"], account.moto["iot"]
+    assert sns.list_tags_for_resource(ResourceArn=TOPIC_ARN)["Tags"] == TAGS
+    role = iam.get_role(RoleName="ddcustom-iot-alerts")["Role"]
+    assert role["Tags"] == TAGS
+    assert role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {"Service": "iot.amazonaws.com"}
+    publish = iam.get_role_policy(RoleName="ddcustom-iot-alerts", PolicyName="publish-alerts")[
+        "PolicyDocument"
+    ]
+    assert publish["Statement"] == [{"Effect": "Allow", "Action": "sns:Publish", "Resource": TOPIC_ARN}]
+    policy_version = iam.get_policy_version(PolicyArn=POLICY_ARN, VersionId="v1")["PolicyVersion"]
+    assert policy_version["Document"]["Statement"][0]["Resource"] == [
+        f"arn:aws:s3:::greengrass-component-artifacts-{REGION}-{ACCOUNT}/{COMPONENT}/*"
+    ]
+    assert iam.get_policy(PolicyArn=POLICY_ARN)["Policy"]["Tags"] == TAGS
+    rule = iot.get_topic_rule(ruleName="ddcustom_alerts")["rule"]
+    assert rule["sql"] == "SELECT * FROM 'ddcustom/+/alerts'"
+    assert rule["actions"] == [
+        {"sns": {"targetArn": TOPIC_ARN, "roleArn": IOT_ROLE_ARN, "messageFormat": "RAW"}}
+    ]
+    quarantine = iot.describe_thing_group(thingGroupName="ddcustom-quarantine")["thingGroupProperties"]
+    assert quarantine["attributePayload"]["attributes"] == {"ddcustom:stack": "ddcustom"}
+    assert "attributePayload" not in iot.describe_thing_group(thingGroupName=GROUP)["thingGroupProperties"]
+
+    # second run: nothing new (the stubs hold no create call; an unexpected call fails)
+    expect_second_setup(account)
+    code, out, err = cloud(account, "setup", "--email", "ops@example.com")
+    assert (code, err) == (0, "")
+    assert "created " not in out
+    assert "setup complete: 0 created" in out
+    account.all_stubs_used()
+    assert account.snapshot() == after_setup
+
+    # teardown: back to the account as it was; the group, its device and the hand-made metric stay
+    expect_teardown(account)
+    code, out, err = cloud(account, "teardown")
+    assert (code, err) == (0, "")
+    account.all_stubs_used()
+    assert account.snapshot() == before
+    assert iot.list_things_in_thing_group(thingGroupName=GROUP)["things"] == ["gpu-edge-07"]
+    assert f"kept     Device Defender custom metric {HAND_MADE_METRIC}" in out
+
+
+def lookalikes(account: Account) -> None:
+    """Resources with the stack's names, made by someone else (no tag, no owner mark)."""
+    iam, sns, iot = account.moto["iam"], account.moto["sns"], account.moto["iot"]
+    sns.create_topic(Name="ddcustom-alerts")
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Principal": {"Service": "iot.amazonaws.com"}, "Action": "sts:AssumeRole"}
+        ],
+    }
+    iam.create_role(RoleName="ddcustom-iot-alerts", AssumeRolePolicyDocument=json.dumps(trust))
+    iot.create_thing_group(thingGroupName="ddcustom-quarantine")
+    iot.create_topic_rule(
+        ruleName="ddcustom_alerts",
+        topicRulePayload={"sql": "SELECT * FROM 'other/+'", "actions": [], "description": "someone else's"},
+    )
+
+
+def test_cloud_teardown_leaves_untagged_lookalikes(aws: None) -> None:
+    account = fleet()
+    lookalikes(account)
+    before = account.snapshot()
+    account.greengrass.add_response(
+        "list_deployments", {"deployments": []}, {"targetArn": GROUP_ARN, "historyFilter": "LATEST_ONLY"}
+    )
+    code, out, err = cloud(account, "teardown", "--no-detect")
+    assert (code, err) == (0, "")
+    account.all_stubs_used()
+    assert account.snapshot() == before
+    assert "removed" not in out.replace("teardown complete: 0 removed", "")
+
+
+def test_cloud_setup_stops_on_lookalikes_before_changing_anything(aws: None) -> None:
+    account = fleet()
+    lookalikes(account)
+    before = account.snapshot()
+    expect_component_published(account)
+    expect_latest_deployment(account, "d-quickstart", EXISTING_COMPONENTS, {})
+    code, out, _ = cloud(account, "setup", "--no-detect")
+    assert code == 2
+    assert "setup stopped before changing anything" in out
+    assert "SNS topic ddcustom-alerts already exists and is not tagged ddcustom:stack=ddcustom" in out
+    assert "IAM role ddcustom-iot-alerts already exists and is not tagged" in out
+    assert "IoT topic rule ddcustom_alerts already exists and is not tagged" in out
+    assert account.snapshot() == before  # the quarantine group look-alike is used as is, nothing made
+
+
+def test_cloud_setup_without_detect_access_carries_on(aws: None) -> None:
+    account = fleet()
+    account.detect.add_client_error(
+        "describe_custom_metric",
+        "AccessDeniedException",
+        "Device Defender Detect is not available to new customers",
+        expected_params={"metricName": next(iter(CUSTOM_METRICS))},
+    )
+    expect_component_published(account)
+    expect_latest_deployment(account, "d-quickstart", EXISTING_COMPONENTS, {})
+    account.greengrass.add_response("create_deployment", {"deploymentId": "d-ddcustom"}, None)
+    code, out, err = cloud(account, "setup")
+    assert (code, err) == (0, "")
+    account.all_stubs_used()  # no other Detect call was made
+    assert "Device Defender Detect refused (DescribeCustomMetric: AccessDeniedException" in out
+    assert "closed to new AWS customers since 31 August 2026" in out
+    snapshot = account.snapshot()
+    assert snapshot["rules"] == ["ddcustom_alerts"]  # alert routing is there all the same
+    assert "ddcustom-quarantine-action" not in snapshot["roles"]  # only Detect uses that role
+
+
+def test_cloud_setup_dry_run_prints_calls_and_changes_nothing(aws: None) -> None:
+    account = fleet()
+    before = account.snapshot()
+    expect_component_published(account)
+    account.greengrass.add_response(
+        "list_deployments", {"deployments": []}, {"targetArn": GROUP_ARN, "historyFilter": "LATEST_ONLY"}
+    )
+    account.greengrass.add_response(
+        "list_component_versions",
+        {
+            "componentVersions": [
+                {
+                    "componentName": "aws.greengrass.Nucleus",
+                    "componentVersion": "2.14.3",
+                    "arn": f"{NUCLEUS_ARN}:versions:2.14.3",
+                }
+            ]
+        },
+        {"arn": NUCLEUS_ARN, "maxResults": 1},
+    )
+    code, out, err = cloud(
+        account, "setup", "--no-detect", "--dry-run", "--merge-config", '{"LogLevel": "DEBUG"}'
+    )
+    assert (code, err) == (0, "")
+    account.all_stubs_used()
+    assert account.snapshot() == before
+    calls = [line.split(" ", 4)[2:] for line in out.splitlines() if line.startswith("would call ")]
+    assert [(service, operation) for service, operation, _ in calls] == [
+        ("iot", "CreateThingGroup"),
+        ("sns", "CreateTopic"),
+        ("iam", "CreateRole"),
+        ("iam", "PutRolePolicy"),
+        ("iot", "CreateTopicRule"),
+        ("iam", "CreatePolicy"),
+        ("iam", "AttachRolePolicy"),
+        ("greengrassv2", "CreateDeployment"),
+    ]
+    deployment = json.loads(calls[-1][2])
+    assert deployment["components"] == {
+        "aws.greengrass.Nucleus": {"componentVersion": "2.14.3", "configurationUpdate": INTERPOLATE},
+        COMPONENT: {"componentVersion": "1.0.0", "configurationUpdate": {"merge": '{"LogLevel": "DEBUG"}'}},
+    }
+
+
+def test_cloud_setup_unpublished_component_is_refused_first(aws: None) -> None:
+    account = fleet()
+    before = account.snapshot()
+    account.greengrass.add_client_error(
+        "describe_component", NOT_FOUND, expected_params={"arn": COMPONENT_ARN}
+    )
+    code, out, _ = cloud(account, "setup", "--no-detect")
+    assert code == 2
+    assert "component com.awsiotblog.DeviceDefenderCustom 1.0.0 is not published in us-east-1" in out
+    assert account.snapshot() == before
+
+
+def test_cloud_setup_missing_token_exchange_role(aws: None) -> None:
+    account = Account()  # no Greengrass installed yet
+    expect_component_published(account)
+    account.greengrass.add_response(
+        "list_deployments", {"deployments": []}, {"targetArn": GROUP_ARN, "historyFilter": "LATEST_ONLY"}
+    )
+    account.greengrass.add_response(
+        "list_component_versions",
+        {
+            "componentVersions": [
+                {
+                    "componentName": "aws.greengrass.Nucleus",
+                    "componentVersion": "2.14.3",
+                    "arn": f"{NUCLEUS_ARN}:versions:2.14.3",
+                }
+            ]
+        },
+        None,
+    )
+    code, out, _ = cloud(account, "setup", "--no-detect")
+    assert code == 2
+    assert "IAM role GreengrassV2TokenExchangeRole does not exist" in out
+    assert account.moto["iam"].list_roles()["Roles"] == []
+
+
+# ---- errors: a clear message and an exit code, never a traceback ----
+
+
+def test_cloud_throttled_midway_says_what_was_created(aws: None) -> None:
+    account = fleet()
+    expect_metric_lookups(account, created=False, order=list(CUSTOM_METRICS))
+    account.detect.add_client_error("describe_security_profile", NOT_FOUND)
+    account.detect.add_client_error("list_targets_for_security_profile", NOT_FOUND)
+    account.detect.add_client_error("describe_mitigation_action", NOT_FOUND)
+    expect_component_published(account)
+    expect_latest_deployment(account, "d-quickstart", EXISTING_COMPONENTS, {})
+    account.detect.add_client_error("create_custom_metric", "ThrottlingException", "Rate exceeded")
+    code, _, err = cloud(account, "setup")
+    assert code == 1
+    assert "Traceback" not in err
+    assert "AWS throttled the requests even after retries" in err
+    assert "already done before the failure (tagged ddcustom:stack=ddcustom" in err
+    assert "  - SNS topic ddcustom-alerts" in err
+    assert "  - IAM policy ddcustom-artifact-access" in err
+    # everything made so far carries the tag, so teardown finds it
+    assert account.moto["sns"].list_tags_for_resource(ResourceArn=TOPIC_ARN)["Tags"] == TAGS
+
+
+def test_cloud_throttled_during_checks_changes_nothing(aws: None) -> None:
+    account = fleet()
+    before = account.snapshot()
+    account.greengrass.add_client_error("describe_component", "ThrottlingException", "Rate exceeded")
+    code, _, err = cloud(account, "setup", "--no-detect")
+    assert code == 1
+    assert err.startswith("ddcustom cloud: AWS throttled the requests even after retries (DescribeComponent")
+    assert "Nothing was changed." in err
+    assert account.snapshot() == before
+
+
+def test_cloud_no_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    parser = argparse.ArgumentParser()
+    add_cloud_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["cloud", "setup", "--region", REGION])
+    out, err = io.StringIO(), io.StringIO()
+    assert run_cloud(args, out=out, err=err) == 2
+    assert err.getvalue().startswith("ddcustom cloud: no AWS credentials found")
+    assert "Traceback" not in err.getvalue()
+
+
+@pytest.mark.parametrize("region", ["us-east-7", "useast1", "eu-west"])
+def test_cloud_wrong_region(region: str) -> None:
+    parser = argparse.ArgumentParser()
+    add_cloud_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["cloud", "teardown", "--region", region])
+    out, err = io.StringIO(), io.StringIO()
+    assert run_cloud(args, out=out, err=err) == 2
+    assert err.getvalue().startswith(
+        f"ddcustom cloud: --region '{region}': not a region where AWS IoT is offered"
+    )
+
+
+def test_cloud_bad_merge_config_is_refused(aws: None) -> None:
+    code, _, err = cloud(Account(), "setup", "--merge-config", '{"EnableGPUMetrics": "yes"}')
+    assert code == 2
+    assert "EnableGPUMetrics" in err and "expected true or false" in err
+
+
+def test_cloud_clients_retry_in_standard_mode() -> None:
+    from ddcustom.cloud.clients import client_factory
+
+    clients = client_factory("eu-west-1")
+    iot = clients("iot-detect")
+    assert iot.meta.service_model.service_name == "iot"
+    assert iot.meta.region_name == "eu-west-1"
+    assert iot.meta.config.retries["mode"] == "standard"
+    assert clients("iot-detect") is iot and clients("iot") is not iot
+
+
+def test_cloud_main_cli_dispatches_to_run_cloud(capsys: pytest.CaptureFixture[str]) -> None:
+    from ddcustom.cli import main
+
+    assert main(["cloud", "teardown", "--region", "mars-1"]) == 2
+    assert "--region 'mars-1': not a region where AWS IoT is offered" in capsys.readouterr().err
+
+
+def test_cloud_setup_refuses_a_nucleus_too_old_for_the_recipe(aws: None) -> None:
+    account = fleet()
+    expect_component_published(account)
+    old = {"aws.greengrass.Nucleus": {"componentVersion": "2.5.6"}}
+    expect_latest_deployment(account, "d-old", old, {})
+    code, out, _ = cloud(account, "setup", "--no-detect")
+    assert code == 2
+    assert "aws.greengrass.Nucleus 2.5.6 (the group's) is older than 2.6.0" in out

@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ddcustom.cli import main
+from ddcustom.config import DEFAULTS, MIN_REPORT_INTERVAL, ConfigError, load_config_file, parse_settings
+
+
+def test_defaults_parse_without_warnings() -> None:
+    settings, warnings = parse_settings({})
+    assert warnings == []
+    assert settings.sample_interval_seconds == 300
+    assert settings.detect_interval_seconds == 10
+    assert settings.enable_gpu_metrics is False
+    assert settings.enable_device_defender_report is True
+    assert settings.gpu_load_feedback_file == "/var/gpu_load_fb"
+    assert settings.inference_time_feedback_file == "/var/gpu_inference_fb"
+    assert 3333 in settings.mining_pool_ports and 8080 not in settings.mining_pool_ports
+    assert "xmrig" in settings.miner_process_names
+    assert settings.security_profile.name == "crypto-mining"
+
+
+@pytest.mark.parametrize("text, expected", [("false", False), ("FALSE", False), ("true", True), (" True ", True)])
+def test_boolean_strings(text: str, expected: bool) -> None:
+    settings, _ = parse_settings({"EnableGPUMetrics": text})
+    assert settings.enable_gpu_metrics is expected
+
+
+@pytest.mark.parametrize("value", ["yes", "0", 1, 0, None, [], "no"])
+def test_boolean_rejects_everything_else(value: object) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_settings({"UseShortNames": value})
+    message = str(exc.value)
+    assert "'UseShortNames'" in message
+    assert json.dumps(value) in message
+    assert "true or false" in message
+
+
+def test_number_errors_name_key_value_and_range() -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_settings({"DetectIntervalSeconds": -3})
+    assert "'DetectIntervalSeconds'" in str(exc.value) and "-3" in str(exc.value)
+    assert "from 0.5 to 3600" in str(exc.value)
+    for bad in ("ten", True, float("nan"), 10.5, [300]):
+        with pytest.raises(ConfigError, match="SampleIntervalSeconds"):
+            parse_settings({"SampleIntervalSeconds": bad})
+
+
+def test_numbers_from_greengrass_may_be_floats_or_strings() -> None:
+    # The nucleus's configuration store hands numbers back as doubles; consoles produce strings.
+    settings, _ = parse_settings({"SampleIntervalSeconds": 600.0, "MaxReportListSize": "50"})
+    assert settings.sample_interval_seconds == 600
+    assert isinstance(settings.sample_interval_seconds, int)
+    assert settings.max_report_list_size == 50
+
+
+def test_unknown_key_is_an_error_that_lists_known_keys() -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_settings({"EnableGpuMetrics": True})  # wrong case: a typo users make
+    assert "'EnableGpuMetrics'" in str(exc.value)
+    assert "EnableGPUMetrics" in str(exc.value)
+
+
+def test_access_control_key_from_greengrass_is_ignored() -> None:
+    settings, _ = parse_settings({"accessControl": {"aws.greengrass.ipc.mqttproxy": {}}})
+    assert settings.enable_device_defender_report
+
+
+def test_short_interval_raised_with_warning_when_reporting_to_device_defender() -> None:
+    settings, warnings = parse_settings({"SampleIntervalSeconds": 60})
+    assert settings.sample_interval_seconds == MIN_REPORT_INTERVAL
+    assert len(warnings) == 1 and "SampleIntervalSeconds 60 raised to 300" in warnings[0]
+
+
+def test_short_interval_kept_when_device_defender_reports_are_off() -> None:
+    settings, warnings = parse_settings({"SampleIntervalSeconds": 60, "EnableDeviceDefenderReport": "false"})
+    assert settings.sample_interval_seconds == 60
+    assert warnings == []
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("MiningPoolPorts", [3333, 70000]),
+        ("MiningPoolPorts", "3333"),
+        ("WatchedProcesses", ["myapp", 3]),
+        ("AlertTopic", "$aws/things/x/alerts"),
+        ("AlertTopic", "alerts/#"),
+        ("LogLevel", "LOUD"),
+        ("GpuLoadFeedbackFile", ""),
+        ("SecurityProfile", 42),
+    ],
+)
+def test_wrong_values_are_rejected_with_the_key(key: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=repr(key)):
+        parse_settings({key: value})
+
+
+def test_names_accept_a_comma_separated_string_and_drop_duplicates() -> None:
+    settings, _ = parse_settings({"WatchedProcesses": "myapp, inference,myapp"})
+    assert settings.watched_processes == ("myapp", "inference")
+
+
+def test_settings_are_frozen() -> None:
+    settings, _ = parse_settings({})
+    with pytest.raises(AttributeError):
+        settings.enable_gpu_metrics = True  # type: ignore[misc]
+
+
+def test_alert_topic_takes_the_thing_name() -> None:
+    settings, _ = parse_settings({})
+    assert settings.alert_topic_for("cam-7") == "ddcustom/cam-7/alerts"
+
+
+def test_defaults_table_matches_schema() -> None:
+    settings, _ = parse_settings(DEFAULTS)
+    assert settings == parse_settings({})[0]
+
+
+def test_yaml_and_json_files(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("EnableGPUMetrics: true\nWatchedProcesses: [myapp]\n")
+    (tmp_path / "c.json").write_text('{"EnableGPUMetrics": "false"}')
+    assert parse_settings(load_config_file(tmp_path / "c.yaml"))[0].watched_processes == ("myapp",)
+    assert parse_settings(load_config_file(tmp_path / "c.json"))[0].enable_gpu_metrics is False
+
+
+def test_unreadable_or_garbled_files_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config_file(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="does not parse"):
+        load_config_file(tmp_path / "bad.json")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config_file(tmp_path / "list.yaml")
+
+
+def test_check_command_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "good.json"
+    good.write_text('{"EnableGPUMetrics": true}')
+    assert main(["check", "--config", str(good)]) == 0
+    assert "OK" in capsys.readouterr().out
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"EnableGPUMetrics": "maybe"}')
+    assert main(["check", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "EnableGPUMetrics" in err and "maybe" in err

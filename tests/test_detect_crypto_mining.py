@@ -1,0 +1,150 @@
+"""The packaged crypto-mining profile run through the engine on device-like Samples."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from ddcustom.config import parse_settings
+from ddcustom.detect.engine import Engine
+from ddcustom.sample import (
+    Connection,
+    Feedback,
+    GpuProcess,
+    GpuStats,
+    MinerProcess,
+    NetCounters,
+    NetworkStats,
+    ProcessStats,
+    Sample,
+)
+
+INTERVAL = 10.0  # DetectIntervalSeconds default
+APP = GpuProcess(100, "inference", 0, 1 << 30, 5.0, "watched")
+
+
+def device_sample(
+    step: int,
+    load: Optional[float] = 20.0,
+    latency: Optional[float] = 50.0,
+    cpu: float = 30.0,
+    miners: int = 0,
+    pool_connections: int = 0,
+    children: int = 0,
+    unknown_gpu: int = 0,
+    bytes_out: int = 0,
+    gpu_metrics: bool = True,
+) -> Sample:
+    pool = tuple(Connection("203.0.113.9", 3333, 40000 + i, "eth0") for i in range(pool_connections))
+    gpu_procs = (
+        APP,
+        *(GpuProcess(200 + i, "python3", 0, 1 << 28, 90.0, "unknown") for i in range(unknown_gpu)),
+    )
+    return Sample(
+        time=1_800_000_000.0 + step * INTERVAL,
+        monotonic=500.0 + step * INTERVAL,
+        network=NetworkStats((), (), pool, NetCounters(0, bytes_out, 0, 0)),
+        cpu_percent=cpu,
+        memory_percent=40.0,
+        feedback=Feedback(load, latency) if gpu_metrics else None,
+        processes=ProcessStats(
+            children, tuple(MinerProcess(300 + i, "xmrig", "name") for i in range(miners)), pool
+        ),
+        gpu=GpuStats("nvml", 30.0, 120.0, 1400.0, 20.0, gpu_procs) if gpu_metrics else None,
+    )
+
+
+def default_engine() -> Engine:
+    settings, _ = parse_settings({})
+    return Engine(settings.security_profile, "edge-gpu-1")
+
+
+def run(engine: Engine, samples: list[Sample]) -> list[list[tuple[str, str]]]:
+    """Per evaluation: (behavior name, event type) of each event."""
+    return [[(e["behavior"]["name"], e["violationEventType"]) for e in engine.evaluate(s)] for s in samples]
+
+
+def first_step_with(timeline: list[list[tuple[str, str]]], event: tuple[str, str]) -> int:
+    return next(i for i, events in enumerate(timeline) if event in events)
+
+
+def test_normal_device_raises_nothing() -> None:
+    engine = default_engine()
+    assert run(engine, [device_sample(i, bytes_out=i * 50_000) for i in range(60)]) == [[]] * 60
+    assert engine.active_alarms() == []
+
+
+def test_article_mining_values_alarm_within_two_intervals_and_clear_within_two() -> None:
+    engine = default_engine()
+    normal = [device_sample(i) for i in range(5)]
+    mining = [device_sample(i, load=85.0, latency=180.0) for i in range(5, 10)]
+    recovered = [device_sample(i) for i in range(10, 15)]
+    timeline = run(engine, normal + mining + recovered)
+    for behavior in ("gpu-load-per-inference", "avg-inference-time"):
+        alarm = first_step_with(timeline, (behavior, "in-alarm"))
+        cleared = first_step_with(timeline, (behavior, "alarm-cleared"))
+        assert 5 <= alarm <= 6, behavior  # the first or second evaluation with mining values
+        assert 10 <= cleared <= 11, behavior
+    assert [
+        e
+        for events in timeline
+        for e in events
+        if e[0] not in ("gpu-load-per-inference", "avg-inference-time")
+    ] == []
+
+
+def test_miner_signals_alarm_at_the_first_evaluation_and_clear_at_the_next() -> None:
+    cases: dict[str, dict[str, Any]] = {
+        "miner-processes": {"miners": 1},
+        "mining-pool-connections": {"pool_connections": 2},
+        "child-processes": {"children": 1},
+        "gpu-unknown-processes": {"unknown_gpu": 1},
+    }
+    for behavior, signal in cases.items():
+        engine = default_engine()
+        timeline = run(
+            engine,
+            [device_sample(0), device_sample(1, **signal), device_sample(2, **signal), device_sample(3)],
+        )
+        assert timeline == [[], [(behavior, "in-alarm")], [], [(behavior, "alarm-cleared")]], behavior
+
+
+def test_sustained_cpu_alarms_on_the_second_datapoint_only() -> None:
+    engine = default_engine()
+    timeline = run(
+        engine,
+        [
+            device_sample(0, cpu=97),
+            device_sample(1, cpu=40),
+            device_sample(2, cpu=97),
+            device_sample(3, cpu=99),
+            device_sample(4, cpu=30),
+            device_sample(5, cpu=30),
+        ],
+    )
+    assert timeline == [[], [], [], [("cpu-usage", "in-alarm")], [], [("cpu-usage", "alarm-cleared")]]
+
+
+def test_bytes_out_bound_alarms_on_a_burst_within_one_interval() -> None:
+    engine = default_engine()
+    timeline = run(engine, [device_sample(0, bytes_out=0), device_sample(1, bytes_out=1_200_000_000)])
+    assert timeline == [[], [("bytes-out", "in-alarm")]]
+
+
+def test_without_gpu_metrics_the_feedback_and_gpu_rules_never_fire() -> None:
+    engine = default_engine()
+    timeline = run(engine, [device_sample(i, load=85.0, latency=180.0, gpu_metrics=False) for i in range(10)])
+    assert timeline == [[]] * 10
+    # the engine did see the samples: a CPU miner is still caught
+    hot = run(engine, [device_sample(i, cpu=99, gpu_metrics=False) for i in range(10, 12)])
+    assert hot == [[], [("cpu-usage", "in-alarm")]]
+
+
+def test_alert_events_name_the_profile_and_metric_value() -> None:
+    engine = default_engine()
+    engine.evaluate(device_sample(0))
+    events = engine.evaluate(device_sample(1, miners=2))
+    assert len(events) == 1
+    assert events[0]["securityProfileName"] == "crypto-mining"
+    assert events[0]["metricValue"] == {"number": 2.0}
+    assert events[0]["thingName"] == "edge-gpu-1"
+    assert [a["behavior"] for a in engine.active_alarms()] == ["miner-processes"]

@@ -1,0 +1,312 @@
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import pynvml
+import pytest
+
+from ddcustom.feedback import GpuBusyReader, InferenceMeter
+from fakenvml import FakeGpu, FakeNvml
+
+FIXTURES = Path(__file__).parent / "fixtures" / "gpu"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Busy:
+    """A GPU busy function returning the values it is given, one per call (None: no reading)."""
+
+    def __init__(self, *values: Optional[float]) -> None:
+        self.values = list(values)
+        self.calls = 0
+
+    def __call__(self) -> Optional[float]:
+        self.calls += 1
+        return self.values.pop(0) if self.values else None
+
+
+def meter_in(tmp_path: Path, clock: Clock, busy: Busy, window: float = 10.0) -> InferenceMeter:
+    return InferenceMeter(
+        load_file=str(tmp_path / "gpu_load_fb"),
+        time_file=str(tmp_path / "gpu_inference_fb"),
+        window_seconds=window,
+        gpu_busy=busy,
+        clock=clock,
+        background=False,
+    )
+
+
+def run_inferences(meter: InferenceMeter, clock: Clock, count: int, takes: float, every: float) -> None:
+    for _ in range(count):
+        with meter:
+            clock.advance(takes)
+        clock.advance(every - takes)
+
+
+def meter_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "ddcustom.feedback" and r.levelno >= logging.WARNING
+    ]
+
+
+def test_values_over_the_window(tmp_path: Path) -> None:
+    clock, busy = Clock(), Busy(30.0, 50.0)
+    meter = meter_in(tmp_path, clock, busy)
+
+    run_inferences(meter, clock, 10, takes=0.05, every=0.5)  # 5 s: 2 inferences/s, 50 ms each
+    meter.sample_gpu()
+    run_inferences(meter, clock, 10, takes=0.05, every=0.5)
+    meter.sample_gpu()
+    values = meter.flush()
+
+    assert values is not None
+    assert values.inferences == 20
+    assert values.inferences_per_second == pytest.approx(2.0)
+    assert values.avg_inference_time_ms == pytest.approx(50.0)
+    assert values.gpu_busy_percent == pytest.approx(40.0)
+    assert values.gpu_load_per_inference == pytest.approx(20.0)  # 40 % busy / 2 inferences per second
+    assert (tmp_path / "gpu_inference_fb").read_text() == "50\n"
+    assert (tmp_path / "gpu_load_fb").read_text() == "20\n"
+
+
+def test_the_window_rolls(tmp_path: Path) -> None:
+    clock, busy = Clock(), Busy(90.0, 10.0)
+    meter = meter_in(tmp_path, clock, busy, window=10.0)
+    run_inferences(meter, clock, 10, takes=0.9, every=1.0)  # slow and busy: leaves the window below
+    meter.sample_gpu()
+    clock.advance(0.01)
+
+    run_inferences(meter, clock, 40, takes=0.1, every=0.25)  # the last 10 s: 4/s, 100 ms, 10 % busy
+    meter.sample_gpu()
+    values = meter.flush()
+
+    assert values is not None
+    assert values.inferences == 40
+    assert values.avg_inference_time_ms == pytest.approx(100.0)
+    assert values.gpu_load_per_inference == pytest.approx(2.5)
+
+
+def test_a_young_meter_counts_the_rate_over_its_age(tmp_path: Path) -> None:
+    clock, busy = Clock(), Busy(20.0)
+    meter = meter_in(tmp_path, clock, busy, window=10.0)
+
+    run_inferences(meter, clock, 8, takes=0.1, every=0.5)  # 4 s old, 2/s
+    values = meter.flush()  # no sample taken yet: the flush reads the GPU once itself
+
+    assert values is not None
+    assert values.inferences_per_second == pytest.approx(2.0)
+    assert values.gpu_load_per_inference == pytest.approx(10.0)
+    assert busy.calls == 1
+
+
+def test_decorator_counts_each_call_and_keeps_the_function(tmp_path: Path) -> None:
+    clock = Clock()
+    meter = meter_in(tmp_path, clock, Busy(50.0))
+
+    @meter.measure
+    def infer(x: int) -> int:
+        """Double."""
+        clock.advance(0.2)
+        return 2 * x
+
+    results = [infer(i) for i in range(5)]
+    values = meter.flush()
+
+    assert results == [0, 2, 4, 6, 8]
+    assert infer.__name__ == "infer" and infer.__doc__ == "Double."
+    assert values is not None and values.inferences == 5
+    assert values.avg_inference_time_ms == pytest.approx(200.0)
+
+
+def test_an_inference_that_raises_is_not_counted_and_the_error_goes_on(tmp_path: Path) -> None:
+    clock = Clock()
+    meter = meter_in(tmp_path, clock, Busy(50.0))
+    run_inferences(meter, clock, 2, takes=0.3, every=1.0)
+
+    with pytest.raises(RuntimeError, match="CUDA out of memory"), meter:
+        clock.advance(0.01)
+        raise RuntimeError("CUDA out of memory")
+    run_inferences(meter, clock, 1, takes=0.3, every=1.0)
+    values = meter.flush()
+
+    assert values is not None
+    assert values.inferences == 3
+    assert values.avg_inference_time_ms == pytest.approx(300.0)
+
+
+def test_nested_blocks_time_each_level(tmp_path: Path) -> None:
+    clock = Clock()
+    meter = meter_in(tmp_path, clock, Busy(50.0))
+
+    with meter:
+        clock.advance(1.0)
+        with meter:
+            clock.advance(0.5)
+    values = meter.flush()
+
+    assert values is not None
+    assert values.inferences == 2
+    assert values.avg_inference_time_ms == pytest.approx(1000.0)  # (1500 + 500) / 2
+
+
+def test_flush_with_no_inference_writes_nothing(tmp_path: Path) -> None:
+    clock = Clock()
+    meter = meter_in(tmp_path, clock, Busy(50.0))
+    clock.advance(6)
+
+    assert meter.flush() is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_flush_after_the_window_emptied_keeps_the_last_values(tmp_path: Path) -> None:
+    clock = Clock()
+    meter = meter_in(tmp_path, clock, Busy(50.0, 50.0))
+    run_inferences(meter, clock, 4, takes=0.25, every=0.5)
+    assert meter.flush() is not None
+    clock.advance(30)
+
+    assert meter.flush() is None
+    assert (tmp_path / "gpu_inference_fb").read_text() == "250\n"
+
+
+def test_without_a_gpu_reading_only_the_time_file_is_written_and_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    meter = meter_in(tmp_path, clock, Busy())  # always None
+    for _ in range(3):
+        run_inferences(meter, clock, 5, takes=0.02, every=1.0)
+        values = meter.flush()
+        assert values is not None and values.gpu_load_per_inference is None
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_inference_fb"]
+    assert (tmp_path / "gpu_inference_fb").read_text() == "20\n"
+    warnings = meter_warnings(caplog)
+    assert len(warnings) == 1 and "writing only the inference time file" in warnings[0]
+
+
+def test_a_failing_gpu_busy_function_does_not_stop_the_time_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken() -> float:
+        raise OSError("sensor gone")
+
+    clock = Clock()
+    meter = InferenceMeter(
+        str(tmp_path / "load"), str(tmp_path / "time"), gpu_busy=broken, clock=clock, background=False
+    )
+    run_inferences(meter, clock, 3, takes=0.1, every=1.0)
+    meter.sample_gpu()
+
+    assert meter.flush() is not None
+    assert (tmp_path / "time").read_text() == "100\n"
+    assert not (tmp_path / "load").exists()
+    assert any("sensor gone" in w for w in meter_warnings(caplog))
+
+
+def test_busy_readings_are_clamped_to_0_100(tmp_path: Path) -> None:
+    clock = Clock()
+    meter = meter_in(tmp_path, clock, Busy(250.0))
+    run_inferences(meter, clock, 10, takes=0.1, every=1.0)
+
+    values = meter.flush()
+
+    assert values is not None and values.gpu_busy_percent == 100.0
+
+
+def test_inferences_on_several_threads_are_all_counted(tmp_path: Path) -> None:
+    clock = Clock()
+    meter = meter_in(tmp_path, clock, Busy(50.0))
+
+    def work() -> None:
+        for _ in range(500):
+            with meter:
+                pass
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    clock.advance(10)
+
+    values = meter.flush()
+    assert values is not None and values.inferences == 2000
+
+
+def test_the_daemon_thread_samples_and_writes(tmp_path: Path) -> None:
+    busy = Busy(*([60.0] * 10_000))
+    meter = InferenceMeter(
+        str(tmp_path / "load"), str(tmp_path / "time"), flush_seconds=0.05, sample_seconds=0.01, gpu_busy=busy
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not ((tmp_path / "load").exists() and busy.calls >= 3) and time.monotonic() < deadline:
+            with meter:
+                time.sleep(0.002)
+    finally:
+        meter.close()
+
+    assert (tmp_path / "load").exists() and (tmp_path / "time").exists()
+    assert busy.calls >= 3  # sampled by the thread, not only by flushes
+    assert float((tmp_path / "load").read_text()) > 0
+
+
+def test_bad_periods_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        InferenceMeter(str(tmp_path / "l"), str(tmp_path / "t"), flush_seconds=0, background=False)
+
+
+# ---- the default GPU busy reader ----------------------------------------------------------------------
+
+
+def test_gpu_busy_reader_averages_the_gpus_and_initialises_nvml_once() -> None:
+    nvml = FakeNvml([FakeGpu(gpu_percent=20), FakeGpu(gpu_percent=60)])
+    reader = GpuBusyReader(nvml=nvml, sysfs_root=str(FIXTURES / "no-such-sysfs"))
+
+    readings = [reader() for _ in range(3)]
+    reader.close()
+
+    assert readings == [40.0, 40.0, 40.0]
+    assert (nvml.init_calls, nvml.shutdown_calls) == (1, 1)
+
+
+def test_gpu_busy_reader_without_nvml_reads_the_jetson_load() -> None:
+    nvml = FakeNvml([], init_error=pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+    reader = GpuBusyReader(nvml=nvml, sysfs_root=str(FIXTURES / "jetson-gpu0"))
+
+    assert reader() == pytest.approx(43.1)
+    assert nvml.init_calls == 1
+
+
+def test_gpu_busy_reader_without_any_gpu_gives_none() -> None:
+    nvml = FakeNvml([], init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED)
+    reader = GpuBusyReader(nvml=nvml, sysfs_root=str(FIXTURES / "no-such-sysfs"))
+
+    assert [reader(), reader()] == [None, None]
+    assert nvml.init_calls == 1
+
+
+def test_gpu_busy_reader_error_on_a_read_gives_none() -> None:
+    gpu = FakeGpu(gpu_percent=70)
+    nvml = FakeNvml([gpu])
+    reader = GpuBusyReader(nvml=nvml, sysfs_root=str(FIXTURES / "no-such-sysfs"))
+    assert reader() == 70.0
+
+    gpu.errors = {"utilization": pynvml.NVML_ERROR_GPU_IS_LOST}
+    assert reader() is None

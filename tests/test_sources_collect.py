@@ -1,0 +1,114 @@
+"""Collector: all sources into one Sample; failing sources are left out, logged once, and recover."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ddcustom.config import Settings, parse_settings
+from ddcustom.sample import Connection, Feedback
+from ddcustom.sources.collect import Collector
+
+FIXTURES = Path(__file__).parent / "fixtures" / "proc"
+# A one-behavior profile keeps these tests independent of the built-in profiles' contents.
+PROFILE = [
+    {
+        "name": "cpu",
+        "metric": "cpu_usage",
+        "criteria": {"comparisonOperator": "less-than", "value": {"number": 90}},
+    }
+]
+
+
+def settings(**raw: Any) -> Settings:
+    parsed, _ = parse_settings({"SecurityProfile": PROFILE, **raw})
+    return parsed
+
+
+def test_sample_of_this_machine() -> None:
+    collector = Collector(settings())
+    before_wall, before_mono = time.time(), time.monotonic()
+    sample = collector.sample()
+    assert before_wall <= sample.time <= time.time()
+    assert before_mono <= sample.monotonic <= time.monotonic()
+    assert sample.errors == ()
+    assert sample.network is not None and sample.processes is not None
+    assert sample.memory_percent is not None and 0 < sample.memory_percent < 100
+    assert sample.feedback is None and sample.gpu is None  # EnableGPUMetrics is off by default
+    collector.close()
+
+
+def test_feedback_files_read_only_with_gpu_metrics(tmp_path: Path) -> None:
+    load, inference = tmp_path / "load", tmp_path / "inference"
+    load.write_text("85\n")
+    inference.write_text("180\n")
+    files = {"GpuLoadFeedbackFile": str(load), "InferenceTimeFeedbackFile": str(inference)}
+    collector = Collector(settings(EnableGPUMetrics=True, **files))
+    try:
+        sample = collector.sample()
+        assert sample.feedback == Feedback(gpu_load_per_inference=85.0, avg_inference_time_ms=180.0)
+        assert "feedback" not in sample.errors
+        collector.apply_settings(settings(EnableGPUMetrics="false", **files))
+        assert collector.sample().feedback is None
+    finally:
+        collector.close()
+
+
+def test_failing_sources_are_left_out_logged_once_and_recover(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ddcustom.sources.collect")
+    collector = Collector(settings(), proc_root=str(tmp_path))  # an empty /proc: nothing to read
+    first = collector.sample()
+    second = collector.sample()
+    for sample in (first, second):
+        assert sample.network is None and sample.cpu_percent is None and sample.memory_percent is None
+        assert set(sample.errors) == {"network", "cpu", "memory"}
+        assert sample.processes is not None  # no processes is a valid answer, not a failure
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 3  # once per failing source, not once per cycle
+    assert any("network" in r.getMessage() and "FileNotFoundError" in r.getMessage() for r in warnings)
+
+    (tmp_path / "net").mkdir()
+    for name in ("dev", "tcp", "tcp6", "udp", "udp6"):
+        shutil.copyfile(FIXTURES / "hand" / "net" / name, tmp_path / "net" / name)
+    for name in ("stat", "meminfo"):
+        shutil.copyfile(FIXTURES / "hand" / name, tmp_path / name)
+    caplog.clear()
+    third = collector.sample()
+    assert third.errors == ()
+    assert third.network is not None and third.memory_percent == 25.0
+    assert third.processes is not None
+    # the network source's connections feed the pool-port check (3333 is a default pool port)
+    assert Connection("10.0.0.1", 3333, 50000, None) in third.processes.pool_connections
+    assert sorted(r.getMessage() for r in caplog.records) == [
+        "source cpu recovered",
+        "source memory recovered",
+        "source network recovered",
+    ]
+
+
+def test_apply_settings_takes_effect_on_next_sample() -> None:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    client = socket.create_connection(server.getsockname(), timeout=5)
+    accepted, _ = server.accept()
+    expected = Connection("127.0.0.1", server.getsockname()[1], client.getsockname()[1], "lo")
+    collector = Collector(settings())
+    try:
+        first = collector.sample()
+        assert first.network is not None and expected not in first.network.established_tcp
+        collector.apply_settings(settings(IncludeLoopback=True))
+        second = collector.sample()
+        assert second.network is not None and expected in second.network.established_tcp
+    finally:
+        collector.close()
+        for sock in (client, accepted, server):
+            sock.close()

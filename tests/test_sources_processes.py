@@ -1,0 +1,207 @@
+"""Process source: a fake /proc tree with known answers, and real processes on this machine."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Callable, Optional
+
+import pytest
+
+from ddcustom.config import DEFAULT_MINER_PROCESS_NAMES
+from ddcustom.sample import Connection, MinerProcess
+from ddcustom.sources.network import NetworkSource
+from ddcustom.sources.processes import (
+    ProcessInfo,
+    ProcessSource,
+    find_miners,
+    miner_name,
+    miner_name_pattern,
+    parse_cmdline,
+    parse_stat,
+    read_process_table,
+)
+
+TREE = Path(__file__).parent / "fixtures" / "proc" / "tree"
+WATCHED = ("inference_app", "long_name_inference_service")
+
+
+def test_parse_stat_with_parentheses_and_spaces_in_name() -> None:
+    assert parse_stat("202 (my (weird) name)) S 2 202 202 0") == ("my (weird) name)", 2)
+    assert parse_stat("1 (systemd) S 0 1 1 0") == ("systemd", 0)
+    with pytest.raises(ValueError):
+        parse_stat("garbage")
+
+
+def test_parse_cmdline() -> None:
+    assert parse_cmdline(b"python3\0-m\0miner\0") == ["python3", "-m", "miner"]
+    assert parse_cmdline(b"") == []  # kernel thread
+    assert parse_cmdline(b"nginx: worker process") == ["nginx: worker process"]  # rewritten title
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("xmrig", "xmrig"),
+        ("XMRig", "xmrig"),
+        ("xmrig-6.21", "xmrig"),
+        ("xmrig6", "xmrig"),
+        ("t-rex", "t-rex"),
+        ("xmrigger", None),
+        ("minerd", "minerd"),
+        ("minergate-cli", "minergate"),
+        ("miner", None),
+        ("nginx", None),
+        ("", None),
+    ],
+)
+def test_miner_name(name: str, expected: Optional[str]) -> None:
+    assert miner_name(name, miner_name_pattern(DEFAULT_MINER_PROCESS_NAMES)) == expected
+
+
+@pytest.mark.parametrize(
+    "cmdline, reason",
+    [
+        ("python3 -o stratum+ssl://pool:443", "stratum"),
+        ("python3 -o stratum2+tcp://pool:3333", "stratum"),
+        ("python3 -o stratum+tls://pool:443", "stratum"),
+        ("python3 -o STRATUM+TCP://pool:3333", "stratum"),
+        ("python3 --donate-level=1", "flag"),
+        ("python3 --donate-level 1", "flag"),
+        ("python3 --donate-levels", None),
+        ("python3 -o stratum://pool", None),
+        ("python3 train.py", None),
+    ],
+)
+def test_command_line_indicators(cmdline: str, reason: Optional[str]) -> None:
+    table = {10: ProcessInfo(10, 1, "python3", "python3", cmdline)}
+    miners = find_miners(table, miner_name_pattern(DEFAULT_MINER_PROCESS_NAMES))
+    assert [m.reason for m in miners] == ([reason] if reason else [])
+
+
+def test_fake_tree_table_skips_vanished_and_non_pids() -> None:
+    table = read_process_table(str(TREE))
+    assert 300 not in table  # its stat is gone
+    assert set(table) == {1, 2, 100, 101, 102, 103, 104, 200, 201, 202, 203, 204, 205, 206, 207}
+    assert table[203].argv0_name == "XMRig"
+    assert table[202].comm == "my (weird) name)"
+
+
+def test_fake_tree_scan() -> None:
+    source = ProcessSource(WATCHED, DEFAULT_MINER_PROCESS_NAMES, frozenset({3333, 4444}), proc_root=str(TREE))
+    connections = (
+        Connection("203.0.113.7", 3333, 50000, "eth0"),
+        Connection("198.51.100.1", 443, 50001, "eth0"),
+        Connection("2001:db8::7", 4444, 50002, "eth0"),
+    )
+    scan = source.scan(connections)
+    # watched: 100 and 103 (inference_app), 206 (comm cut to 15 characters: long_name_infer)
+    # their descendants that are not watched themselves: 101, 102 (grandchild), 104 (child of 103), 207
+    assert scan.stats.child_processes == 4
+    assert scan.watched_pids == frozenset({100, 101, 102, 103, 104, 206, 207})
+    assert scan.stats.miners == (
+        MinerProcess(200, "xmrig-6.21", "name"),
+        MinerProcess(201, "python3", "stratum"),  # STRATUM+TCP:// in upper case
+        MinerProcess(203, "nginx", "name"),  # argv[0] /usr/bin/XMRig
+        MinerProcess(204, "worker", "flag"),
+    )
+    assert scan.stats.pool_connections == (connections[0], connections[2])
+
+
+def test_fake_tree_nothing_watched() -> None:
+    scan = ProcessSource((), (), frozenset(), proc_root=str(TREE)).scan(())
+    assert scan.stats.child_processes == 0
+    assert scan.watched_pids == frozenset()
+    # no names configured: only command lines give miners away
+    assert [m.pid for m in scan.stats.miners] == [201, 204]
+
+
+# ---- real processes --------------------------------------------------------------------------------
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def started() -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def test_real_renamed_miner_and_stratum_command_line(
+    tmp_path: Path, started: list[subprocess.Popen[bytes]]
+) -> None:
+    sleep = shutil.which("sleep")
+    assert sleep is not None
+    xmrig = tmp_path / "xmrig"
+    shutil.copy(sleep, xmrig)
+    started.append(subprocess.Popen([str(xmrig), "30"]))
+    started.append(
+        subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(30)", "-o", "stratum+tcp://pool.example.com:3333"]
+        )
+    )
+    miner_pid, stratum_pid = started[0].pid, started[1].pid
+    source = ProcessSource((), DEFAULT_MINER_PROCESS_NAMES, frozenset())
+
+    def both_found() -> bool:
+        found = {m.pid: m for m in source.scan(()).stats.miners}
+        return miner_pid in found and stratum_pid in found
+
+    wait_for(both_found, "the miner processes to show up")
+    found = {m.pid: m for m in source.scan(()).stats.miners}
+    assert found[miner_pid] == MinerProcess(miner_pid, "xmrig", "name")
+    assert found[stratum_pid].reason == "stratum"
+
+
+def test_real_watched_application_tree(tmp_path: Path, started: list[subprocess.Popen[bytes]]) -> None:
+    app = tmp_path / "ddtest_app"
+    app.symlink_to(os.path.realpath(sys.executable))  # comm is the name the program was started by
+    script = (
+        "import subprocess, time\n"
+        "subprocess.Popen(['sleep', '30'])\n"
+        "subprocess.Popen(['sh', '-c', 'sleep 30; true'])\n"
+        "time.sleep(30)\n"
+    )
+    started.append(subprocess.Popen([str(app), "-c", script]))
+    app_pid = started[0].pid
+    source = ProcessSource(("ddtest_app",), (), frozenset())
+    # the app, its sleep and sh children, and sh's own sleep child
+    wait_for(lambda: source.scan(()).stats.child_processes == 3, "the application's 3 descendants")
+    scan = source.scan(())
+    assert app_pid in scan.watched_pids
+    assert len(scan.watched_pids) == 4
+    assert os.getpid() not in scan.watched_pids
+
+
+def test_real_pool_connection_from_network_source() -> None:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    pool_port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", pool_port), timeout=5)
+    accepted, _ = server.accept()
+    try:
+        connections = NetworkSource(include_loopback=True).read().established_tcp
+        scan = ProcessSource((), (), frozenset({pool_port})).scan(connections)
+        assert scan.stats.pool_connections == (
+            Connection("127.0.0.1", pool_port, client.getsockname()[1], "lo"),
+        )
+    finally:
+        for sock in (client, accepted, server):
+            sock.close()

@@ -1,0 +1,70 @@
+"""System source: CPU and memory use from /proc/stat and /proc/meminfo samples."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ddcustom.sources.system import SystemSource, cpu_percent_between, parse_cpu_times, parse_memory_percent
+
+HAND = Path(__file__).parent / "fixtures" / "proc" / "hand"
+REAL = Path(__file__).parent / "fixtures" / "proc" / "real"
+
+
+def test_cpu_times_by_hand() -> None:
+    # cpu 100 20 30 800 50 0 0 0: total 1000, idle+iowait 850
+    assert parse_cpu_times((HAND / "stat").read_text()) == (150, 1000)
+    # cpu 160 20 50 900 70 0 0 0: total 1200, idle+iowait 970
+    assert parse_cpu_times((HAND / "stat_later").read_text()) == (230, 1200)
+
+
+def test_cpu_percent_between_by_hand() -> None:
+    assert cpu_percent_between((150, 1000), (230, 1200)) == 40.0  # 80 busy of 200
+    assert cpu_percent_between((150, 1000), (150, 1000)) is None  # no time passed
+    assert cpu_percent_between((230, 1200), (150, 1000)) is None  # counters went back
+
+
+def test_real_stat_and_meminfo_parse() -> None:
+    busy, total = parse_cpu_times((REAL / "stat").read_text())
+    first_line = (REAL / "stat").read_text().splitlines()[0].split()
+    assert first_line[0] == "cpu"
+    assert total == sum(int(v) for v in first_line[1:9])
+    assert busy == total - int(first_line[4]) - int(first_line[5])
+    meminfo = dict(line.split(":", 1) for line in (REAL / "meminfo").read_text().splitlines())
+    total_kb, available_kb = int(meminfo["MemTotal"].split()[0]), int(meminfo["MemAvailable"].split()[0])
+    assert parse_memory_percent((REAL / "meminfo").read_text()) == pytest.approx(
+        100 * (total_kb - available_kb) / total_kb, abs=0.05
+    )
+
+
+def test_memory_percent_by_hand() -> None:
+    assert parse_memory_percent((HAND / "meminfo").read_text()) == 25.0  # 1 - 6000000/8000000
+    # before Linux 3.14: MemFree + Buffers + Cached = 4000000 of 8000000
+    assert parse_memory_percent((HAND / "meminfo_old_kernel").read_text()) == 50.0
+
+
+def test_bad_inputs_raise_clear_errors() -> None:
+    with pytest.raises(ValueError, match="no aggregate 'cpu' line"):
+        parse_cpu_times("intr 0\n")
+    with pytest.raises(ValueError, match="no MemTotal"):
+        parse_memory_percent("MemFree: 1 kB\n")
+
+
+def test_source_measures_since_previous_call(tmp_path: Path) -> None:
+    shutil.copyfile(HAND / "stat", tmp_path / "stat")
+    shutil.copyfile(HAND / "meminfo", tmp_path / "meminfo")
+    source = SystemSource(str(tmp_path))
+    shutil.copyfile(HAND / "stat_later", tmp_path / "stat")
+    assert source.read_cpu_percent() == 40.0
+    assert source.read_cpu_percent() is None  # nothing changed since
+    assert source.read_memory_percent() == 25.0
+
+
+def test_source_on_this_machine() -> None:
+    source = SystemSource()
+    sum(i * i for i in range(200_000))  # let some CPU time pass
+    cpu = source.read_cpu_percent()
+    assert cpu is None or 0.0 <= cpu <= 100.0
+    assert 0.0 < source.read_memory_percent() < 100.0
