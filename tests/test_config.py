@@ -23,7 +23,9 @@ def test_defaults_parse_without_warnings() -> None:
     assert settings.security_profile.name == "crypto-mining"
 
 
-@pytest.mark.parametrize("text, expected", [("false", False), ("FALSE", False), ("true", True), (" True ", True)])
+@pytest.mark.parametrize(
+    "text, expected", [("false", False), ("FALSE", False), ("true", True), (" True ", True)]
+)
 def test_boolean_strings(text: str, expected: bool) -> None:
     settings, _ = parse_settings({"EnableGPUMetrics": text})
     assert settings.enable_gpu_metrics is expected

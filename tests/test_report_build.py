@@ -7,7 +7,7 @@ from dataclasses import replace
 from importlib import resources
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped]
+import jsonschema
 import pytest
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings

@@ -22,7 +22,7 @@ from ddcustom.detect.engine import Engine
 from ddcustom.report import ReportBuilder
 from ddcustom.sample import Sample
 from ddcustom.sinks.base import Sink, SinkError
-from ddcustom.sinks.spool import AlertSpool
+from ddcustom.sinks.spool import AlertSpool, SpoolError
 from ddcustom.sources.collect import Collector
 
 log = logging.getLogger(__name__)
@@ -67,8 +67,7 @@ class Agent:
         with self._lock:
             old = self.settings
             self.settings = settings
-            self._collector.close()
-            self._collector = Collector(settings)
+            self._collector.apply_settings(settings)
             last_id = self._builder.last_report_id
             self._builder = ReportBuilder(settings, last_report_id=last_id)
             if settings.security_profile != old.security_profile:
@@ -94,8 +93,7 @@ class Agent:
                 sample = self._collector.sample()
                 self._last_sample = sample
                 for event in self._engine.evaluate(sample):
-                    self._spool.append(event)
-                    self.counters.alerts_raised += 1
+                    self._raise_alert(event)
                     log.warning(
                         "%s: behavior %r on %s (value %s)",
                         event.get("violationEventType"),
@@ -104,7 +102,9 @@ class Agent:
                         event.get("metricValue"),
                     )
                 interval = settings.detect_interval_seconds
-                self._next_detect = _next_tick(self._next_detect, interval, now) if detect_due else now + interval
+                self._next_detect = (
+                    _next_tick(self._next_detect, interval, now) if detect_due else now + interval
+                )
                 if report_due:
                     self._send_report(sample)
                     self._next_report = _next_tick(self._next_report, settings.sample_interval_seconds, now)
@@ -112,14 +112,31 @@ class Agent:
             self.counters.cycles += 1
             return min(self._next_detect, self._next_report)
 
+    def _raise_alert(self, event: dict[str, Any]) -> None:
+        self.counters.alerts_raised += 1
+        try:
+            self._spool.append(event)
+        except SpoolError as exc:
+            # The disk is full or read-only: still try to deliver it, just not durably.
+            log.error(
+                "alert %s could not be spooled (%s); sending it directly", event.get("violationId"), exc
+            )
+            try:
+                self.sink.publish_alert(event)
+                self.counters.alerts_sent += 1
+            except SinkError as send_exc:
+                log.error("alert %s lost: %s", event.get("violationId"), send_exc)
+
     def _send_report(self, sample: Sample) -> None:
         report = self._builder.build(sample, self._last_reported)
+        if report is None:  # nothing measured: nothing to report
+            return
         try:
             sent = self.sink.publish_report(report)
         except SinkError as exc:
             # The next report carries the deltas since the last one that went out.
             self.counters.reports_failed += 1
-            log.warning("report %s not sent: %s", report["header"]["report_id"], exc)
+            log.warning("report %s not sent: %s", self._builder.last_report_id, exc)
             return
         if sent:
             self._last_reported = sample
@@ -157,9 +174,13 @@ class Agent:
             except Exception:
                 self.counters.failed_cycles += 1
                 self._consecutive_failures += 1
-                delay = min(FAILURE_BACKOFF_CAP, FAILURE_BACKOFF_BASE * 2 ** min(self._consecutive_failures, 6))
+                delay = min(
+                    FAILURE_BACKOFF_CAP, FAILURE_BACKOFF_BASE * 2 ** min(self._consecutive_failures, 6)
+                )
                 delay = rng.uniform(delay / 2, delay)
-                log.exception("cycle failed (%d in a row); retrying in %.1f s", self._consecutive_failures, delay)
+                log.exception(
+                    "cycle failed (%d in a row); retrying in %.1f s", self._consecutive_failures, delay
+                )
                 next_at = time.monotonic() + delay
             timeout = max(0.0, next_at - time.monotonic())
             if wake.wait(timeout):
@@ -170,7 +191,7 @@ class Agent:
             self._collector.close()
 
     def status(self) -> dict[str, Any]:
-        return {"counters": vars(self.counters), "pending_alerts": len(self._spool.pending())}
+        return {"counters": vars(self.counters), "pending_alerts": len(self._spool)}
 
 
 def _next_tick(previous: float, interval: float, now: float) -> float:

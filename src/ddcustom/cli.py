@@ -164,8 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-file", help="inference time feedback file (default: InferenceTimeFeedbackFile)")
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("dev", help="run the component against the stand-in nucleus and show what it publishes")
-    p.add_argument("--recipe", default="recipe.yaml", help="recipe whose configuration and access control apply")
+    p = sub.add_parser(
+        "dev", help="run the component against the stand-in nucleus and show what it publishes"
+    )
+    p.add_argument(
+        "--recipe", default="recipe.yaml", help="recipe whose configuration and access control apply"
+    )
     p.add_argument("--thing", default="dev-thing", help="thing name the stand-in nucleus gives the component")
     p.add_argument("--merge", help="merge configuration as JSON, as a deployment would send it")
     p.add_argument("--seconds", type=float, default=0, help="stop after this many seconds (0: until Ctrl-C)")

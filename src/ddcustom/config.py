@@ -91,7 +91,9 @@ def resolve_state_directory(configured: str) -> str:
 
 
 def _fail(key: str, value: Any, allowed: str) -> ConfigError:
-    return ConfigError(f"configuration key {key!r}: {json.dumps(value, default=str)} is not allowed; {allowed}")
+    return ConfigError(
+        f"configuration key {key!r}: {json.dumps(value, default=str)} is not allowed; {allowed}"
+    )
 
 
 def _bool(key: str, value: Any) -> bool:
@@ -218,7 +220,7 @@ def parse_settings(raw: Optional[Mapping[str, Any]] = None) -> tuple[Settings, l
     values: dict[str, Any] = {}
     for key, (default, parser, field_name) in SCHEMA.items():
         values[field_name] = parser(key, raw.get(key, default))
-    warnings: list[str] = []
+    warnings: list[str] = list(values["security_profile"].warnings)
     if values["enable_device_defender_report"] and values["sample_interval_seconds"] < MIN_REPORT_INTERVAL:
         warnings.append(
             f"SampleIntervalSeconds {values['sample_interval_seconds']} raised to {MIN_REPORT_INTERVAL}: "
@@ -245,5 +247,7 @@ def load_config_file(path: Union[str, Path]) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"configuration file {str(p)!r} must hold a mapping of keys, not {type(data).__name__}")
+        raise ConfigError(
+            f"configuration file {str(p)!r} must hold a mapping of keys, not {type(data).__name__}"
+        )
     return data

@@ -59,12 +59,12 @@ def _show_alert(alert: dict[str, Any], t: float) -> None:
     kind = alert.get("violationEventType")
     behavior = alert.get("behavior", {})
     criteria = behavior.get("criteria", {})
-    rule = f"{behavior.get('metric')} {criteria.get('comparisonOperator')} {json.dumps(criteria.get('value'))}"
-    label = "ALERT  " if kind == "in-alarm" else "CLEARED"
-    print(
-        f"[{t:5.1f}s] {label} {behavior.get('name')}: expected {rule}, saw {json.dumps(alert.get('metricValue'))}",
-        flush=True,
+    rule = (
+        f"{behavior.get('metric')} {criteria.get('comparisonOperator')} {json.dumps(criteria.get('value'))}"
     )
+    label = "ALERT  " if kind == "in-alarm" else "CLEARED"
+    seen = json.dumps(alert.get("metricValue"))
+    print(f"[{t:5.1f}s] {label} {behavior.get('name')}: expected {rule}, saw {seen}", flush=True)
 
 
 def run_demo(seconds: float, detect_interval: float, report_interval: int) -> int:
@@ -119,7 +119,9 @@ def run_demo(seconds: float, detect_interval: float, report_interval: int) -> in
         finally:
             proc.terminate()
             proc.wait(timeout=10)
-        print(f"\nDone: {raised} alert(s) raised, {cleared} cleared. The component stopped cleanly on SIGTERM.")
+        print(
+            f"\nDone: {raised} alert(s) raised, {cleared} cleared. The component stopped cleanly on SIGTERM."
+        )
         return 0 if raised and cleared else 1
 
 

@@ -57,21 +57,32 @@ class GreengrassConnection:
         if now < self._next_attempt:
             raise SinkError(f"not connected to the nucleus; next attempt in {self._next_attempt - now:.1f} s")
         try:
-            self._ipc.connect()
-            self._ipc.subscribe_configuration(self._on_config_update)
-            topic = report_topic(self.thing_name)
-            self._ipc.subscribe_iot(f"{topic}/accepted", self._on_accepted)
-            self._ipc.subscribe_iot(f"{topic}/rejected", self._on_rejected)
+            self._ipc.connect()  # also makes the earlier subscriptions again
+            if self.connects == 0:
+                self._ipc.subscribe_configuration(self._on_config_update)
         except IpcError as exc:
             self._ipc.close()
             self._next_attempt = time.monotonic() + next(self._delays)
             raise SinkError(f"cannot connect to the nucleus: {exc}") from exc
+        if self.connects == 0:
+            self._subscribe_answers()
         self.connects += 1
         self._delays = reconnect_delays(RECONNECT_BASE, RECONNECT_CAP, random.Random())
         self._last_state = None
         if self.connects > 1:
             log.info("reconnected to the nucleus (connection %d)", self.connects)
             self.config_changed.set()  # an update may have come while we were away
+
+    def _subscribe_answers(self) -> None:
+        """Device Defender's answers; without them reports still go out, only rejections go unseen."""
+        topic = report_topic(self.thing_name)
+        for suffix, callback in (("accepted", self._on_accepted), ("rejected", self._on_rejected)):
+            try:
+                self._ipc.subscribe_iot(f"{topic}/{suffix}", callback)
+            except IpcError as exc:
+                log.warning(
+                    "cannot subscribe to %s/%s, rejections will not be logged: %s", topic, suffix, exc
+                )
 
     def _call(self, what: str, fn: Any, *args: Any) -> Any:
         self._ensure_connected()
@@ -111,9 +122,19 @@ class GreengrassConnection:
     def publish_alert(self, alert: dict[str, Any]) -> None:
         assert self.settings is not None
         payload = json.dumps(alert, separators=(",", ":")).encode()
-        self._call("PublishToIoTCore (alert)", self._ipc.publish_iot, self.settings.alert_topic_for(self.thing_name), payload)
+        self._call(
+            "PublishToIoTCore (alert)",
+            self._ipc.publish_iot,
+            self.settings.alert_topic_for(self.thing_name),
+            payload,
+        )
         try:
-            self._call("PublishToTopic (local alert)", self._ipc.publish_local, self.settings.local_alert_topic, payload)
+            self._call(
+                "PublishToTopic (local alert)",
+                self._ipc.publish_local,
+                self.settings.local_alert_topic,
+                payload,
+            )
         except SinkError as exc:  # IoT Core has it; local subscribers are a convenience
             log.warning("alert %s not published locally: %s", alert.get("violationId"), exc)
 
@@ -131,10 +152,20 @@ class GreengrassConnection:
         try:
             answer = json.loads(payload)
             details = answer.get("statusDetails", {})
-            code, message, report_id = details.get("ErrorCode"), details.get("ErrorMessage"), answer.get("reportId")
+            code, message, report_id = (
+                details.get("ErrorCode"),
+                details.get("ErrorMessage"),
+                answer.get("reportId"),
+            )
         except (ValueError, AttributeError):
             code, message, report_id = "unparseable answer", payload[:200].decode(errors="replace"), None
-        log.error("Device Defender rejected report %s: %s: %s (%d rejected so far)", report_id, code, message, self.rejected)
+        log.error(
+            "Device Defender rejected report %s: %s: %s (%d rejected so far)",
+            report_id,
+            code,
+            message,
+            self.rejected,
+        )
 
 
 def run_under_greengrass(config_path: Optional[str] = None) -> int:

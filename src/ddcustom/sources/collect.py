@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Optional, TypeVar
+from typing import Callable, Optional, TypeVar
 
 from ddcustom.config import Settings
 from ddcustom.sample import Connection, Feedback, GpuStats, NetworkStats, ProcessStats, Sample
 from ddcustom.sources.feedback_files import FeedbackReader
+from ddcustom.sources.gpu import GpuSource
 from ddcustom.sources.network import NetworkSource
 from ddcustom.sources.processes import ProcessScan, ProcessSource
 from ddcustom.sources.system import SystemSource
@@ -27,8 +28,7 @@ class Collector:
         self._proc_root = proc_root
         self._system = SystemSource(proc_root)  # kept across settings changes: CPU % needs the last reading
         self._last_error: dict[str, str] = {}  # source -> last error message logged
-        self._gpu: Optional[Any] = None  # ddcustom.sources.gpu.GpuSource, once it could be created
-        self._gpu_missing_logged = False
+        self._gpu: Optional[GpuSource] = None  # created on the first GPU read
         self._feedback = FeedbackReader(
             settings.gpu_load_feedback_file, settings.inference_time_feedback_file
         )
@@ -87,16 +87,8 @@ class Collector:
 
     def _read_gpu(self, watched_pids: frozenset[int]) -> Optional[GpuStats]:
         if self._gpu is None:
-            try:
-                from ddcustom.sources.gpu import GpuSource
-            except ImportError:
-                if not self._gpu_missing_logged:
-                    log.warning("GPU metrics enabled but this build has no GPU source; GPU metrics left out")
-                    self._gpu_missing_logged = True
-                return None
-            self._gpu = GpuSource(self.settings)
-        result: Optional[GpuStats] = self._gpu.read(watched_pids)
-        return result
+            self._gpu = GpuSource(self.settings)  # NVML is initialised once, by its first read
+        return self._gpu.read(watched_pids)
 
     def _close_gpu(self) -> None:
         gpu, self._gpu = self._gpu, None
