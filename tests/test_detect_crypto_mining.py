@@ -138,7 +138,7 @@ def test_without_gpu_metrics_the_feedback_and_gpu_rules_never_fire() -> None:
     assert timeline == [[]] * 10
     # the engine did see the samples: a CPU miner is still caught
     hot = run(engine, [device_sample(i, cpu=99, gpu_metrics=False) for i in range(10, 12)])
-    assert hot == [[], [("cpu-usage", "in-alarm")]]
+    assert hot == [[("cpu-usage", "in-alarm")], []]
 
 
 def test_alert_events_name_the_profile_and_metric_value() -> None:
