@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -68,3 +69,20 @@ def test_source_on_this_machine() -> None:
     cpu = source.read_cpu_percent()
     assert cpu is None or 0.0 <= cpu <= 100.0
     assert 0.0 < source.read_memory_percent() < 100.0
+
+
+def _stat(user: int, idle: int) -> str:
+    return f"cpu  {user} 0 0 {idle} 0 0 0 0 0 0\ncpu0 {user} 0 0 {idle} 0 0 0 0 0 0\n"
+
+
+def test_a_span_of_a_few_jiffies_is_no_reading_and_keeps_the_baseline(tmp_path: Path) -> None:
+    # Regression: 2 busy jiffies of 2, a few ms after start, read as 100 % CPU and set off the CPU rule.
+    (tmp_path / "stat").write_text(_stat(1000, 1000))
+    source = SystemSource(str(tmp_path))
+    min_span = 0.5 * os.sysconf("SC_CLK_TCK") * (os.cpu_count() or 1)
+    (tmp_path / "stat").write_text(_stat(1002, 1000))
+    assert source.read_cpu_percent() is None
+    # later, measured from the first baseline: 25 % of the whole span
+    busy = int(min_span)
+    (tmp_path / "stat").write_text(_stat(1000 + busy, 1000 + 3 * busy))
+    assert source.read_cpu_percent() == 25.0

@@ -161,8 +161,14 @@ class Agent:
         stop: threading.Event,
         wake: Optional[threading.Event] = None,
         before_cycle: Optional[Callable[[], None]] = None,
+        other_deadline: Optional[Callable[[], Optional[float]]] = None,
     ) -> None:
-        """Run until ``stop`` is set. ``wake`` interrupts a wait (configuration update, shutdown)."""
+        """Run until ``stop`` is set. ``wake`` interrupts a wait (configuration update, shutdown).
+
+        ``before_cycle`` runs first in every cycle (the Greengrass runner reconnects and applies
+        configuration updates there); ``other_deadline`` says in how many seconds it wants to run
+        again, if sooner than the next sample (a pending reconnect attempt).
+        """
         wake = wake or threading.Event()
         rng = random.Random()
         while not stop.is_set():
@@ -183,6 +189,9 @@ class Agent:
                 )
                 next_at = time.monotonic() + delay
             timeout = max(0.0, next_at - time.monotonic())
+            extra = other_deadline() if other_deadline is not None else None
+            if extra is not None:
+                timeout = min(timeout, extra)
             if wake.wait(timeout):
                 wake.clear()
 

@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import socket
 import sys
 import threading
@@ -15,6 +14,7 @@ from typing import Any, Optional
 
 from ddcustom import __version__
 from ddcustom.config import ConfigError, Settings, load_config_file, parse_settings
+from ddcustom.runtime import install_stop_handlers, setup_logging
 
 log = logging.getLogger("ddcustom")
 
@@ -22,15 +22,6 @@ EXIT_CONFIG = 2
 
 # Values `simulate` writes: the article's mining scenario, and values well inside the default profile.
 SCENARIOS = {"mining": (85.0, 180.0), "normal": (20.0, 45.0)}
-
-
-def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        force=True,
-    )
 
 
 def load_settings(path: Optional[str]) -> Settings:
@@ -44,16 +35,6 @@ def load_settings(path: Optional[str]) -> Settings:
 
 def local_thing_name(explicit: Optional[str] = None) -> str:
     return explicit or os.environ.get("AWS_IOT_THING_NAME") or socket.gethostname()
-
-
-def _install_stop_handlers(stop: threading.Event, wake: threading.Event) -> None:
-    def handler(signum: int, _frame: Any) -> None:
-        log.info("signal %d received, stopping", signum)
-        stop.set()
-        wake.set()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
 
 
 # ---- commands ----------------------------------------------------------------------------------
@@ -77,7 +58,7 @@ def run_local(config_path: Optional[str], thing: Optional[str]) -> int:
     sink = JsonLinesSink(sys.stdout, thing_name, settings.alert_topic_for(thing_name))
     agent = Agent(settings, thing_name, sink)
     stop, wake = threading.Event(), threading.Event()
-    _install_stop_handlers(stop, wake)
+    install_stop_handlers(stop, wake)
     log.info(
         "running locally as %s: a sample every %gs, a report every %ds; JSON lines on stdout",
         thing_name,

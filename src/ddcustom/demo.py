@@ -31,7 +31,9 @@ def _reader(stream: Any, lines: queue.Queue[Optional[str]]) -> None:
 def _simulate(scenario: str, config: str) -> None:
     cmd = [sys.executable, "-m", "ddcustom", "simulate", scenario, "--config", config]
     print(f"\n>>> ddcustom simulate {scenario}", flush=True)
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    if out.returncode != 0:
+        raise SystemExit(f"ddcustom simulate {scenario} failed: {out.stderr.strip()}")
     print(f"    {out.stdout.strip()}\n", flush=True)
 
 

@@ -16,6 +16,7 @@ import time
 from typing import Any, Optional
 
 from ddcustom.config import ConfigError, Settings, parse_settings
+from ddcustom.runtime import install_stop_handlers, setup_logging
 from ddcustom.sinks.base import SinkError
 from ddcustom.sinks.ipc import GreengrassIpc, IpcError, UnauthorizedIpcError, reconnect_delays
 from ddcustom.sinks.local import report_topic
@@ -29,16 +30,26 @@ RECONNECT_CAP = 30.0
 class GreengrassConnection:
     """The agent's sink under Greengrass; every call is bounded by the IPC timeout."""
 
-    def __init__(self, thing_name: str, ipc: Optional[GreengrassIpc] = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        thing_name: str,
+        *,
+        timeout: float = 10.0,
+        socket_path: Optional[str] = None,
+        token: Optional[str] = None,
+        reconnect_base: float = RECONNECT_BASE,
+        reconnect_cap: float = RECONNECT_CAP,
+    ) -> None:
         self.thing_name = thing_name
-        self._ipc = ipc or GreengrassIpc(timeout=timeout)
+        self._ipc = GreengrassIpc(timeout, socket_path, token, on_disconnect=self._on_disconnect)
+        self._backoff = (reconnect_base, reconnect_cap)
         self.settings: Optional[Settings] = None
         self.config_changed = threading.Event()  # set by the IPC thread, read by the loop
         self.wake = threading.Event()
         self.rejected = 0
         self.accepted = 0
         self.connects = 0
-        self._delays = reconnect_delays(RECONNECT_BASE, RECONNECT_CAP, random.Random())
+        self._delays = reconnect_delays(*self._backoff, random.Random())
         self._next_attempt = 0.0
         self._last_state: Optional[str] = None
 
@@ -67,7 +78,7 @@ class GreengrassConnection:
         if self.connects == 0:
             self._subscribe_answers()
         self.connects += 1
-        self._delays = reconnect_delays(RECONNECT_BASE, RECONNECT_CAP, random.Random())
+        self._delays = reconnect_delays(*self._backoff, random.Random())
         self._last_state = None
         if self.connects > 1:
             log.info("reconnected to the nucleus (connection %d)", self.connects)
@@ -83,6 +94,18 @@ class GreengrassConnection:
                 log.warning(
                     "cannot subscribe to %s/%s, rejections will not be logged: %s", topic, suffix, exc
                 )
+
+    def keep_connected(self) -> None:
+        """Reconnect now if the connection is down and the backoff allows; never raises."""
+        try:
+            self._ensure_connected()
+        except SinkError as exc:
+            log.debug("%s", exc)
+
+    def seconds_to_next_attempt(self) -> Optional[float]:
+        if self._ipc.connected:
+            return None
+        return max(0.0, self._next_attempt - time.monotonic())
 
     def _call(self, what: str, fn: Any, *args: Any) -> Any:
         self._ensure_connected()
@@ -140,6 +163,9 @@ class GreengrassConnection:
 
     # ---- IPC callbacks (run on the client's threads: keep them short) ----------------------------
 
+    def _on_disconnect(self, _reason: str) -> None:
+        self.wake.set()  # reconnect at once (within the backoff), not at the next report
+
     def _on_config_update(self) -> None:
         self.config_changed.set()
         self.wake.set()
@@ -170,9 +196,6 @@ class GreengrassConnection:
 
 def run_under_greengrass(config_path: Optional[str] = None) -> int:
     """``ddcustom run`` with SVCUID set. Returns only when stopped by a signal."""
-    from ddcustom.agent import Agent
-    from ddcustom.cli import _install_stop_handlers, setup_logging
-
     if config_path:
         log.warning("--config is ignored under Greengrass: the configuration comes from the deployment")
     thing_name = os.environ.get("AWS_IOT_THING_NAME", "")
@@ -181,42 +204,53 @@ def run_under_greengrass(config_path: Optional[str] = None) -> int:
         return 1
     conn = GreengrassConnection(thing_name)
     stop = threading.Event()
-    _install_stop_handlers(stop, conn.wake)
+    install_stop_handlers(stop, conn.wake)
+    serve(conn, stop)
+    return 0
+
+
+def serve(conn: GreengrassConnection, stop: threading.Event) -> None:
+    """The component's life under Greengrass, until ``stop`` is set."""
+    from ddcustom.agent import Agent
 
     settings = _first_settings(conn, stop)
     if settings is None:
-        return 0
+        return
     setup_logging(settings.log_level)
     conn.settings = settings
-    agent = Agent(settings, thing_name, conn)
+    agent = Agent(settings, conn.thing_name, conn)
 
     def before_cycle() -> None:
-        if not conn.config_changed.is_set():
-            return
-        conn.config_changed.clear()
-        try:
-            new, warnings = conn.read_settings()
-        except ConfigError as exc:
-            log.error("configuration update refused, the previous settings stay: %s", exc)
-            return
-        except SinkError as exc:
-            conn.config_changed.set()  # try again next cycle
-            log.warning("cannot read the configuration update yet: %s", exc)
-            return
-        for warning in warnings:
-            log.warning("%s", warning)
-        if new != conn.settings:
-            log.info("configuration updated; applying without a restart")
-            setup_logging(new.log_level)
-            conn.settings = new
-            agent.apply_settings(new)
+        conn.keep_connected()
+        if conn.config_changed.is_set():
+            _apply_update(conn, agent)
 
     try:
-        agent.run_forever(stop, conn.wake, before_cycle)
+        agent.run_forever(stop, conn.wake, before_cycle, conn.seconds_to_next_attempt)
     finally:
         agent.close()
         conn.close()
-    return 0
+
+
+def _apply_update(conn: GreengrassConnection, agent: Any) -> None:
+    conn.config_changed.clear()
+    try:
+        new, warnings = conn.read_settings()
+    except ConfigError as exc:
+        log.error("configuration update refused, the previous settings stay: %s", exc)
+        return
+    except SinkError as exc:
+        conn.config_changed.set()  # try again next cycle
+        log.warning("cannot read the configuration update yet: %s", exc)
+        return
+    for warning in warnings:
+        log.warning("%s", warning)
+    if new != conn.settings:
+        log.info("configuration updated; applying without a restart")
+
+        setup_logging(new.log_level)
+        conn.settings = new
+        agent.apply_settings(new)
 
 
 def _first_settings(conn: GreengrassConnection, stop: threading.Event) -> Optional[Settings]:

@@ -7,6 +7,7 @@ import os
 from typing import Optional
 
 MAX_STAT_BYTES = 1024 * 1024
+MIN_CPU_SPAN_SECONDS = 0.5
 
 # (busy jiffies, total jiffies) of the aggregate "cpu" line
 CpuTimes = tuple[int, int]
@@ -67,12 +68,22 @@ class SystemSource:
         self._stat_path = os.path.join(proc_root, "stat")
         self._meminfo_path = os.path.join(proc_root, "meminfo")
         self._last_cpu: Optional[CpuTimes] = None
+        # /proc/stat totals are summed over all CPUs, in USER_HZ ticks
+        self._min_span_jiffies = MIN_CPU_SPAN_SECONDS * os.sysconf("SC_CLK_TCK") * (os.cpu_count() or 1)
         with contextlib.suppress(OSError, ValueError):  # read_cpu_percent reports it on its first call
             self._last_cpu = parse_cpu_times(_read_text(self._stat_path))
 
     def read_cpu_percent(self) -> Optional[float]:
+        """None until at least MIN_CPU_SPAN_SECONDS passed since the baseline reading.
+
+        Counters tick in 10 ms jiffies: over a few milliseconds 2 busy of 2 total reads as 100 %,
+        which a one-datapoint CPU rule would take for a miner. A short call keeps the old baseline.
+        """
         now = parse_cpu_times(_read_text(self._stat_path))
-        before, self._last_cpu = self._last_cpu, now
+        before = self._last_cpu
+        if before is not None and now[1] - before[1] < self._min_span_jiffies:
+            return None
+        self._last_cpu = now
         return None if before is None else cpu_percent_between(before, now)
 
     def read_memory_percent(self) -> float:

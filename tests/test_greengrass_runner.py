@@ -1,0 +1,244 @@
+"""The component under the stand-in nucleus, with the real awsiotsdk client and the project's recipe.
+
+The component runs in-process (``greengrass.serve`` on a thread) so tests can read its counters and use
+short reconnect backoffs; the wire, the client and the recipe's access control are the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import jsonschema
+import pytest
+
+from ddcustom.devnucleus import DevNucleus, Published
+from ddcustom.greengrass import GreengrassConnection, serve
+
+ROOT = Path(__file__).resolve().parents[1]
+THING = "cam-42"
+REPORT_TOPIC = f"$aws/things/{THING}/defender/metrics/json"
+ALERT_TOPIC = f"ddcustom/{THING}/alerts"
+SCHEMA = json.loads((ROOT / "src/ddcustom/schemas/report.schema.json").read_text())
+
+
+def poll(condition: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def reports(nucleus: DevNucleus) -> list[dict[str, Any]]:
+    return [json.loads(p.payload) for p in nucleus.published if p.topic == REPORT_TOPIC]
+
+
+def is_report(p: Published) -> bool:
+    return p.topic == REPORT_TOPIC
+
+
+class Component:
+    def __init__(self, tmp: Path, merge: dict[str, Any]) -> None:
+        base = {"DetectIntervalSeconds": 0.5, "StateDirectory": str(tmp / "state")}
+        self.nucleus = DevNucleus(ROOT / "recipe.yaml", THING, {**base, **merge}).start()
+        self.conn = GreengrassConnection(
+            THING,
+            timeout=3.0,
+            socket_path=self.nucleus.socket_path,
+            token=self.nucleus.token,
+            reconnect_base=0.02,
+            reconnect_cap=0.1,
+        )
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=serve, args=(self.conn, self.stop), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.conn.wake.set()
+        self.thread.join(15)
+        self.nucleus.stop()
+        assert not self.thread.is_alive(), "the component did not stop"
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Callable[..., Component]]:
+    started: list[Component] = []
+
+    def _start(**merge: Any) -> Component:
+        started.append(Component(tmp_path, merge))
+        return started[-1]
+
+    yield _start
+    for component in started:
+        component.close()
+
+
+@pytest.fixture
+def feedback(tmp_path: Path) -> Callable[[float, float], dict[str, Any]]:
+    def write(load: float, latency: float) -> dict[str, Any]:
+        (tmp_path / "load").write_text(f"{load}\n")
+        (tmp_path / "time").write_text(f"{latency}\n")
+        return {
+            "GpuLoadFeedbackFile": str(tmp_path / "load"),
+            "InferenceTimeFeedbackFile": str(tmp_path / "time"),
+        }
+
+    return write
+
+
+def test_first_report_goes_out_at_start_without_network_stats(start: Callable[..., Component]) -> None:
+    c = start()
+    first = json.loads(c.nucleus.wait_for(is_report, timeout=15).payload)
+    jsonschema.validate(first, SCHEMA)
+    assert "network_stats" not in first.get("metrics", {})  # deltas need two samples
+    assert 0 < first["custom_metrics"]["memory_usage"][0]["number"] <= 100
+    assert "cpu_usage" not in first["custom_metrics"]  # CPU use needs two readings, too
+    poll(lambda: "RUNNING" in c.nucleus.states, what="UpdateState RUNNING")
+
+
+def test_rejected_reports_are_logged_with_code_and_counted(
+    start: Callable[..., Component], caplog: pytest.LogCaptureFixture
+) -> None:
+    c = start()
+    c.nucleus.wait_for(is_report, timeout=15)
+    poll(lambda: f"{REPORT_TOPIC}/rejected" in c.nucleus.subscriptions("iot"), what="subscription")
+    answer = {
+        "thingName": THING,
+        "reportId": 1,
+        "status": "REJECTED",
+        "statusDetails": {"ErrorCode": "InvalidPayload", "ErrorMessage": "Malformed metrics report"},
+    }
+    with caplog.at_level(logging.ERROR):
+        assert c.nucleus.deliver_iot(f"{REPORT_TOPIC}/rejected", json.dumps(answer).encode()) == 1
+        c.nucleus.deliver_iot(f"{REPORT_TOPIC}/rejected", b"not json")
+        poll(lambda: c.conn.rejected == 2, what="two rejections counted")
+    assert "InvalidPayload: Malformed metrics report" in caplog.text
+    assert "unparseable answer" in caplog.text
+
+
+def test_configuration_update_applies_without_restart_and_reports_at_once(
+    start: Callable[..., Component], feedback: Callable[[float, float], dict[str, Any]]
+) -> None:
+    c = start()
+    c.nucleus.wait_for(is_report, timeout=15)
+    assert "gpu_load_per_inference" not in reports(c.nucleus)[0]["custom_metrics"]
+
+    c.nucleus.update_configuration({"EnableGPUMetrics": True, **feedback(85, 180)})
+    with_gpu = c.nucleus.wait_for(
+        lambda p: is_report(p) and "gpu_load_per_inference" in json.loads(p.payload)["custom_metrics"],
+        timeout=15,
+    )
+    custom = json.loads(with_gpu.payload)["custom_metrics"]
+    assert custom["gpu_load_per_inference"] == [{"number": 85}]
+    assert custom["avg_inference_time"] == [{"number": 180}]
+    # 85 / 180 break the article's two rules: alerts on IoT Core and on local pub/sub
+    alert = json.loads(c.nucleus.wait_for(lambda p: p.topic == ALERT_TOPIC, timeout=15).payload)
+    assert alert["violationEventType"] == "in-alarm" and alert["thingName"] == THING
+    local = c.nucleus.wait_for(lambda p: p.service == "local" and p.topic == "ddcustom/alerts", timeout=15)
+    assert json.loads(local.payload)["violationId"]
+
+
+def test_bad_update_is_refused_and_the_old_settings_stay(
+    start: Callable[..., Component],
+    feedback: Callable[[float, float], dict[str, Any]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    c = start()
+    c.nucleus.wait_for(is_report, timeout=15)
+    before = c.conn.settings
+    with caplog.at_level(logging.ERROR):
+        c.nucleus.update_configuration({"EnableGPUMetrics": "maybe"})
+        poll(lambda: "configuration update refused" in caplog.text, what="refusal logged")
+    assert "'EnableGPUMetrics'" in caplog.text and '"maybe"' in caplog.text
+    assert c.conn.settings is before
+    # the deployment is fixed: the component takes it
+    c.nucleus.update_configuration({"EnableGPUMetrics": True, **feedback(10, 20)})
+    poll(
+        lambda: c.conn.settings is not None and c.conn.settings.enable_gpu_metrics,
+        what="fixed update applied",
+    )
+
+
+def test_invalid_initial_configuration_reports_errored_and_waits_for_a_fix(
+    start: Callable[..., Component],
+) -> None:
+    c = start(MaxReportListSize=0)
+    poll(lambda: "ERRORED" in c.nucleus.states, what="UpdateState ERRORED")
+    assert reports(c.nucleus) == []
+    c.nucleus.update_configuration({"MaxReportListSize": 10})
+    c.nucleus.wait_for(is_report, timeout=15)
+    poll(lambda: "RUNNING" in c.nucleus.states, what="UpdateState RUNNING")
+
+
+def test_twenty_dropped_connections_in_a_row_then_publishing_again(start: Callable[..., Component]) -> None:
+    c = start()
+    c.nucleus.wait_for(is_report, timeout=15)
+    for i in range(20):
+        connects = c.conn.connects
+        c.nucleus.drop_connections()
+        poll(lambda: c.conn.connects > connects, what=f"reconnect after drop {i + 1}")
+    # and the next 20 connection attempts refused at once, in a row
+    connects = c.conn.connects
+    c.nucleus.drop_connections(refuse_next=20)
+    poll(lambda: c.conn.connects > connects, timeout=30, what="reconnect after 20 refused connects")
+
+    count = len(reports(c.nucleus))
+    c.nucleus.update_configuration({"MaxReportListSize": 99})  # a change publishes a report right away
+    poll(lambda: len(reports(c.nucleus)) > count, what="a report after the drops")
+    ids = [r["header"]["report_id"] for r in reports(c.nucleus)]
+    assert ids == sorted(set(ids)), f"report_id went backwards or repeated: {ids}"
+    assert c.thread.is_alive()
+
+
+def test_an_alert_the_recipe_does_not_grant_stays_spooled_until_it_can_go(
+    start: Callable[..., Component],
+    feedback: Callable[[float, float], dict[str, Any]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Another thing's topic: the recipe grants alerts for the component's own thing only.
+    c = start(AlertTopic="ddcustom/other-thing/alerts")
+    c.nucleus.wait_for(is_report, timeout=15)
+    with caplog.at_level(logging.WARNING):
+        c.nucleus.update_configuration({"EnableGPUMetrics": True, **feedback(85, 180)})
+        poll(lambda: "does not grant" in caplog.text, what="authorization refusal logged")
+    assert not [p for p in c.nucleus.published if "other-thing" in p.topic]
+    assert c.thread.is_alive()
+
+    c.nucleus.update_configuration({"AlertTopic": "ddcustom/{thingName}/alerts"})
+    delivered = c.nucleus.wait_for(lambda p: p.topic == ALERT_TOPIC, timeout=15)
+    assert json.loads(delivered.payload)["violationEventType"] == "in-alarm"
+
+
+def test_failed_publishes_lose_no_alert(
+    start: Callable[..., Component], feedback: Callable[[float, float], dict[str, Any]]
+) -> None:
+    c = start()
+    c.nucleus.wait_for(is_report, timeout=15)
+    c.nucleus.fail_publishes(None)  # every publish fails until cleared
+    c.nucleus.update_configuration({"EnableGPUMetrics": True, **feedback(85, 180)})
+    poll(lambda: c.conn.settings is not None and c.conn.settings.enable_gpu_metrics, what="update applied")
+    time.sleep(1.5)  # several detection intervals with alarms raised while publishing fails
+    assert not [p for p in c.nucleus.published if p.topic == ALERT_TOPIC]
+    c.nucleus.fail_publishes(0)
+    first = c.nucleus.wait_for(lambda p: p.topic == ALERT_TOPIC, timeout=15)
+    poll(
+        lambda: (
+            len(
+                {
+                    json.loads(p.payload)["behavior"]["name"]
+                    for p in c.nucleus.published
+                    if p.topic == ALERT_TOPIC
+                }
+            )
+            >= 2
+        ),
+        what="both GPU alerts delivered",
+    )
+    assert json.loads(first.payload)["violationEventType"] == "in-alarm"
