@@ -14,6 +14,7 @@ CHILD_LIFETIME seconds even if this script dies, and is killed on exit. Takes ab
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -138,6 +139,9 @@ def stop(proc: Optional[subprocess.Popen[Any]], grace: float = 10.0) -> None:
 
 
 def main() -> int:
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()  # no options: --help explains what it does
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:

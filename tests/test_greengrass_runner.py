@@ -183,7 +183,7 @@ def test_twenty_dropped_connections_in_a_row_then_publishing_again(start: Callab
     for i in range(20):
         connects = c.conn.connects
         c.nucleus.drop_connections()
-        poll(lambda: c.conn.connects > connects, what=f"reconnect after drop {i + 1}")
+        poll(lambda n=connects: c.conn.connects > n, what=f"reconnect after drop {i + 1}")  # type: ignore[misc]
     # and the next 20 connection attempts refused at once, in a row
     connects = c.conn.connects
     c.nucleus.drop_connections(refuse_next=20)

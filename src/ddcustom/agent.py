@@ -58,6 +58,7 @@ class Agent:
         self._next_detect = 0.0
         self._next_report = 0.0  # 0: the first report goes out at once
         self._consecutive_failures = 0
+        self._alert_failure: Optional[str] = None  # the last delivery error logged
         self._lock = threading.Lock()  # apply_settings may come from another thread
 
     # ---- configuration -------------------------------------------------------------------------
@@ -144,15 +145,26 @@ class Agent:
             _write_int(self._report_id_file, self._builder.last_report_id)
 
     def _flush_alerts(self) -> None:
-        """Send spooled alerts in order; stop at the first failure so order is kept."""
+        """Send spooled alerts in order; stop at the first failure so order is kept.
+
+        A failure is retried every cycle but logged once per distinct error (a refused topic would
+        otherwise log every few seconds for as long as the deployment is wrong).
+        """
         for key, event in self._spool.pending():
             try:
                 self.sink.publish_alert(event)
             except SinkError as exc:
-                log.warning("alert %s kept in the spool, will retry: %s", event.get("violationId"), exc)
+                if str(exc) != self._alert_failure:
+                    self._alert_failure = str(exc)
+                    log.warning(
+                        "alerts kept in the spool (%d), retrying every cycle: %s", len(self._spool), exc
+                    )
                 return
             self._spool.ack(key)
             self.counters.alerts_sent += 1
+            if self._alert_failure is not None:
+                log.info("alert delivery works again; spooled alerts are being sent")
+                self._alert_failure = None
 
     # ---- the loop ------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import socket
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Optional
 
 from ddcustom import __version__
 from ddcustom.config import ConfigError, Settings, load_config_file, parse_settings

@@ -1,0 +1,159 @@
+"""The agent loop, stepped with explicit monotonic times against real sources and a recording sink."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+
+from ddcustom.agent import Agent
+from ddcustom.config import Settings, parse_settings
+from ddcustom.sinks.base import SinkError
+
+
+class RecordingSink:
+    """A sink that records what it is given and can be told to refuse."""
+
+    def __init__(self) -> None:
+        self.reports: list[dict[str, Any]] = []
+        self.alerts: list[dict[str, Any]] = []
+        self.refuse: Optional[str] = None
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def publish_report(self, report: dict[str, Any]) -> bool:
+        if self.refuse:
+            raise SinkError(self.refuse)
+        self.reports.append(report)
+        return True
+
+    def publish_alert(self, alert: dict[str, Any]) -> None:
+        if self.refuse:
+            raise SinkError(self.refuse)
+        self.alerts.append(alert)
+
+
+def settings_for(tmp_path: Path, **keys: Any) -> Settings:
+    base = {
+        "EnableGPUMetrics": True,
+        "EnableDeviceDefenderReport": False,
+        "SampleIntervalSeconds": 60,
+        "DetectIntervalSeconds": 1,
+        "GpuLoadFeedbackFile": str(tmp_path / "load"),
+        "InferenceTimeFeedbackFile": str(tmp_path / "time"),
+        "StateDirectory": str(tmp_path / "state"),
+    }
+    return parse_settings({**base, **keys})[0]
+
+
+def feedback(tmp_path: Path, load: float, latency: float) -> None:
+    (tmp_path / "load").write_text(str(load))
+    (tmp_path / "time").write_text(str(latency))
+
+
+def test_reports_on_the_report_interval_and_samples_on_the_detect_interval(tmp_path: Path) -> None:
+    feedback(tmp_path, 10, 20)
+    sink = RecordingSink()
+    agent = Agent(settings_for(tmp_path), "t", sink)
+    assert agent.run_cycle(100.0) == 101.0  # first report at once, next sample one interval later
+    assert len(sink.reports) == 1 and "network_stats" not in sink.reports[0].get("metrics", {})
+    for now in (101.0, 102.0, 130.0):
+        agent.run_cycle(now)
+    assert len(sink.reports) == 1
+    agent.run_cycle(160.0)
+    assert len(sink.reports) == 2 and "network_stats" in sink.reports[1]["metrics"]
+    assert agent.counters.cycles == 5
+
+
+def test_a_refused_report_leaves_the_delta_baseline_at_the_last_report_that_went_out(tmp_path: Path) -> None:
+    feedback(tmp_path, 10, 20)
+    sink = RecordingSink()
+    agent = Agent(settings_for(tmp_path, IncludeLoopback=True), "t", sink)
+    agent.run_cycle(0.5)
+    first_sample = agent._last_reported
+    sink.refuse = "connection lost"
+    agent.run_cycle(60.5)
+    assert agent.counters.reports_failed == 1 and agent._last_reported is first_sample
+    sink.refuse = None
+    agent.run_cycle(120.5)
+    assert len(sink.reports) == 2 and agent._last_reported is not first_sample
+    ids = [r["header"]["report_id"] for r in sink.reports]
+    assert ids[1] > ids[0] + 1  # the refused report used an id too; ids never repeat
+
+
+def test_alerts_survive_a_refusing_sink_and_the_refusal_is_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    feedback(tmp_path, 85, 180)
+    sink = RecordingSink()
+    sink.refuse = "not authorized: ddcustom/other/alerts"
+    agent = Agent(settings_for(tmp_path, SampleIntervalSeconds=3600), "t", sink)
+    with caplog.at_level(logging.WARNING, logger="ddcustom.agent"):
+        for now in range(1, 11):
+            agent.run_cycle(float(now))
+    assert sink.alerts == []
+    assert agent.counters.alerts_raised == 2  # the article's two rules, once each
+    assert caplog.text.count("alerts kept in the spool") == 1  # regression: it was logged every cycle
+    sink.refuse = None
+    agent.run_cycle(11.0)
+    assert [a["behavior"]["name"] for a in sink.alerts] == ["gpu-load-per-inference", "avg-inference-time"]
+    assert agent.status()["pending_alerts"] == 0
+
+
+def test_report_id_continues_after_a_restart(tmp_path: Path) -> None:
+    feedback(tmp_path, 10, 20)
+    first = RecordingSink()
+    Agent(settings_for(tmp_path), "t", first).run_cycle(1.0)
+    # a restart with the wall clock stepped far back still continues above the persisted id
+    (tmp_path / "state" / "report_id").write_text(str(first.reports[0]["header"]["report_id"] + 10**9))
+    second = RecordingSink()
+    Agent(settings_for(tmp_path), "t", second).run_cycle(1.0)
+    assert second.reports[0]["header"]["report_id"] > first.reports[0]["header"]["report_id"] + 10**9
+
+
+def test_new_settings_report_at_once_and_keep_the_alarm_state(tmp_path: Path) -> None:
+    feedback(tmp_path, 85, 180)
+    sink = RecordingSink()
+    agent = Agent(settings_for(tmp_path, SampleIntervalSeconds=3600), "t", sink)
+    for now in (1.0, 2.0):
+        agent.run_cycle(now)
+    assert len(sink.alerts) == 2
+    agent.apply_settings(settings_for(tmp_path, SampleIntervalSeconds=3600, UseShortNames=True))
+    agent.run_cycle(2.5)
+    assert len(sink.reports) == 2 and "hed" in sink.reports[1]  # the new settings, right away
+    feedback(tmp_path, 10, 20)
+    for now in (3.5, 4.5):
+        agent.run_cycle(now)
+    cleared = [a for a in sink.alerts if a["violationEventType"] == "alarm-cleared"]
+    assert len(cleared) == 2  # the alarms raised before the update are cleared, not forgotten
+
+
+def test_a_failing_cycle_is_retried_and_the_loop_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    feedback(tmp_path, 10, 20)
+    sink = RecordingSink()
+    agent = Agent(settings_for(tmp_path), "t", sink)
+    stop = threading.Event()
+    calls = {"n": 0}
+
+    def before_cycle() -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        stop.set()
+
+    with caplog.at_level(logging.ERROR):
+        thread = threading.Thread(target=agent.run_forever, args=(stop, None, before_cycle), daemon=True)
+        thread.start()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert agent.counters.failed_cycles == 1 and calls["n"] == 2
+    assert "cycle failed (1 in a row)" in caplog.text and "boom" in caplog.text

@@ -1,0 +1,308 @@
+"""End to end: build the component, install it with the recipe's own Install, run it under the stand-in
+nucleus started from the BUILT recipe, and watch what it publishes, as a core device would.
+
+The layout is the nucleus's: the zip under ``packages/artifacts/<name>/<version>/``, unzipped into
+``packages/artifacts-unarchived/<name>/<version>/<zip name>/``, the work folder ``work/<name>/``. Each
+lifecycle script runs as ``sh -c`` in the work folder with the recipe's Setenv and the nucleus's
+variables, nothing else of the test's environment that a nucleus would not give (no PYTHONPATH, no
+active virtual environment): the component must run from what Install put in ``{work:path}/venv``.
+
+Install: the recipe's Install step runs unmodified and reaches the package index as on an online device
+(about 6 s here). An offline run was tried and is not used: the recipe already supports a ``wheels/``
+folder in the artifact, but this machine has no wheel of awscrt, so a wheelhouse would itself have to be
+downloaded first (``pip download``), which measured no faster in total (0.8 s download + 4.8 s install
+vs 5.8 s) and would test the offline branch instead of the one most devices take. pip's cache is not
+used by Install: the recipe itself passes ``--no-cache-dir``, and the test does not change the command.
+The install happens once per module; each run test starts a fresh process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import jsonschema
+import pytest
+import yaml
+
+from ddcustom.build import GG_BUILD_DIR, ZIP_BUILD_DIR, LifecycleStep, build, lifecycle_steps
+from ddcustom.devnucleus import DevNucleus
+
+REPO = Path(__file__).resolve().parent.parent
+REPORT_SCHEMA = json.loads((REPO / "src/ddcustom/schemas/report.schema.json").read_text(encoding="utf-8"))
+THING = "e2e-thing"
+REPORT_TOPIC = f"$aws/things/{THING}/defender/metrics/json"
+ALERT_TOPIC = f"ddcustom/{THING}/alerts"
+LOCAL_ALERT_TOPIC = "ddcustom/alerts"
+FOREIGN_ALERT_TOPIC = "ddcustom/other-thing/alerts"
+FOREIGN_LOCAL_TOPIC = "ddcustom/other-thing/local-alerts"
+WAIT = 30.0  # bound on every wait for the component; it usually answers within a second or two
+INSTALL_TIMEOUT = 300  # the recipe allows 900 s; an install here takes seconds
+STOP_TIMEOUT = 20.0
+# The article's mining scenario: GPU load per inference 85 % (normal < 40), inference 180 ms (normal < 100).
+MINING_VALUES = {"gpu_load_per_inference": 85, "avg_inference_time": 180}
+
+
+@dataclass(frozen=True)
+class Deployment:
+    recipe_path: Path
+    recipe: dict[str, Any]
+    artifacts_path: Path
+    decompressed_path: Path
+    work_path: Path
+
+    def steps(self, configuration: dict[str, Any] | None = None) -> dict[str, LifecycleStep]:
+        return lifecycle_steps(
+            self.recipe,
+            artifacts_path=str(self.artifacts_path),
+            decompressed_path=str(self.decompressed_path),
+            work_path=str(self.work_path),
+            thing_name=THING,
+            configuration=configuration,
+        )
+
+
+def nucleus_environment(step: LifecycleStep, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a nucleus gives a lifecycle script: its own (here: the test's, less anything that
+    would let the component run from the test's virtual environment or source tree) plus the step's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != "VIRTUAL_ENV"}
+    env.pop("SVCUID", None)
+    if sys.prefix != sys.base_prefix:  # running from a venv: keep its bin/ off the PATH
+        venv_bin = os.path.join(sys.prefix, "bin")
+        env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != venv_bin)
+    return {**env, **step.setenv, **(extra or {})}
+
+
+def run_step(step: LifecycleStep, work_path: Path) -> subprocess.CompletedProcess[str]:
+    assert step.timeout is not None
+    return subprocess.run(
+        ["sh", "-c", step.script],
+        cwd=work_path,
+        env=nucleus_environment(step),
+        capture_output=True,
+        text=True,
+        timeout=min(step.timeout, INSTALL_TIMEOUT),
+    )
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
+    """Built from a copy of the project (no build output in the repo), laid out and installed."""
+    root = tmp_path_factory.mktemp("e2e")
+    project = root / "project"
+    # A developer's wheels/ (maybe for another platform) would switch Install to its offline branch.
+    unwanted = shutil.ignore_patterns(".*", "__pycache__", GG_BUILD_DIR, ZIP_BUILD_DIR, "wheels")
+    shutil.copytree(REPO, project, ignore=unwanted)
+    built = build(project)
+    (artifact,) = built.artifacts
+    name, version = built.component.name, built.component.version
+    greengrass = root / "greengrass"
+    artifacts_path = greengrass / "packages" / "artifacts" / name / version
+    decompressed_path = greengrass / "packages" / "artifacts-unarchived" / name / version
+    work_path = greengrass / "work" / name
+    for folder in (artifacts_path, decompressed_path, work_path):
+        folder.mkdir(parents=True)
+    shutil.copy(artifact, artifacts_path)
+    with zipfile.ZipFile(artifact) as archive:  # Unarchive: ZIP, into a folder named after the zip
+        archive.extractall(decompressed_path / artifact.stem)
+    recipe = yaml.safe_load(built.recipe.read_text(encoding="utf-8"))
+    placed = Deployment(built.recipe, recipe, artifacts_path, decompressed_path, work_path)
+
+    install = run_step(placed.steps()["install"], work_path)
+    assert install.returncode == 0, f"Install failed:\n{install.stdout[-3000:]}\n{install.stderr[-3000:]}"
+    return placed
+
+
+@contextmanager
+def component(deployment: Deployment, nucleus: DevNucleus, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """The recipe's Run step as the nucleus starts it; killed at the end if a test left it running."""
+    shutil.rmtree(deployment.work_path / "state", ignore_errors=True)  # report_id and spool: a new device
+    run = deployment.steps(nucleus.configuration)["run"]
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            ["sh", "-c", run.script],
+            cwd=deployment.work_path,
+            env=nucleus_environment(run, nucleus.env()),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(STOP_TIMEOUT)
+
+
+def stop_cleanly(process: subprocess.Popen[bytes], log: Path) -> None:
+    """SIGTERM, as the nucleus stops a component: it must exit 0 on its own."""
+    assert process.poll() is None, f"the component ended early:\n{log.read_text(errors='replace')[-3000:]}"
+    process.send_signal(signal.SIGTERM)
+    try:
+        code = process.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the component did not stop within {STOP_TIMEOUT} s of SIGTERM")
+    assert code == 0, f"exit status {code}:\n{log.read_text(errors='replace')[-3000:]}"
+
+
+def wait_until(nucleus: DevNucleus, log: Path, what: str, condition: Callable[[], bool]) -> None:
+    """nucleus.wait_until, failing with what was published and the component's log."""
+    try:
+        nucleus.wait_until(condition, WAIT)
+    except TimeoutError:
+        topics = [p.topic for p in nucleus.published]
+        pytest.fail(f"{what}: not within {WAIT} s; published: {topics}\n{log.read_text()[-3000:]}")
+
+
+def wait_for_log(log: Path, needles: tuple[str, ...]) -> str:
+    """The first log line holding every needle, waiting up to WAIT seconds."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        for line in log.read_text(errors="replace").splitlines():
+            if all(needle in line for needle in needles):
+                return line
+        if time.monotonic() > deadline:
+            pytest.fail(f"no log line with {needles} within {WAIT} s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
+
+
+def reports(nucleus: DevNucleus) -> list[dict[str, Any]]:
+    return [json.loads(p.payload) for p in nucleus.published if p.topic == REPORT_TOPIC]
+
+
+def next_report(
+    nucleus: DevNucleus,
+    log: Path,
+    after: int,
+    predicate: Callable[[dict[str, Any]], bool] = lambda _report: True,
+) -> dict[str, Any]:
+    """The first report past the first ``after`` ones that matches ``predicate``; it must validate."""
+    found: list[dict[str, Any]] = []
+
+    def matched() -> bool:
+        found[:] = [report for report in reports(nucleus)[after:] if predicate(report)][:1]
+        return bool(found)
+
+    wait_until(nucleus, log, f"a report past the first {after}", matched)
+    jsonschema.validate(found[0], REPORT_SCHEMA)
+    return found[0]
+
+
+def custom_numbers(report: dict[str, Any]) -> dict[str, Any]:
+    """{metric: number} of the report's custom metrics (each sent as [{"number": n}])."""
+    return {name: value[0].get("number") for name, value in report.get("custom_metrics", {}).items()}
+
+
+def alert_behaviors(nucleus: DevNucleus, topic: str) -> dict[str, dict[str, Any]]:
+    alerts = [json.loads(p.payload) for p in nucleus.published if p.topic == topic]
+    return {alert["behavior"]["name"]: alert for alert in alerts}
+
+
+def mining_merge(tmp_path: Path) -> dict[str, Any]:
+    """The article's merge: GPU metrics on, feedback files with the mining values, detection every 1 s."""
+    gpu_load, inference = tmp_path / "gpu_load_fb", tmp_path / "gpu_inference_fb"
+    gpu_load.write_text(f"{MINING_VALUES['gpu_load_per_inference']}\n")
+    inference.write_text(f"{MINING_VALUES['avg_inference_time']}\n")
+    return {
+        "EnableGPUMetrics": True,
+        "GpuLoadFeedbackFile": str(gpu_load),
+        "InferenceTimeFeedbackFile": str(inference),
+        "DetectIntervalSeconds": 1,
+    }
+
+
+def test_e2e_install_puts_the_artifact_in_the_work_venv_and_reruns_as_a_no_op(deployment: Deployment) -> None:
+    python = deployment.work_path / "venv" / "bin" / "python"
+    where = subprocess.run(
+        [str(python), "-c", "import ddcustom; print(ddcustom.__file__)"],
+        env=nucleus_environment(deployment.steps()["run"]),
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    assert where.returncode == 0, where.stderr
+    assert Path(where.stdout.strip()).is_relative_to(deployment.work_path / "venv")
+
+    again = run_step(deployment.steps()["install"], deployment.work_path)
+    assert again.returncode == 0, again.stderr
+    assert "already installed" in again.stdout
+
+
+def test_e2e_reports_then_applies_a_merge_without_restart_and_alerts(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    log = tmp_path / "component.log"
+    with (
+        DevNucleus(deployment.recipe_path, thing_name=THING) as nucleus,
+        component(deployment, nucleus, log) as process,
+    ):
+        first = next_report(nucleus, log, after=0)
+        assert first["header"]["report_id"] >= 1
+        assert "gpu_load_per_inference" not in custom_numbers(first)  # GPU metrics are off by default
+        wait_until(nucleus, log, "state RUNNING", lambda: "RUNNING" in nucleus.states)
+        wait_until(nucleus, log, "config subscription", lambda: bool(nucleus.subscriptions("config")))
+
+        reports_before = len(reports(nucleus))
+        nucleus.update_configuration(mining_merge(tmp_path))
+        updated = next_report(nucleus, log, reports_before, lambda r: "custom_metrics" in r)
+        numbers = custom_numbers(updated)
+        assert {name: numbers.get(name) for name in MINING_VALUES} == MINING_VALUES
+        assert updated["header"]["report_id"] > first["header"]["report_id"]
+
+        wanted = {"gpu-load-per-inference": 85, "avg-inference-time": 180}
+        wait_until(nucleus, log, "alerts", lambda: set(wanted) <= set(alert_behaviors(nucleus, ALERT_TOPIC)))
+        wait_until(
+            nucleus,
+            log,
+            "local alerts",
+            lambda: set(wanted) <= set(alert_behaviors(nucleus, LOCAL_ALERT_TOPIC)),
+        )
+        for behavior, value in wanted.items():
+            alert = alert_behaviors(nucleus, ALERT_TOPIC)[behavior]
+            assert (alert["thingName"], alert["violationEventType"]) == (THING, "in-alarm")
+            assert alert["metricValue"] == {"number": value}
+            assert alert_behaviors(nucleus, LOCAL_ALERT_TOPIC)[behavior] == alert
+        assert process.poll() is None  # the same process: applied without a restart
+        stop_cleanly(process, log)
+
+
+def test_e2e_a_topic_the_recipe_does_not_grant_is_refused_and_the_component_goes_on(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    log = tmp_path / "component.log"
+    with (
+        DevNucleus(deployment.recipe_path, thing_name=THING) as nucleus,
+        component(deployment, nucleus, log) as process,
+    ):
+        next_report(nucleus, log, after=0)
+        wait_until(nucleus, log, "config subscription", lambda: bool(nucleus.subscriptions("config")))
+
+        foreign = {**mining_merge(tmp_path), "AlertTopic": FOREIGN_ALERT_TOPIC}
+        reports_before = len(reports(nucleus))
+        nucleus.update_configuration({**foreign, "LocalAlertTopic": FOREIGN_LOCAL_TOPIC})
+        next_report(nucleus, log, reports_before, lambda r: "custom_metrics" in r)
+        wait_for_log(log, ("alert", "not authorized", FOREIGN_ALERT_TOPIC))
+        assert process.poll() is None
+        assert [p for p in nucleus.published if p.topic != REPORT_TOPIC] == []
+
+        # Its own AlertTopic again: a report right away, and the refused alerts, kept, are delivered
+        # to IoT Core; the local topic is still refused, which does not hold them back.
+        reports_before = len(reports(nucleus))
+        nucleus.update_configuration({"AlertTopic": "ddcustom/{thingName}/alerts"})
+        next_report(nucleus, log, reports_before)
+        wanted = {"gpu-load-per-inference", "avg-inference-time"}
+        wait_until(nucleus, log, "alerts", lambda: wanted <= set(alert_behaviors(nucleus, ALERT_TOPIC)))
+        wait_for_log(log, ("not authorized", FOREIGN_LOCAL_TOPIC))
+        assert {p.topic for p in nucleus.published} == {REPORT_TOPIC, ALERT_TOPIC}
+        stop_cleanly(process, log)
