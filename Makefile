@@ -17,6 +17,8 @@ test: lint typecheck pytest
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	# devices run old distributions: the component must work on Python 3.9
+	$(BIN)/vermin --target=3.9- --no-tips --eval-annotations --violations -q src
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

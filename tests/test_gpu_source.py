@@ -278,19 +278,24 @@ def test_a_gpu_lost_while_running_gives_none_and_one_warning_then_recovers(
     assert sum("no value for any GPU" in w for w in gpu_warnings(caplog)) == 1
 
 
-def test_the_real_pynvml_without_a_driver_gives_none_and_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+def test_the_real_pynvml_never_raises_and_warns_once_without_a_driver(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     try:
         ctypes.CDLL("libnvidia-ml.so.1")
+        has_driver = True
     except OSError:
-        pass
-    else:
-        pytest.skip("this machine has the NVIDIA driver library: the no-driver path cannot be shown here")
+        has_driver = False
     source = GpuSource(settings(), sysfs_root=str(NO_SYSFS))  # nvml=None: the installed pynvml
-
-    assert source.read(frozenset()) is None
-    assert source.read(frozenset()) is None
+    first, second = source.read(frozenset()), source.read(frozenset())
     source.close()
 
+    if has_driver:  # a GPU machine: real readings, or None with a warning if the GPU is unusable
+        for stats in (first, second):
+            assert stats is None or (stats.source == "nvml" and stats.processes is not None)
+        assert len(gpu_warnings(caplog)) <= 1
+        return
+    assert first is None and second is None
     warnings = gpu_warnings(caplog)
     assert len(warnings) == 1
     assert "NVML Shared Library Not Found" in warnings[0]

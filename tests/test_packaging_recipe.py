@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -197,8 +198,16 @@ def test_packaging_lifecycle_steps_configuration_variables() -> None:
     assert steps["run"].requires_privilege is True
 
 
-def test_packaging_schema_copies_equal_shared() -> None:
-    if not SHARED_SCHEMAS.is_dir():
-        pytest.skip("../shared/schemas is not beside this checkout")
-    for name in ("gdk-config.schema.json", "greengrass-recipe.schema.json"):
-        assert (COPIED_SCHEMAS / name).read_bytes() == (SHARED_SCHEMAS / name).read_bytes(), name
+# SHA-256 of gdk v1.6.2's schema files as shipped in ../shared/schemas (taken from there, not from the
+# copies): the copies must stay those files, whether or not ../shared is beside the checkout.
+GDK_SCHEMA_SHA256 = {
+    "gdk-config.schema.json": "ed3cf5fcdeaeeebc63606a694215effded889df25f00c0ededfad9af2b9fa66c",
+    "greengrass-recipe.schema.json": "59442b74dddf0fc66b2b8da46d96429e30d5c94323f74e8bf10314cca4f403ff",
+}
+
+
+def test_packaging_schema_copies_are_gdks_files() -> None:
+    for name, digest in GDK_SCHEMA_SHA256.items():
+        assert hashlib.sha256((COPIED_SCHEMAS / name).read_bytes()).hexdigest() == digest, name
+        if SHARED_SCHEMAS.is_dir():
+            assert (COPIED_SCHEMAS / name).read_bytes() == (SHARED_SCHEMAS / name).read_bytes(), name
