@@ -49,7 +49,7 @@ class Agent:
         self.settings = settings
         self.counters = AgentCounters()
         self._collector = Collector(settings)
-        self._report_id_file = os.path.join(resolve_state_directory(settings.state_directory), "report_id")
+        self._report_id_file = _report_id_file(settings)
         self._builder = ReportBuilder(settings, last_report_id=_read_int(self._report_id_file))
         self._engine = Engine(settings.security_profile, thing_name)
         self._spool = AlertSpool(settings.alert_spool_dir, settings.alert_spool_max_bytes)
@@ -78,6 +78,7 @@ class Agent:
                 old.alert_spool_max_bytes,
             ):
                 self._spool = AlertSpool(settings.alert_spool_dir, settings.alert_spool_max_bytes)
+            self._report_id_file = _report_id_file(settings)
             if report_now:  # as the public component does: a report with the new settings right away
                 self._next_report = 0.0
             self._next_detect = 0.0
@@ -220,6 +221,10 @@ def _next_tick(previous: float, interval: float, now: float) -> float:
     if previous <= 0 or previous + interval <= now:
         return now + interval
     return previous + interval
+
+
+def _report_id_file(settings: Settings) -> str:
+    return os.path.join(resolve_state_directory(settings.state_directory), "report_id")
 
 
 def _read_int(path: str) -> Optional[int]:

@@ -102,6 +102,10 @@ class GreengrassConnection:
         except SinkError as exc:
             log.debug("%s", exc)
 
+    @property
+    def connected(self) -> bool:
+        return self._ipc.connected
+
     def seconds_to_next_attempt(self) -> Optional[float]:
         if self._ipc.connected:
             return None
@@ -219,9 +223,12 @@ def serve(conn: GreengrassConnection, stop: threading.Event) -> None:
     setup_logging(settings.log_level)
     conn.settings = settings
     agent = Agent(settings, conn.thing_name, conn)
+    conn.update_state("RUNNING")
 
     def before_cycle() -> None:
         conn.keep_connected()
+        if conn.connected:
+            conn.update_state("RUNNING")  # sent once per connection
         if conn.config_changed.is_set():
             _apply_update(conn, agent)
 
