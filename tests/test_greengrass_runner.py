@@ -244,7 +244,9 @@ def test_failed_publishes_lose_no_alert(
     assert json.loads(first.payload)["violationEventType"] == "in-alarm"
 
 
-def test_running_is_reported_even_when_device_defender_reports_are_off(start: Callable[..., Component]) -> None:
+def test_running_is_reported_even_when_device_defender_reports_are_off(
+    start: Callable[..., Component],
+) -> None:
     # Regression: RUNNING was only reported after a published report, so never with reports off.
     c = start(EnableDeviceDefenderReport=False)
     poll(lambda: "RUNNING" in c.nucleus.states, what="UpdateState RUNNING")
