@@ -1,22 +1,30 @@
 """GPU scenarios: does the component catch GPU miners, how fast, and does it stay quiet otherwise?
 
-Runs the component (``python -m ddcustom run``, DetectIntervalSeconds 5, default security profile,
-EnableGPUMetrics true) next to a benign ML inference application that uses ``ddcustom.feedback``'s
-InferenceMeter, then starts a miner simulation (an integer hashing loop on the GPU) and reads the
-component's alerts from its stdout JSON lines. Needs an NVIDIA GPU and PyTorch or CuPy; on a machine
-without them it says so, runs a short end-to-end check of the component with GPU metrics enabled and a
-CPU stand-in application, marks the GPU scenarios "not run: no GPU", and exits 0.
+Each scenario runs the component (``python -m ddcustom run``, DetectIntervalSeconds 5, the default
+security profile, EnableGPUMetrics true, WatchedProcesses [inference-app]) next to a benign ML inference
+application (8 fp16 2048x2048 layers, batch 64, --rate inferences/s, steady or in bursts) that wraps each
+inference in ddcustom.feedback's InferenceMeter. After --warmup-seconds a miner simulation (64-bit integer
+hashing on the GPU, on its own CUDA stream) starts, in a separate process at 100/25/10 % duty, renamed
+like the application, or as a thread inside the application's process, and runs --phase-seconds. The
+component's alerts are read from its stdout JSON lines. Per scenario: detected or not, seconds from the
+miner's first GPU call to the first alert, and false alarms (alerts before the miner started).
+
+Needs an NVIDIA GPU (driver with NVML) and PyTorch or CuPy with CUDA. Without them it says what is
+missing, runs a short end-to-end check instead (the component with GPU metrics on, next to a CPU
+stand-in application using the meter), marks the GPU scenarios "not run: no GPU" and exits 0. Exit
+code 1: the component, the application or a miner failed to start or died (last log lines shown).
 
     python bench/gpu_scenarios.py --quick
     python bench/gpu_scenarios.py --scenarios miner-25,miner-in-process --phase-seconds 30
 
-Results: a Markdown table on stdout and bench/results/gpu_scenarios.json.
+Results: a Markdown table on stdout and a JSON file (--out).
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import importlib
 import json
 import os
 import platform
@@ -97,6 +105,7 @@ def probe_gpu() -> tuple[Optional[str], list[str], dict[str, Any]]:
         notes.append(f"NVML: {exc}")
     if not facts.get("gpus"):
         return None, notes, facts
+    # Neither check creates a CUDA context: this process must not show up as a GPU compute process.
     try:
         import torch
 
@@ -105,6 +114,8 @@ def probe_gpu() -> tuple[Optional[str], list[str], dict[str, Any]]:
         notes.append("PyTorch: installed, but CUDA is not available to it")
     except ImportError:
         notes.append("PyTorch: not installed")
+    except Exception as exc:  # a broken install: missing CUDA libraries (OSError), ...
+        notes.append(f"PyTorch: {type(exc).__name__}: {exc}")
     try:
         import cupy
 
@@ -113,7 +124,7 @@ def probe_gpu() -> tuple[Optional[str], list[str], dict[str, Any]]:
     except ImportError:
         notes.append("CuPy: not installed")
     except Exception as exc:  # cupy.cuda.runtime.CUDARuntimeError
-        notes.append(f"CuPy: {exc}")
+        notes.append(f"CuPy: {type(exc).__name__}: {exc}")
     return None, notes, facts
 
 
@@ -121,7 +132,7 @@ def probe_gpu() -> tuple[Optional[str], list[str], dict[str, Any]]:
 
 
 class GpuWork:
-    """The benign inference (8 fp16 2048x2048 layers, batch 64) and the miner's hashing chunk."""
+    """The benign inference: 8 fp16 2048x2048 layers, batch 64."""
 
     def __init__(self, backend: str) -> None:
         self.backend = backend
@@ -152,36 +163,39 @@ class GpuWork:
                 y = self._cp.maximum(y @ w, 0)
             self._cp.cuda.get_current_stream().synchronize()
 
-    def hasher(self) -> Callable[[], None]:
-        """A function that runs one chunk (tens of ms) of 64-bit integer hashing on its own stream."""
-        if self.backend == "torch":
-            torch = self._torch
-            stream = torch.cuda.Stream()
+
+def make_hasher(backend: str) -> Callable[[], None]:
+    """A function that runs one chunk (a few ms) of 64-bit integer hashing on its own CUDA stream."""
+    if backend == "torch":
+        import torch
+
+        stream = torch.cuda.Stream()
+        with torch.cuda.stream(stream):
+            state = torch.randint(0, 2**62, (1 << 22,), dtype=torch.int64, device="cuda")
+
+        def chunk_torch() -> None:
             with torch.cuda.stream(stream):
-                state = torch.randint(0, 2**62, (1 << 22,), dtype=torch.int64, device="cuda")
-
-            def chunk_torch() -> None:
-                with torch.cuda.stream(stream):
-                    for _ in range(64):
-                        state.mul_(6364136223846793005).add_(1442695040888963407)
-                        state.bitwise_xor_(state >> 29)
-                stream.synchronize()
-
-            return chunk_torch
-        cp = self._cp
-        cp_stream = cp.cuda.Stream(non_blocking=True)
-        with cp_stream:
-            cp_state = cp.random.randint(0, 2**62, size=1 << 22, dtype=cp.int64)
-
-        def chunk_cupy() -> None:
-            nonlocal cp_state
-            with cp_stream:
                 for _ in range(64):
-                    cp_state = cp_state * 6364136223846793005 + 1442695040888963407
-                    cp_state ^= cp_state >> 29
-            cp_stream.synchronize()
+                    state.mul_(6364136223846793005).add_(1442695040888963407)
+                    state.bitwise_xor_(state >> 29)
+            stream.synchronize()
 
-        return chunk_cupy
+        return chunk_torch
+    import cupy as cp
+
+    cp_stream = cp.cuda.Stream(non_blocking=True)
+    with cp_stream:
+        cp_state = cp.random.randint(0, 2**62, size=1 << 22, dtype=cp.int64)
+
+    def chunk_cupy() -> None:
+        nonlocal cp_state
+        with cp_stream:
+            for _ in range(64):
+                cp_state = cp_state * 6364136223846793005 + 1442695040888963407
+                cp_state ^= cp_state >> 29
+        cp_stream.synchronize()
+
+    return chunk_cupy
 
 
 class CpuWork:
@@ -216,7 +230,7 @@ def app_main(args: argparse.Namespace) -> int:
     meter = InferenceMeter(load_file=args.load_file, time_file=args.time_file, flush_seconds=DETECT_INTERVAL)
     end = time.monotonic() + args.seconds
     if args.thread_miner_duty > 0:
-        start_miner_thread(work, args.thread_miner_duty, args.thread_miner_after, end)
+        start_miner_thread(args.backend, args.thread_miner_duty, args.thread_miner_after, end)
     rng = random.Random(7)
     burst_end = time.monotonic() + rng.uniform(2, 6)
     print("app-started", flush=True)
@@ -234,10 +248,11 @@ def app_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def start_miner_thread(work: Any, duty: float, after: float, end: float) -> None:
+def start_miner_thread(backend: str, duty: float, after: float, end: float) -> None:
     def mine() -> None:
         time.sleep(after)
-        chunk = work.hasher()
+        print("miner-starting", flush=True)
+        chunk = make_hasher(backend)
         chunk()
         print("miner-started", flush=True)
         run_at_duty(chunk, duty, end)
@@ -247,7 +262,9 @@ def start_miner_thread(work: Any, duty: float, after: float, end: float) -> None
 
 def miner_main(args: argparse.Namespace) -> int:
     set_process_name(args.name)
-    chunk = GpuWork(args.backend).hasher()
+    importlib.import_module(args.backend)  # seconds of import before the miner is on the GPU
+    print("miner-starting", flush=True)  # the next line creates its CUDA context
+    chunk = make_hasher(args.backend)
     chunk()
     print("miner-started", flush=True)
     run_at_duty(chunk, args.duty, time.monotonic() + args.seconds)
@@ -357,7 +374,7 @@ def target_of(s: Scenario, times: Timing) -> str:
     if not s.miner:
         return f"no false alarm over {times.benign_bursty if s.bursty else times.benign_steady:g} s"
     if s.miner == "process":
-        return f"alert within {SEPARATE_PROCESS_TARGET_SECONDS:g} s"
+        return f"detected within {SEPARATE_PROCESS_TARGET_SECONDS:g} s"
     return "detected"
 
 
@@ -382,18 +399,21 @@ def run_scenario(s: Scenario, backend: str, times: Timing, workdir: Path, log: I
         if wait_for_line(app, "app-started", 120) is None:
             result.status = "failed: the application did not start (see the log)"
             return result
-        started_at: Optional[float]
+        # starting_at: the miner is about to touch the GPU (alerts from then on are its own);
+        # started_at: its first hashing chunk is done, its phase begins.
+        starting_at: Optional[float] = None
+        started_at: Optional[float] = None
         if s.miner == "process":
             time.sleep(miner_at)
             miner_options = ["--backend", backend, "--duty", str(s.duty), "--seconds", str(times.phase)]
             miner_options += ["--name", APP_NAME if s.renamed else MINER_NAME]
             miner = start_helper("miner", miner_options, log)
-            started_at = wait_for_line(miner, "miner-started", 120)
+            starting_at = wait_for_line(miner, "miner-starting", 120)
+            started_at = wait_for_line(miner, "miner-started", 120) if starting_at is not None else None
         elif s.miner == "thread":
-            started_at = wait_for_line(app, "miner-started", miner_at + 120)
-        else:
-            started_at = None
-        if s.miner and started_at is None:
+            starting_at = wait_for_line(app, "miner-starting", miner_at + 120)
+            started_at = wait_for_line(app, "miner-started", 120) if starting_at is not None else None
+        if s.miner and (starting_at is None or started_at is None):
             result.status = "failed: the miner did not start (see the log)"
             return result
         end = (started_at + times.phase) if started_at is not None else time.monotonic() + benign_seconds
@@ -407,19 +427,19 @@ def run_scenario(s: Scenario, backend: str, times: Timing, workdir: Path, log: I
             if process is not None:
                 stop_process(process)
         component.stop()
-    before = [b for t, b in component.alarms if started_at is None or t < started_at]
-    after = [(t, b) for t, b in component.alarms if started_at is not None and t >= started_at]
+    before = [b for t, b in component.alarms if starting_at is None or t < starting_at]
+    after = [(t, b) for t, b in component.alarms if starting_at is not None and t >= starting_at]
     result.false_alarms = len(before)
     result.benign_behaviors = sorted(set(before))
     if not s.miner:
         result.status = "no false alarm" if not before else "false alarms"
         result.target_met = not before
         return result
-    assert started_at is not None
+    assert starting_at is not None
     result.detected = bool(after)
     result.behaviors = sorted({b for _, b in after})
     if after:
-        result.seconds_to_first_alert = round(after[0][0] - started_at, 1)
+        result.seconds_to_first_alert = round(after[0][0] - starting_at, 1)
     result.status = "detected" if after else "not detected"
     if s.miner == "process":
         seconds = result.seconds_to_first_alert
@@ -498,8 +518,9 @@ class Timing:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
-        epilog=f"scenarios: {', '.join(s.name for s in SCENARIOS)}",
+        description=__doc__,
+        epilog="scenarios:\n" + "\n".join(f"  {s.name:17} {s.description}" for s in SCENARIOS),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add = parser.add_argument
     add("--quick", action="store_true", help="short phases (minutes on a GPU; under 1 min without)")

@@ -3,7 +3,12 @@
 Only the C library is replaced: errors are raised as pynvml raises them (``pynvml.NVMLError(code)``
 returns the matching ``NVMLError_*`` subclass), and values come back in pynvml's own ctypes structures
 (``c_nvmlUtilization_t``, ``c_nvmlMemory_t``, ``c_nvmlProcessUtilizationSample_t``) or, for running
-processes, in the friendly objects ``nvmlStructToFriendlyObject`` makes of ``c_nvmlProcessInfo_v2_t``.
+processes, in the friendly objects ``nvmlStructToFriendlyObject`` makes of ``c_nvmlProcessInfo_v2_t``, with
+``usedGpuMemory`` None where the driver says NVML_VALUE_NOT_AVAILABLE, as pynvml does.
+
+A driver older than R510 has no ``nvmlDeviceGetComputeRunningProcesses_v3``: pynvml's unversioned
+``nvmlDeviceGetComputeRunningProcesses`` (which calls _v3) then raises ``NVMLLibraryMismatchError``
+(its ``throwOnVersionMismatch``), while ``_v2`` works. ``FakeNvml(..., driver_has_v3=False)`` is that driver.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ NVMLError_NotSupported = pynvml.NVMLError_NotSupported
 NVMLError_NotFound = pynvml.NVMLError_NotFound
 NVMLLibraryMismatchError = pynvml.NVMLLibraryMismatchError
 NVML_CLOCK_SM = pynvml.NVML_CLOCK_SM
+NOT_AVAILABLE = pynvml.NVML_VALUE_NOT_AVAILABLE_ulonglong.value
 
 # Field names a test may make fail, as the methods that read them.
 FIELDS = ("utilization", "power", "clock", "memory", "processes", "process_utilization")
@@ -32,7 +38,8 @@ class FakeGpu:
     sm_clock_mhz: int = 1980
     memory_total: int = 80 * 2**30
     memory_used: int = 8 * 2**30
-    processes: list[tuple[int, int]] = field(default_factory=list)  # (pid, used GPU memory bytes)
+    # (pid, used GPU memory bytes, or None: NVML_VALUE_NOT_AVAILABLE)
+    processes: list[tuple[int, Optional[int]]] = field(default_factory=list)
     samples: list[tuple[int, int, int]] = field(default_factory=list)  # (pid, smUtil, timeStamp µs)
     errors: dict[str, int] = field(default_factory=dict)  # field name -> NVML_ERROR_* code
 
@@ -51,9 +58,17 @@ class FakeNvml:
     NVMLLibraryMismatchError = NVMLLibraryMismatchError
     NVML_CLOCK_SM = NVML_CLOCK_SM
 
-    def __init__(self, gpus: list[FakeGpu], init_error: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        gpus: list[FakeGpu],
+        init_error: Optional[int] = None,
+        count_error: Optional[int] = None,
+        driver_has_v3: bool = True,
+    ) -> None:
         self.gpus = gpus
         self.init_error = init_error
+        self.count_error = count_error  # NVML_ERROR_* code nvmlDeviceGetCount raises
+        self.driver_has_v3 = driver_has_v3
         self.init_calls = 0
         self.shutdown_calls = 0
         self.initialised = False
@@ -74,6 +89,8 @@ class FakeNvml:
 
     def nvmlDeviceGetCount(self) -> int:
         self._check_initialised()
+        if self.count_error is not None:
+            raise pynvml.NVMLError(self.count_error)
         return len(self.gpus)
 
     def nvmlDeviceGetHandleByIndex(self, index: int) -> _Handle:
@@ -103,15 +120,31 @@ class FakeNvml:
         return pynvml.c_nvmlMemory_t(total=gpu.memory_total, free=free, used=gpu.memory_used)
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle: _Handle) -> list[Any]:
-        gpu = self._gpu(handle, "processes")
-        return [
-            pynvml.nvmlStructToFriendlyObject(
-                pynvml.c_nvmlProcessInfo_v2_t(
-                    pid=pid, usedGpuMemory=used, gpuInstanceId=0, computeInstanceId=0
-                )
+        if not self.driver_has_v3:  # pynvml's throwOnVersionMismatch turns the missing _v3 into this
+            self._check_initialised()
+            raise pynvml.NVMLLibraryMismatchError(
+                "Unversioned function called and the pyNVML version does not match the NVML lib version. "
+                "Either use matching pyNVML and NVML lib versions or use a versioned function such as "
+                "nvmlDeviceGetComputeRunningProcesses_v2"
             )
-            for pid, used in gpu.processes
-        ]
+        return self._running_processes(handle)
+
+    def nvmlDeviceGetComputeRunningProcesses_v2(self, handle: _Handle) -> list[Any]:
+        return self._running_processes(handle)
+
+    def _running_processes(self, handle: _Handle) -> list[Any]:
+        gpu = self._gpu(handle, "processes")
+        processes = []
+        for pid, used in gpu.processes:
+            info = pynvml.c_nvmlProcessInfo_v2_t(
+                pid=pid, usedGpuMemory=NOT_AVAILABLE if used is None else used, gpuInstanceId=0,
+                computeInstanceId=0,
+            )  # fmt: skip
+            obj = pynvml.nvmlStructToFriendlyObject(info)
+            if obj.usedGpuMemory == NOT_AVAILABLE:  # as pynvml's wrapper does
+                obj.usedGpuMemory = None
+            processes.append(obj)
+        return processes
 
     def nvmlDeviceGetProcessUtilization(self, handle: _Handle, timeStamp: int) -> list[Any]:
         gpu = self._gpu(handle, "process_utilization")

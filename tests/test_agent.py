@@ -22,9 +22,6 @@ class RecordingSink:
         self.alerts: list[dict[str, Any]] = []
         self.refuse: Optional[str] = None
 
-    def open(self) -> None:
-        pass
-
     def close(self) -> None:
         pass
 
@@ -157,3 +154,83 @@ def test_a_failing_cycle_is_retried_and_the_loop_goes_on(
     assert not thread.is_alive()
     assert agent.counters.failed_cycles == 1 and calls["n"] == 2
     assert "cycle failed (1 in a row)" in caplog.text and "boom" in caplog.text
+
+
+def test_no_alert_is_lost_when_the_spool_disk_fails_while_the_connection_is_down(tmp_path: Path) -> None:
+    feedback(tmp_path, 85, 180)
+    sink = RecordingSink()
+    settings = settings_for(tmp_path, SampleIntervalSeconds=3600)
+    agent = Agent(settings, "t", sink)
+    spool_dir = Path(settings.alert_spool_dir)
+    spool_dir.rmdir()
+    spool_dir.write_text("a file: every spool write fails, as on a full or read-only disk")
+    sink.refuse = "connection lost"
+    for now in (1.0, 2.0, 3.0):
+        agent.run_cycle(now)
+    assert agent.counters.alerts_raised == 2 and sink.alerts == []
+    sink.refuse = None
+    agent.run_cycle(4.0)
+    assert [a["behavior"]["name"] for a in sink.alerts] == ["gpu-load-per-inference", "avg-inference-time"]
+
+
+def test_the_agent_starts_when_its_state_directory_cannot_be_created(tmp_path: Path) -> None:
+    feedback(tmp_path, 85, 180)
+    (tmp_path / "state").write_text("a file where the state directory should be")
+    sink = RecordingSink()
+    agent = Agent(settings_for(tmp_path, SampleIntervalSeconds=3600), "t", sink)
+    for now in (1.0, 2.0):
+        agent.run_cycle(now)
+    assert len(sink.alerts) == 2 and len(sink.reports) == 1
+
+
+def test_alerts_pending_in_the_old_spool_are_sent_after_the_state_directory_changes(tmp_path: Path) -> None:
+    feedback(tmp_path, 85, 180)
+    sink = RecordingSink()
+    sink.refuse = "connection lost"
+    agent = Agent(settings_for(tmp_path, SampleIntervalSeconds=3600), "t", sink)
+    for now in (1.0, 2.0):
+        agent.run_cycle(now)
+    moved = settings_for(tmp_path, SampleIntervalSeconds=3600, StateDirectory=str(tmp_path / "new-state"))
+    agent.apply_settings(moved)
+    sink.refuse = None
+    agent.run_cycle(3.0)
+    assert [a["behavior"]["name"] for a in sink.alerts] == ["gpu-load-per-inference", "avg-inference-time"]
+    assert list(Path(moved.alert_spool_dir).glob("*.alert.json")) == []
+    assert list(Path(settings_for(tmp_path).alert_spool_dir).glob("*.alert.json")) == []
+
+
+def test_a_smaller_spool_bound_keeps_the_pending_alerts(tmp_path: Path) -> None:
+    feedback(tmp_path, 85, 180)
+    sink = RecordingSink()
+    sink.refuse = "connection lost"
+    agent = Agent(settings_for(tmp_path, SampleIntervalSeconds=3600), "t", sink)
+    for now in (1.0, 2.0):
+        agent.run_cycle(now)
+    agent.apply_settings(settings_for(tmp_path, SampleIntervalSeconds=3600, AlertSpoolMaxBytes=65536))
+    sink.refuse = None
+    agent.run_cycle(3.0)
+    assert [a["behavior"]["name"] for a in sink.alerts] == ["gpu-load-per-inference", "avg-inference-time"]
+
+
+def test_a_new_profile_invalidates_the_alarms_it_drops_and_clears_the_ones_it_keeps(tmp_path: Path) -> None:
+    feedback(tmp_path, 85, 180)
+    sink = RecordingSink()
+    settings = settings_for(tmp_path, SampleIntervalSeconds=3600)
+    agent = Agent(settings, "t", sink)
+    for now in (1.0, 2.0):
+        agent.run_cycle(now)
+    raised = {a["behavior"]["name"]: a["violationId"] for a in sink.alerts}
+    kept = [b.to_json() for b in settings.security_profile.behaviors if b.name != "avg-inference-time"]
+    agent.apply_settings(
+        settings_for(
+            tmp_path, SampleIntervalSeconds=3600, SecurityProfile={"name": "crypto-mining", "behaviors": kept}
+        )
+    )
+    feedback(tmp_path, 10, 20)
+    for now in (3.0, 4.0):
+        agent.run_cycle(now)
+    after = [(a["behavior"]["name"], a["violationEventType"], a["violationId"]) for a in sink.alerts[2:]]
+    assert after == [
+        ("avg-inference-time", "alarm-invalidated", raised["avg-inference-time"]),
+        ("gpu-load-per-inference", "alarm-cleared", raised["gpu-load-per-inference"]),
+    ]

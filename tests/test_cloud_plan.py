@@ -98,3 +98,32 @@ def test_cloud_default_region_order(monkeypatch: pytest.MonkeyPatch, tmp_path: P
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     assert default_region({}) == "us-east-1"
+
+
+def test_cloud_behaviors_leave_out_values_the_service_refuses() -> None:
+    """The device takes statistic "Average" (CloudFormation lists it); CreateSecurityProfile does not."""
+    average = {
+        "name": "mean-cpu",
+        "metric": "cpu_usage",
+        "criteria": {"comparisonOperator": "less-than", "statisticalThreshold": {"statistic": "Average"}},
+    }
+    p90 = {
+        "name": "p90-cpu",
+        "metric": "cpu_usage",
+        "criteria": {"comparisonOperator": "less-than", "statisticalThreshold": {"statistic": "p90"}},
+    }
+    behaviors, notes = cloud_behaviors({"name": "custom", "behaviors": [average, p90]})
+    assert behaviors == [p90]
+    assert notes == [
+        "behavior 'mean-cpu': criteria.statisticalThreshold.statistic 'Average' "
+        "is evaluated on the device only"
+    ]
+
+
+def test_cloud_options_refuse_a_security_profile_name_too_long() -> None:
+    """CreateSecurityProfile takes 128 characters: refused before any call, not halfway through setup."""
+    with pytest.raises(OptionError, match=r"security profile name 'stack-x{123}' is longer than 128"):
+        CloudOptions(region="eu-west-1", stack="stack", profile="x" * 123)
+    assert CloudOptions(region="eu-west-1", stack="stack", profile="x" * 122).security_profile == (
+        "stack-" + "x" * 122
+    )

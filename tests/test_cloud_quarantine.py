@@ -106,3 +106,12 @@ def test_cloud_quarantine_skips_what_is_not_an_alarm(iot: Any) -> None:
     event = {"Records": [{"Sns": {"Message": "not json"}}, {"Sns": {"Message": json.dumps({"hello": 1})}}]}
     assert handler(event, None) == {"quarantined": [], "already_quarantined": [], "ignored": ["None"]}
     assert members(iot) == []
+
+
+def test_cloud_quarantine_needs_an_in_alarm_event_type(iot: Any) -> None:
+    """A message that only names a thing (no violationEventType) is not an alarm."""
+    untyped = {k: v for k, v in fixture("device-alert.json").items() if k != "violationEventType"}
+    unknown = {**fixture("violation-in-alarm.json"), "violationEventType": "in-alarm-test"}
+    result = handler(sns_wrapped(untyped, unknown), None)
+    assert result == {"quarantined": [], "already_quarantined": [], "ignored": ["gpu-edge-12", "gpu-edge-07"]}
+    assert members(iot) == []

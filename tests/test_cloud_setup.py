@@ -348,6 +348,28 @@ def test_cloud_setup_twice_then_teardown(aws: None) -> None:
     role = iam.get_role(RoleName="ddcustom-iot-alerts")["Role"]
     assert role["Tags"] == TAGS
     assert role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {"Service": "iot.amazonaws.com"}
+    # confused-deputy protection: IoT may assume the roles only for this stack's rule, profile, action
+    assert role["AssumeRolePolicyDocument"]["Statement"][0]["Condition"] == {
+        "StringEquals": {"aws:SourceAccount": ACCOUNT},
+        "ArnEquals": {"aws:SourceArn": [f"arn:aws:iot:{REGION}:{ACCOUNT}:rule/ddcustom_alerts", PROFILE_ARN]},
+    }
+    action_role = iam.get_role(RoleName="ddcustom-quarantine-action")["Role"]
+    assert action_role["AssumeRolePolicyDocument"]["Statement"][0]["Condition"] == {
+        "StringEquals": {"aws:SourceAccount": ACCOUNT},
+        "ArnEquals": {"aws:SourceArn": [ACTION_ARN]},
+    }
+    assert iam.get_role_policy(RoleName="ddcustom-quarantine-action", PolicyName="add-to-quarantine")[
+        "PolicyDocument"
+    ]["Statement"] == [
+        {
+            "Effect": "Allow",
+            "Action": "iot:AddThingToThingGroup",
+            "Resource": [
+                f"arn:aws:iot:{REGION}:{ACCOUNT}:thinggroup/ddcustom-quarantine",
+                f"arn:aws:iot:{REGION}:{ACCOUNT}:thing/*",
+            ],
+        }
+    ]
     publish = iam.get_role_policy(RoleName="ddcustom-iot-alerts", PolicyName="publish-alerts")[
         "PolicyDocument"
     ]
@@ -627,3 +649,87 @@ def test_cloud_setup_refuses_a_nucleus_too_old_for_the_recipe(aws: None) -> None
     code, out, _ = cloud(account, "setup", "--no-detect")
     assert code == 2
     assert "aws.greengrass.Nucleus 2.5.6 (the group's) is older than 2.6.0" in out
+
+
+# ---- the cloud profile is the one the devices evaluate ----
+
+
+def dry_run(account: Account, *argv: str) -> tuple[int, str, dict[str, dict[str, Any]]]:
+    """A --no-detect --dry-run setup of a quick-start fleet; the parameters it would send, by operation."""
+    expect_component_published(account)
+    expect_latest_deployment(account, "d-quickstart", EXISTING_COMPONENTS, {})
+    code, out, err = cloud(account, "setup", "--no-detect", "--dry-run", *argv)
+    calls = [line.split(" ", 4)[2:] for line in out.splitlines() if line.startswith("would call ")]
+    by_operation = {operation: json.loads(params) for _, operation, params in calls}
+    return code, err, by_operation
+
+
+def component_merge(calls: dict[str, dict[str, Any]]) -> Any:
+    return json.loads(calls["CreateDeployment"]["components"][COMPONENT]["configurationUpdate"]["merge"])
+
+
+def test_cloud_profile_file_goes_to_the_devices_too(aws: None, tmp_path: Path) -> None:
+    behaviors = [dict(PROFILE_BEHAVIORS[2], name="miners")]
+    path = tmp_path / "strict.json"
+    path.write_text(json.dumps({"name": "strict", "behaviors": behaviors}), encoding="utf-8")
+    code, err, calls = dry_run(fleet(), "--profile-name", str(path))
+    assert (code, err) == (0, "")
+    assert component_merge(calls) == {
+        "EnableGPUMetrics": True,
+        "SecurityProfile": {"name": "strict", "behaviors": behaviors},
+    }
+
+
+def test_cloud_profile_in_the_merge_configuration_names_the_cloud_profile(aws: None) -> None:
+    profile = {"name": "strict", "behaviors": [PROFILE_BEHAVIORS[2]]}
+    code, err, calls = dry_run(fleet(), "--merge-config", json.dumps({"SecurityProfile": profile}))
+    assert (code, err) == (0, "")
+    assert component_merge(calls) == {"SecurityProfile": profile}
+    trust = json.loads(calls["CreateRole"]["AssumeRolePolicyDocument"])
+    assert (
+        f"arn:aws:iot:{REGION}:{ACCOUNT}:securityprofile/ddcustom-strict"
+        in (trust["Statement"][0]["Condition"]["ArnEquals"]["aws:SourceArn"])
+    )
+
+
+def test_cloud_profile_name_and_merge_configuration_must_agree(aws: None) -> None:
+    merge = json.dumps({"SecurityProfile": "crypto-mining", "EnableGPUMetrics": False})
+    code, _, err = cloud(Account(), "setup", "--profile-name", "other.json", "--merge-config", merge)
+    assert code == 2
+    assert "--profile-name 'other.json' differs from SecurityProfile in --merge-config" in err
+
+
+def test_cloud_default_profile_is_left_to_the_recipe(aws: None) -> None:
+    code, err, calls = dry_run(fleet())
+    assert (code, err) == (0, "")
+    assert component_merge(calls) == {"EnableGPUMetrics": True}
+
+
+def test_cloud_deployment_keeps_the_groups_deployment_policies(aws: None) -> None:
+    """A new revision replaces the group's deployment: its policies and job settings go along unchanged."""
+    account = fleet()
+    policies = {
+        "failureHandlingPolicy": "DO_NOTHING",
+        "componentUpdatePolicy": {"timeoutInSeconds": 120, "action": "SKIP_NOTIFY_COMPONENTS"},
+    }
+    job = {"timeoutConfig": {"inProgressTimeoutInMinutes": 30}}
+    expect_component_published(account)
+    account.greengrass.add_response(
+        "list_deployments",
+        {"deployments": [{"deploymentId": "d-own", "targetArn": GROUP_ARN, "isLatestForTarget": True}]},
+        {"targetArn": GROUP_ARN, "historyFilter": "LATEST_ONLY"},
+    )
+    own = {
+        "deploymentId": "d-own",
+        "targetArn": GROUP_ARN,
+        "components": EXISTING_COMPONENTS,
+        "deploymentPolicies": policies,
+        "iotJobConfiguration": job,
+    }
+    account.greengrass.add_response("get_deployment", own, {"deploymentId": "d-own"})
+    code, out, err = cloud(account, "setup", "--no-detect", "--dry-run")
+    assert (code, err) == (0, "")
+    line = next(line for line in out.splitlines() if "CreateDeployment" in line)
+    deployment = json.loads(line.split(" ", 4)[4])
+    assert deployment["deploymentPolicies"] == policies
+    assert deployment["iotJobConfiguration"] == job

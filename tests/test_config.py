@@ -6,7 +6,14 @@ from pathlib import Path
 import pytest
 
 from ddcustom.cli import main
-from ddcustom.config import DEFAULTS, MIN_REPORT_INTERVAL, ConfigError, load_config_file, parse_settings
+from ddcustom.config import (
+    DEFAULTS,
+    MAX_CONFIG_BYTES,
+    MIN_REPORT_INTERVAL,
+    ConfigError,
+    load_config_file,
+    parse_settings,
+)
 
 
 def test_defaults_parse_without_warnings() -> None:
@@ -151,3 +158,41 @@ def test_check_command_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["check", "--config", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "EnableGPUMetrics" in err and "maybe" in err
+
+
+def test_a_number_too_large_for_a_float_is_a_config_error() -> None:
+    # JSON and YAML give arbitrarily large integers; float() of one raises OverflowError.
+    with pytest.raises(ConfigError, match=r"'MaxReportListSize'.*from 1 to 300"):
+        parse_settings({"MaxReportListSize": 10**400})
+    with pytest.raises(ConfigError, match=r"'MiningPoolPorts'.*from 1 to 65535"):
+        parse_settings({"MiningPoolPorts": [3333, 10**400]})
+
+
+def test_unknown_keys_name_their_values_even_when_not_strings() -> None:
+    # YAML turns `1: x` into an integer key: sorting it beside string keys must not crash.
+    with pytest.raises(ConfigError) as exc:
+        parse_settings({1: "one", "EnableGpuMetrics": "yes"})  # type: ignore[dict-item]
+    message = str(exc.value)
+    assert '1 (value "one")' in message and "'EnableGpuMetrics' (value \"yes\")" in message
+    assert "known keys: SampleIntervalSeconds" in message
+
+
+def test_config_file_read_is_bounded(tmp_path: Path) -> None:
+    # A valid YAML comment larger than the bound: refused, not read whole.
+    big = tmp_path / "big.yaml"
+    big.write_text("#" * (MAX_CONFIG_BYTES + 1))
+    with pytest.raises(ConfigError, match=f"larger than {MAX_CONFIG_BYTES} bytes"):
+        load_config_file(big)
+
+
+def test_config_file_that_never_ends_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "zero.yaml").symlink_to("/dev/zero")
+    with pytest.raises(ConfigError, match="larger than"):
+        load_config_file(tmp_path / "zero.yaml")
+
+
+def test_config_file_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"AlertTopic: caf\xe9/alerts\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config_file(latin)

@@ -9,7 +9,7 @@ import pytest
 
 from ddcustom.detect.engine import Engine
 from ddcustom.detect.profile import load_profile
-from ddcustom.detect.statistics import percentile
+from ddcustom.detect.statistics import statistic_of
 from ddcustom.sample import (
     Connection,
     GpuProcess,
@@ -308,7 +308,50 @@ def test_statistical_baseline_is_a_bounded_window() -> None:
         ([5, 1, 4, 2, 3], "p0", 1),
         ([5, 1, 4, 2, 3], "p100", 5),
         ([0, 10], "p90", 9),
+        ([0, 1000], "p99.9", 999),
+        ([5, 1, 4, 2, 4], "Average", 3.2),
     ],
 )
-def test_percentile(values: list[float], statistic: str, expected: float) -> None:
-    assert percentile(values, statistic) == pytest.approx(expected)
+def test_statistic_of(values: list[float], statistic: str, expected: float) -> None:
+    assert statistic_of(values, statistic) == pytest.approx(expected)
+
+
+def test_average_statistic_is_accepted_and_uses_the_mean_of_the_devices_own_history() -> None:
+    # CloudFormation's AWS::IoT::SecurityProfile allows "Average" next to the percentiles.
+    engine = engine_for(
+        {"comparisonOperator": "less-than-equals", "statisticalThreshold": {"statistic": "Average"}}
+    )
+    values: list[Optional[float]] = [10, 20, 30, 40, 50, 30, 31, 29]
+    kinds = run(engine, values)
+    # warm-up of 5 datapoints; then 30 <= mean 30 is normal, 31 > mean(10..50, 30) = 30 violates,
+    # and 29 <= mean(10, 20, 30, 40, 50, 30, 31) = 30.14 clears
+    assert kinds == [[]] * 6 + [["in-alarm"], ["alarm-cleared"]]
+
+
+def test_a_new_profile_keeps_unchanged_behaviors_and_invalidates_alarms_of_changed_ones() -> None:
+    cpu = {
+        "name": "cpu",
+        "metric": "cpu_usage",
+        "criteria": {"comparisonOperator": "less-than", "value": {"number": 90}},
+    }
+    mem = {
+        "name": "mem",
+        "metric": "memory_usage",
+        "criteria": {"comparisonOperator": "less-than", "value": {"number": 50}},
+    }
+    engine = Engine(load_profile({"name": "p", "behaviors": [cpu, mem]}), "thing-1")
+    raised = engine.evaluate(sample(0, cpu_percent=99.0, memory_percent=80.0))
+    assert [e["behavior"]["name"] for e in raised] == ["cpu", "mem"]
+    stricter_mem = {**mem, "criteria": {"comparisonOperator": "less-than", "value": {"number": 90}}}
+    invalidated = engine.replace_profile(
+        load_profile({"name": "p", "behaviors": [cpu, stricter_mem]}), T0 + 5
+    )
+    assert [(e["behavior"], e["violationEventType"], e["violationId"]) for e in invalidated] == [
+        (mem, "alarm-invalidated", raised[1]["violationId"])
+    ]
+    assert invalidated[0]["violationEventTime"] == int(T0) + 5
+    cleared = engine.evaluate(sample(10, cpu_percent=10.0, memory_percent=80.0))
+    # the unchanged cpu behavior clears the alarm it raised; the changed mem behavior starts afresh
+    assert [(e["behavior"]["name"], e["violationEventType"], e["violationId"]) for e in cleared] == [
+        ("cpu", "alarm-cleared", raised[0]["violationId"])
+    ]

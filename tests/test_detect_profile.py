@@ -225,6 +225,14 @@ def test_valid_forms_of_every_operator_are_accepted() -> None:
                 statisticalThreshold={"statistic": "p99.9"},
             ),
             behavior("c", "aws:all-bytes-in", value={"count": 10}, durationSeconds=3600),
+            behavior(
+                "avg",
+                "aws:all-packets-out",
+                comparisonOperator="less-than",
+                value=None,
+                statisticalThreshold={"statistic": "Average"},
+                durationSeconds=300,
+            ),
             behavior("d", "gpu_process_names", comparisonOperator="not-in-set", value={"strings": ["x"]}),
             behavior(
                 "e",
@@ -240,7 +248,7 @@ def test_valid_forms_of_every_operator_are_accepted() -> None:
             ),
         ]
     )
-    assert len(profile.device_behaviors) == 6
+    assert len(profile.device_behaviors) == 7
 
 
 def test_config_reports_profile_errors_under_its_key() -> None:

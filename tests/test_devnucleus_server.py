@@ -19,7 +19,7 @@ from awsiot.greengrasscoreipc import connect as ipc_connect
 from awsiot.greengrasscoreipc import model
 from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
 
-from ddcustom.devnucleus import DevNucleus
+from ddcustom.devnucleus import DevNucleus, RecipeError
 from ddcustom.devnucleus.codec import Header, Message, encode, read_message
 from ddcustom.devnucleus.server import CONNECT, CONNECT_ACK, PING, PING_RESPONSE, PROTOCOL_ERROR
 
@@ -338,3 +338,37 @@ def test_devnucleus_cli_serves_and_prints_published(
     finally:
         process.terminate()
         process.wait(WAIT)
+
+
+def test_devnucleus_access_control_changes_apply_at_once(
+    nucleus: DevNucleus, client: GreengrassCoreIPCClientV2
+) -> None:
+    # As the real nucleus reloads its policies when a deployment changes accessControl.
+    resources_only = {"resources": ["extra/{iot:thingName}/topic"]}  # its operations stay as they were
+    policies = {"com.awsiotblog.DeviceDefenderCustom:mqttproxy:1": resources_only}
+    nucleus.update_configuration({"accessControl": {"aws.greengrass.ipc.mqttproxy": policies}})
+    result(client.publish_to_iot_core_async(topic_name="extra/test-thing/topic", qos="0", payload=b"granted"))
+    with pytest.raises(model.UnauthorizedError):  # the grant it replaced is gone
+        result(client.publish_to_iot_core_async(topic_name=REPORT_TOPIC, qos="0", payload=b"revoked"))
+    assert [p.payload for p in nucleus.published] == [b"granted"]
+
+
+def test_devnucleus_malformed_access_control_update_is_refused(nucleus: DevNucleus) -> None:
+    before = nucleus.configuration
+    with pytest.raises(RecipeError, match="must be lists"):
+        bad = {"aws.greengrass.ipc.pubsub": {"p": {"operations": "x"}}}
+        nucleus.update_configuration({"accessControl": bad})
+    assert nucleus.configuration == before
+
+
+def test_devnucleus_a_subscription_is_live_once_its_response_arrives(
+    nucleus: DevNucleus, client: GreengrassCoreIPCClientV2
+) -> None:
+    # Regression: the subscription was registered after its response went out, so a message delivered
+    # right after the client saw the response could miss it (about 1 in 300 here).
+    for i in range(500):
+        topic = f"{REPORT_TOPIC}/{i}"
+        operation = client.subscribe_to_iot_core_async(topic_name=topic, qos="0")
+        result(operation[0])
+        assert nucleus.deliver_iot(topic, b"x") == 1, f"subscription {i} was not live yet"
+        operation[1].close()

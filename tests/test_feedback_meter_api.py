@@ -302,6 +302,17 @@ def test_gpu_busy_reader_without_any_gpu_gives_none() -> None:
     assert nvml.init_calls == 1
 
 
+@pytest.mark.parametrize("device_list_error", [None, pynvml.NVML_ERROR_NO_PERMISSION])
+def test_gpu_busy_reader_shuts_nvml_down_when_it_gives_no_gpu(device_list_error: Optional[int]) -> None:
+    nvml = FakeNvml([] if device_list_error is None else [FakeGpu()], count_error=device_list_error)
+    reader = GpuBusyReader(nvml=nvml, sysfs_root=str(FIXTURES / "no-such-sysfs"))
+
+    assert [reader(), reader()] == [None, None]
+    assert (nvml.init_calls, nvml.shutdown_calls, nvml.initialised) == (1, 1, False)
+    reader.close()
+    assert nvml.shutdown_calls == 1
+
+
 def test_gpu_busy_reader_error_on_a_read_gives_none() -> None:
     gpu = FakeGpu(gpu_percent=70)
     nvml = FakeNvml([gpu])

@@ -10,7 +10,8 @@ import pynvml
 import pytest
 
 from ddcustom.config import Settings, parse_settings
-from ddcustom.sample import GpuProcess
+from ddcustom.metrics import custom_values
+from ddcustom.sample import GpuProcess, Sample
 from ddcustom.sources.gpu import GpuSource, parse_jetson_load
 from fakenvml import FakeGpu, FakeNvml
 
@@ -192,6 +193,75 @@ def test_per_process_sm_use_and_the_last_seen_timestamp_per_device(tmp_path: Pat
     assert nvml.utilization_timestamps == [0, 0, 2_000, 5_000]
 
 
+def test_used_gpu_memory_not_available_is_left_out_of_that_process_only(tmp_path: Path) -> None:
+    make_proc(tmp_path, 21, "app")
+    nvml = FakeNvml([FakeGpu(processes=[(21, None), (22, 3 * GIB)])])
+    source = GpuSource(settings(), nvml=nvml, sysfs_root=str(NO_SYSFS), proc_root=str(tmp_path))
+
+    stats = source.read(frozenset({21}))
+
+    assert stats is not None
+    procs = by_pid(stats.processes)
+    assert (procs[21].used_memory_bytes, procs[21].attribution) == (None, "watched")
+    assert (procs[22].used_memory_bytes, procs[22].attribution) == (3 * GIB, "unknown")
+
+
+def test_a_driver_older_than_the_binding_still_lists_the_processes_through_v2(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """nvidia-ml-py calls nvmlDeviceGetComputeRunningProcesses_v3, which drivers before R510 lack."""
+    nvml = FakeNvml([FakeGpu(processes=[(31, GIB)])], driver_has_v3=False)
+    source = GpuSource(settings(), nvml=nvml, sysfs_root=str(NO_SYSFS), proc_root=str(tmp_path))
+
+    results = [source.read(frozenset()) for _ in range(2)]
+
+    for stats in results:
+        assert stats is not None
+        assert [(p.pid, p.used_memory_bytes, p.attribution) for p in stats.processes] == [
+            (31, GIB, "unknown")
+        ]
+    assert gpu_warnings(caplog) == []
+
+
+def test_a_process_list_failing_also_through_v2_is_left_out_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    gpu = FakeGpu(
+        gpu_percent=9, processes=[(31, GIB)], errors={"processes": pynvml.NVML_ERROR_FUNCTION_NOT_FOUND}
+    )
+    source = GpuSource(
+        settings(),
+        nvml=FakeNvml([gpu], driver_has_v3=False),
+        sysfs_root=str(NO_SYSFS),
+        proc_root=str(tmp_path),
+    )
+
+    results = [source.read(frozenset()) for _ in range(3)]
+
+    assert all(r is not None and r.utilization_percent == 9 and r.processes == () for r in results)
+    warnings = gpu_warnings(caplog)
+    assert len(warnings) == 1 and "compute processes left out: Function Not Found" in warnings[0]
+
+
+def test_an_unreadable_process_list_is_not_reported_as_zero_unknown_processes(tmp_path: Path) -> None:
+    # Regression: a failed process list read as "0 unknown GPU processes", hiding a miner behind an error.
+    failing = FakeGpu(gpu_percent=9, processes=[(31, GIB)], errors={"processes": pynvml.NVML_ERROR_UNKNOWN})
+    healthy = FakeGpu(gpu_percent=3, processes=[(32, GIB)])
+    source = GpuSource(
+        settings(), nvml=FakeNvml([healthy, failing]), sysfs_root=str(NO_SYSFS), proc_root=str(tmp_path)
+    )
+    stats = source.read(frozenset())
+    assert stats is not None and not stats.processes_measured
+    values = custom_values(Sample(time=0.0, monotonic=0.0, gpu=stats))
+    assert "gpu_unknown_processes" not in values and "gpu_process_names" not in values
+    assert values["gpu_utilization"] == 6.0  # the rest of the GPU metrics stay
+
+    whole = GpuSource(settings(), nvml=FakeNvml([healthy]), sysfs_root=str(NO_SYSFS), proc_root=str(tmp_path))
+    measured = whole.read(frozenset())
+    assert measured is not None and measured.processes_measured
+    assert custom_values(Sample(time=0.0, monotonic=0.0, gpu=measured))["gpu_unknown_processes"] == 1.0
+
+
 def test_process_utilization_not_found_means_no_process_was_active(tmp_path: Path) -> None:
     nvml = FakeNvml([FakeGpu(processes=[(7, GIB)], samples=[])])
     source = GpuSource(settings(), nvml=nvml, sysfs_root=str(NO_SYSFS), proc_root=str(tmp_path))
@@ -275,7 +345,21 @@ def test_a_gpu_lost_while_running_gives_none_and_one_warning_then_recovers(
 
     assert lost == [None, None, None]
     assert back is not None and back.utilization_percent == 70
-    assert sum("no value for any GPU" in w for w in gpu_warnings(caplog)) == 1
+    warnings = gpu_warnings(caplog)  # one warning for the lost GPU, not one per field
+    assert len(warnings) == 1
+    assert "no value for any GPU" in warnings[0] and "GPU is lost" in warnings[0]
+
+
+def test_a_field_failing_on_every_cycle_is_warned_once_also_after_the_gpu_came_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    gpu = FakeGpu(gpu_percent=70, errors={"memory": pynvml.NVML_ERROR_UNKNOWN})
+    source = GpuSource(settings(), nvml=FakeNvml([gpu]), sysfs_root=str(NO_SYSFS), proc_root=str(tmp_path))
+
+    results = [source.read(frozenset()) for _ in range(3)]
+
+    assert [r.utilization_percent if r else None for r in results] == [70, 70, 70]
+    assert gpu_warnings(caplog) == ["GPU 0: memory left out: Unknown Error"]
 
 
 def test_the_real_pynvml_never_raises_and_warns_once_without_a_driver(

@@ -251,3 +251,28 @@ def test_running_is_reported_even_when_device_defender_reports_are_off(
     c = start(EnableDeviceDefenderReport=False)
     poll(lambda: "RUNNING" in c.nucleus.states, what="UpdateState RUNNING")
     assert reports(c.nucleus) == []
+
+
+def test_waiting_for_the_nucleus_logs_each_failed_attempt_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression: while the reconnect backoff ran, a "not connected; next attempt in" warning every second.
+    conn = GreengrassConnection(
+        THING,
+        timeout=1.0,
+        socket_path=str(tmp_path / "no.socket"),
+        token="t",
+        reconnect_base=60.0,
+        reconnect_cap=60.0,
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=serve, args=(conn, stop), daemon=True)
+    with caplog.at_level(logging.WARNING):
+        thread.start()
+        poll(lambda: "cannot connect to the nucleus" in caplog.text, what="the first attempt")
+        time.sleep(2.5)
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings and all("cannot connect to the nucleus" in message for message in warnings), warnings

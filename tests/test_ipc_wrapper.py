@@ -237,3 +237,24 @@ def test_ipc_reconnect_delays_full_jitter() -> None:
         next(reconnect_delays(0.0, 1.0))
     with pytest.raises(ValueError):
         next(reconnect_delays(2.0, 1.0))
+
+
+def test_ipc_reconnect_drops_a_subscription_the_nucleus_no_longer_grants(
+    nucleus: DevNucleus, ipc: GreengrassIpc, disconnects: Disconnects, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression: a remembered subscription refused on reconnect made every reconnect fail, for good.
+    ipc.subscribe_iot(REPORT_TOPIC + "/accepted", lambda topic, payload: None)
+    ipc.subscribe_configuration(lambda: None)
+    publish_only = {"operations": ["aws.greengrass#PublishToIoTCore"]}  # SubscribeToIoTCore revoked
+    policies = {"com.awsiotblog.DeviceDefenderCustom:mqttproxy:1": publish_only}
+    nucleus.update_configuration({"accessControl": {"aws.greengrass.ipc.mqttproxy": policies}})
+    nucleus.drop_connections()
+    disconnects.wait()
+    ipc.connect()
+    assert ipc.connected
+    ipc.publish_iot(REPORT_TOPIC, b"still publishing")
+    assert nucleus.subscriptions() == [""]  # the configuration subscription is back, the refused one is not
+    assert "no longer subscribed" in caplog.text
+    ipc.close()
+    ipc.connect()  # and it is not tried again
+    assert nucleus.subscriptions() == [""]

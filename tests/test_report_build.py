@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from ddcustom.config import Settings, parse_settings
+from ddcustom.config import MAX_REPORT_LIST_SIZE, ConfigError, Settings, parse_settings
 from ddcustom.report import SHORT_NAMES, ReportBuilder, serialise
 from ddcustom.sample import (
     Connection,
@@ -195,6 +195,43 @@ def test_lists_capped_with_true_total() -> None:
     assert len(report["metrics"]["listening_tcp_ports"]["ports"]) == 3
     assert report["metrics"]["listening_tcp_ports"]["total"] == 5
     assert_valid(report)
+
+
+def test_custom_metric_lists_capped_too() -> None:
+    # a report over IoT Core's 128 KB is rejected whole: no list in it may grow without bound
+    pools = tuple(Connection(f"203.0.113.{i}", 3333, 50000 + i, "eth0") for i in range(1, 8))
+    processes = ProcessStats(child_processes=0, miners=(), pool_connections=pools)
+    report = ReportBuilder(settings(MaxReportListSize=3)).build(sample(processes=processes), None)
+    assert report is not None
+    custom = report["custom_metrics"]
+    assert custom["mining_pool_addresses"] == [{"ip_list": ["203.0.113.1", "203.0.113.2", "203.0.113.3"]}]
+    assert custom["mining_pool_connections"] == [{"number": 7}]  # the count stays true
+    assert_valid(report)
+
+
+def test_report_at_the_largest_list_size_fits_in_an_iot_core_message() -> None:
+    """Worst case: every list over the cap, IPv6 addresses, long interface and process names."""
+    n = MAX_REPORT_LIST_SIZE + 5
+    connections = tuple(
+        Connection(f"ffff:ffff:ffff:ffff:ffff:ffff:ffff:{0xF000 + i:x}", 65535, 65535 - i, "x" * 15)
+        for i in range(n)
+    )
+    ports = tuple(ListeningPort(60000 + i, "x" * 15) for i in range(n))
+    net = NetworkStats(ports, ports, connections, NetCounters(2**62, 2**62, 2**62, 2**62))
+    gpu_processes = tuple(GpuProcess(i, f"{'y' * 15}{i}", 0, 1, 1.0, "unknown") for i in range(n))
+    assert FULL.gpu is not None
+    worst = replace(
+        FULL,
+        network=net,
+        processes=ProcessStats(child_processes=2**31, miners=(), pool_connections=connections),
+        gpu=replace(FULL.gpu, processes=gpu_processes),
+    )
+    builder = ReportBuilder(settings(MaxReportListSize=MAX_REPORT_LIST_SIZE))
+    report = builder.build(worst, worst)
+    assert report is not None
+    assert len(serialise(report).encode()) < 128 * 1024
+    with pytest.raises(ConfigError, match="MaxReportListSize"):
+        settings(MaxReportListSize=MAX_REPORT_LIST_SIZE + 1)
 
 
 def test_empty_sections_left_out() -> None:

@@ -112,3 +112,18 @@ def test_apply_settings_takes_effect_on_next_sample() -> None:
         collector.close()
         for sock in (client, accepted, server):
             sock.close()
+
+
+def test_settings_change_does_not_restart_the_network_counters(tmp_path: Path) -> None:
+    """Switching IncludeLoopback on counts loopback traffic from then on, not all of it since boot."""
+    (tmp_path / "net").mkdir()
+    dev = (FIXTURES / "hand" / "net" / "dev").read_text()  # lo has 1000 bytes in since boot
+    (tmp_path / "net" / "dev").write_text(dev)
+    collector = Collector(settings(), proc_root=str(tmp_path))
+    first = collector.sample().network
+    collector.apply_settings(settings(IncludeLoopback=True))
+    (tmp_path / "net" / "dev").write_text(dev.replace("lo:    1000      10", "lo:    1064      11"))
+    second = collector.sample().network
+    assert first is not None and second is not None
+    assert second.counters.bytes_in - first.counters.bytes_in == 64
+    assert second.counters.packets_in - first.counters.packets_in == 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
+import os
 import socket
 import struct
 from collections import namedtuple
@@ -14,6 +16,7 @@ import psutil
 import pytest
 
 from ddcustom.sample import Connection, ListeningPort, NetCounters
+from ddcustom.sources import network
 from ddcustom.sources.network import (
     TCP_ESTABLISHED,
     TCP_LISTEN,
@@ -82,7 +85,10 @@ def test_interface_map_strips_scope_and_skips_link_layer() -> None:
 
 def test_hand_sample_without_loopback() -> None:
     stats = build_network_stats(
-        (HAND / "net" / "dev").read_text(), *parse_proc_tables(tables(HAND)), HAND_INTERFACES, False
+        parse_net_dev((HAND / "net" / "dev").read_text(), False),
+        *parse_proc_tables(tables(HAND)),
+        HAND_INTERFACES,
+        False,
     )
     # tcp 0.0.0.0:22 and tcp6 :::80 listen on all interfaces; 127.0.0.1:3333 and ::1:8081 are loopback
     assert stats.listening_tcp == (ListeningPort(22, None), ListeningPort(80, None))
@@ -103,7 +109,10 @@ def test_hand_sample_without_loopback() -> None:
 
 def test_hand_sample_with_loopback() -> None:
     stats = build_network_stats(
-        (HAND / "net" / "dev").read_text(), *parse_proc_tables(tables(HAND)), HAND_INTERFACES, True
+        parse_net_dev((HAND / "net" / "dev").read_text(), True),
+        *parse_proc_tables(tables(HAND)),
+        HAND_INTERFACES,
+        True,
     )
     assert stats.listening_tcp == (
         ListeningPort(22, None),
@@ -120,7 +129,10 @@ def test_hand_sample_with_loopback() -> None:
 def test_missing_ipv6_tables_count_as_empty() -> None:
     ipv4_only = {k: v for k, v in tables(HAND).items() if not k.endswith("6")}
     stats = build_network_stats(
-        (HAND / "net" / "dev").read_text(), *parse_proc_tables(ipv4_only), HAND_INTERFACES, False
+        parse_net_dev((HAND / "net" / "dev").read_text(), False),
+        *parse_proc_tables(ipv4_only),
+        HAND_INTERFACES,
+        False,
     )
     assert stats.listening_tcp == (ListeningPort(22, None),)
     assert stats.established_tcp == (Connection("10.0.0.1", 3333, 50000, "eth0"),)
@@ -159,7 +171,10 @@ def test_real_sample_sockets_opened_by_the_capture(
 ) -> None:
     interfaces = interface_by_address(if_addrs_of(real_expected))
     stats = build_network_stats(
-        (REAL / "net" / "dev").read_text(), *parse_proc_tables(tables(REAL)), interfaces, True
+        parse_net_dev((REAL / "net" / "dev").read_text(), True),
+        *parse_proc_tables(tables(REAL)),
+        interfaces,
+        True,
     )
     for sock in real_expected["tcp_listen"]:
         interface = None if sock["ip"] in ("0.0.0.0", "::") else real_interfaces[sock["ip"]]
@@ -178,7 +193,7 @@ def test_real_sample_sockets_opened_by_the_capture(
 
 def test_real_sample_without_loopback_keeps_only_external(real_expected: dict[str, Any]) -> None:
     stats = build_network_stats(
-        (REAL / "net" / "dev").read_text(), *parse_proc_tables(tables(REAL)), {}, False
+        parse_net_dev((REAL / "net" / "dev").read_text(), False), *parse_proc_tables(tables(REAL)), {}, False
     )
     assert stats.established_tcp  # the capture connected to its own eth0 addresses
     for conn in stats.established_tcp:
@@ -193,7 +208,7 @@ def test_real_sample_matches_psutil_parser(monkeypatch: pytest.MonkeyPatch) -> N
     by_psutil: list[Any] = psutil.net_connections(kind="inet")
     pernic = psutil.net_io_counters(pernic=True)
     stats = build_network_stats(
-        (REAL / "net" / "dev").read_text(), *parse_proc_tables(tables(REAL)), {}, True
+        parse_net_dev((REAL / "net" / "dev").read_text(), True), *parse_proc_tables(tables(REAL)), {}, True
     )
 
     established = sorted(
@@ -327,5 +342,117 @@ def test_live_source_with_and_without_netlink_agree() -> None:
         mine = ListeningPort(server.getsockname()[1], "lo")
         assert mine in NetworkSource(include_loopback=True).read().listening_tcp
         assert mine in NetworkSource(include_loopback=True, use_netlink=False).read().listening_tcp
+    finally:
+        server.close()
+
+
+# ---- interface counters across cycles: deltas per interface, never a spike -------------------------
+
+DEV_HEADER = (
+    "Inter-|   Receive                                                |  Transmit\n"
+    " face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls"
+    " carrier compressed\n"
+)
+
+
+def dev_text(**interfaces: int) -> str:
+    """/proc/net/dev with each interface at ``n`` bytes in, 2n bytes out, n/10 packets in, n/5 out."""
+    lines = [
+        f"{name:>6}: {n} {n // 10} 0 0 0 0 0 0 {2 * n} {n // 5} 0 0 0 0 0 0\n"
+        for name, n in interfaces.items()
+    ]
+    return DEV_HEADER + "".join(lines)
+
+
+def source_reading(tmp_path: Path, include_loopback: bool = False) -> tuple[NetworkSource, Any]:
+    (tmp_path / "net").mkdir(exist_ok=True)
+    source = NetworkSource(include_loopback, proc_root=str(tmp_path), if_addrs=lambda: {})
+
+    def read(text: str) -> NetCounters:
+        (tmp_path / "net" / "dev").write_text(text)
+        return source.read().counters
+
+    return source, read
+
+
+def growth(before: NetCounters, after: NetCounters) -> tuple[int, int, int, int]:
+    assert after.bytes_in >= before.bytes_in and after.packets_out >= before.packets_out
+    return (
+        after.bytes_in - before.bytes_in,
+        after.bytes_out - before.bytes_out,
+        after.packets_in - before.packets_in,
+        after.packets_out - before.packets_out,
+    )
+
+
+def test_a_vanished_interface_is_no_counter_reset(tmp_path: Path) -> None:
+    # A container's veth carried 5 MB and went away: eth0 still only grew by 1000 bytes.
+    _, read = source_reading(tmp_path)
+    first = read(dev_text(lo=700, eth0=100_000, veth1=5_000_000))
+    assert first.bytes_in == 5_100_000  # the first reading is the total since boot
+    second = read(dev_text(lo=900, eth0=101_000))
+    assert growth(first, second) == (1000, 2000, 100, 200)
+
+
+def test_one_interface_reset_counts_only_its_new_traffic(tmp_path: Path) -> None:
+    _, read = source_reading(tmp_path)
+    first = read(dev_text(eth0=100_000, wlan0=50_000))
+    second = read(dev_text(eth0=101_000, wlan0=500))  # wlan0 re-created: counts from zero
+    assert growth(first, second) == (1500, 3000, 150, 300)
+
+
+def test_an_interface_that_appears_counts_its_traffic(tmp_path: Path) -> None:
+    _, read = source_reading(tmp_path)
+    first = read(dev_text(eth0=100_000))
+    second = read(dev_text(eth0=100_000, usb0=3000))
+    assert growth(first, second) == (3000, 6000, 300, 600)
+
+
+def test_loopback_switched_on_counts_from_then_on(tmp_path: Path) -> None:
+    source, read = source_reading(tmp_path)
+    first = read(dev_text(lo=9_000_000, eth0=100_000))
+    source.include_loopback = True
+    second = read(dev_text(lo=9_000_010, eth0=100_000))
+    assert growth(first, second) == (10, 20, 1, 2)
+    source.include_loopback = False
+    third = read(dev_text(lo=9_500_000, eth0=100_100))
+    assert growth(second, third) == (100, 200, 10, 20)
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_sock_diag_refused_by_the_kernel_falls_back_to_proc(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A request type the kernel does not know gets a real NLMSG_ERROR (EINVAL): the source reads
+    /proc/net/tcp instead, says so once, and closes its netlink socket."""
+    monkeypatch.setattr(network, "_SOCK_DIAG_BY_FAMILY", 99)
+    caplog.set_level(logging.INFO, logger="ddcustom.sources.network")
+    server = socket.socket(socket.AF_INET6)
+    server.bind(("::1", 0))
+    server.listen(1)
+    try:
+        source = NetworkSource(include_loopback=True)
+        fds = open_fds()
+        for _ in range(2):
+            assert ListeningPort(server.getsockname()[1], "lo") in source.read().listening_tcp
+        assert open_fds() == fds
+    finally:
+        server.close()
+    fallbacks = [r.getMessage() for r in caplog.records if "sock_diag" in r.getMessage()]
+    assert len(fallbacks) == 1 and "Invalid argument" in fallbacks[0]
+
+
+def test_sock_diag_dump_over_the_bound_stops_and_closes_the_socket() -> None:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    try:
+        fds = open_fds()
+        with pytest.raises(OSError, match="exceeded 16 bytes"):
+            sock_diag_tcp((TCP_LISTEN,), limit_bytes=16)
+        assert open_fds() == fds
     finally:
         server.close()

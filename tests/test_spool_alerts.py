@@ -51,7 +51,7 @@ def test_alert_written_before_a_crash_is_replayed_by_the_next_process(tmp_path: 
         """
     )
     assert proc.wait(timeout=30) == 1
-    replayed = AlertSpool(spool_dir, 1_000_000).pending()
+    replayed = list(AlertSpool(spool_dir, 1_000_000).pending())
     assert [event for _, event in replayed] == [alert(1), alert(2)]
 
 
@@ -72,9 +72,9 @@ def test_kill_9_after_append_loses_nothing(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL
     spool = AlertSpool(spool_dir, 1_000_000)
-    assert spool.pending() == [(key, alert(7))]
+    assert list(spool.pending()) == [(key, alert(7))]
     spool.ack(key)
-    assert AlertSpool(spool_dir, 1_000_000).pending() == []
+    assert list(AlertSpool(spool_dir, 1_000_000).pending()) == []
 
 
 def test_order_ack_and_sequence_across_restarts(tmp_path: Path) -> None:
@@ -96,7 +96,7 @@ def test_the_same_alert_appended_twice_is_stored_once(tmp_path: Path) -> None:
     cleared = spool.append(alert(1, "alarm-cleared"))
     assert cleared != first
     assert AlertSpool(tmp_path, 1_000_000).append(alert(1)) == first  # also across restarts
-    assert len(spool.pending()) == 2
+    assert len(list(spool.pending())) == 2
 
 
 def test_full_spool_drops_the_oldest_loudly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -122,7 +122,7 @@ def test_corrupt_and_truncated_files_are_moved_aside(
     (tmp_path / f".{9:016d}.alert.json.tmp").write_bytes(b'{"violationId": ')  # interrupted write
     caplog.set_level(logging.WARNING)
     restarted = AlertSpool(tmp_path, 1_000_000)
-    assert restarted.pending() == [(keys[0], alert(1))]
+    assert list(restarted.pending()) == [(keys[0], alert(1))]
     aside = sorted(p.name for p in (tmp_path / "corrupt").iterdir())
     assert aside == sorted([keys[1], keys[2], f".{9:016d}.alert.json.tmp"])
     assert sum("moved" in r.message for r in caplog.records) == 3
@@ -132,7 +132,7 @@ def test_file_corrupted_while_running_is_set_aside_at_replay(tmp_path: Path) -> 
     spool = AlertSpool(tmp_path, 1_000_000)
     good, bad = spool.append(alert(1)), spool.append(alert(2))
     (tmp_path / bad).write_text("[1, 2")
-    assert spool.pending() == [(good, alert(1))]
+    assert list(spool.pending()) == [(good, alert(1))]
     assert (tmp_path / "corrupt" / bad).exists()
     assert len(spool) == 1
 
@@ -141,7 +141,7 @@ def test_complete_interrupted_write_is_kept(tmp_path: Path) -> None:
     # The process died between fsync of the temporary file and its rename.
     tmp_path.joinpath(f".{4:016d}.alert.json.tmp").write_text(json.dumps(alert(4)))
     spool = AlertSpool(tmp_path, 1_000_000)
-    assert spool.pending() == [(f"{4:016d}.alert.json", alert(4))]
+    assert list(spool.pending()) == [(f"{4:016d}.alert.json", alert(4))]
     assert spool.append(alert(5)) == f"{5:016d}.alert.json"
 
 
@@ -158,15 +158,29 @@ def test_directory_and_files_are_private(tmp_path: Path) -> None:
     assert stat.S_IMODE(loose.stat().st_mode) == 0o700
 
 
-def test_write_failure_raises_spool_error_and_keeps_the_spool_usable(tmp_path: Path) -> None:
+def test_alerts_are_kept_in_memory_while_the_disk_fails_and_written_once_it_works(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     spool_dir = tmp_path / "spool"
     spool = AlertSpool(spool_dir, 1_000_000)
     spool_dir.rmdir()
-    spool_dir.write_text("not a directory")  # every write into it fails, even as root
-    with pytest.raises(SpoolError):
-        spool.append(alert(1))
-    assert len(spool) == 0
+    spool_dir.write_text("not a directory")  # every write into it fails, even as root (like a full disk)
+    with caplog.at_level(logging.ERROR):
+        second = spool.append(alert(2))
+    assert "kept in memory" in caplog.text
+    assert list(spool.pending()) == [(second, alert(2))]  # not lost, still sendable
     spool_dir.unlink()
     spool_dir.mkdir()
-    key = spool.append(alert(2))
-    assert spool.pending() == [(key, alert(2))]
+    third = spool.append(alert(3))  # the disk works again: the kept alert is written first
+    assert sorted(p.name for p in spool_dir.iterdir()) == [second, third]
+    assert list(AlertSpool(spool_dir, 1_000_000).pending()) == [(second, alert(2)), (third, alert(3))]
+
+
+def test_an_unusable_directory_at_start_does_not_stop_the_spool(tmp_path: Path) -> None:
+    blocker = tmp_path / "state"
+    blocker.write_text("a file where the state directory should be")  # read-only disk alike: mkdir fails
+    spool = AlertSpool(blocker / "alerts", 1_000_000)
+    key = spool.append(alert(1))
+    assert list(spool.pending()) == [(key, alert(1))]
+    spool.ack(key)
+    assert list(spool.pending()) == [] and len(spool) == 0

@@ -72,12 +72,13 @@ class Agent:
             last_id = self._builder.last_report_id
             self._builder = ReportBuilder(settings, last_report_id=last_id)
             if settings.security_profile != old.security_profile:
-                self._engine = Engine(settings.security_profile, self.thing_name)
+                for event in self._engine.replace_profile(settings.security_profile, time.time()):
+                    self._raise_alert(event)
             if (settings.alert_spool_dir, settings.alert_spool_max_bytes) != (
                 old.alert_spool_dir,
                 old.alert_spool_max_bytes,
             ):
-                self._spool = AlertSpool(settings.alert_spool_dir, settings.alert_spool_max_bytes)
+                self._spool = self._spool.move_to(settings.alert_spool_dir, settings.alert_spool_max_bytes)
             self._report_id_file = _report_id_file(settings)
             if report_now:  # as the public component does: a report with the new settings right away
                 self._next_report = 0.0
@@ -119,7 +120,7 @@ class Agent:
         try:
             self._spool.append(event)
         except SpoolError as exc:
-            # The disk is full or read-only: still try to deliver it, just not durably.
+            # Larger than the whole spool (a huge list value): still try to deliver it, just not durably.
             log.error(
                 "alert %s could not be spooled (%s); sending it directly", event.get("violationId"), exc
             )

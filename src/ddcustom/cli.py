@@ -146,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser(
-        "dev", help="run the component against the stand-in nucleus and show what it publishes"
+        "dev",
+        help="run the component against the stand-in nucleus and show what it publishes; "
+        "JSON lines typed on stdin are merged into its configuration",
     )
     p.add_argument(
         "--recipe", default="recipe.yaml", help="recipe whose configuration and access control apply"

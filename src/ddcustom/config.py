@@ -20,6 +20,12 @@ if TYPE_CHECKING:
 # Device Defender throttles reports sent faster than this (docs/device-defender.md, quotas).
 MIN_REPORT_INTERVAL = 300
 
+# With every list at this size (IPv6 peers, long names) a report is about 85 KB: under IoT Core's 128 KB.
+MAX_REPORT_LIST_SIZE = 300
+
+# A configuration file is a few KB even with an inline security profile; read no more than this.
+MAX_CONFIG_BYTES = 1024 * 1024
+
 # Pool ports from Falco's miner_ports, minus the ones ordinary services use (25, 8000, 8001, 8008,
 # 8080, 8118, 8888, 8899): on a device those would flag every web proxy. Add them back if you like.
 DEFAULT_MINING_POOL_PORTS = [
@@ -90,10 +96,12 @@ def resolve_state_directory(configured: str) -> str:
 # ---- value parsers: each takes (key, raw value) and returns the typed value or raises ----------
 
 
+def _json_text(value: Any) -> str:
+    return json.dumps(value, default=str)
+
+
 def _fail(key: str, value: Any, allowed: str) -> ConfigError:
-    return ConfigError(
-        f"configuration key {key!r}: {json.dumps(value, default=str)} is not allowed; {allowed}"
-    )
+    return ConfigError(f"configuration key {key!r}: {_json_text(value)} is not allowed; {allowed}")
 
 
 def _bool(key: str, value: Any) -> bool:
@@ -115,7 +123,10 @@ def _number(key: str, value: Any, low: float, high: float, integer: bool) -> flo
         except ValueError:
             raise _fail(key, value, allowed) from None
     elif isinstance(value, (int, float)):
-        value_f = float(value)
+        try:
+            value_f = float(value)
+        except OverflowError:  # an integer beyond any float: JSON and YAML allow them
+            raise _fail(key, value, allowed) from None
     else:
         raise _fail(key, value, allowed)
     if not math.isfinite(value_f) or (integer and not value_f.is_integer()) or not low <= value_f <= high:
@@ -202,7 +213,7 @@ SCHEMA: dict[str, tuple[Any, _Parser, str]] = {
     "LocalAlertTopic": ("ddcustom/alerts", _topic, "local_alert_topic"),
     "StateDirectory": ("", _path_or_auto, "state_directory"),
     "AlertSpoolMaxBytes": (10_000_000, _int_range(65536, 1_000_000_000), "alert_spool_max_bytes"),
-    "MaxReportListSize": (100, _int_range(1, 10000), "max_report_list_size"),
+    "MaxReportListSize": (100, _int_range(1, MAX_REPORT_LIST_SIZE), "max_report_list_size"),
     "LogLevel": ("INFO", _log_level, "log_level"),
 }
 
@@ -212,11 +223,10 @@ DEFAULTS: dict[str, Any] = {key: default for key, (default, _, _) in SCHEMA.item
 def parse_settings(raw: Optional[Mapping[str, Any]] = None) -> tuple[Settings, list[str]]:
     """Validate ``raw`` (missing keys take their defaults). Returns the settings and warnings."""
     raw = dict(raw or {})
-    unknown = sorted(set(raw) - set(SCHEMA) - IGNORED_KEYS)
+    unknown = sorted(set(raw) - set(SCHEMA) - IGNORED_KEYS, key=str)  # YAML keys may be numbers
     if unknown:
-        raise ConfigError(
-            f"unknown configuration key(s) {', '.join(map(repr, unknown))}; known keys: {', '.join(SCHEMA)}"
-        )
+        named = ", ".join(f"{key!r} (value {_json_text(raw[key])})" for key in unknown)
+        raise ConfigError(f"unknown configuration key(s) {named}; known keys: {', '.join(SCHEMA)}")
     values: dict[str, Any] = {}
     for key, (default, parser, field_name) in SCHEMA.items():
         values[field_name] = parser(key, raw.get(key, default))
@@ -237,9 +247,16 @@ def load_config_file(path: Union[str, Path]) -> dict[str, Any]:
 
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as f:
+            data_bytes = f.read(MAX_CONFIG_BYTES + 1)  # bounded: the path may be /dev/zero
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file {str(p)!r}: {exc.strerror or exc}") from None
+    if len(data_bytes) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"configuration file {str(p)!r} is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        text = data_bytes.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"configuration file {str(p)!r} is not UTF-8 text: {exc}") from None
     try:
         data = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:

@@ -2,7 +2,8 @@
 
 The nucleus serves the recipe's configuration (with ``--merge`` applied as a deployment would) and
 enforces its accessControl, so a topic the recipe does not grant fails here as it would on a device.
-The component runs as a child process in a temporary work folder, as Greengrass runs it.
+The component runs as a child process in a temporary work folder, as Greengrass runs it. Each line of
+JSON typed on stdin is merged into the configuration while it runs, as a new deployment would be.
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
-from typing import Any
+from typing import Any, Optional, TextIO
 
 from ddcustom.devnucleus import DevNucleus, Published, RecipeError
+
+STOP_TIMEOUT = 10.0  # seconds the component gets to stop on SIGTERM before it is killed
 
 
 def _show(published: Published) -> None:
@@ -28,34 +32,79 @@ def _show(published: Published) -> None:
     print(f"--> {where} {published.topic}\n{json.dumps(body, indent=2)}", flush=True)
 
 
+def _parse_merge(text: str) -> dict[str, Any]:
+    merge = json.loads(text)
+    if not isinstance(merge, dict):
+        raise ValueError("a merge must be a JSON object")
+    return merge
+
+
+def _apply_typed_merges(lines: TextIO, nucleus: DevNucleus) -> None:
+    """Merge each JSON line read from ``lines`` into the configuration, until end of file."""
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            changed = nucleus.update_configuration(_parse_merge(line))
+        except (ValueError, RecipeError) as exc:
+            print(f"ddcustom dev: merge refused: {exc}", file=sys.stderr, flush=True)
+            continue
+        print(f"ddcustom dev: configuration changed: {changed or 'nothing'}", file=sys.stderr, flush=True)
+
+
+def _stdin_is_ours() -> bool:
+    """False in the background of a terminal, where reading stdin would stop the process (SIGTTIN)."""
+    try:
+        return not sys.stdin.isatty() or os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except (AttributeError, OSError, ValueError):  # no stdin, closed or detached
+        return False
+
+
+def _raise_keyboard_interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _wait(child: subprocess.Popen[bytes], seconds: Optional[float]) -> int:
+    """Wait for the component for ``seconds`` (None: until it ends or Ctrl-C), then stop it; its status."""
+    try:
+        child.wait(timeout=seconds)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        child.terminate()
+    try:
+        return child.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        return child.wait()
+
+
 def run_dev(args: argparse.Namespace) -> int:
     try:
-        merge = json.loads(args.merge) if args.merge else None
-        if merge is not None and not isinstance(merge, dict):
-            raise ValueError("--merge must be a JSON object")
+        merge = _parse_merge(args.merge) if args.merge else None
         nucleus = DevNucleus(args.recipe, args.thing, merge, on_publish=_show)
     except (ValueError, RecipeError, OSError) as exc:
         print(f"ddcustom dev: {exc}", file=sys.stderr)
         return 2
-    stop = threading.Event()
+    # SIGTERM (`timeout`, `kill`) stops the component too, as Ctrl-C does, instead of orphaning it.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     with nucleus, tempfile.TemporaryDirectory(prefix="ddcustom-work-") as work:
-        print(f"stand-in nucleus for {nucleus.component_name} as thing {args.thing!r}", file=sys.stderr)
-        child = subprocess.Popen(
-            [sys.executable, "-m", "ddcustom", "run"], env={**os.environ, **nucleus.env()}, cwd=work
+        print(
+            f"stand-in nucleus for {nucleus.component_name} as thing {args.thing!r}; type a JSON merge "
+            'such as {"EnableGPUMetrics": true} and Enter to change the configuration',
+            file=sys.stderr,
         )
-        try:
-            if args.seconds > 0:
-                stop.wait(args.seconds)
-                child.terminate()
-            child.wait()
-        except KeyboardInterrupt:
-            child.terminate()
-        finally:
-            try:
-                child.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        child = subprocess.Popen(
+            [sys.executable, "-m", "ddcustom", "run"],
+            env={**os.environ, **nucleus.env()},
+            cwd=work,
+            stdin=subprocess.DEVNULL,  # stdin is for the merges
+        )
+        if _stdin_is_ours():
+            threading.Thread(target=_apply_typed_merges, args=(sys.stdin, nucleus), daemon=True).start()
+        status = _wait(child, args.seconds if args.seconds > 0 else None)
         print(
             f"states reported: {nucleus.states}; {len(nucleus.published)} messages published", file=sys.stderr
         )
+    if status != 0:
+        print(f"ddcustom dev: the component exited with status {status}", file=sys.stderr)
+        return 1
     return 0

@@ -129,10 +129,16 @@ class GpuBusyReader:
             log.info("NVML not usable (%s): no GPU busy reading", exc)
             return []
         try:
-            return [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
+            handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
         except nvml.NVMLError as exc:
             log.info("NVML device list failed (%s): no GPU busy reading", exc)
-            return []
+            handles = []
+        if not handles:  # NVML stays initialised only while it has a GPU to read
+            try:
+                nvml.nvmlShutdown()
+            except nvml.NVMLError as exc:
+                log.debug("nvmlShutdown failed: %s", exc)
+        return handles
 
 
 class InferenceMeter:

@@ -55,9 +55,6 @@ class GreengrassConnection:
 
     # ---- connection ----------------------------------------------------------------------------
 
-    def open(self) -> None:
-        self._ensure_connected()
-
     def close(self) -> None:
         self._ipc.close()
 
@@ -267,6 +264,10 @@ def _first_settings(conn: GreengrassConnection, stop: threading.Event) -> Option
     deployment that fixes it, instead of running with settings nobody asked for.
     """
     while not stop.is_set():
+        backoff = conn.seconds_to_next_attempt()
+        if backoff:  # not connected, and the next attempt is not due yet
+            stop.wait(backoff)
+            continue
         try:
             settings, warnings = conn.read_settings()
         except ConfigError as exc:
@@ -277,7 +278,8 @@ def _first_settings(conn: GreengrassConnection, stop: threading.Event) -> Option
             continue
         except SinkError as exc:
             log.warning("%s", exc)
-            stop.wait(1.0)
+            if conn.connected:  # the call failed, not the connection: do not hammer the nucleus
+                stop.wait(1.0)
             continue
         for warning in warnings:
             log.warning("%s", warning)

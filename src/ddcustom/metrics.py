@@ -69,7 +69,7 @@ def custom_values(sample: Sample) -> dict[str, MetricValue]:
         _put(out, "gpu_utilization", gpu.utilization_percent)
         _put(out, "gpu_power_watts", gpu.power_watts)
         _put(out, "gpu_memory_used_percent", gpu.memory_used_percent)
-        if gpu.source == "nvml":
+        if gpu.source == "nvml" and gpu.processes_measured:
             unknown = sum(1 for p in gpu.processes if p.attribution == "unknown")
             out["gpu_unknown_processes"] = float(unknown)
             out["gpu_process_names"] = sorted({p.name for p in gpu.processes})

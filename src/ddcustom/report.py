@@ -2,10 +2,10 @@
 
 Pure: a Sample (and the previously *reported* Sample, for the network_stats deltas) in, a JSON-ready dict
 out. Long names by default, short names on request (every key, value keys excepted). Lists are capped at
-MaxReportListSize with their true total. Empty sections are left out, and so are custom metrics whose
-value is not a finite number or is an empty list. ``report_id`` is epoch milliseconds of the sample, but
-always above the previous id, so two reports in the same millisecond or a clock stepping back still get
-strictly increasing ids.
+MaxReportListSize: the standard ones carry their true total, custom list values are cut. Empty sections
+are left out, and so are custom metrics whose value is not a finite number or is an empty list.
+``report_id`` is epoch milliseconds of the sample, but always above the previous id, so two reports in
+the same millisecond or a clock stepping back still get strictly increasing ids.
 """
 
 from __future__ import annotations
@@ -94,6 +94,8 @@ class ReportBuilder:
         metrics = self._network_metrics(sample.network, previous.network if previous else None)
         custom: dict[str, Any] = {}
         for name, value in custom_values(sample).items():
+            if isinstance(value, list):  # no total to carry here: the count metrics stay true
+                value = value[: self.settings.max_report_list_size]
             entry = custom_metric_entry(CUSTOM_METRICS[name][0], value)
             if entry is not None:
                 custom[name] = entry

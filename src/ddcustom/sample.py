@@ -33,7 +33,11 @@ class Connection:
 
 @dataclass(frozen=True)
 class NetCounters:
-    """Cumulative interface counters (since boot), summed over the counted interfaces."""
+    """Interface counters summed over the counted interfaces.
+
+    The total since boot at the source's first reading, then growing by each interface's own traffic:
+    it never decreases when an interface goes away or restarts its counters.
+    """
 
     bytes_in: int
     bytes_out: int
@@ -81,6 +85,8 @@ class GpuStats:
     sm_clock_mhz: Optional[float]
     memory_used_percent: Optional[float]
     processes: tuple[GpuProcess, ...] = ()
+    # False when a GPU's process list could not be read: process metrics are then left out, not 0
+    processes_measured: bool = True
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,8 +20,10 @@ def profile_document(profile: Any) -> dict[str, Any]:
 def cloud_behaviors(profile: Any) -> tuple[list[dict[str, Any]], list[str]]:
     """Behaviors as CreateSecurityProfile takes them, and notes on what was left out.
 
-    Keys the service model does not know (device-only extras) are dropped, and so are behaviors on
-    metrics that are neither standard (``aws:``) nor in the custom metric catalogue.
+    Keys the service model does not know (device-only extras) are dropped. Behaviors on metrics that
+    are neither standard (``aws:``) nor in the custom metric catalogue, or with a value the model's
+    pattern refuses (botocore does not check patterns: the service would fail setup halfway), stay on
+    the device only.
     """
     import botocore.session
 
@@ -33,20 +36,33 @@ def cloud_behaviors(profile: Any) -> tuple[list[dict[str, Any]], list[str]]:
             notes.append(f"behavior {raw.get('name')!r}: metric {metric!r} is evaluated on the device only")
             continue
         dropped: list[str] = []
-        behaviors.append(_trim(raw, behavior_shape, raw.get("name", ""), dropped))
+        refused: list[str] = []
+        behavior = _trim(raw, behavior_shape, "", dropped, refused)
+        if refused:
+            notes.extend(
+                f"behavior {raw.get('name')!r}: {what} is evaluated on the device only" for what in refused
+            )
+            continue
+        behaviors.append(behavior)
         notes.extend(f"behavior {raw.get('name')!r}: device-only key {key!r} left out" for key in dropped)
     return behaviors, notes
 
 
-def _trim(value: Any, shape: Any, path: str, dropped: list[str]) -> Any:
+def _trim(value: Any, shape: Any, path: str, dropped: list[str], refused: list[str]) -> Any:
+    """``value`` without the keys ``shape`` lacks (their paths go to ``dropped``); strings that do not
+    match the shape's pattern go to ``refused``."""
     if shape.type_name == "structure" and isinstance(value, Mapping):
         out = {}
         for key, item in value.items():
+            where = f"{path}.{key}" if path else key
             if key in shape.members:
-                out[key] = _trim(item, shape.members[key], f"{path}.{key}", dropped)
+                out[key] = _trim(item, shape.members[key], where, dropped, refused)
             else:
-                dropped.append(f"{path}.{key}".split(".", 1)[1])
+                dropped.append(where)
         return out
     if shape.type_name == "list" and isinstance(value, list):
-        return [_trim(item, shape.member, path, dropped) for item in value]
+        return [_trim(item, shape.member, path, dropped, refused) for item in value]
+    pattern = shape.metadata.get("pattern")
+    if isinstance(value, str) and pattern and not re.fullmatch(pattern, value):
+        refused.append(f"{path} {value!r}")
     return value

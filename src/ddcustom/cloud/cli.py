@@ -8,8 +8,9 @@ changed because of an option, the credentials, the region or a conflicting resou
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from typing import Any, Optional, TextIO
+from typing import TYPE_CHECKING, Any, Optional, TextIO
 
 from ddcustom.cloud.options import (
     DEFAULT_BUCKET,
@@ -24,6 +25,9 @@ from ddcustom.cloud.options import (
     default_region,
     parse_merge_configuration,
 )
+
+if TYPE_CHECKING:
+    from ddcustom.detect.profile import Profile
 
 
 def add_cloud_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -66,7 +70,9 @@ def add_cloud_parser(subparsers: Any) -> argparse.ArgumentParser:
             help=f"the devices' token exchange role ({DEFAULT_TOKEN_EXCHANGE_ROLE})",
         )
         sub.add_argument(
-            "--profile-name", default=DEFAULT_PROFILE, help=f"security profile ({DEFAULT_PROFILE})"
+            "--profile-name",
+            help=f"security profile: a built-in name or a JSON file (default: SecurityProfile in "
+            f"--merge-config, else {DEFAULT_PROFILE}); the devices get the same one",
         )
         sub.add_argument("--no-detect", action="store_true", help="leave out Device Defender Detect")
         sub.add_argument(
@@ -75,7 +81,8 @@ def add_cloud_parser(subparsers: Any) -> argparse.ArgumentParser:
     setup.add_argument("--email", help="subscribe this address to the alerts topic")
     setup.add_argument(
         "--merge-config",
-        help=f"component configuration to merge, JSON or @FILE (default {DEFAULT_MERGE_CONFIGURATION})",
+        help="component configuration to merge, JSON or @FILE "
+        f"(default {json.dumps(DEFAULT_MERGE_CONFIGURATION)})",
     )
     setup.add_argument(
         "--nucleus-version", help="aws.greengrass.Nucleus version (default: the group's, else newest)"
@@ -84,9 +91,12 @@ def add_cloud_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def options_from_args(args: argparse.Namespace) -> CloudOptions:
-    merge = getattr(args, "merge_config", None)
-    return CloudOptions(
+def options_from_args(args: argparse.Namespace) -> tuple[CloudOptions, Profile]:
+    """The options, and the security profile that both the devices and Device Defender evaluate."""
+    merge_text = getattr(args, "merge_config", None)
+    merge = parse_merge_configuration(merge_text) if merge_text else dict(DEFAULT_MERGE_CONFIGURATION)
+    profile, merge = _device_profile(args.profile_name, merge)
+    opts = CloudOptions(
         region=args.region or default_region(),
         stack=args.stack,
         thing_group=args.thing_group,
@@ -95,12 +105,35 @@ def options_from_args(args: argparse.Namespace) -> CloudOptions:
         component_version=args.component_version,
         bucket=args.bucket,
         token_exchange_role=args.token_exchange_role,
-        profile=args.profile_name,
-        merge_configuration=parse_merge_configuration(merge) if merge else dict(DEFAULT_MERGE_CONFIGURATION),
+        profile=profile.name,
+        merge_configuration=merge,
         nucleus_version=getattr(args, "nucleus_version", None),
         email=getattr(args, "email", None),
         detect=not args.no_detect,
     )
+    return opts, profile
+
+
+def _device_profile(option: Optional[str], merge: dict[str, Any]) -> tuple[Profile, dict[str, Any]]:
+    """The profile of ``--profile-name`` or of SecurityProfile in the merge configuration (they must
+    agree), and the merge configuration that has the devices evaluate that same profile."""
+    from ddcustom.detect.profile import ProfileError, builtin_profiles, load_profile
+
+    in_merge = merge.get("SecurityProfile")
+    if option is not None and in_merge is not None and in_merge != option:
+        raise OptionError(
+            f"--profile-name {option!r} differs from SecurityProfile in --merge-config: the cloud "
+            "evaluates the profile the devices evaluate; give one of the two"
+        )
+    value = in_merge if option is None else option
+    try:
+        profile = load_profile(DEFAULT_PROFILE if value is None else value)
+    except ProfileError as exc:
+        raise OptionError(f"--profile-name {value!r}: {exc}") from None
+    if option is not None and in_merge is None and option != DEFAULT_PROFILE:
+        # a file on this machine: the devices get its content; a built-in name: they have the same file
+        merge = {**merge, "SecurityProfile": option if option in builtin_profiles() else profile.to_json()}
+    return profile, merge
 
 
 def run_cloud(
@@ -120,13 +153,13 @@ def run_cloud(
     from ddcustom.cloud import runner
 
     try:
-        opts = options_from_args(args)
+        opts, profile = options_from_args(args)
         _check_region(opts.region)
     except OptionError as exc:
         print(f"ddcustom cloud: {exc}", file=err)
         return 2
     try:
-        return _run(args, opts, clients, out)
+        return _run(args, opts, profile, clients, out)
     except OptionError as exc:
         print(f"ddcustom cloud: {exc}", file=err)
         return 2
@@ -160,7 +193,9 @@ def run_cloud(
         return code
 
 
-def _run(args: argparse.Namespace, opts: CloudOptions, clients: Optional[Any], out: TextIO) -> int:
+def _run(
+    args: argparse.Namespace, opts: CloudOptions, profile: Profile, clients: Optional[Any], out: TextIO
+) -> int:
     from ddcustom.cloud import runner
     from ddcustom.cloud.clients import client_factory
     from ddcustom.cloud.plan import build_steps
@@ -169,7 +204,6 @@ def _run(args: argparse.Namespace, opts: CloudOptions, clients: Optional[Any], o
     aws = clients or client_factory(opts.region)
     identity = aws("sts").get_caller_identity()
     env = Env(account=identity["Account"], region=opts.region, partition=identity["Arn"].split(":")[1])
-    profile = _load_profile(opts.profile) if opts.detect else {}
     steps, notes = build_steps(opts, env, profile)
     for note in notes:
         print(f"note     {note}", file=out)
@@ -179,15 +213,6 @@ def _run(args: argparse.Namespace, opts: CloudOptions, clients: Optional[Any], o
     if args.cloud_command == "teardown":
         return runner.teardown(steps, aws, out, dry_run=args.dry_run)
     return runner.setup(steps, aws, out, dry_run=args.dry_run)
-
-
-def _load_profile(name: str) -> Any:
-    from ddcustom.detect.profile import ProfileError, load_profile
-
-    try:
-        return load_profile(name)
-    except ProfileError as exc:
-        raise OptionError(f"--profile-name {name!r}: {exc}") from None
 
 
 def _check_region(region: str) -> None:

@@ -2,7 +2,7 @@
 
 A thing group has one deployment at a time and a new one replaces it, so the step starts from the
 group's latest deployment and only adds (or, on teardown, removes) this component: whatever else the
-group runs stays.
+group runs stays, and so do the deployment's policies and job settings.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ NUCLEUS = "aws.greengrass.Nucleus"
 # The recipe's access control uses {iot:thingName}: nucleus >= 2.6.0 with this option (docs/packaging.md).
 MIN_NUCLEUS = (2, 6, 0)
 NUCLEUS_MERGE = {"interpolateComponentConfiguration": True}
+# GetDeployment fields that CreateDeployment takes as they are: a new revision keeps them.
+CARRIED_FIELDS = ("deploymentPolicies", "iotJobConfiguration")
 
 
 class DeploymentStep(Step):
@@ -32,6 +34,7 @@ class DeploymentStep(Step):
             f"Greengrass deployment of {opts.component} {opts.component_version} to {opts.thing_group}"
         )
         self.components: Optional[dict[str, Any]] = None  # what the group should run; set by check()
+        self.carried: dict[str, Any] = {}  # CARRIED_FIELDS of the group's latest deployment
 
     def _latest(self, aws: Clients) -> Optional[dict[str, Any]]:
         greengrass = aws("greengrassv2")
@@ -58,6 +61,7 @@ class DeploymentStep(Step):
             ) from None
         latest = self._latest(aws)
         current: dict[str, Any] = dict(latest.get("components", {})) if latest else {}
+        self.carried = _carried(latest)
         nucleus = current.get(NUCLEUS, {})
         version = self.opts.nucleus_version or nucleus.get("componentVersion") or self._newest_nucleus(aws)
         if _version_tuple(version) < MIN_NUCLEUS:
@@ -88,6 +92,7 @@ class DeploymentStep(Step):
             "targetArn": self.group_arn,
             "deploymentName": self.opts.deployment_name,
             "components": self.components,
+            **self.carried,
             "tags": dict(self.opts.tags),
         }
         return [Call("greengrassv2", "CreateDeployment", params)]
@@ -108,8 +113,13 @@ class DeploymentStep(Step):
             "targetArn": self.group_arn,
             "deploymentName": f"{self.opts.stack}-removal",
             "components": remaining,
+            **_carried(latest),
         }
         return [Call("greengrassv2", "CreateDeployment", params)]
+
+
+def _carried(deployment: Optional[dict[str, Any]]) -> dict[str, Any]:
+    return {key: deployment[key] for key in CARRIED_FIELDS if deployment and key in deployment}
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:

@@ -18,6 +18,7 @@ DEFAULT_BUCKET = "greengrass-component-artifacts"  # gdk's bucket prefix: <bucke
 DEFAULT_PROFILE = "crypto-mining"
 DEFAULT_MERGE_CONFIGURATION: dict[str, Any] = {"EnableGPUMetrics": True}
 FALLBACK_REGION = "us-east-1"
+MAX_NAME = 128  # security profile names
 
 _STACK_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,31}$")
 _GROUP_RE = re.compile(r"^[a-zA-Z0-9:_-]{1,128}$")
@@ -54,6 +55,11 @@ class CloudOptions:
         ):
             if group and not _GROUP_RE.match(group):
                 raise OptionError(f"{option} {group!r}: expected 1-128 of letters, digits, ':', '_', '-'")
+        if len(self.security_profile) > MAX_NAME:
+            raise OptionError(
+                f"security profile name {self.security_profile!r} is longer than {MAX_NAME} characters: "
+                "choose a shorter --stack or profile name"
+            )
         if not isinstance(self.merge_configuration, dict):
             raise OptionError("--merge-config: expected a JSON object")
 

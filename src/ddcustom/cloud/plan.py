@@ -25,6 +25,7 @@ from ddcustom.cloud.steps import (
 )
 from ddcustom.metrics import CUSTOM_METRICS
 
+IOT_SERVICE = "iot.amazonaws.com"
 TOKEN_EXCHANGE_HINT = (
     "the Greengrass installer creates it with --provision true; name yours with --token-exchange-role"
 )
@@ -53,7 +54,16 @@ def build_steps(opts: CloudOptions, env: Env, profile: Any) -> tuple[list[Step],
         RoleStep(
             opts,
             opts.iot_role,
-            "iot.amazonaws.com",
+            # the rule and the security profile publish with it (the profile ARN also without Detect,
+            # so that the role stays the same when Detect comes or goes)
+            policies.trust_policy(
+                IOT_SERVICE,
+                env.account,
+                [
+                    env.arn("iot", f"rule/{opts.topic_rule}"),
+                    env.arn("iot", f"securityprofile/{opts.security_profile}"),
+                ],
+            ),
             "publish-alerts",
             policies.sns_publish_policy(topic.topic_arn),
         ),
@@ -73,7 +83,9 @@ def build_steps(opts: CloudOptions, env: Env, profile: Any) -> tuple[list[Step],
             RoleStep(
                 opts,
                 opts.mitigation_role,
-                "iot.amazonaws.com",
+                policies.trust_policy(
+                    IOT_SERVICE, env.account, [env.arn("iot", f"mitigationaction/{opts.mitigation_action}")]
+                ),
                 "add-to-quarantine",
                 policies.add_to_group_policy(quarantine_arn, env.arn("iot", "thing/*")),
                 detect=True,

@@ -32,11 +32,25 @@ def artifact_policy(bucket: str, region: str, account: str, component: str, part
     }
 
 
-def trust_policy(service: str) -> dict:
-    """Lets ``service`` (e.g. iot.amazonaws.com) assume the role."""
+def trust_policy(service: str, account: str, source_arns: list[str]) -> dict:
+    """Lets ``service`` (e.g. iot.amazonaws.com) assume the role, only on behalf of ``source_arns``.
+
+    The conditions are AWS's confused-deputy protection: IoT passes the rule, security profile or
+    mitigation action it acts for as aws:SourceArn.
+    """
     return {
         "Version": VERSION,
-        "Statement": [{"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}],
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": service},
+                "Action": "sts:AssumeRole",
+                "Condition": {
+                    "StringEquals": {"aws:SourceAccount": account},
+                    "ArnEquals": {"aws:SourceArn": source_arns},
+                },
+            }
+        ],
     }
 
 

@@ -3,8 +3,9 @@
 Deployable as an AWS Lambda function on its own (this file, handler ``quarantine.handler``; it needs
 only boto3, which Lambda provides). It takes a Device Defender violation event or an on-device
 ddcustom alert (the same fields: thingName, violationEventType, violationId...), as they are or
-wrapped in SNS notifications (``Records[].Sns.Message``), or a list of them. ``alarm-cleared`` and
-``alarm-invalidated`` are ignored; a thing already in the group is left as it is.
+wrapped in SNS notifications (``Records[].Sns.Message``), or a list of them. Only ``in-alarm`` events
+act: ``alarm-cleared``, ``alarm-invalidated`` and messages without an event type are ignored; a thing
+already in the group is left as it is.
 
 Environment: QUARANTINE_GROUP (default ddcustom-quarantine).
 """
@@ -17,7 +18,7 @@ import os
 from typing import Any, Optional
 
 DEFAULT_GROUP = "ddcustom-quarantine"
-IGNORED_EVENT_TYPES = frozenset({"alarm-cleared", "alarm-invalidated"})
+IN_ALARM = "in-alarm"
 
 log = logging.getLogger("ddcustom.quarantine")
 log.setLevel(logging.INFO)
@@ -52,8 +53,7 @@ def handler(event: Any, context: Any = None, iot: Optional[Any] = None) -> dict[
     result: dict[str, list[str]] = {"quarantined": [], "already_quarantined": [], "ignored": []}
     for alarm in alarms(event):
         thing = alarm.get("thingName")
-        kind = alarm.get("violationEventType", "in-alarm")
-        if not isinstance(thing, str) or not thing or kind in IGNORED_EVENT_TYPES:
+        if not isinstance(thing, str) or not thing or alarm.get("violationEventType") != IN_ALARM:
             result["ignored"].append(str(thing))
             continue
         if thing in result["quarantined"] or _in_group(iot, thing, group):

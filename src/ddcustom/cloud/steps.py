@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 from botocore.exceptions import ClientError
 
 from ddcustom.cloud.options import TAG_KEY, CloudOptions
-from ddcustom.cloud.policies import as_json, trust_policy
+from ddcustom.cloud.policies import as_json
 
 # service key -> client; "iot-detect" is the iot client used for Device Defender Detect calls.
 Clients = Callable[[str], Any]
@@ -216,18 +216,18 @@ class EmailSubscriptionStep(Step):
 
 
 class RoleStep(Step):
-    """A role with one trusted service principal and one inline policy."""
+    """A role with a trust policy (one service principal) and one inline policy."""
 
     def __init__(
         self,
         opts: CloudOptions,
         name: str,
-        principal: str,
+        trust: dict,
         policy_name: str,
         policy: dict,
         detect: bool = False,
     ) -> None:
-        self.opts, self.name, self.principal = opts, name, principal
+        self.opts, self.name, self.trust = opts, name, trust
         self.policy_name, self.policy, self.detect = policy_name, policy, detect
         self.label = f"IAM role {name}"
 
@@ -254,7 +254,7 @@ class RoleStep(Step):
                 raise
             inline = None
         trust = _document(role.get("AssumeRolePolicyDocument"))
-        if trust != trust_policy(self.principal) or _document(inline) != self.policy:
+        if trust != self.trust or _document(inline) != self.policy:
             raise Conflict(
                 f"{self.label} exists with another trust or permission policy; "
                 f"run `ddcustom cloud teardown --stack {self.opts.stack}` first"
@@ -272,8 +272,8 @@ class RoleStep(Step):
                 "CreateRole",
                 {
                     "RoleName": self.name,
-                    "AssumeRolePolicyDocument": as_json(trust_policy(self.principal)),
-                    "Description": f"ddcustom stack {self.opts.stack}: assumed by {self.principal}",
+                    "AssumeRolePolicyDocument": as_json(self.trust),
+                    "Description": f"ddcustom stack {self.opts.stack}: {self.policy_name}",
                     "Tags": _tag_list(self.opts.tags),
                 },
             ),

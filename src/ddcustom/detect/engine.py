@@ -29,7 +29,7 @@ NUMERIC: dict[str, Callable[[float, float], bool]] = {
 }
 # Upper bounds: a sum over part of a duration window that already violates can only grow.
 UPPER_BOUNDS = frozenset({"less-than", "less-than-equals"})
-# metric type -> DD metricValue key for list metrics
+# metric type -> Device Defender metricValue key for list metrics
 LIST_VALUE_KEYS = {"number_list": "numbers", "string_list": "strings", "ip_list": "cidrs", "ports": "ports"}
 
 DEFAULT_BASELINE_SIZE = 360  # datapoints: one hour at the default 10 s detect interval
@@ -65,14 +65,45 @@ class Engine:
     ) -> None:
         self.profile = profile
         self.thing_name = thing_name
+        self._baseline_size = baseline_size
+        self._baseline_warmup = baseline_warmup
         self._previous: Optional[Sample] = None
-        self._states: dict[str, _State] = {}
-        for behavior in profile.device_behaviors:
-            state = _State()
-            assert behavior.criteria is not None
-            if behavior.criteria.statistic is not None:
-                state.baseline = Baseline(behavior.criteria.statistic, baseline_size, baseline_warmup)
-            self._states[behavior.name] = state
+        self._states = {behavior.name: self._new_state(behavior) for behavior in profile.device_behaviors}
+
+    def _new_state(self, behavior: Behavior) -> _State:
+        state = _State()
+        assert behavior.criteria is not None
+        if behavior.criteria.statistic is not None:
+            state.baseline = Baseline(behavior.criteria.statistic, self._baseline_size, self._baseline_warmup)
+        return state
+
+    def replace_profile(self, profile: Profile, now: float) -> list[dict[str, Any]]:
+        """Evaluate ``profile`` from now on; return alarm-invalidated events for alarms it ends.
+
+        A behavior that is unchanged (same name, same JSON) keeps its state: an alarm raised before the
+        update is cleared by the same violationId. An alarm of a behavior that was removed or changed
+        can never clear, so it is invalidated, as Device Defender does; ``now`` is the wall-clock time.
+        """
+        same_profile = profile.name == self.profile.name  # events of another profile never share an id
+        kept = {b.name: b.json_text for b in profile.device_behaviors} if same_profile else {}
+        events: list[dict[str, Any]] = []
+        for behavior in self.profile.device_behaviors:
+            alarm = self._states[behavior.name].alarm
+            if (
+                kept.get(behavior.name) != behavior.json_text
+                and alarm is not None
+                and not behavior.suppress_alerts
+            ):
+                events.append(
+                    self._event(behavior, alarm.violation_id, "alarm-invalidated", alarm.metric_value, now)
+                )
+        old = {b.name: b.json_text for b in self.profile.device_behaviors} if same_profile else {}
+        self._states = {
+            b.name: self._states[b.name] if old.get(b.name) == b.json_text else self._new_state(b)
+            for b in profile.device_behaviors
+        }
+        self.profile = profile
+        return events
 
     def evaluate(self, sample: Sample) -> list[dict[str, Any]]:
         """Evaluate every behavior on ``sample``; return the events to publish, in profile order."""

@@ -44,7 +44,8 @@ DURATIONS = frozenset({300, 600, 900, 1800, 3600})
 TIME_DIMENSION_METRICS = frozenset(
     {"aws:all-bytes-in", "aws:all-bytes-out", "aws:all-packets-in", "aws:all-packets-out"}
 )
-STATISTICS = ("p0", "p0.1", "p0.01", "p1", "p10", "p50", "p90", "p99", "p99.9", "p99.99", "p100")
+# CloudFormation's AWS::IoT::SecurityProfile lists "Average" too; the device takes its own mean
+STATISTICS = ("Average", "p0", "p0.1", "p0.01", "p1", "p10", "p50", "p90", "p99", "p99.9", "p99.99", "p100")
 CONFIDENCE_LEVELS = ("LOW", "MEDIUM", "HIGH")
 BEHAVIOR_KEYS = frozenset({"name", "metric", "criteria", "suppressAlerts", "exportMetric", "metricDimension"})
 CRITERIA_KEYS = frozenset(
@@ -107,7 +108,7 @@ class Criteria:
     consecutive_datapoints_to_alarm: int
     consecutive_datapoints_to_clear: int
     duration_seconds: Optional[int]
-    statistic: Optional[str]  # statisticalThreshold.statistic, e.g. "p90"
+    statistic: Optional[str]  # statisticalThreshold.statistic, e.g. "p90" or "Average"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Local baselines: percentiles of a metric over the device's own recent datapoints.
+"""Local baselines: percentiles (or the mean) of a metric over the device's own recent datapoints.
 
 Device Defender computes a statisticalThreshold over all devices of the profile; a single device has
 only its own history, so the engine keeps a bounded window of its recent datapoints per behavior.
@@ -12,10 +12,12 @@ from collections.abc import Sequence
 from typing import Optional
 
 
-def percentile(values: Sequence[float], statistic: str) -> float:
-    """Percentile named like Device Defender's statistics ("p90", "p99.9"), with linear interpolation."""
+def statistic_of(values: Sequence[float], statistic: str) -> float:
+    """Device Defender's statistic: "Average", or a percentile ("p90", "p99.9") with linear interpolation."""
     if not values:
-        raise ValueError("percentile of no values")
+        raise ValueError("statistic of no values")
+    if statistic == "Average":
+        return math.fsum(values) / len(values)
     ordered = sorted(values)
     rank = float(statistic[1:]) / 100 * (len(ordered) - 1)
     low, high = math.floor(rank), math.ceil(rank)
@@ -36,7 +38,7 @@ class Baseline:
         """The statistic over the window, or None while warming up."""
         if len(self._values) < self.warmup:
             return None
-        return percentile(self._values, self.statistic)
+        return statistic_of(self._values, self.statistic)
 
     def add(self, value: float) -> None:
         self._values.append(value)

@@ -78,7 +78,7 @@ class _Subscription:
 class _Answer:
     model: str
     body: dict[str, Any]
-    subscription: Optional[_Subscription] = None  # registered once the response is sent
+    subscription: Optional[_Subscription] = None  # made live as its response is sent
 
 
 class _Connection:
@@ -86,7 +86,7 @@ class _Connection:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.write_lock = threading.Lock()
+        self.write_lock = threading.RLock()  # re-entrant: a subscription's response is sent while held
         self.component: Optional[str] = None  # set once the connect is accepted
         self.rejected = False
         self.thread: Optional[threading.Thread] = None
@@ -291,13 +291,19 @@ class DevNucleus:
         return self._push("local", topic, NS + "SubscriptionResponseMessage", _binary_message(topic, payload))
 
     def update_configuration(self, merge: Mapping[str, Any], component: Optional[str] = None) -> list[str]:
-        """Merge into the component's configuration and notify subscribers; returns the changed paths."""
+        """Merge into the component's configuration and notify subscribers; returns the changed paths.
+
+        The accessControl policies are read again, as the nucleus does on a deployment; a malformed
+        accessControl raises RecipeError and leaves the configuration as it was.
+        """
         if component not in (None, self.component_name):
             raise KeyError(f"unknown component {component!r}; this nucleus serves {self.component_name}")
         with self._lock:
             before = self._configuration
-            self._configuration = access.merge_config(before, merge)
-            paths = access.changed_paths(before, self._configuration)
+            after = access.merge_config(before, merge)
+            self._policies = access.parse_policies(after, self.thing_name)
+            self._configuration = after
+            paths = access.changed_paths(before, after)
             subscribers = [sub for sub in self._subscriptions if sub.kind == "config"]
         for path in paths:
             for sub in subscribers:
@@ -465,13 +471,18 @@ class DevNucleus:
             conn.send_json(APPLICATION_ERROR, stream_id, TERMINATE_STREAM, NS + fault.shape, body)
             return
         assert answer is not None
-        flags = 0 if answer.subscription is not None else TERMINATE_STREAM
-        conn.send_json(APPLICATION_MESSAGE, stream_id, flags, answer.model, answer.body)
-        if answer.subscription is not None:
+        if answer.subscription is None:
+            conn.send_json(APPLICATION_MESSAGE, stream_id, TERMINATE_STREAM, answer.model, answer.body)
+            return
+        # Live before the client sees the response (a message delivered right after it must arrive), and
+        # under the connection's write lock so that no event on the new stream overtakes the response.
+        with conn.write_lock:
             with self._lock:
-                if conn in self._connections:
-                    self._subscriptions.append(answer.subscription)
-                    self._lock.notify_all()
+                if conn not in self._connections:
+                    return
+                self._subscriptions.append(answer.subscription)
+                self._lock.notify_all()
+            conn.send_json(APPLICATION_MESSAGE, stream_id, 0, answer.model, answer.body)
 
     # ------------------------------------------------------------------ operations
     def _dispatch(self, conn: _Connection, stream_id: int, operation: str, request: dict) -> _Answer:

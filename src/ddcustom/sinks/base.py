@@ -10,11 +10,6 @@ class SinkError(Exception):
 
 
 class Sink(Protocol):
-    def open(self) -> None:
-        """Connect/prepare. May raise SinkError; the agent retries later."""
-
-    def close(self) -> None: ...
-
     def publish_report(self, report: dict[str, Any]) -> bool:
         """Deliver a Device Defender report. False when this sink does not take reports now."""
 

@@ -95,7 +95,10 @@ class GreengrassIpc:
             return self._client is not None
 
     def connect(self) -> None:
-        """Connect (no-op if connected) and make the remembered subscriptions again. Raises IpcError."""
+        """Connect (no-op if connected) and make the remembered subscriptions again. Raises IpcError.
+
+        A remembered subscription the nucleus now refuses (accessControl changed) is dropped with a warning.
+        """
         if self.connected:
             return
         socket_path = self._socket_path or os.environ.get(SOCKET_ENV)
@@ -129,12 +132,17 @@ class GreengrassIpc:
             self._client = client
             self._live.clear()
             remembered = list(self._subscriptions)
-        try:
-            for key in remembered:
+        for key in remembered:
+            try:
                 self._subscribe(key)
-        except IpcError:
-            self.close()
-            raise
+            except UnauthorizedIpcError as exc:
+                # A deployment changed accessControl: go on without it rather than never reconnect.
+                with self._lock:
+                    self._subscriptions.pop(key, None)
+                logger.warning("%s; no longer subscribed", exc)
+            except IpcError:
+                self.close()
+                raise
 
     def close(self) -> None:
         """Close the connection (bounded); remembered subscriptions are made again by connect()."""

@@ -22,9 +22,6 @@ class JsonLinesSink:
         self.alert_topic = alert_topic
         self._lock = threading.Lock()
 
-    def open(self) -> None:
-        pass
-
     def close(self) -> None:
         self._stream.flush()
 

@@ -2,9 +2,12 @@
 
 One file per alert, named by a sequence number that only grows, so replay after a restart or reconnect
 is in order. When the spool would exceed its size bound the OLDEST alerts are dropped (and logged at
-error level): appending never blocks and never fails because the spool is full. A file that does not
-parse (truncated, corrupt) is moved to ``corrupt/`` with a warning. A crash after the send but before
-the ack replays that alert again: receivers recognise duplicates by (violationId, violationEventType).
+error level): appending never blocks and never fails because the spool is full. When the disk itself
+fails (full, read-only, directory missing) an alert is kept in memory under its sequence number and
+written as soon as a later write works, so it is sent in order and only a crash during the outage
+loses it. A file that does not parse (truncated, corrupt) is moved to ``corrupt/`` with a warning. A
+crash after the send but before the ack replays that alert again: receivers recognise duplicates by
+(violationId, violationEventType).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -27,7 +31,7 @@ CORRUPT_DIR = "corrupt"
 
 
 class SpoolError(Exception):
-    """The alert could not be stored (disk error, or one alert larger than the whole spool)."""
+    """The alert cannot be stored: it is larger than the whole spool."""
 
 
 def alert_identity(event: dict[str, Any]) -> Optional[tuple[str, str]]:
@@ -44,13 +48,23 @@ class AlertSpool:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._sizes: dict[str, int] = {}  # key (file name) -> bytes, oldest first
+        self._total = 0  # sum of _sizes
+        self._in_memory: dict[str, bytes] = {}  # keys whose file could not be written yet
         self._identities: dict[tuple[str, str], str] = {}  # alert identity -> key
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._identity_of: dict[str, tuple[str, str]] = {}  # key -> alert identity
         try:
-            os.chmod(self.directory, 0o700)  # alerts name the device and what it runs: owner only
+            self._make_directory()
+            try:
+                os.chmod(self.directory, 0o700)  # alerts name the device and what it runs: owner only
+            except OSError as exc:
+                log.warning("cannot restrict alert spool %s to its owner: %s", self.directory, exc)
+            self._recover()
         except OSError as exc:
-            log.warning("cannot restrict alert spool %s to its owner: %s", self.directory, exc)
-        self._recover()
+            log.error(
+                "ALERT SPOOL %s UNUSABLE (%s): alerts are kept in memory until it can be written",
+                self.directory,
+                exc,
+            )
         numbers = [int(NAME.fullmatch(key).group(1)) for key in self._sizes]  # type: ignore[union-attr]
         self._next = max(numbers, default=0) + 1
 
@@ -59,7 +73,7 @@ class AlertSpool:
 
     @property
     def size_bytes(self) -> int:
-        return sum(self._sizes.values())
+        return self._total
 
     def append(self, event: dict[str, Any]) -> str:
         """Store ``event`` durably and return its key; an alert already pending returns the pending key."""
@@ -72,43 +86,71 @@ class AlertSpool:
         with self._lock:
             if identity is not None and identity in self._identities:
                 return self._identities[identity]
-            while self._sizes and self.size_bytes + len(data) > self.max_bytes:
+            while self._sizes and self._total + len(data) > self.max_bytes:
                 self._drop_oldest()
             key = f"{self._next:016d}{SUFFIX}"
-            self._write(key, data)
             self._next += 1
+            self._in_memory[key] = data
             self._sizes[key] = len(data)
+            self._total += len(data)
             if identity is not None:
                 self._identities[identity] = key
+                self._identity_of[key] = identity
+            self._write_pending()
             return key
 
-    def pending(self) -> list[tuple[str, dict[str, Any]]]:
-        """Alerts not yet acknowledged, oldest first."""
+    def pending(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Alerts not yet acknowledged, oldest first; each is read when the iteration reaches it."""
         with self._lock:
-            out = []
-            for key in list(self._sizes):
-                event = self._read(key)
+            keys = list(self._sizes)
+        for key in keys:
+            with self._lock:
+                if key not in self._sizes:
+                    continue  # acknowledged or dropped meanwhile
+                event = self._load(key)
                 if event is None:
                     self._forget(key)
-                else:
-                    out.append((key, event))
-            return out
+                    continue
+            yield key, event
 
     def ack(self, key: str) -> None:
         """The alert was delivered: remove it. Unknown keys are ignored (acknowledged twice)."""
         with self._lock:
             if key not in self._sizes:
                 return
-            try:
-                (self.directory / key).unlink()
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                # Left on disk it would be sent again after a restart: a recognisable duplicate, not a loss.
-                log.warning("cannot remove delivered alert %s from the spool: %s", key, exc)
+            if key not in self._in_memory:
+                try:
+                    (self.directory / key).unlink()
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    # Left on disk it is sent again after a restart: a recognisable duplicate, not a loss.
+                    log.warning("cannot remove delivered alert %s from the spool: %s", key, exc)
             self._forget(key)
 
+    def move_to(self, directory: Union[str, Path], max_bytes: int) -> AlertSpool:
+        """A spool at ``directory`` bounded by ``max_bytes`` that holds this one's pending alerts, in order.
+
+        Used when the configuration changes the spool: alerts still waiting here are not left behind.
+        """
+        target = AlertSpool(directory, max_bytes)
+        same_directory = os.path.realpath(target.directory) == os.path.realpath(self.directory)
+        for key, event in self.pending():
+            try:
+                target.append(event)  # the same directory already holds the files: append finds them
+            except SpoolError as exc:
+                log.error("alert %s stays in %s: %s", key, self.directory, exc)
+                continue
+            if not same_directory:
+                self.ack(key)
+        return target
+
     # ---- internals (called with the lock held, or from __init__) ------------------------------
+
+    def _make_directory(self) -> None:
+        if not self.directory.is_dir():
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _fsync_dir(self.directory.parent)  # the new directory's entry must survive a power loss too
 
     def _recover(self) -> None:
         """Index the files left by an earlier run; finish or set aside interrupted writes."""
@@ -117,8 +159,11 @@ class AlertSpool:
             if temp is not None:
                 # The process died inside append(): keep the alert if it was written completely.
                 if self._parse(path) is not None:
-                    os.replace(path, self.directory / temp.group(1))
-                    _fsync_dir(self.directory)
+                    try:
+                        os.replace(path, self.directory / temp.group(1))
+                        _fsync_dir(self.directory)
+                    except OSError as exc:  # a read-only disk: finished at the next start
+                        log.warning("alert spool: cannot finish the interrupted write %s: %s", path.name, exc)
                 else:
                     self._set_aside(path, "an interrupted write")
         for path in sorted(self.directory.iterdir()):
@@ -129,13 +174,32 @@ class AlertSpool:
                 self._set_aside(path, "it does not parse")
                 continue
             self._sizes[path.name] = path.stat().st_size
+            self._total += self._sizes[path.name]
             identity = alert_identity(event)
-            if identity is not None:
-                self._identities.setdefault(identity, path.name)
+            if identity is not None and identity not in self._identities:
+                self._identities[identity] = path.name
+                self._identity_of[path.name] = identity
         if self._sizes:
             log.info("alert spool %s holds %d alert(s) not yet delivered", self.directory, len(self._sizes))
 
+    def _write_pending(self) -> None:
+        """Write the alerts held in memory, oldest first; on failure keep them in memory."""
+        for key, data in list(self._in_memory.items()):
+            try:
+                self._write(key, data)
+            except OSError as exc:
+                log.error(
+                    "ALERT SPOOL %s CANNOT BE WRITTEN (%s): %d alert(s) kept in memory only, lost if the "
+                    "process stops before they are sent",
+                    self.directory,
+                    exc,
+                    len(self._in_memory),
+                )
+                return
+            del self._in_memory[key]
+
     def _write(self, key: str, data: bytes) -> None:
+        self._make_directory()
         temp = self.directory / f".{key}.tmp"
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -148,12 +212,15 @@ class AlertSpool:
                 os.close(fd)
             os.replace(temp, self.directory / key)
             _fsync_dir(self.directory)
-        except OSError as exc:
+        except OSError:
             with contextlib.suppress(OSError):
                 temp.unlink()
-            raise SpoolError(f"cannot store alert in {self.directory}: {exc}") from exc
+            raise
 
-    def _read(self, key: str) -> Optional[dict[str, Any]]:
+    def _load(self, key: str) -> Optional[dict[str, Any]]:
+        if key in self._in_memory:
+            kept: dict[str, Any] = json.loads(self._in_memory[key])
+            return kept
         path = self.directory / key
         if not path.exists():
             log.warning("spooled alert %s disappeared from %s", key, self.directory)
@@ -189,15 +256,18 @@ class AlertSpool:
             self.max_bytes,
             key,
         )
-        try:
-            (self.directory / key).unlink()
-        except OSError as exc:
-            log.warning("cannot remove dropped alert %s: %s", key, exc)
+        if key not in self._in_memory:
+            try:
+                (self.directory / key).unlink()
+            except OSError as exc:
+                log.warning("cannot remove dropped alert %s: %s", key, exc)
         self._forget(key)
 
     def _forget(self, key: str) -> None:
-        self._sizes.pop(key, None)
-        for identity in [i for i, k in self._identities.items() if k == key]:
+        self._total -= self._sizes.pop(key, 0)
+        self._in_memory.pop(key, None)
+        identity = self._identity_of.pop(key, None)
+        if identity is not None:
             del self._identities[identity]
 
 

@@ -27,6 +27,8 @@ class Collector:
     def __init__(self, settings: Settings, proc_root: str = "/proc") -> None:
         self._proc_root = proc_root
         self._system = SystemSource(proc_root)  # kept across settings changes: CPU % needs the last reading
+        # kept too: its counter totals must not restart, or the next report's deltas would jump
+        self._network = NetworkSource(settings.include_loopback, proc_root)
         self._last_error: dict[str, str] = {}  # source -> last error message logged
         self._gpu: Optional[GpuSource] = None  # created on the first GPU read
         self._feedback = FeedbackReader(
@@ -44,7 +46,7 @@ class Collector:
         self._configure(settings)
 
     def _configure(self, settings: Settings) -> None:
-        self._network = NetworkSource(settings.include_loopback, self._proc_root)
+        self._network.include_loopback = settings.include_loopback
         self._processes = ProcessSource(
             settings.watched_processes,
             settings.miner_process_names,

@@ -6,7 +6,8 @@ Jetson GPU in sysfs, which only offers the load. When neither is there, or NVML 
 metrics are left out (``read`` returns None) and the reason is logged once, never raised.
 
 A field one GPU cannot give (``NOT_SUPPORTED`` power on many consumer and embedded boards) leaves only
-that field out. Each compute process is attributed: "watched" (its pid is in a watched application's
+that field out; when every field of every GPU fails (e.g. "GPU is lost") the cycle has no GPU metrics and
+one warning says why. Each compute process is attributed: "watched" (its pid is in a watched application's
 process tree), "allowed" (its name is in AllowedGpuProcesses) or "unknown".
 """
 
@@ -43,7 +44,7 @@ class _DeviceReading:
     sm_clock_mhz: Optional[float]
     memory_used_bytes: Optional[int]
     memory_total_bytes: Optional[int]
-    processes: tuple[GpuProcess, ...]
+    processes: Optional[tuple[GpuProcess, ...]]  # None: the process list could not be read
 
     def is_empty(self) -> bool:
         return not self.processes and all(
@@ -71,6 +72,8 @@ class GpuSource:
         self._handles: list[Any] = []
         self._jetson_load_file: Optional[Path] = None
         self._last_seen_us: dict[int, int] = {}  # device index -> newest process-utilisation timestamp
+        self._list_processes_v2 = False  # the driver lacks _v3, which pynvml's unversioned call uses
+        self._field_errors: list[tuple[str, Exception]] = []  # this cycle's: (what failed, error)
         self._warned: set[str] = set()
 
     def read(self, watched_pids: frozenset[int]) -> Optional[GpuStats]:
@@ -140,11 +143,15 @@ class GpuSource:
     # ---- NVML ----------------------------------------------------------------------------------------
 
     def _read_nvml(self, watched_pids: frozenset[int]) -> GpuStats:
+        self._field_errors = []
         readings = [
             self._read_device(index, handle, watched_pids) for index, handle in enumerate(self._handles)
         ]
-        if all(r.is_empty() for r in readings):
-            raise _SourceGone("NVML returned no value for any GPU: GPU metrics left out")
+        if all(r.is_empty() for r in readings):  # one warning for the cause, not one per field
+            cause = f" ({self._field_errors[0][0]}: {self._field_errors[0][1]})" if self._field_errors else ""
+            raise _SourceGone(f"NVML returned no value for any GPU{cause}: GPU metrics left out")
+        for what, exc in self._field_errors:
+            self._note_field_error(what, exc)
         utilizations = [r.utilization_percent for r in readings if r.utilization_percent is not None]
         powers = [r.power_watts for r in readings if r.power_watts is not None]
         clocks = [r.sm_clock_mhz for r in readings if r.sm_clock_mhz is not None]
@@ -157,7 +164,8 @@ class GpuSource:
             power_watts=sum(powers) if powers else None,
             sm_clock_mhz=sum(clocks) / len(clocks) if clocks else None,
             memory_used_percent=100.0 * used / total if total else None,
-            processes=tuple(p for r in readings for p in r.processes),
+            processes=tuple(p for r in readings for p in r.processes or ()),
+            processes_measured=all(r.processes is not None for r in readings),
         )
 
     def _read_device(self, index: int, handle: Any, watched_pids: frozenset[int]) -> _DeviceReading:
@@ -180,12 +188,12 @@ class GpuSource:
 
     def _read_processes(
         self, index: int, handle: Any, watched_pids: frozenset[int]
-    ) -> tuple[GpuProcess, ...]:
+    ) -> Optional[tuple[GpuProcess, ...]]:
         nvml = self._nvml
         assert nvml is not None
-        running = self._field(
-            index, "compute processes", lambda: nvml.nvmlDeviceGetComputeRunningProcesses(handle)
-        )
+        running = self._field(index, "compute processes", lambda: self._running_processes(handle))
+        if running is None:
+            return None
         if not running:
             return ()
         sm_by_pid = self._read_process_sm(index, handle)
@@ -202,11 +210,22 @@ class GpuSource:
             sm: Optional[float] = None
             if sm_by_pid is not None:
                 sm = sm_by_pid.get(pid, 0.0)  # the driver sampled the GPU: a pid it did not list was idle
-            memory = info.usedGpuMemory  # None on Windows WDDM, kept for symmetry with pynvml
+            memory = info.usedGpuMemory  # None: the driver does not know it (NVML_VALUE_NOT_AVAILABLE)
             processes.append(
                 GpuProcess(pid, name, index, int(memory) if memory is not None else None, sm, attribution)
             )
         return tuple(processes)
+
+    def _running_processes(self, handle: Any) -> list[Any]:
+        nvml = self._nvml
+        assert nvml is not None
+        if not self._list_processes_v2:
+            try:
+                return list(nvml.nvmlDeviceGetComputeRunningProcesses(handle))
+            except nvml.NVMLLibraryMismatchError:  # a driver older than R510: no _v3
+                log.info("GPU: the driver has no nvmlDeviceGetComputeRunningProcesses_v3; using _v2")
+                self._list_processes_v2 = True
+        return list(nvml.nvmlDeviceGetComputeRunningProcesses_v2(handle))
 
     def _read_process_sm(self, index: int, handle: Any) -> Optional[dict[int, float]]:
         """Mean SM % per pid since the last read; {} when no process was active; None when not offered."""
@@ -218,7 +237,7 @@ class GpuSource:
         except nvml.NVMLError_NotFound:
             return {}
         except nvml.NVMLError as exc:
-            self._note_field_error(index, "process utilisation", exc)
+            self._field_errors.append((f"GPU {index}: process utilisation", exc))
             return None
         by_pid: dict[int, list[float]] = {}
         for s in samples:
@@ -233,11 +252,11 @@ class GpuSource:
         try:
             return call()
         except (nvml.NVMLError, nvml.NVMLLibraryMismatchError) as exc:
-            self._note_field_error(index, what, exc)
+            self._field_errors.append((f"GPU {index}: {what}", exc))
             return None
 
-    def _note_field_error(self, index: int, what: str, exc: Exception) -> None:
-        message = f"GPU {index}: {what} left out: {exc}"
+    def _note_field_error(self, what: str, exc: Exception) -> None:
+        message = f"{what} left out: {exc}"
         if isinstance(exc, self._nvml.NVMLError_NotSupported):  # type: ignore[union-attr]
             if message not in self._warned:  # a property of the board, not a fault: say it once, quietly
                 self._warned.add(message)

@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional
 
 import psutil
 
+from ddcustom.metrics import counter_delta
 from ddcustom.sample import Connection, ListeningPort, NetCounters, NetworkStats
 
 log = logging.getLogger(__name__)
@@ -80,22 +81,67 @@ def parse_socket_table(text: str, states: Iterable[int]) -> list[SocketEntry]:
     return entries
 
 
-def parse_net_dev(text: str, include_loopback: bool) -> NetCounters:
-    """Byte and packet counters of /proc/net/dev, summed over interfaces (``lo`` only if asked)."""
-    bytes_in = packets_in = bytes_out = packets_out = 0
+def parse_net_dev_interfaces(text: str) -> dict[str, NetCounters]:
+    """Cumulative byte and packet counters of each interface in /proc/net/dev, ``lo`` included."""
+    out: dict[str, NetCounters] = {}
     for line in text.splitlines()[2:]:
         name, sep, counters = line.partition(":")
         if not sep:
             continue
-        if name.strip() == "lo" and not include_loopback:
-            continue
         values = counters.split()
         # receive: bytes packets errs drop fifo frame compressed multicast; then transmit: bytes packets
-        bytes_in += int(values[0])
-        packets_in += int(values[1])
-        bytes_out += int(values[8])
-        packets_out += int(values[9])
-    return NetCounters(bytes_in=bytes_in, bytes_out=bytes_out, packets_in=packets_in, packets_out=packets_out)
+        out[name.strip()] = NetCounters(
+            bytes_in=int(values[0]),
+            bytes_out=int(values[8]),
+            packets_in=int(values[1]),
+            packets_out=int(values[9]),
+        )
+    return out
+
+
+def parse_net_dev(text: str, include_loopback: bool) -> NetCounters:
+    """Byte and packet counters of /proc/net/dev, summed over interfaces (``lo`` only if asked)."""
+    counted = [c for name, c in parse_net_dev_interfaces(text).items() if include_loopback or name != "lo"]
+    return NetCounters(
+        bytes_in=sum(c.bytes_in for c in counted),
+        bytes_out=sum(c.bytes_out for c in counted),
+        packets_in=sum(c.packets_in for c in counted),
+        packets_out=sum(c.packets_out for c in counted),
+    )
+
+
+_ZERO = NetCounters(bytes_in=0, bytes_out=0, packets_in=0, packets_out=0)
+
+
+class CounterTotals:
+    """Interface counters summed so that the sum only grows by the traffic of the counted interfaces.
+
+    A plain sum drops when an interface goes away (a container's veth, a USB modem) or one interface's
+    counters restart, and a report's delta would then count all traffic since boot again. Here each
+    interface's growth since the previous reading is added instead: a reset counts from zero, a new
+    interface counts from its creation, a vanished one adds nothing, and ``lo`` switched on or off is
+    counted from then on. The first reading is the plain sum since boot.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[str, NetCounters] = {}  # every interface of the previous reading, lo included
+        self._total = _ZERO
+
+    def update(self, interfaces: Mapping[str, NetCounters], include_loopback: bool) -> NetCounters:
+        total = self._total
+        for name, now in interfaces.items():
+            if name == "lo" and not include_loopback:
+                continue
+            before = self._last.get(name, _ZERO)  # a new interface (or the first reading): since creation
+            total = NetCounters(
+                bytes_in=total.bytes_in + counter_delta(before.bytes_in, now.bytes_in),
+                bytes_out=total.bytes_out + counter_delta(before.bytes_out, now.bytes_out),
+                packets_in=total.packets_in + counter_delta(before.packets_in, now.packets_in),
+                packets_out=total.packets_out + counter_delta(before.packets_out, now.packets_out),
+            )
+        self._last = dict(interfaces)
+        self._total = total
+        return total
 
 
 def interface_by_address(if_addrs: Mapping[str, Iterable[Any]]) -> dict[str, str]:
@@ -114,14 +160,14 @@ def is_loopback(ip: str) -> bool:
 
 
 def build_network_stats(
-    dev_text: str,
+    counters: NetCounters,
     tcp: Iterable[SocketEntry],
     udp: Iterable[SocketEntry],
     interfaces: Mapping[str, str],
     include_loopback: bool,
 ) -> NetworkStats:
-    """Assemble NetworkStats from TCP and UDP socket entries (IPv4 and IPv6 together), the /proc/net/dev
-    text and an address-to-interface map.
+    """Assemble NetworkStats from the interface counters, TCP and UDP socket entries (IPv4 and IPv6
+    together) and an address-to-interface map.
 
     Listening ports are de-duplicated on (port, interface): a service bound on 0.0.0.0 and :: is one
     port. A wildcard bind has interface None.
@@ -150,7 +196,7 @@ def build_network_stats(
         listening_tcp=_ports(listening_tcp),
         listening_udp=_ports(listening_udp),
         established_tcp=tuple(established),
-        counters=parse_net_dev(dev_text, include_loopback),
+        counters=counters,
     )
 
 
@@ -281,6 +327,7 @@ class NetworkSource:
         self._if_addrs = if_addrs
         # netlink sees the caller's own network namespace: only usable for the real /proc
         self._use_netlink = use_netlink and proc_root == "/proc"
+        self._totals = CounterTotals()
 
     def read(self) -> NetworkStats:
         tables: dict[str, str] = {}
@@ -299,5 +346,6 @@ class NetworkSource:
                 self._use_netlink = False
                 return self.read()
         dev_text = read_proc_text(os.path.join(self._net_dir, "dev"), MAX_DEV_BYTES)
+        counters = self._totals.update(parse_net_dev_interfaces(dev_text), self.include_loopback)
         interfaces = interface_by_address(self._if_addrs())  # once per cycle, not per connection
-        return build_network_stats(dev_text, tcp, udp, interfaces, self.include_loopback)
+        return build_network_stats(counters, tcp, udp, interfaces, self.include_loopback)
