@@ -33,6 +33,7 @@ def device_sample(
     unknown_gpu: int = 0,
     bytes_out: int = 0,
     gpu_metrics: bool = True,
+    app_instances: Optional[int] = 1,
 ) -> Sample:
     pool = tuple(Connection("203.0.113.9", 3333, 40000 + i, "eth0") for i in range(pool_connections))
     gpu_procs = (
@@ -47,7 +48,10 @@ def device_sample(
         memory_percent=40.0,
         feedback=Feedback(load, latency) if gpu_metrics else None,
         processes=ProcessStats(
-            children, tuple(MinerProcess(300 + i, "xmrig", "name") for i in range(miners)), pool
+            children,
+            tuple(MinerProcess(300 + i, "xmrig", "name") for i in range(miners)),
+            pool,
+            app_instances,
         ),
         gpu=GpuStats("nvml", 30.0, 120.0, 1400.0, 20.0, gpu_procs) if gpu_metrics else None,
     )
@@ -150,3 +154,23 @@ def test_alert_events_name_the_profile_and_metric_value() -> None:
     assert events[0]["metricValue"] == {"number": 2.0}
     assert events[0]["thingName"] == "edge-gpu-1"
     assert [a["behavior"] for a in engine.active_alarms()] == ["miner-processes"]
+
+
+def test_a_second_process_under_the_applications_name_alarms_at_once() -> None:
+    # A miner renamed like the watched application (a documented evasion) is a second top-level instance.
+    engine = default_engine()
+    timeline = run(
+        engine,
+        [
+            device_sample(0),
+            device_sample(1, app_instances=2),
+            device_sample(2, app_instances=1),
+            device_sample(3, app_instances=None),  # nothing watched: no datapoint, no alarm
+        ],
+    )
+    assert timeline == [
+        [],
+        [("watched-app-instances", "in-alarm")],
+        [("watched-app-instances", "alarm-cleared")],
+        [],
+    ]

@@ -20,6 +20,7 @@ from ddcustom.sources.network import NetworkSource
 from ddcustom.sources.processes import (
     ProcessInfo,
     ProcessSource,
+    build_process_scan,
     find_miners,
     miner_name,
     miner_name_pattern,
@@ -112,14 +113,36 @@ def test_fake_tree_scan() -> None:
         MinerProcess(204, "worker", "flag"),
     )
     assert scan.stats.pool_connections == (connections[0], connections[2])
+    # 103 is a same-name child of 100: one top-level inference_app; 206 is the one long_name_inference
+    assert scan.stats.watched_instances == 1
 
 
 def test_fake_tree_nothing_watched() -> None:
     scan = ProcessSource((), (), frozenset(), proc_root=str(TREE)).scan(())
     assert scan.stats.child_processes == 0
+    assert scan.stats.watched_instances is None  # not measured, so not reported as 0
     assert scan.watched_pids == frozenset()
     # no names configured: only command lines give miners away
     assert [m.pid for m in scan.stats.miners] == [201, 204]
+
+
+def test_a_process_started_elsewhere_under_the_apps_name_is_a_second_instance() -> None:
+    table = {
+        1: ProcessInfo(1, 0, "systemd", "systemd", ""),
+        100: ProcessInfo(100, 1, "infer", "infer", ""),  # the application
+        101: ProcessInfo(101, 100, "infer", "infer", ""),  # its forked worker keeps the name
+        300: ProcessInfo(300, 1, "sh", "sh", ""),
+        301: ProcessInfo(301, 300, "infer", "infer", ""),  # a miner renamed like the application
+        400: ProcessInfo(400, 401, "other", "other", ""),  # a parent cycle must not hang the walk
+        401: ProcessInfo(401, 400, "other", "other", ""),
+    }
+    pattern = miner_name_pattern(())
+    without_impostor = {pid: info for pid, info in table.items() if pid != 301}
+    one = build_process_scan(without_impostor, ("infer",), pattern, frozenset(), ())
+    assert one.stats.watched_instances == 1
+    two = build_process_scan(table, ("infer", "absent"), pattern, frozenset(), ())
+    assert two.stats.watched_instances == 2
+    assert build_process_scan(table, ("absent",), pattern, frozenset(), ()).stats.watched_instances == 0
 
 
 # ---- real processes --------------------------------------------------------------------------------
@@ -187,6 +210,10 @@ def test_real_watched_application_tree(tmp_path: Path, started: list[subprocess.
     assert app_pid in scan.watched_pids
     assert len(scan.watched_pids) == 4
     assert os.getpid() not in scan.watched_pids
+    assert scan.stats.watched_instances == 1
+    # a second process under the application's name, started from elsewhere
+    started.append(subprocess.Popen([str(app), "-c", "import time; time.sleep(30)"]))
+    wait_for(lambda: source.scan(()).stats.watched_instances == 2, "the second instance")
 
 
 def test_real_pool_connection_from_network_source() -> None:

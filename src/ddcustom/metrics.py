@@ -20,6 +20,7 @@ CUSTOM_METRICS: dict[str, tuple[str, str, str]] = {
     "cpu_usage": ("number", "number", "CPU use in percent"),
     "memory_usage": ("number", "number", "Memory use in percent"),
     "child_processes": ("number", "number", "Descendant processes of the watched applications"),
+    "watched_process_instances": ("number", "number", "Top-level processes under a watched app's name"),
     "miner_processes": ("number", "number", "Processes named like miners or with stratum URLs"),
     "mining_pool_connections": ("number", "number", "Established connections to mining-pool ports"),
     "mining_pool_addresses": ("ip_list", "ip-address-list", "Remote IPs of mining-pool connections"),
@@ -61,6 +62,8 @@ def custom_values(sample: Sample) -> dict[str, MetricValue]:
     ps = sample.processes
     if ps is not None:
         out["child_processes"] = float(ps.child_processes)
+        if ps.watched_instances is not None:
+            out["watched_process_instances"] = float(ps.watched_instances)
         out["miner_processes"] = float(len(ps.miners))
         out["mining_pool_connections"] = float(len(ps.pool_connections))
         out["mining_pool_addresses"] = sorted({c.remote_ip for c in ps.pool_connections})

@@ -6,20 +6,29 @@ import logging
 import signal
 import sys
 import threading
-from typing import Any
+from typing import Any, TextIO
 
 log = logging.getLogger("ddcustom")
 
 
 class _StderrHandler(logging.StreamHandler):
-    """Marks the handler this module added, so a second call changes the level only."""
+    """Writes to whatever sys.stderr is at the time (as logging's own last-resort handler does), and
+    marks the handler this module added, so a second call changes the level only."""
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
 
 
 def setup_logging(level: str = "INFO") -> None:
     """Log to stderr (Greengrass captures it into the component's log file) at ``level``."""
     root = logging.getLogger()
     if not any(isinstance(h, _StderrHandler) for h in root.handlers):
-        handler = _StderrHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
     root.setLevel(getattr(logging, level, logging.INFO))

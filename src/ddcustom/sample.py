@@ -65,6 +65,9 @@ class ProcessStats:
     child_processes: int  # descendants of all WatchedProcesses, recursively
     miners: tuple[MinerProcess, ...]
     pool_connections: tuple[Connection, ...]  # established connections to MiningPoolPorts
+    # Top-level instances of the most-started WatchedProcesses name (a watched process with no watched
+    # ancestor): a miner renamed like the application is a second one. None when nothing is watched.
+    watched_instances: Optional[int] = None
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ reads; a process that exits during the scan is skipped. Matching rules:
 - a process is *watched* when its name (``comm``, or the basename of argv[0]) equals a WatchedProcesses
   entry (the kernel truncates ``comm`` to 15 characters; a longer entry matches its first 15). The
   watched tree is the watched processes and all their descendants; ``child_processes`` counts the
-  members of the tree that are not themselves watched processes.
+  members of the tree that are not themselves watched processes, and ``watched_instances`` the
+  top-level watched processes (no watched ancestor) of the most-started name: one for a running
+  application however many workers it forks, two when something else runs under its name.
 - a process is a *miner* when its name, case-insensitively, is a MinerProcessNames entry or starts with
   one followed by a non-letter (``xmrig-6.21``); or its command line holds a stratum URL
   (``stratum+tcp://``, ``stratum+ssl://``, ``stratum+tls://``, ``stratum2+tcp://`` and the other
@@ -111,6 +113,30 @@ def watched_tree(table: Mapping[int, ProcessInfo], watched_names: Iterable[str])
     return roots, tree
 
 
+def watched_instances(
+    table: Mapping[int, ProcessInfo], watched_names: Iterable[str], roots: set[int]
+) -> Optional[int]:
+    """Most top-level instances of any one watched name; None when no name is configured.
+
+    Top-level: no ancestor is itself watched, so an application's forked workers (which keep its
+    name) count once, while a process started elsewhere under the application's name counts again.
+    """
+    names = tuple(watched_names)
+    if not names:
+        return None
+    top: list[int] = []
+    for pid in roots:
+        seen = {pid}
+        parent = table[pid].ppid
+        while parent in table and parent not in seen and parent not in roots:
+            seen.add(parent)
+            parent = table[parent].ppid
+        if parent not in roots:
+            top.append(pid)
+    per_name = (frozenset((name, name[:COMM_LENGTH])) for name in names)
+    return max(sum(1 for pid in top if _is_watched(table[pid], matches)) for matches in per_name)
+
+
 def miner_name_pattern(miner_names: Iterable[str]) -> re.Pattern[str]:
     """One pattern for all names: a name, then the end or a non-letter (a version suffix)."""
     names = sorted({n.lower() for n in miner_names if n}, key=len, reverse=True)
@@ -151,11 +177,13 @@ def build_process_scan(
     pool_ports: frozenset[int],
     connections: Iterable[Connection],
 ) -> ProcessScan:
+    watched_names = tuple(watched_names)
     roots, tree = watched_tree(table, watched_names)
     stats = ProcessStats(
         child_processes=len(tree - roots),
         miners=find_miners(table, miner_pattern),
         pool_connections=pool_connections(connections, pool_ports),
+        watched_instances=watched_instances(table, watched_names, roots),
     )
     return ProcessScan(stats=stats, watched_pids=frozenset(tree))
 
