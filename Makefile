@@ -18,7 +18,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	# devices run old distributions: the component must work on Python 3.9
-	$(BIN)/vermin --target=3.9- --no-tips --eval-annotations --violations -q src
+	$(BIN)/vermin --target=3.9- --no-tips --eval-annotations --violations -q src tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
