@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import jsonschema
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "src/ddcustom/schemas/report.schema.json").read_text())
@@ -21,6 +25,18 @@ def ddcustom(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str
     return subprocess.run(
         [sys.executable, "-m", "ddcustom", *args], capture_output=True, text=True, timeout=timeout, env=env
     )
+
+
+def lines_of(stream: IO[str]) -> queue.Queue[str]:
+    """The stream's lines, read on a thread so that each wait for one has a bound."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        for line in stream:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
 
 
 def write_config(tmp_path: Path, **keys: Any) -> Path:
@@ -63,23 +79,30 @@ def test_run_writes_json_lines_raises_alerts_and_stops_cleanly_on_sigterm(tmp_pa
         DetectIntervalSeconds=0.5,
     )
     assert ddcustom("simulate", "mining", "--config", str(config)).returncode == 0
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ddcustom", "run", "--config", str(config), "--thing", "t1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    log = tmp_path / "stderr.log"
+    with log.open("w") as stderr_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ddcustom", "run", "--config", str(config), "--thing", "t1"],
+            stdout=subprocess.PIPE,
+            stderr=stderr_file,
+            text=True,
+        )
     lines: list[dict[str, Any]] = []
     try:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(json.loads(line))
-            if sum(m["kind"] == "alert" for m in lines) >= 2:
-                break
+        stdout = lines_of(proc.stdout)
+        deadline = time.monotonic() + 60
+        while sum(m["kind"] == "alert" for m in lines) < 2:
+            try:
+                lines.append(json.loads(stdout.get(timeout=max(0.0, deadline - time.monotonic()))))
+            except queue.Empty:
+                kinds = [m["kind"] for m in lines]
+                pytest.fail(f"not two alerts within 60 s: {kinds}\n{log.read_text()[-3000:]}")
         proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=20)
+        proc.wait(timeout=20)
     finally:
         proc.kill()
+    stderr = log.read_text()
     assert proc.returncode == 0, stderr
     assert "signal 15 received, stopping" in stderr
     report = next(m for m in lines if m["kind"] == "report")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import queue
 import socket
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 from awsiot.eventstreamrpc import AccessDeniedError, LifecycleHandler
@@ -44,6 +45,19 @@ def client(nucleus: DevNucleus) -> Iterator[GreengrassCoreIPCClientV2]:
     ipc = GreengrassCoreIPCClientV2()
     yield ipc
     ipc.close(executor_wait=False)
+
+
+def lines_of(stream: IO[str]) -> queue.Queue[str]:
+    """The stream's lines, read on a thread so that each wait for one has a bound; "" at its end."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        for line in stream:
+            lines.put(line)
+        lines.put("")
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
 
 
 def _raw_connect(nucleus: DevNucleus, token: str) -> socket.socket:
@@ -321,9 +335,10 @@ def test_devnucleus_cli_serves_and_prints_published(
     )
     try:
         assert process.stderr is not None and process.stdout is not None
+        stdout, stderr = lines_of(process.stdout), lines_of(process.stderr)
         env: dict[str, str] = {}
         while len(env) < 3:
-            line = process.stderr.readline()
+            line = stderr.get(timeout=WAIT)  # queue.Empty: nothing printed for WAIT seconds
             assert line, "the CLI ended before printing its environment"
             if line.startswith("export "):
                 name, _, value = line[len("export ") :].strip().partition("=")
@@ -333,7 +348,7 @@ def test_devnucleus_cli_serves_and_prints_published(
         ipc = GreengrassCoreIPCClientV2()
         result(ipc.publish_to_iot_core_async(topic_name=REPORT_TOPIC, qos="1", payload=b'{"ok": true}'))
         ipc.close(executor_wait=False)
-        printed = json.loads(process.stdout.readline())
+        printed = json.loads(stdout.get(timeout=WAIT))
         assert printed == {"service": "iot", "topic": REPORT_TOPIC, "qos": 1, "payload": '{"ok": true}'}
     finally:
         process.terminate()

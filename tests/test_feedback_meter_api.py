@@ -238,11 +238,13 @@ def test_inferences_on_several_threads_are_all_counted(tmp_path: Path) -> None:
             with meter:
                 pass
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(4)]
     for t in threads:
         t.start()
+    deadline = time.monotonic() + 30
     for t in threads:
-        t.join()
+        t.join(max(0.0, deadline - time.monotonic()))
+    assert not any(t.is_alive() for t in threads), "the meter blocked a thread"
     clock.advance(10)
 
     values = meter.flush()

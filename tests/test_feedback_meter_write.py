@@ -75,14 +75,15 @@ def test_a_concurrent_reader_never_sees_a_partial_or_empty_file(tmp_path: Path) 
             with open(path) as f:
                 seen.add(f.read())
 
-    reader = threading.Thread(target=read_all_the_time)
+    reader = threading.Thread(target=read_all_the_time, daemon=True)
     reader.start()
     try:
         for i in range(1500):
             write_feedback_value(str(path), float(values[i % 2]))
     finally:
         stop.set()
-        reader.join()
+        reader.join(30)
+    assert not reader.is_alive()
 
     assert seen <= set(values)
     assert seen == set(values)  # the reader did run while the values changed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -65,9 +66,15 @@ def test_source_measures_since_previous_call(tmp_path: Path) -> None:
 
 def test_source_on_this_machine() -> None:
     source = SystemSource()
-    sum(i * i for i in range(200_000))  # let some CPU time pass
-    cpu = source.read_cpu_percent()
-    assert cpu is None or 0.0 <= cpu <= 100.0
+    assert source.read_cpu_percent() is None  # the baseline: no span measured yet
+    # Busy here until the source has a span long enough for a reading (MIN_CPU_SPAN_SECONDS), bounded.
+    deadline = time.monotonic() + 10
+    cpu = None
+    while cpu is None and time.monotonic() < deadline:
+        sum(i * i for i in range(50_000))
+        cpu = source.read_cpu_percent()
+    assert cpu is not None, "no CPU reading within 10 s"
+    assert 0.0 < cpu <= 100.0  # this process kept a CPU busy all along
     assert 0.0 < source.read_memory_percent() < 100.0
 
 

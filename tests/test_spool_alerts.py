@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import signal
 import stat
 import subprocess
@@ -68,8 +69,12 @@ def test_kill_9_after_append_loses_nothing(tmp_path: Path) -> None:
         """
     )
     assert proc.stdout is not None
-    key = proc.stdout.readline().strip()
-    proc.send_signal(signal.SIGKILL)
+    try:
+        # bounded: the child writes its one line in a single flushed write, so readable means a whole line
+        assert select.select([proc.stdout], [], [], 30)[0], "the child printed no key within 30 s"
+        key = proc.stdout.readline().strip()
+    finally:
+        proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL
     spool = AlertSpool(spool_dir, 1_000_000)
     assert list(spool.pending()) == [(key, alert(7))]
