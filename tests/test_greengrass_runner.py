@@ -279,3 +279,15 @@ def test_waiting_for_the_nucleus_logs_each_failed_attempt_once(
     assert not thread.is_alive()
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warnings and all("cannot connect to the nucleus" in message for message in warnings), warnings
+
+
+def test_short_names_report_once_and_persist_its_id(start: Callable[..., Component], tmp_path: Path) -> None:
+    # Regression: the sink read report["header"] after publishing; with short names ("hed") that raised,
+    # the cycle failed, and the same report was published again on every retry.
+    c = start(UseShortNames=True)
+    first = json.loads(c.nucleus.wait_for(is_report, timeout=15).payload)
+    assert "hed" in first
+    id_file = tmp_path / "state" / "report_id"
+    poll(id_file.exists, what="the report id persisted after a successful report")
+    assert int(id_file.read_text()) == first["hed"]["rid"]
+    assert len(reports(c.nucleus)) == 1

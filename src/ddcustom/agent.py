@@ -54,69 +54,64 @@ class Agent:
         self._engine = Engine(settings.security_profile, thing_name)
         self._spool = AlertSpool(settings.alert_spool_dir, settings.alert_spool_max_bytes)
         self._last_reported: Optional[Sample] = None
-        self._last_sample: Optional[Sample] = None
         self._next_detect = 0.0
         self._next_report = 0.0  # 0: the first report goes out at once
         self._consecutive_failures = 0
         self._alert_failure: Optional[str] = None  # the last delivery error logged
-        self._lock = threading.Lock()  # apply_settings may come from another thread
 
     # ---- configuration -------------------------------------------------------------------------
 
-    def apply_settings(self, settings: Settings, report_now: bool = True) -> None:
-        """Swap in new settings without a restart; keeps report_id, the last report and alarm state."""
-        with self._lock:
-            old = self.settings
-            self.settings = settings
-            self._collector.apply_settings(settings)
-            last_id = self._builder.last_report_id
-            self._builder = ReportBuilder(settings, last_report_id=last_id)
-            if settings.security_profile != old.security_profile:
-                for event in self._engine.replace_profile(settings.security_profile, time.time()):
-                    self._raise_alert(event)
-            if (settings.alert_spool_dir, settings.alert_spool_max_bytes) != (
-                old.alert_spool_dir,
-                old.alert_spool_max_bytes,
-            ):
-                self._spool = self._spool.move_to(settings.alert_spool_dir, settings.alert_spool_max_bytes)
-            self._report_id_file = _report_id_file(settings)
-            if report_now:  # as the public component does: a report with the new settings right away
-                self._next_report = 0.0
-            self._next_detect = 0.0
+    def apply_settings(self, settings: Settings) -> None:
+        """Swap in new settings without a restart; keeps report_id, the last report and alarm state.
+
+        Called on the loop's own thread (the Greengrass runner's before_cycle), between cycles.
+        """
+        old = self.settings
+        self.settings = settings
+        self._collector.apply_settings(settings)
+        last_id = self._builder.last_report_id
+        self._builder = ReportBuilder(settings, last_report_id=last_id)
+        if settings.security_profile != old.security_profile:
+            for event in self._engine.replace_profile(settings.security_profile, time.time()):
+                self._raise_alert(event)
+        if (settings.alert_spool_dir, settings.alert_spool_max_bytes) != (
+            old.alert_spool_dir,
+            old.alert_spool_max_bytes,
+        ):
+            self._spool = self._spool.move_to(settings.alert_spool_dir, settings.alert_spool_max_bytes)
+        self._report_id_file = _report_id_file(settings)
+        self._next_report = 0.0  # as the public component does: a report with the new settings now
+        self._next_detect = 0.0
 
     # ---- one step of the loop ------------------------------------------------------------------
 
     def run_cycle(self, now: float) -> float:
         """Do what is due at monotonic time ``now``; return the monotonic time of the next step."""
-        with self._lock:
-            settings = self.settings
-            report_due = self._next_report <= now
-            detect_due = self._next_detect <= now
-            if detect_due or report_due:
-                sample = self._collector.sample()
-                self._last_sample = sample
-                for event in self._engine.evaluate(sample):
-                    self._raise_alert(event)
-                    log.warning(
-                        "%s: behavior %r on %s (value %s)",
-                        event.get("violationEventType"),
-                        event.get("behavior", {}).get("name"),
-                        self.thing_name,
-                        event.get("metricValue"),
-                    )
-                interval = settings.detect_interval_seconds
-                self._next_detect = (
-                    _next_tick(self._next_detect, interval, now) if detect_due else now + interval
-                )
-                if report_due:
-                    self._send_report(sample)
-                    self._next_report = _next_tick(self._next_report, settings.sample_interval_seconds, now)
-            self._flush_alerts()
-            self.counters.cycles += 1
-            return min(self._next_detect, self._next_report)
+        settings = self.settings
+        report_due = self._next_report <= now
+        detect_due = self._next_detect <= now
+        if detect_due or report_due:
+            sample = self._collector.sample()
+            for event in self._engine.evaluate(sample):
+                self._raise_alert(event)
+            interval = settings.detect_interval_seconds
+            self._next_detect = _next_tick(self._next_detect, interval, now) if detect_due else now + interval
+            if report_due:
+                self._send_report(sample)
+                self._next_report = _next_tick(self._next_report, settings.sample_interval_seconds, now)
+        self._flush_alerts()
+        self.counters.cycles += 1
+        return min(self._next_detect, self._next_report)
 
     def _raise_alert(self, event: dict[str, Any]) -> None:
         self.counters.alerts_raised += 1
+        log.warning(
+            "%s: behavior %r on %s (value %s)",
+            event.get("violationEventType"),
+            event.get("behavior", {}).get("name"),
+            self.thing_name,
+            event.get("metricValue"),
+        )
         try:
             self._spool.append(event)
         except SpoolError as exc:
@@ -144,6 +139,7 @@ class Agent:
         if sent:
             self._last_reported = sample
             self.counters.reports_sent += 1
+            log.info("report %s sent", self._builder.last_report_id)
             _write_int(self._report_id_file, self._builder.last_report_id)
 
     def _flush_alerts(self) -> None:
@@ -210,8 +206,7 @@ class Agent:
                 wake.clear()
 
     def close(self) -> None:
-        with self._lock:
-            self._collector.close()
+        self._collector.close()
 
     def status(self) -> dict[str, Any]:
         return {"counters": vars(self.counters), "pending_alerts": len(self._spool)}

@@ -16,6 +16,7 @@ import time
 from typing import Any, Optional
 
 from ddcustom.config import ConfigError, Settings, parse_settings
+from ddcustom.report import serialise
 from ddcustom.runtime import install_stop_handlers, setup_logging
 from ddcustom.sinks.base import SinkError
 from ddcustom.sinks.ipc import GreengrassIpc, IpcError, UnauthorizedIpcError, reconnect_delays
@@ -137,15 +138,13 @@ class GreengrassConnection:
     def publish_report(self, report: dict[str, Any]) -> bool:
         if self.settings is None or not self.settings.enable_device_defender_report:
             return False
-        payload = json.dumps(report, separators=(",", ":")).encode()
+        payload = serialise(report).encode()
         self._call("PublishToIoTCore (report)", self._ipc.publish_iot, report_topic(self.thing_name), payload)
-        log.info("report %s published (%d bytes)", report["header"]["report_id"], len(payload))
-        self.update_state("RUNNING")
         return True
 
     def publish_alert(self, alert: dict[str, Any]) -> None:
         assert self.settings is not None
-        payload = json.dumps(alert, separators=(",", ":")).encode()
+        payload = serialise(alert).encode()
         self._call(
             "PublishToIoTCore (alert)",
             self._ipc.publish_iot,

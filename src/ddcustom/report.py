@@ -95,7 +95,7 @@ class ReportBuilder:
         custom: dict[str, Any] = {}
         for name, value in custom_values(sample).items():
             if isinstance(value, list):  # no total to carry here: the count metrics stay true
-                value = value[: self.settings.max_report_list_size]
+                value = list(self._capped(value))
             entry = custom_metric_entry(CUSTOM_METRICS[name][0], value)
             if entry is not None:
                 custom[name] = entry
@@ -161,6 +161,6 @@ class ReportBuilder:
         return entry
 
 
-def serialise(report: dict[str, Any]) -> str:
-    """Compact JSON, as published (NaN and infinity are refused, never written)."""
-    return json.dumps(report, separators=(",", ":"), allow_nan=False)
+def serialise(message: dict[str, Any]) -> str:
+    """Compact JSON as every sink publishes it, reports and alerts (NaN and infinity are refused)."""
+    return json.dumps(message, separators=(",", ":"), allow_nan=False)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from typing import Any, TextIO
 
+from ddcustom.report import serialise
 from ddcustom.sinks.base import SinkError
 
 
@@ -35,7 +35,7 @@ class JsonLinesSink:
     def _write(self, line: dict[str, Any]) -> None:
         try:
             with self._lock:
-                self._stream.write(json.dumps(line, separators=(",", ":")) + "\n")
+                self._stream.write(serialise(line) + "\n")
                 self._stream.flush()
         except (OSError, ValueError) as exc:  # closed pipe, closed stream
             raise SinkError(f"cannot write to the output stream: {exc}") from exc
