@@ -183,13 +183,20 @@ def test_the_agent_starts_when_its_state_directory_cannot_be_created(tmp_path: P
     assert len(sink.alerts) == 2 and len(sink.reports) == 1
 
 
-def test_alerts_pending_in_the_old_spool_are_sent_after_the_state_directory_changes(tmp_path: Path) -> None:
+def agent_with_two_alerts_pending(tmp_path: Path) -> tuple[Agent, RecordingSink]:
+    """The article's mining values raised two alarms while the sink refused: both are spooled."""
     feedback(tmp_path, 85, 180)
     sink = RecordingSink()
     sink.refuse = "connection lost"
     agent = Agent(settings_for(tmp_path, SampleIntervalSeconds=3600), "t", sink)
     for now in (1.0, 2.0):
         agent.run_cycle(now)
+    assert agent.status()["pending_alerts"] == 2 and sink.alerts == []
+    return agent, sink
+
+
+def test_alerts_pending_in_the_old_spool_are_sent_after_the_state_directory_changes(tmp_path: Path) -> None:
+    agent, sink = agent_with_two_alerts_pending(tmp_path)
     moved = settings_for(tmp_path, SampleIntervalSeconds=3600, StateDirectory=str(tmp_path / "new-state"))
     agent.apply_settings(moved)
     sink.refuse = None
@@ -200,12 +207,7 @@ def test_alerts_pending_in_the_old_spool_are_sent_after_the_state_directory_chan
 
 
 def test_a_smaller_spool_bound_keeps_the_pending_alerts(tmp_path: Path) -> None:
-    feedback(tmp_path, 85, 180)
-    sink = RecordingSink()
-    sink.refuse = "connection lost"
-    agent = Agent(settings_for(tmp_path, SampleIntervalSeconds=3600), "t", sink)
-    for now in (1.0, 2.0):
-        agent.run_cycle(now)
+    agent, sink = agent_with_two_alerts_pending(tmp_path)
     agent.apply_settings(settings_for(tmp_path, SampleIntervalSeconds=3600, AlertSpoolMaxBytes=65536))
     sink.refuse = None
     agent.run_cycle(3.0)

@@ -44,8 +44,12 @@ def test_devnucleus_access_bad_recipes_get_clear_errors(tmp_path: Path) -> None:
         access.load_recipe(tmp_path / "absent.yaml")
     broken = tmp_path / "recipe.yaml"
     broken.write_text("a: [unclosed\n")
-    with pytest.raises(access.RecipeError, match="not valid JSON/YAML"):
+    with pytest.raises(access.RecipeError, match="does not parse"):
         access.load_recipe(broken)
+    huge = tmp_path / "huge.yaml"  # read whole before: now bounded like configuration files
+    huge.write_text("ComponentName: x\n" + "# padding\n" * 200_000)
+    with pytest.raises(access.RecipeError, match="is larger than"):
+        access.load_recipe(huge)
     with pytest.raises(access.RecipeError, match="no ComponentName"):
         access.component_from_recipe({"ComponentVersion": "1.0.0"})
     with pytest.raises(access.RecipeError, match="must be lists"):

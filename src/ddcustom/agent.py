@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from ddcustom.config import Settings, resolve_state_directory
+from ddcustom.config import Settings
 from ddcustom.detect.engine import Engine
 from ddcustom.report import ReportBuilder
 from ddcustom.sample import Sample
@@ -49,8 +49,7 @@ class Agent:
         self.settings = settings
         self.counters = AgentCounters()
         self._collector = Collector(settings)
-        self._report_id_file = _report_id_file(settings)
-        self._builder = ReportBuilder(settings, last_report_id=_read_int(self._report_id_file))
+        self._builder = ReportBuilder(settings, last_report_id=_read_int(settings.report_id_file))
         self._engine = Engine(settings.security_profile, thing_name)
         self._spool = AlertSpool(settings.alert_spool_dir, settings.alert_spool_max_bytes)
         self._last_reported: Optional[Sample] = None
@@ -79,7 +78,6 @@ class Agent:
             old.alert_spool_max_bytes,
         ):
             self._spool = self._spool.move_to(settings.alert_spool_dir, settings.alert_spool_max_bytes)
-        self._report_id_file = _report_id_file(settings)
         self._next_report = 0.0  # as the public component does: a report with the new settings now
         self._next_detect = 0.0
 
@@ -140,7 +138,7 @@ class Agent:
             self._last_reported = sample
             self.counters.reports_sent += 1
             log.info("report %s sent", self._builder.last_report_id)
-            _write_int(self._report_id_file, self._builder.last_report_id)
+            _write_int(self.settings.report_id_file, self._builder.last_report_id)
 
     def _flush_alerts(self) -> None:
         """Send spooled alerts in order; stop at the first failure so order is kept.
@@ -217,10 +215,6 @@ def _next_tick(previous: float, interval: float, now: float) -> float:
     if previous <= 0 or previous + interval <= now:
         return now + interval
     return previous + interval
-
-
-def _report_id_file(settings: Settings) -> str:
-    return os.path.join(resolve_state_directory(settings.state_directory), "report_id")
 
 
 def _read_int(path: str) -> Optional[int]:

@@ -78,6 +78,11 @@ class Settings:
     def alert_spool_dir(self) -> str:
         return os.path.join(resolve_state_directory(self.state_directory), "alerts")
 
+    @property
+    def report_id_file(self) -> str:
+        """The last report_id sent, so a restarted component continues above it."""
+        return os.path.join(resolve_state_directory(self.state_directory), "report_id")
+
 
 def resolve_state_directory(configured: str) -> str:
     """Where the alert spool and the last report_id live.
@@ -241,30 +246,31 @@ def parse_settings(raw: Optional[Mapping[str, Any]] = None) -> tuple[Settings, l
     return Settings(**values), warnings
 
 
-def load_config_file(path: Union[str, Path]) -> dict[str, Any]:
-    """Read a JSON or YAML configuration file into a mapping (not yet validated)."""
+def load_config_file(path: Union[str, Path], what: str = "configuration file") -> dict[str, Any]:
+    """Read a JSON or YAML file holding a mapping (not yet validated); ``what`` names it in errors.
+
+    Bounded (the path may be /dev/zero) and strict: UTF-8 text, a mapping at the top level.
+    """
     import yaml
 
     p = Path(path)
     try:
         with p.open("rb") as f:
-            data_bytes = f.read(MAX_CONFIG_BYTES + 1)  # bounded: the path may be /dev/zero
+            data_bytes = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"cannot read configuration file {str(p)!r}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot read {what} {str(p)!r}: {exc.strerror or exc}") from None
     if len(data_bytes) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"configuration file {str(p)!r} is larger than {MAX_CONFIG_BYTES} bytes")
+        raise ConfigError(f"{what} {str(p)!r} is larger than {MAX_CONFIG_BYTES} bytes")
     try:
         text = data_bytes.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"configuration file {str(p)!r} is not UTF-8 text: {exc}") from None
+        raise ConfigError(f"{what} {str(p)!r} is not UTF-8 text: {exc}") from None
     try:
         data = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
-        raise ConfigError(f"configuration file {str(p)!r} does not parse: {exc}") from None
+        raise ConfigError(f"{what} {str(p)!r} does not parse: {exc}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(
-            f"configuration file {str(p)!r} must hold a mapping of keys, not {type(data).__name__}"
-        )
+        raise ConfigError(f"{what} {str(p)!r} must hold a mapping of keys, not {type(data).__name__}")
     return data

@@ -15,6 +15,7 @@ import threading
 import time
 from typing import Any, Optional
 
+from ddcustom.agent import Agent
 from ddcustom.config import ConfigError, Settings, parse_settings
 from ddcustom.report import serialise
 from ddcustom.runtime import install_stop_handlers, setup_logging
@@ -122,9 +123,13 @@ class GreengrassConnection:
 
     # ---- what the agent and the runner call ------------------------------------------------------
 
-    def read_settings(self) -> tuple[Settings, list[str]]:
+    def read_settings(self) -> Settings:
+        """The deployed configuration, validated (warnings logged); ConfigError if it is invalid."""
         raw = self._call("GetConfiguration", self._ipc.get_configuration)
-        return parse_settings(raw)
+        settings, warnings = parse_settings(raw)
+        for warning in warnings:
+            log.warning("%s", warning)
+        return settings
 
     def update_state(self, state: str) -> None:
         if state == self._last_state:
@@ -211,20 +216,17 @@ def run_under_greengrass(config_path: Optional[str] = None) -> int:
 
 def serve(conn: GreengrassConnection, stop: threading.Event) -> None:
     """The component's life under Greengrass, until ``stop`` is set."""
-    from ddcustom.agent import Agent
-
     settings = _first_settings(conn, stop)
     if settings is None:
         return
     setup_logging(settings.log_level)
     conn.settings = settings
     agent = Agent(settings, conn.thing_name, conn)
-    conn.update_state("RUNNING")
 
     def before_cycle() -> None:
         conn.keep_connected()
         if conn.connected:
-            conn.update_state("RUNNING")  # sent once per connection
+            conn.update_state("RUNNING")  # sent once per connection (update_state skips repeats)
         if conn.config_changed.is_set():
             _apply_update(conn, agent)
 
@@ -235,10 +237,10 @@ def serve(conn: GreengrassConnection, stop: threading.Event) -> None:
         conn.close()
 
 
-def _apply_update(conn: GreengrassConnection, agent: Any) -> None:
+def _apply_update(conn: GreengrassConnection, agent: Agent) -> None:
     conn.config_changed.clear()
     try:
-        new, warnings = conn.read_settings()
+        new = conn.read_settings()
     except ConfigError as exc:
         log.error("configuration update refused, the previous settings stay: %s", exc)
         return
@@ -246,11 +248,8 @@ def _apply_update(conn: GreengrassConnection, agent: Any) -> None:
         conn.config_changed.set()  # try again next cycle
         log.warning("cannot read the configuration update yet: %s", exc)
         return
-    for warning in warnings:
-        log.warning("%s", warning)
     if new != conn.settings:
         log.info("configuration updated; applying without a restart")
-
         setup_logging(new.log_level)
         conn.settings = new
         agent.apply_settings(new)
@@ -268,7 +267,7 @@ def _first_settings(conn: GreengrassConnection, stop: threading.Event) -> Option
             stop.wait(backoff)
             continue
         try:
-            settings, warnings = conn.read_settings()
+            settings = conn.read_settings()
         except ConfigError as exc:
             log.error("the deployed configuration is invalid; waiting for a corrected one: %s", exc)
             conn.update_state("ERRORED")
@@ -280,8 +279,6 @@ def _first_settings(conn: GreengrassConnection, stop: threading.Event) -> Option
             if conn.connected:  # the call failed, not the connection: do not hammer the nucleus
                 stop.wait(1.0)
             continue
-        for warning in warnings:
-            log.warning("%s", warning)
         conn.config_changed.clear()
         return settings
     return None

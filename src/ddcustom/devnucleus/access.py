@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
-import yaml
+from ddcustom.config import ConfigError, load_config_file
 
 MQTT_PROXY_SERVICE = "aws.greengrass.ipc.mqttproxy"
 PUBSUB_SERVICE = "aws.greengrass.ipc.pubsub"
@@ -42,21 +42,13 @@ def get_ci(mapping: Mapping[str, Any], key: str, default: Any = None) -> Any:
 
 
 def load_recipe(source: RecipeSource) -> dict[str, Any]:
-    """Read a recipe from a dict, or a .json / .yaml file."""
+    """Read a recipe from a dict, or a .json / .yaml file (with the configuration file's bounds)."""
     if isinstance(source, Mapping):
         return dict(source)
-    path = Path(source)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise RecipeError(f"cannot read recipe {path}: {exc}") from exc
-    try:
-        recipe = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
-        raise RecipeError(f"recipe {path} is not valid JSON/YAML: {exc}") from exc
-    if not isinstance(recipe, dict):
-        raise RecipeError(f"recipe {path} must be a mapping at the top level")
-    return recipe
+        return load_config_file(source, what="recipe")
+    except ConfigError as exc:
+        raise RecipeError(str(exc)) from None
 
 
 def merge_config(base: Mapping[str, Any], merge: Mapping[str, Any]) -> dict[str, Any]:

@@ -286,10 +286,6 @@ class DevNucleus:
         body = {"message": {"topicName": topic, "payload": base64.b64encode(payload).decode("ascii")}}
         return self._push("iot", topic, NS + "IoTCoreMessage", body)
 
-    def deliver_local(self, topic: str, payload: bytes) -> int:
-        """Deliver a local pub/sub message (as another component would); returns how many got it."""
-        return self._push("local", topic, NS + "SubscriptionResponseMessage", _binary_message(topic, payload))
-
     def update_configuration(self, merge: Mapping[str, Any], component: Optional[str] = None) -> list[str]:
         """Merge into the component's configuration and notify subscribers; returns the changed paths.
 
