@@ -227,7 +227,12 @@ def app_main(args: argparse.Namespace) -> int:
 
     set_process_name(APP_NAME)
     work: Any = CpuWork() if args.backend == "cpu" else GpuWork(args.backend)
-    meter = InferenceMeter(load_file=args.load_file, time_file=args.time_file, flush_seconds=DETECT_INTERVAL)
+    meter = InferenceMeter(
+        load_file=args.load_file,
+        time_file=args.time_file,
+        busy_outside_file=args.busy_outside_file,
+        flush_seconds=DETECT_INTERVAL,
+    )
     end = time.monotonic() + args.seconds
     if args.thread_miner_duty > 0:
         start_miner_thread(args.backend, args.thread_miner_duty, args.thread_miner_after, end)
@@ -287,6 +292,7 @@ class Component:
             "EnableDeviceDefenderReport": False,
             "GpuLoadFeedbackFile": str(workdir / "gpu_load_fb"),
             "InferenceTimeFeedbackFile": str(workdir / "gpu_inference_fb"),
+            "GpuBusyOutsideFeedbackFile": str(workdir / "gpu_busy_outside_fb"),
             "WatchedProcesses": [APP_NAME],
             "StateDirectory": str(workdir / "state"),
             "LogLevel": "INFO",
@@ -378,6 +384,15 @@ def target_of(s: Scenario, times: Timing) -> str:
     return "detected"
 
 
+def feedback_options(workdir: Path) -> list[str]:
+    """The application's feedback files: where the component's configuration (Component) reads them."""
+    return [
+        "--load-file", str(workdir / "gpu_load_fb"),
+        "--time-file", str(workdir / "gpu_inference_fb"),
+        "--busy-outside-file", str(workdir / "gpu_busy_outside_fb"),
+    ]  # fmt: skip
+
+
 def run_scenario(s: Scenario, backend: str, times: Timing, workdir: Path, log: IO[str]) -> Result:
     benign_seconds = times.benign_bursty if s.bursty else times.benign_steady
     miner_at = times.warmup
@@ -386,8 +401,7 @@ def run_scenario(s: Scenario, backend: str, times: Timing, workdir: Path, log: I
     result = Result(s.name, s.description, target_of(s, times), status="")
     component = Component(workdir, log)
     app_options = [
-        "--backend", backend, "--seconds", str(total), "--rate", str(times.rate),
-        "--load-file", str(workdir / "gpu_load_fb"), "--time-file", str(workdir / "gpu_inference_fb"),
+        "--backend", backend, "--seconds", str(total), "--rate", str(times.rate), *feedback_options(workdir),
     ]  # fmt: skip
     if s.bursty:
         app_options.append("--bursty")
@@ -457,8 +471,7 @@ def run_smoke(seconds: float, workdir: Path, log: IO[str]) -> Result:
     )  # fmt: skip
     component = Component(workdir, log, report_seconds=DETECT_INTERVAL)
     app_options = [
-        "--backend", "cpu", "--seconds", str(seconds + 5), "--rate", "10",
-        "--load-file", str(workdir / "gpu_load_fb"), "--time-file", str(workdir / "gpu_inference_fb"),
+        "--backend", "cpu", "--seconds", str(seconds + 5), "--rate", "10", *feedback_options(workdir),
     ]  # fmt: skip
     app = start_helper("app", app_options, log)
     try:
@@ -525,7 +538,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add = parser.add_argument
     add("--quick", action="store_true", help="short phases (minutes on a GPU; under 1 min without)")
     add("--scenarios", default="all", help="comma-separated scenario names, or 'all' (default)")
-    add("--phase-seconds", type=float, help="seconds each miner runs (default 45, quick 20)")
+    add("--phase-seconds", type=float, help="seconds each miner runs (default 45, quick 30)")
     add("--warmup-seconds", type=float, help="benign seconds before a miner starts (default 30, quick 15)")
     add("--benign-seconds", type=float, help="length of the bursty benign run (default 300, quick 60)")
     add("--rate", type=float, default=20.0, help="inferences per second of the application (default 20)")
@@ -542,6 +555,7 @@ def parse_helper_args(role: str, argv: list[str]) -> argparse.Namespace:
         parser.add_argument("--rate", type=float, required=True)
         parser.add_argument("--load-file", required=True)
         parser.add_argument("--time-file", required=True)
+        parser.add_argument("--busy-outside-file", required=True)
         parser.add_argument("--bursty", action="store_true")
         parser.add_argument("--thread-miner-duty", type=float, default=0.0)
         parser.add_argument("--thread-miner-after", type=float, default=0.0)
@@ -554,7 +568,7 @@ def parse_helper_args(role: str, argv: list[str]) -> argparse.Namespace:
 def timing_of(args: argparse.Namespace) -> Timing:
     quick = args.quick
     warmup = args.warmup_seconds if args.warmup_seconds is not None else (15.0 if quick else 30.0)
-    phase = args.phase_seconds if args.phase_seconds is not None else (20.0 if quick else 45.0)
+    phase = args.phase_seconds if args.phase_seconds is not None else (30.0 if quick else 45.0)
     bursty = args.benign_seconds if args.benign_seconds is not None else (60.0 if quick else 300.0)
     return Timing(warmup, phase, benign_steady=warmup + phase, benign_bursty=bursty, rate=args.rate,
                   smoke=15.0 if quick else 30.0)  # fmt: skip

@@ -45,6 +45,7 @@ def settings_for(tmp_path: Path, **keys: Any) -> Settings:
         "DetectIntervalSeconds": 1,
         "GpuLoadFeedbackFile": str(tmp_path / "load"),
         "InferenceTimeFeedbackFile": str(tmp_path / "time"),
+        "GpuBusyOutsideFeedbackFile": str(tmp_path / "outside"),
         "StateDirectory": str(tmp_path / "state"),
     }
     return parse_settings({**base, **keys})[0]

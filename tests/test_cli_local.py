@@ -43,6 +43,7 @@ def write_config(tmp_path: Path, **keys: Any) -> Path:
     config = {
         "GpuLoadFeedbackFile": str(tmp_path / "load"),
         "InferenceTimeFeedbackFile": str(tmp_path / "time"),
+        "GpuBusyOutsideFeedbackFile": str(tmp_path / "outside"),
         "StateDirectory": str(tmp_path / "state"),
         **keys,
     }

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 from ddcustom.config import parse_settings
 from ddcustom.detect.engine import Engine
+from ddcustom.feedback import InferenceMeter
 from ddcustom.sample import (
     Connection,
     Feedback,
@@ -17,6 +19,7 @@ from ddcustom.sample import (
     ProcessStats,
     Sample,
 )
+from ddcustom.sources.collect import Collector
 
 INTERVAL = 10.0  # DetectIntervalSeconds default
 APP = GpuProcess(100, "inference", 0, 1 << 30, 5.0, "watched")
@@ -34,6 +37,7 @@ def device_sample(
     bytes_out: int = 0,
     gpu_metrics: bool = True,
     app_instances: Optional[int] = 1,
+    busy_outside: Optional[float] = 0.0,
 ) -> Sample:
     pool = tuple(Connection("203.0.113.9", 3333, 40000 + i, "eth0") for i in range(pool_connections))
     gpu_procs = (
@@ -46,7 +50,7 @@ def device_sample(
         network=NetworkStats((), (), pool, NetCounters(0, bytes_out, 0, 0)),
         cpu_percent=cpu,
         memory_percent=40.0,
-        feedback=Feedback(load, latency) if gpu_metrics else None,
+        feedback=Feedback(load, latency, busy_outside) if gpu_metrics else None,
         processes=ProcessStats(
             children,
             tuple(MinerProcess(300 + i, "xmrig", "name") for i in range(miners)),
@@ -174,3 +178,93 @@ def test_a_second_process_under_the_applications_name_alarms_at_once() -> None:
         [("watched-app-instances", "alarm-cleared")],
         [],
     ]
+
+
+# docs/device-defender.md section 6 (H100, ~49 inferences/s of 0.83 ms): what the inference meter would
+# write with a miner inside the application's own process. It adds no process, and its load per inference
+# and latency stay far under the article's bounds; only the GPU busy % outside inferences shows it.
+IN_PROCESS_MINER_25: dict[str, Any] = {"load": 0.45, "latency": 1.08, "busy_outside": 22.0 - 49.3 * 0.108}
+
+
+def test_an_in_process_miner_alarms_on_busy_outside_inference_alone() -> None:
+    engine = default_engine()
+    normal = [device_sample(i, load=0.0, latency=0.83, busy_outside=0.0) for i in range(3)]
+    mining = [device_sample(i, **IN_PROCESS_MINER_25) for i in range(3, 7)]
+    stopped = [device_sample(i, load=0.0, latency=0.83, busy_outside=0.0) for i in range(7, 10)]
+    timeline = run(engine, normal + mining + stopped)
+    assert timeline == [
+        [],
+        [],
+        [],
+        [],
+        [("gpu-busy-outside-inference", "in-alarm")],
+        [],
+        [],
+        [],
+        [("gpu-busy-outside-inference", "alarm-cleared")],
+        [],
+    ]
+
+
+def test_benign_noise_in_busy_outside_inference_never_alarms() -> None:
+    # Sampling noise of a bursty benign application: single readings up to the bound, never two in a row.
+    noise = [0.0, 3.5, 9.9, 0.0, 12.0, 1.0, 0.0, 10.5, 2.0, 0.0]
+    engine = default_engine()
+    assert run(engine, [device_sample(i, busy_outside=v) for i, v in enumerate(noise)]) == [[]] * len(noise)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 5000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_meters_files_reach_the_engine_through_the_collector(tmp_path: Path) -> None:
+    # The whole chain without a GPU: the application's meter writes the files, the component's collector
+    # reads them, the default profile decides. Only the GPU busy reading is given (what NVML would say).
+    files = {
+        "GpuLoadFeedbackFile": str(tmp_path / "load"),
+        "InferenceTimeFeedbackFile": str(tmp_path / "time"),
+        "GpuBusyOutsideFeedbackFile": str(tmp_path / "outside"),
+    }
+    settings, _ = parse_settings({"EnableGPUMetrics": True, **files})
+    clock, gpu_busy = FakeClock(), [3.0]
+    meter = InferenceMeter(
+        files["GpuLoadFeedbackFile"],
+        files["InferenceTimeFeedbackFile"],
+        busy_outside_file=files["GpuBusyOutsideFeedbackFile"],
+        gpu_busy=lambda: gpu_busy[0],
+        clock=clock,
+        background=False,
+    )
+    collector = Collector(settings)
+    engine = Engine(settings.security_profile, "edge-gpu-1")
+    alarms: list[list[str]] = []
+    try:
+        for step in range(12):  # one detection interval (5 s) per step; the miner thread runs in 4 to 7
+            gpu_busy[0] = 28.0 if 4 <= step <= 7 else 3.0  # 25 points of mining on 3 % of inference kernels
+            for _ in range(50):  # 10 inferences/s of 5 ms: 5 % of the time in inference
+                with meter:
+                    clock.now += 0.005
+                clock.now += 0.095
+                if round(clock.now * 10) % 5 == 0:
+                    meter.sample_gpu()
+            meter.flush()
+            events = engine.evaluate(collector.sample())
+            alarms.append(
+                [
+                    e["violationEventType"]
+                    for e in events
+                    if e["behavior"]["name"] == "gpu-busy-outside-inference"
+                ]
+            )
+    finally:
+        collector.close()
+        meter.close()
+
+    alarm, cleared = alarms.index(["in-alarm"]), alarms.index(["alarm-cleared"])
+    assert 5 <= alarm <= 6  # the window is 10 s: the second or third interval with the miner
+    assert 9 <= cleared <= 10
+    assert sum(len(a) for a in alarms) == 2

@@ -86,6 +86,7 @@ def test_devnucleus_dev_prints_reports_takes_typed_merges_and_stops_on_sigterm(t
             "EnableGPUMetrics": True,
             "GpuLoadFeedbackFile": str(tmp_path / "load"),
             "InferenceTimeFeedbackFile": str(tmp_path / "time"),
+            "GpuBusyOutsideFeedbackFile": str(tmp_path / "outside"),
         }
         process.stdin.write(json.dumps(merge) + "\n")
         process.stdin.flush()

@@ -218,6 +218,7 @@ def mining_merge(tmp_path: Path) -> dict[str, Any]:
         "EnableGPUMetrics": True,
         "GpuLoadFeedbackFile": str(gpu_load),
         "InferenceTimeFeedbackFile": str(inference),
+        "GpuBusyOutsideFeedbackFile": str(tmp_path / "gpu_busy_outside_fb"),
         "DetectIntervalSeconds": 1,
     }
 

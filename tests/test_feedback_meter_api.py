@@ -4,7 +4,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import pynvml
 import pytest
@@ -29,11 +29,11 @@ class Clock:
 class Busy:
     """A GPU busy function returning the values it is given, one per call (None: no reading)."""
 
-    def __init__(self, *values: Optional[float]) -> None:
+    def __init__(self, *values: Any) -> None:
         self.values = list(values)
         self.calls = 0
 
-    def __call__(self) -> Optional[float]:
+    def __call__(self) -> Any:
         self.calls += 1
         return self.values.pop(0) if self.values else None
 
@@ -42,6 +42,7 @@ def meter_in(tmp_path: Path, clock: Clock, busy: Busy, window: float = 10.0) -> 
     return InferenceMeter(
         load_file=str(tmp_path / "gpu_load_fb"),
         time_file=str(tmp_path / "gpu_inference_fb"),
+        busy_outside_file=str(tmp_path / "gpu_busy_outside_fb"),
         window_seconds=window,
         gpu_busy=busy,
         clock=clock,
@@ -82,6 +83,10 @@ def test_values_over_the_window(tmp_path: Path) -> None:
     assert values.gpu_load_per_inference == pytest.approx(20.0)  # 40 % busy / 2 inferences per second
     assert (tmp_path / "gpu_inference_fb").read_text() == "50\n"
     assert (tmp_path / "gpu_load_fb").read_text() == "20\n"
+    # 50 ms of every 500 ms in inference: 10 % of the time; the GPU was busy 40 %: 30 points unexplained
+    assert values.inference_busy_percent == pytest.approx(10.0)
+    assert values.gpu_busy_outside_inference == pytest.approx(30.0)
+    assert (tmp_path / "gpu_busy_outside_fb").read_text() == "30\n"
 
 
 def test_the_window_rolls(tmp_path: Path) -> None:
@@ -175,13 +180,16 @@ def test_flush_with_no_inference_writes_nothing(tmp_path: Path) -> None:
 
 def test_flush_after_the_window_emptied_keeps_the_last_values(tmp_path: Path) -> None:
     clock = Clock()
-    meter = meter_in(tmp_path, clock, Busy(50.0, 50.0))
+    meter = meter_in(tmp_path, clock, Busy(50.0, 0.0))
     run_inferences(meter, clock, 4, takes=0.25, every=0.5)
     assert meter.flush() is not None
     clock.advance(30)
 
-    assert meter.flush() is None
+    values = meter.flush()  # the application is idle, and so is the GPU
+    assert values is not None and values.inferences == 0 and values.avg_inference_time_ms is None
     assert (tmp_path / "gpu_inference_fb").read_text() == "250\n"
+    assert (tmp_path / "gpu_load_fb").read_text() == "25\n"
+    assert (tmp_path / "gpu_busy_outside_fb").read_text() == "0\n"
 
 
 def test_without_a_gpu_reading_only_the_time_file_is_written_and_said_once(
@@ -208,7 +216,12 @@ def test_a_failing_gpu_busy_function_does_not_stop_the_time_file(
 
     clock = Clock()
     meter = InferenceMeter(
-        str(tmp_path / "load"), str(tmp_path / "time"), gpu_busy=broken, clock=clock, background=False
+        str(tmp_path / "load"),
+        str(tmp_path / "time"),
+        gpu_busy=broken,
+        clock=clock,
+        background=False,
+        busy_outside_file=str(tmp_path / "outside"),
     )
     run_inferences(meter, clock, 3, takes=0.1, every=1.0)
     meter.sample_gpu()
@@ -254,7 +267,12 @@ def test_inferences_on_several_threads_are_all_counted(tmp_path: Path) -> None:
 def test_the_daemon_thread_samples_and_writes(tmp_path: Path) -> None:
     busy = Busy(*([60.0] * 10_000))
     meter = InferenceMeter(
-        str(tmp_path / "load"), str(tmp_path / "time"), flush_seconds=0.05, sample_seconds=0.01, gpu_busy=busy
+        str(tmp_path / "load"),
+        str(tmp_path / "time"),
+        flush_seconds=0.05,
+        sample_seconds=0.01,
+        gpu_busy=busy,
+        busy_outside_file=str(tmp_path / "outside"),
     )
     try:
         deadline = time.monotonic() + 20
@@ -277,14 +295,14 @@ def test_bad_periods_are_refused(tmp_path: Path) -> None:
 # ---- the default GPU busy reader ----------------------------------------------------------------------
 
 
-def test_gpu_busy_reader_averages_the_gpus_and_initialises_nvml_once() -> None:
+def test_gpu_busy_reader_reads_each_gpu_and_initialises_nvml_once() -> None:
     nvml = FakeNvml([FakeGpu(gpu_percent=20), FakeGpu(gpu_percent=60)])
     reader = GpuBusyReader(nvml=nvml, sysfs_root=str(FIXTURES / "no-such-sysfs"))
 
     readings = [reader() for _ in range(3)]
     reader.close()
 
-    assert readings == [40.0, 40.0, 40.0]
+    assert readings == [[20.0, 60.0]] * 3
     assert (nvml.init_calls, nvml.shutdown_calls) == (1, 1)
 
 
@@ -292,7 +310,7 @@ def test_gpu_busy_reader_without_nvml_reads_the_jetson_load() -> None:
     nvml = FakeNvml([], init_error=pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
     reader = GpuBusyReader(nvml=nvml, sysfs_root=str(FIXTURES / "jetson-gpu0"))
 
-    assert reader() == pytest.approx(43.1)
+    assert reader() == pytest.approx([43.1])
     assert nvml.init_calls == 1
 
 
@@ -319,7 +337,181 @@ def test_gpu_busy_reader_error_on_a_read_gives_none() -> None:
     gpu = FakeGpu(gpu_percent=70)
     nvml = FakeNvml([gpu])
     reader = GpuBusyReader(nvml=nvml, sysfs_root=str(FIXTURES / "no-such-sysfs"))
-    assert reader() == 70.0
+    assert reader() == [70.0]
 
     gpu.errors = {"utilization": pynvml.NVML_ERROR_GPU_IS_LOST}
     assert reader() is None
+
+
+# ---- GPU busy % outside inferences ---------------------------------------------------------------------
+
+
+def run_and_sample(meter: InferenceMeter, clock: Clock, count: int, takes: float, every: float) -> None:
+    """Inferences as run_inferences, with a GPU reading after each (the daemon thread's job)."""
+    for _ in range(count):
+        with meter:
+            clock.advance(takes)
+        clock.advance(every - takes)
+        meter.sample_gpu()
+
+
+def outside_file(tmp_path: Path) -> float:
+    return float((tmp_path / "gpu_busy_outside_fb").read_text())
+
+
+@pytest.mark.parametrize(
+    ("gpu_busy", "expected_outside"),
+    [
+        (30.0, 0.0),  # benign: the GPU is busy only while an inference runs (40 % of the time)
+        (40.0, 0.0),  # ...even when its kernels fill each inference
+        (65.0, 25.0),  # a miner in the application's own process adds its duty cycle
+    ],
+)
+def test_busy_outside_inference_is_the_busy_share_inferences_do_not_explain(
+    tmp_path: Path, gpu_busy: float, expected_outside: float
+) -> None:
+    clock = Clock()
+    meter = meter_in(tmp_path, clock, Busy(*[gpu_busy] * 100))
+    run_and_sample(meter, clock, 60, takes=0.1, every=0.25)  # 15 s: 4 inferences/s of 100 ms
+
+    values = meter.flush()
+
+    assert values is not None
+    assert values.inference_busy_percent == pytest.approx(40.0)
+    assert values.gpu_busy_outside_inference == pytest.approx(expected_outside)
+    assert outside_file(tmp_path) == pytest.approx(expected_outside)
+
+
+def test_busy_outside_inference_reads_the_busiest_gpu(tmp_path: Path) -> None:
+    clock = Clock()
+    meter = meter_in(tmp_path, clock, Busy(*[[5.0, 45.0]] * 100))
+    run_and_sample(meter, clock, 20, takes=0.05, every=0.5)  # 10 % of the time in inference
+
+    values = meter.flush()
+
+    assert values is not None
+    assert values.gpu_busy_percent == pytest.approx(25.0)  # the load file keeps the mean over the GPUs
+    assert values.gpu_busy_outside_inference == pytest.approx(35.0)  # a miner on the second GPU shows
+
+
+def test_an_inference_still_running_counts_as_inference(tmp_path: Path) -> None:
+    # Long inferences back to back keep the GPU busy all the time. At a flush one is always running: if
+    # only finished inferences counted, its part of the window would look like unexplained GPU work.
+    clock = Clock()
+    meter = meter_in(tmp_path, clock, Busy(*[100.0] * 100))
+    for _ in range(4):
+        with meter:
+            for _ in range(4):
+                clock.advance(0.5)
+                meter.sample_gpu()
+    with meter:
+        clock.advance(1.0)
+        meter.sample_gpu()
+        values = meter.flush()  # 1 s into the fifth inference
+
+    assert values is not None
+    assert values.inference_busy_percent == pytest.approx(100.0)
+    assert values.gpu_busy_outside_inference == pytest.approx(0.0)
+
+
+def test_overlapping_inferences_count_their_time_once(tmp_path: Path) -> None:
+    clock = Clock()
+    meter = meter_in(tmp_path, clock, Busy(*[50.0] * 100))
+    for _ in range(6):  # every 2 s: 1 s of inference, with a nested 0.5 s one inside
+        with meter:
+            clock.advance(0.25)
+            with meter:
+                clock.advance(0.5)
+            clock.advance(0.25)
+        clock.advance(0.5)
+        meter.sample_gpu()
+        clock.advance(0.5)
+        meter.sample_gpu()
+
+    values = meter.flush()
+
+    assert values is not None
+    assert values.inference_busy_percent == pytest.approx(50.0)  # not 75: the nested time is inside
+    assert values.gpu_busy_outside_inference == pytest.approx(0.0)
+
+
+def test_gpu_work_before_the_first_inference_is_not_counted(tmp_path: Path) -> None:
+    # Loading the model and warming up keep the GPU busy before the application's first inference.
+    clock = Clock()
+    meter = meter_in(tmp_path, clock, Busy(*[100.0] * 6, *[20.0] * 100))
+    for _ in range(6):
+        clock.advance(0.5)
+        meter.sample_gpu()
+    run_and_sample(meter, clock, 16, takes=0.1, every=0.5)  # 8 s: 20 % in inference, 20 % busy
+
+    values = meter.flush()
+
+    assert values is not None
+    assert values.gpu_busy_outside_inference == pytest.approx(0.0, abs=1e-9)
+
+
+def test_an_idle_application_with_a_busy_gpu_writes_only_the_outside_file(tmp_path: Path) -> None:
+    clock = Clock()
+    meter = meter_in(tmp_path, clock, Busy(*[10.0] * 20, *[30.0] * 40))
+    run_and_sample(meter, clock, 20, takes=0.1, every=0.5)
+    assert meter.flush() is not None
+    time_before = (tmp_path / "gpu_inference_fb").read_text()
+    for _ in range(30):  # 15 s without an inference while something keeps the GPU 30 % busy
+        clock.advance(0.5)
+        meter.sample_gpu()
+
+    values = meter.flush()
+
+    assert values is not None and values.inferences == 0
+    assert values.gpu_busy_outside_inference == pytest.approx(30.0)
+    assert outside_file(tmp_path) == pytest.approx(30.0)
+    assert (tmp_path / "gpu_inference_fb").read_text() == time_before
+
+
+def test_no_busy_outside_file_when_asked_for_none(tmp_path: Path) -> None:
+    clock = Clock()
+    meter = InferenceMeter(
+        str(tmp_path / "load"),
+        str(tmp_path / "time"),
+        gpu_busy=Busy(*[50.0] * 100),
+        clock=clock,
+        background=False,
+        busy_outside_file=None,
+    )
+    run_and_sample(meter, clock, 20, takes=0.1, every=0.5)
+
+    values = meter.flush()
+
+    assert values is not None and values.gpu_busy_outside_inference == pytest.approx(30.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["load", "time"]
+
+
+def test_a_gpu_busy_function_giving_garbage_is_said_and_gives_no_reading(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    meter = meter_in(tmp_path, clock, Busy(*[["busy"]] * 10))
+    run_and_sample(meter, clock, 5, takes=0.1, every=0.5)
+
+    values = meter.flush()
+
+    assert values is not None
+    assert values.gpu_busy_percent is None and values.gpu_busy_outside_inference is None
+    assert any("GPU busy function gave" in w for w in meter_warnings(caplog))
+
+
+def test_an_inference_that_raises_still_counts_as_the_applications_gpu_time(tmp_path: Path) -> None:
+    clock = Clock()
+    meter = meter_in(tmp_path, clock, Busy(*[40.0] * 100))
+    for _ in range(40):  # 10 s of 100 ms inferences every 250 ms, every one of them failing
+        with pytest.raises(RuntimeError), meter:
+            clock.advance(0.1)
+            raise RuntimeError("bad input")
+        clock.advance(0.15)
+        meter.sample_gpu()
+
+    values = meter.flush()
+
+    assert values is not None and values.inferences == 0  # not inferences for the time and load files
+    assert values.inference_busy_percent == pytest.approx(40.0)
+    assert values.gpu_busy_outside_inference == pytest.approx(0.0)

@@ -88,6 +88,7 @@ def feedback(tmp_path: Path) -> Callable[[float, float], dict[str, Any]]:
         return {
             "GpuLoadFeedbackFile": str(tmp_path / "load"),
             "InferenceTimeFeedbackFile": str(tmp_path / "time"),
+            "GpuBusyOutsideFeedbackFile": str(tmp_path / "outside"),
         }
 
     return write

@@ -48,7 +48,11 @@ def test_feedback_files_read_only_with_gpu_metrics(tmp_path: Path) -> None:
     load, inference = tmp_path / "load", tmp_path / "inference"
     load.write_text("85\n")
     inference.write_text("180\n")
-    files = {"GpuLoadFeedbackFile": str(load), "InferenceTimeFeedbackFile": str(inference)}
+    files = {
+        "GpuLoadFeedbackFile": str(load),
+        "InferenceTimeFeedbackFile": str(inference),
+        "GpuBusyOutsideFeedbackFile": str(tmp_path / "outside"),
+    }
     collector = Collector(settings(EnableGPUMetrics=True, **files))
     try:
         sample = collector.sample()

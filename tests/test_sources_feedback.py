@@ -144,16 +144,17 @@ def test_unreadable(tmp_path: Path) -> None:
 
 
 def test_reader_logs_each_problem_once_and_recovery(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    load, inference = tmp_path / "load", tmp_path / "inference"
+    load, inference, outside = tmp_path / "load", tmp_path / "inference", tmp_path / "outside"
     inference.write_text("180")
-    reader = FeedbackReader(str(load), str(inference))
+    outside.write_text("0")
+    reader = FeedbackReader(str(load), str(inference), str(outside))
     caplog.set_level(logging.INFO, logger="ddcustom.sources.feedback_files")
 
     def messages() -> list[str]:
         return [r.getMessage() for r in caplog.records]
 
-    assert reader.read() == Feedback(gpu_load_per_inference=None, avg_inference_time_ms=180.0)
-    assert reader.read() == Feedback(gpu_load_per_inference=None, avg_inference_time_ms=180.0)
+    assert reader.read() == Feedback(None, 180.0, 0.0)
+    assert reader.read() == Feedback(None, 180.0, 0.0)
     assert len(messages()) == 1
     assert "GpuLoadFeedbackFile" in messages()[0] and "missing" in messages()[0]
     assert caplog.records[0].levelno == logging.WARNING
@@ -164,7 +165,7 @@ def test_reader_logs_each_problem_once_and_recovery(tmp_path: Path, caplog: pyte
     assert len(messages()) == 2 and "not a finite number" in messages()[1]
 
     load.write_text("85")
-    assert reader.read() == Feedback(gpu_load_per_inference=85.0, avg_inference_time_ms=180.0)
+    assert reader.read() == Feedback(85.0, 180.0, 0.0)
     assert reader.read().gpu_load_per_inference == 85.0
     assert len(messages()) == 3 and "valid number again" in messages()[2]
     assert caplog.records[2].levelno == logging.INFO
@@ -172,3 +173,26 @@ def test_reader_logs_each_problem_once_and_recovery(tmp_path: Path, caplog: pyte
     load.write_text("nan")
     reader.read()
     assert len(messages()) == 4  # the same problem after a recovery is news again
+
+
+def test_a_missing_busy_outside_file_is_normal_without_the_meter(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Applications that write the two article files themselves have no third file: not a warning.
+    load, inference, outside = tmp_path / "load", tmp_path / "inference", tmp_path / "outside"
+    load.write_text("20")
+    inference.write_text("45")
+    reader = FeedbackReader(str(load), str(inference), str(outside))
+    caplog.set_level(logging.INFO, logger="ddcustom.sources.feedback_files")
+
+    assert reader.read() == Feedback(20.0, 45.0, None)
+    assert reader.read() == Feedback(20.0, 45.0, None)
+    [missing] = caplog.records
+    assert missing.levelno == logging.INFO and "GpuBusyOutsideFeedbackFile" in missing.getMessage()
+
+    outside.write_text("garbage")  # a garbled file is a problem, whichever file it is
+    assert reader.read().gpu_busy_outside_inference is None
+    assert caplog.records[-1].levelno == logging.WARNING and "not a number" in caplog.records[-1].getMessage()
+
+    outside.write_text("17.5\n")
+    assert reader.read() == Feedback(20.0, 45.0, 17.5)

@@ -59,6 +59,7 @@ class Settings:
     include_loopback: bool
     gpu_load_feedback_file: str
     inference_time_feedback_file: str
+    gpu_busy_outside_feedback_file: str
     watched_processes: tuple[str, ...]
     allowed_gpu_processes: tuple[str, ...]
     mining_pool_ports: frozenset[int]
@@ -209,6 +210,7 @@ SCHEMA: dict[str, tuple[Any, _Parser, str]] = {
     "IncludeLoopback": (False, _bool, "include_loopback"),
     "GpuLoadFeedbackFile": ("/var/gpu_load_fb", _text, "gpu_load_feedback_file"),
     "InferenceTimeFeedbackFile": ("/var/gpu_inference_fb", _text, "inference_time_feedback_file"),
+    "GpuBusyOutsideFeedbackFile": ("/var/gpu_busy_outside_fb", _text, "gpu_busy_outside_feedback_file"),
     "WatchedProcesses": ([], _names, "watched_processes"),
     "AllowedGpuProcesses": ([], _names, "allowed_gpu_processes"),
     "MiningPoolPorts": (DEFAULT_MINING_POOL_PORTS, _ports, "mining_pool_ports"),

@@ -79,6 +79,7 @@ def run_demo(seconds: float, detect_interval: float, report_interval: int) -> in
             "DetectIntervalSeconds": detect_interval,
             "GpuLoadFeedbackFile": os.path.join(tmp, "gpu_load_fb"),
             "InferenceTimeFeedbackFile": os.path.join(tmp, "gpu_inference_fb"),
+            "GpuBusyOutsideFeedbackFile": os.path.join(tmp, "gpu_busy_outside_fb"),
             "StateDirectory": os.path.join(tmp, "state"),
         }
         with open(config_path, "w") as f:

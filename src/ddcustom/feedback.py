@@ -1,10 +1,14 @@
 """The inference meter: what the device's ML application wraps around each inference.
 
 It measures the inference time and rate over a rolling window, samples how busy the GPU is over the same
-window, and writes the two feedback files the component reads (docs/gpu.md):
+window, and writes the three feedback files the component reads (docs/gpu.md):
 
 - the time file: mean inference time in milliseconds;
-- the load file: GPU busy % over the window divided by inferences per second ("GPU load per inference").
+- the load file: GPU busy % over the window divided by inferences per second ("GPU load per inference");
+- the busy-outside file: how many points the busiest GPU's busy % exceeds the share of the window in
+  which an inference was running. An application whose GPU work happens inside its inferences keeps it
+  near 0 whatever its rate or model; a miner hidden in the application's own process raises it by about
+  its duty cycle, and no process list can show that miner.
 
 Files are replaced atomically (temp file in the same directory, fsync, ``os.replace``), so a reader sees the
 old value or the new one, never a partial file. Writing and GPU sampling happen on a small daemon thread;
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import logging
 import math
 import os
@@ -25,10 +30,11 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Optional, TypeVar, cast
+from typing import Any, Callable, Optional, TypeVar, Union, cast
 
 from ddcustom.sources.gpu import MAX_SYSFS_BYTES, find_jetson_load_file, parse_jetson_load, read_bounded
 
@@ -36,9 +42,16 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LOAD_FILE = "/var/gpu_load_fb"
 DEFAULT_TIME_FILE = "/var/gpu_inference_fb"
+DEFAULT_BUSY_OUTSIDE_FILE = "/var/gpu_busy_outside_fb"
+# NVML's utilisation covers the last 1/6 s to 1 s: a reading taken less than this after the first
+# inference started may still show the application's start-up (model load, warm-up kernels).
+GPU_READING_SPAN_SECONDS = 1.0
 MAX_FEEDBACK_VALUE = 1e15  # the component reads at most 64 bytes; no real value comes near this
 
 F = TypeVar("F", bound=Callable[..., Any])
+Timed = TypeVar("Timed", bound=tuple[float, ...])  # window entries: (time, ...)
+# A GPU busy reading: one percent, one percent per GPU, or None when unknown.
+GpuBusy = Callable[[], Union[float, Sequence[float], None]]
 
 
 def write_feedback_value(path: str, value: float) -> None:
@@ -69,13 +82,15 @@ class FeedbackValues:
 
     inferences: int
     inferences_per_second: float
-    avg_inference_time_ms: float
-    gpu_busy_percent: Optional[float]  # None: no GPU reading
-    gpu_load_per_inference: Optional[float]  # None: no GPU reading
+    avg_inference_time_ms: Optional[float]  # None: no inference in the window
+    gpu_busy_percent: Optional[float]  # mean over the GPUs; None: no GPU reading
+    gpu_load_per_inference: Optional[float]  # None: no GPU reading or no inference
+    inference_busy_percent: Optional[float]  # share of the window with an inference running
+    gpu_busy_outside_inference: Optional[float]  # None: no GPU reading, or no inference yet
 
 
 class GpuBusyReader:
-    """GPU busy % now: NVML utilisation (mean over the GPUs), else the Jetson GPU load, else None.
+    """GPU busy % now, one value per GPU: NVML utilisation, else the Jetson GPU load, else None.
 
     NVML is initialised once, on the first call; a failed start is not retried.
     """
@@ -87,7 +102,7 @@ class GpuBusyReader:
         self._jetson_load_file: Optional[Path] = None
         self._lock = threading.Lock()
 
-    def __call__(self) -> Optional[float]:
+    def __call__(self) -> Optional[list[float]]:
         with self._lock:
             if self._handles is None:
                 self._handles = self._start()
@@ -95,15 +110,15 @@ class GpuBusyReader:
                     self._jetson_load_file = find_jetson_load_file(self._sysfs_root)
             if self._jetson_load_file is not None:
                 text = read_bounded(self._jetson_load_file, MAX_SYSFS_BYTES)
-                return parse_jetson_load(text) if text is not None else None
+                load = parse_jetson_load(text) if text is not None else None
+                return [load] if load is not None else None
             if not self._handles or self._nvml is None:
                 return None
             try:
-                values = [self._nvml.nvmlDeviceGetUtilizationRates(h).gpu for h in self._handles]
+                return [float(self._nvml.nvmlDeviceGetUtilizationRates(h).gpu) for h in self._handles]
             except self._nvml.NVMLError as exc:
                 log.debug("NVML utilisation failed: %s", exc)
                 return None
-            return sum(values) / len(values)
 
     def close(self) -> None:
         with self._lock:
@@ -144,8 +159,9 @@ class GpuBusyReader:
 class InferenceMeter:
     """Wrap each inference: ``with meter: model(x)`` or ``@meter.measure``; thread-safe.
 
-    ``gpu_busy``: a function returning the GPU busy % now (None when unknown); by default
-    ``GpuBusyReader()`` (NVML, else the Jetson GPU load).
+    ``gpu_busy``: a function returning the GPU busy % now, as one percent or a list of percents (one per
+    GPU), or None when unknown; by default ``GpuBusyReader()`` (NVML, else the Jetson GPU load).
+    ``busy_outside_file``: where to write the GPU busy % outside inferences; None writes no such file.
     ``background=False`` starts no thread: call ``sample_gpu()`` and ``flush()`` yourself.
     """
 
@@ -155,27 +171,33 @@ class InferenceMeter:
         time_file: str = DEFAULT_TIME_FILE,
         flush_seconds: float = 5.0,
         window_seconds: float = 10.0,
-        gpu_busy: Optional[Callable[[], Optional[float]]] = None,
+        gpu_busy: Optional[GpuBusy] = None,
         sample_seconds: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
         background: bool = True,
+        busy_outside_file: Optional[str] = DEFAULT_BUSY_OUTSIDE_FILE,
     ) -> None:
         if min(flush_seconds, window_seconds, sample_seconds) <= 0:
             raise ValueError("flush_seconds, window_seconds and sample_seconds must be positive")
         self.load_file = load_file
         self.time_file = time_file
+        self.busy_outside_file = busy_outside_file
         self._flush_seconds = flush_seconds
         self._window = window_seconds
         self._sample_seconds = sample_seconds
         self._clock = clock
         self._own_gpu_busy = GpuBusyReader() if gpu_busy is None else None
-        self._gpu_busy: Callable[[], Optional[float]] = gpu_busy or cast(GpuBusyReader, self._own_gpu_busy)
+        self._gpu_busy: GpuBusy = gpu_busy or cast(GpuBusyReader, self._own_gpu_busy)
         self._started_at = clock()
         self._inferences: deque[tuple[float, float]] = deque()  # (end time, duration s)
-        self._busy: deque[tuple[float, float]] = deque()  # (time, GPU busy %)
-        self._lock = threading.Lock()  # guards the two deques
+        self._failed: deque[tuple[float, float]] = deque()  # the same, of inferences that raised
+        self._busy: deque[tuple[float, float, float]] = deque()  # (time, mean busy %, busiest GPU %)
+        self._running: dict[int, float] = {}  # inferences in progress: token -> start time
+        self._first_start: Optional[float] = None  # when the first inference started
+        self._tokens = itertools.count()
+        self._lock = threading.Lock()  # guards the deques, _running and _first_start
         self._flush_lock = threading.Lock()  # one flush at a time
-        self._local = threading.local()  # per-thread stack of start times (nested blocks allowed)
+        self._local = threading.local()  # per-thread stack of (token, start) (nested blocks allowed)
         self._said: set[str] = set()
         self._last_flush = self._started_at
         self._stop = threading.Event()
@@ -187,10 +209,15 @@ class InferenceMeter:
     # ---- measuring --------------------------------------------------------------------------------
 
     def __enter__(self) -> InferenceMeter:
-        starts: Optional[list[float]] = getattr(self._local, "starts", None)
-        if starts is None:
-            starts = self._local.starts = []
-        starts.append(self._clock())
+        stack: Optional[list[tuple[int, float]]] = getattr(self._local, "stack", None)
+        if stack is None:
+            stack = self._local.stack = []
+        token, start = next(self._tokens), self._clock()
+        with self._lock:
+            self._running[token] = start
+            if self._first_start is None:
+                self._first_start = start
+        stack.append((token, start))
         return self
 
     def __exit__(
@@ -199,9 +226,15 @@ class InferenceMeter:
         exc: Optional[BaseException],
         tb: Optional[TracebackType],
     ) -> None:
-        start = self._local.starts.pop()
-        if exc_type is None:
-            self.record(self._clock() - start)
+        token, start = self._local.stack.pop()
+        now = self._clock()
+        with self._lock:  # one step: a flush must see the inference as running or as done
+            del self._running[token]
+            if exc_type is None:
+                self._add_inference(now, now - start)
+            else:  # not an inference, but its GPU work was the application's
+                self._failed.append((now, now - start))
+                _drop_older(self._failed, now - self._window)
 
     def measure(self, func: F) -> F:
         """Decorator: each call of ``func`` is one inference."""
@@ -217,56 +250,71 @@ class InferenceMeter:
         """Count one inference that took ``duration_seconds`` and ended now (for timings made elsewhere)."""
         now = self._clock()
         with self._lock:
-            self._inferences.append((now, max(0.0, duration_seconds)))
-            _drop_older(self._inferences, now - self._window)
+            self._add_inference(now, duration_seconds)
+
+    def _add_inference(self, end: float, duration_seconds: float) -> None:  # holding self._lock
+        duration = max(0.0, duration_seconds)
+        self._inferences.append((end, duration))
+        _drop_older(self._inferences, end - self._window)
+        if self._first_start is None or end - duration < self._first_start:
+            self._first_start = end - duration
 
     def sample_gpu(self) -> Optional[float]:
-        """Take one GPU busy reading into the window (the daemon thread does this every sample_seconds)."""
-        busy = self._read_gpu_busy()
-        if busy is not None:
-            now = self._clock()
-            with self._lock:
-                self._busy.append((now, busy))
-                _drop_older(self._busy, now - self._window)
-        return busy
+        """Take one GPU busy reading into the window (the daemon thread does this every sample_seconds).
+
+        Returns the mean over the GPUs, None when there is no reading.
+        """
+        reading = self._read_gpu_busy()
+        if reading is None:
+            return None
+        now = self._clock()
+        with self._lock:
+            self._busy.append((now, *reading))
+            _drop_older(self._busy, now - self._window)
+        return reading[0]
 
     # ---- writing ----------------------------------------------------------------------------------
 
     def flush(self) -> Optional[FeedbackValues]:
-        """Compute the window's values and write the files now; None (nothing written) if no inference."""
+        """Compute the window's values and write the files now; None when there was nothing to write.
+
+        The time and load files are written when the window holds an inference. The busy-outside file is
+        written whenever there is a GPU reading taken after the first inference started, even when the
+        application is idle: GPU work while it is idle is work its inferences do not explain.
+        """
         with self._flush_lock:
             now = self._clock()
             self._last_flush = now
+            oldest = now - self._window
             with self._lock:
-                _drop_older(self._inferences, now - self._window)
-                _drop_older(self._busy, now - self._window)
-                durations = [d for _, d in self._inferences]
-                busy_values = [b for _, b in self._busy]
-            if not durations:
-                self._say_once("no inference in the window: feedback files left as they are")
-                return None
-            if not busy_values:  # no sample yet in this window (just started, or no daemon thread)
-                busy = self._read_gpu_busy()
-                busy_values = [busy] if busy is not None else []
+                _drop_older(self._inferences, oldest)
+                _drop_older(self._failed, oldest)
+                _drop_older(self._busy, oldest)
+                inferences = list(self._inferences)
+                spans = [(end - d, end) for end, d in (*self._inferences, *self._failed)]
+                spans += [(start, now) for start in self._running.values()]
+                busy = list(self._busy)
+                first_start = self._first_start
+            if not busy:  # no sample yet in this window (just started, or no daemon thread)
+                reading = self._read_gpu_busy()
+                busy = [(now, *reading)] if reading is not None else []
+            durations = [d for _, d in inferences]
             span = min(self._window, now - self._started_at)
             rate = len(durations) / span if span > 0 else 0.0
-            busy_mean = sum(busy_values) / len(busy_values) if busy_values else None
-            load = busy_mean / rate if busy_mean is not None and rate > 0 else None
+            busy_mean = sum(b[1] for b in busy) / len(busy) if busy else None
+            inference_busy, outside = _busy_outside_inference(spans, busy, first_start, now, oldest)
             values = FeedbackValues(
                 inferences=len(durations),
                 inferences_per_second=rate,
-                avg_inference_time_ms=1000.0 * sum(durations) / len(durations),
+                avg_inference_time_ms=1000.0 * sum(durations) / len(durations) if durations else None,
                 gpu_busy_percent=busy_mean,
-                gpu_load_per_inference=load,
+                gpu_load_per_inference=busy_mean / rate if busy_mean is not None and rate > 0 else None,
+                inference_busy_percent=inference_busy,
+                gpu_busy_outside_inference=outside,
             )
-            write_feedback_value(self.time_file, values.avg_inference_time_ms)
-            if load is not None:
-                write_feedback_value(self.load_file, load)
-            else:
-                self._say_once(
-                    f"no GPU busy reading: writing only the inference time file {self.time_file}",
-                    level=logging.WARNING,
-                )
+            self._write(values)
+            if values.avg_inference_time_ms is None and outside is None:
+                return None
             return values
 
     def close(self) -> None:
@@ -281,6 +329,21 @@ class InferenceMeter:
         if self._own_gpu_busy is not None:
             self._own_gpu_busy.close()
 
+    def _write(self, values: FeedbackValues) -> None:
+        if values.avg_inference_time_ms is None:
+            self._say_once("no inference in the window: time and load files left as they are")
+        else:
+            write_feedback_value(self.time_file, values.avg_inference_time_ms)
+            if values.gpu_load_per_inference is not None:
+                write_feedback_value(self.load_file, values.gpu_load_per_inference)
+            else:
+                self._say_once(
+                    f"no GPU busy reading: writing only the inference time file {self.time_file}",
+                    level=logging.WARNING,
+                )
+        if self.busy_outside_file is not None and values.gpu_busy_outside_inference is not None:
+            write_feedback_value(self.busy_outside_file, values.gpu_busy_outside_inference)
+
     def _run(self) -> None:
         while not self._stop.wait(self._sample_seconds):
             try:
@@ -290,15 +353,24 @@ class InferenceMeter:
             except Exception as exc:  # the meter must never stop metering: log and go on
                 self._say_once(f"inference meter: {type(exc).__name__}: {exc}", level=logging.WARNING)
 
-    def _read_gpu_busy(self) -> Optional[float]:
+    def _read_gpu_busy(self) -> Optional[tuple[float, float]]:
+        """(mean, busiest) GPU busy % over the GPUs, each clamped to 0-100; None: no reading."""
         try:
-            busy = self._gpu_busy()
+            reading = self._gpu_busy()
         except Exception as exc:  # a caller's function failing is no reason to stop writing times
             self._say_once(f"GPU busy function failed: {type(exc).__name__}: {exc}", level=logging.WARNING)
             return None
-        if busy is None or not math.isfinite(busy):
+        if reading is None:
             return None
-        return min(100.0, max(0.0, float(busy)))
+        values = [reading] if isinstance(reading, (int, float)) else list(reading)
+        try:
+            percents = [min(100.0, max(0.0, float(v))) for v in values if v is not None and math.isfinite(v)]
+        except (TypeError, ValueError) as exc:
+            self._say_once(f"GPU busy function gave {reading!r}: {exc}", level=logging.WARNING)
+            return None
+        if not percents:
+            return None
+        return sum(percents) / len(percents), max(percents)
 
     def _say_once(self, message: str, level: int = logging.INFO) -> None:
         if message not in self._said:
@@ -306,6 +378,34 @@ class InferenceMeter:
             log.log(level, "%s", message)
 
 
-def _drop_older(entries: deque[tuple[float, float]], oldest: float) -> None:
+def _busy_outside_inference(
+    spans: list[tuple[float, float]],
+    busy: list[tuple[float, float, float]],
+    first_start: Optional[float],
+    now: float,
+    oldest: float,
+) -> tuple[Optional[float], Optional[float]]:
+    """(% of the time an inference ran, busiest GPU's busy % beyond it), over the window since the first
+    inference started; (None, None) without an inference so far or a GPU reading in that time.
+
+    ``spans``: (start, end) of the inferences, finished or running, in any order; they may overlap.
+    """
+    if first_start is None:
+        return None, None
+    since = max(oldest, first_start + GPU_READING_SPAN_SECONDS)
+    readings = [busiest for at, _, busiest in busy if at >= since]
+    if not readings or now <= since:
+        return None, None
+    covered, reach = 0.0, since
+    for start, end in sorted(spans):  # length of the union of the spans, clipped to [since, now]
+        start, end = max(start, reach), min(end, now)
+        if end > start:
+            covered += end - start
+            reach = end
+    inference_busy = 100.0 * covered / (now - since)
+    return inference_busy, max(0.0, sum(readings) / len(readings) - inference_busy)
+
+
+def _drop_older(entries: deque[Timed], oldest: float) -> None:
     while entries and entries[0][0] < oldest:
         entries.popleft()

@@ -17,6 +17,7 @@ MetricValue = Union[float, list[float], list[str]]
 CUSTOM_METRICS: dict[str, tuple[str, str, str]] = {
     "gpu_load_per_inference": ("number", "number", "GPU load % per inference/s, from the application"),
     "avg_inference_time": ("number", "number", "Mean ML inference time in ms, from the application"),
+    "gpu_busy_outside_inference": ("number", "number", "GPU busy % its inferences do not explain (meter)"),
     "cpu_usage": ("number", "number", "CPU use in percent"),
     "memory_usage": ("number", "number", "Memory use in percent"),
     "child_processes": ("number", "number", "Descendant processes of the watched applications"),
@@ -55,6 +56,8 @@ def custom_values(sample: Sample) -> dict[str, MetricValue]:
             out["gpu_load_per_inference"] = fb.gpu_load_per_inference
         if fb.avg_inference_time_ms is not None:
             out["avg_inference_time"] = fb.avg_inference_time_ms
+        if fb.gpu_busy_outside_inference is not None:
+            out["gpu_busy_outside_inference"] = fb.gpu_busy_outside_inference
     if sample.cpu_percent is not None:
         out["cpu_usage"] = sample.cpu_percent
     if sample.memory_percent is not None:

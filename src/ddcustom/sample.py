@@ -98,6 +98,8 @@ class Feedback:
 
     gpu_load_per_inference: Optional[float]
     avg_inference_time_ms: Optional[float]
+    # GPU busy % beyond the share of time the application spent in inferences (the inference meter's)
+    gpu_busy_outside_inference: Optional[float] = None
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,7 @@ class Collector:
         self._network = NetworkSource(settings.include_loopback, proc_root)
         self._last_error: dict[str, str] = {}  # source -> last error message logged
         self._gpu: Optional[GpuSource] = None  # created on the first GPU read
-        self._feedback = FeedbackReader(
-            settings.gpu_load_feedback_file, settings.inference_time_feedback_file
-        )
+        self._feedback = FeedbackReader(*_feedback_paths(settings))
         self._errors: list[str] = []
         self.settings = settings
         self._configure(settings)
@@ -53,8 +51,8 @@ class Collector:
             settings.mining_pool_ports,
             self._proc_root,
         )
-        paths = (settings.gpu_load_feedback_file, settings.inference_time_feedback_file)
-        if (self._feedback.gpu_load_path, self._feedback.inference_time_path) != paths:
+        paths = _feedback_paths(settings)
+        if self._feedback.paths != paths:
             self._feedback = FeedbackReader(*paths)  # kept otherwise: it remembers what it has logged
 
     def sample(self) -> Sample:
@@ -111,3 +109,11 @@ class Collector:
             log.info("source %s recovered", source)
             del self._last_error[source]
         return value
+
+
+def _feedback_paths(settings: Settings) -> tuple[str, str, str]:
+    return (
+        settings.gpu_load_feedback_file,
+        settings.inference_time_feedback_file,
+        settings.gpu_busy_outside_feedback_file,
+    )

@@ -1,4 +1,5 @@
-"""Feedback files: numbers the device's ML application writes (GPU load per inference, inference time).
+"""Feedback files: numbers the device's ML application writes (GPU load per inference, inference time,
+GPU busy % outside inferences).
 
 Each file holds one non-negative number as text. Reading never blocks and never reads much: the path is
 checked with ``stat`` before it is opened (a FIFO, a device such as /dev/zero, a directory are refused
@@ -94,28 +95,38 @@ def read_feedback_file(path: str) -> float:
 
 
 class FeedbackReader:
-    """Reads both feedback files into a Feedback, logging each file's problems once."""
+    """Reads the feedback files into a Feedback, logging each file's problems once.
 
-    def __init__(self, gpu_load_path: str, inference_time_path: str) -> None:
-        self.gpu_load_path = gpu_load_path
-        self.inference_time_path = inference_time_path
-        self._problem: dict[str, Optional[str]] = {}  # path -> kind of its last problem, None when fine
+    The busy-outside file is written only by the inference meter (ddcustom.feedback): its absence is
+    normal for applications that write the other two themselves, so it is logged at INFO, not WARNING.
+    """
+
+    def __init__(self, gpu_load_path: str, inference_time_path: str, busy_outside_path: str) -> None:
+        self.paths = (gpu_load_path, inference_time_path, busy_outside_path)
+        self._problem: dict[str, Optional[str]] = {}  # key -> kind of its last problem, None when fine
 
     def read(self) -> Feedback:
+        load_path, time_path, outside_path = self.paths
         return Feedback(
-            gpu_load_per_inference=self._read_one(self.gpu_load_path, "GpuLoadFeedbackFile"),
-            avg_inference_time_ms=self._read_one(self.inference_time_path, "InferenceTimeFeedbackFile"),
+            gpu_load_per_inference=self._read_one(load_path, "GpuLoadFeedbackFile"),
+            avg_inference_time_ms=self._read_one(time_path, "InferenceTimeFeedbackFile"),
+            gpu_busy_outside_inference=self._read_one(
+                outside_path, "GpuBusyOutsideFeedbackFile", missing_level=logging.INFO
+            ),
         )
 
-    def _read_one(self, path: str, key: str) -> Optional[float]:
+    def _read_one(self, path: str, key: str, missing_level: int = logging.WARNING) -> Optional[float]:
         try:
             value = read_feedback_file(path)
         except FeedbackProblem as problem:
-            if self._problem.get(path) != problem.kind:
-                log.warning("%s %s: %s; the metric is left out until it holds a number", key, path, problem)
-            self._problem[path] = problem.kind
+            if self._problem.get(key) != problem.kind:
+                level = missing_level if problem.kind == "missing" else logging.WARNING
+                log.log(
+                    level, "%s %s: %s; the metric is left out until it holds a number", key, path, problem
+                )
+            self._problem[key] = problem.kind
             return None
-        if self._problem.get(path) is not None:
+        if self._problem.get(key) is not None:
             log.info("%s %s: holds a valid number again", key, path)
-        self._problem[path] = None
+        self._problem[key] = None
         return value
