@@ -169,9 +169,23 @@ def test_nested_blocks_time_each_level(tmp_path: Path) -> None:
     assert values.avg_inference_time_ms == pytest.approx(1000.0)  # (1500 + 500) / 2
 
 
-def test_flush_with_no_inference_writes_nothing(tmp_path: Path) -> None:
+def test_before_the_first_inference_only_the_busy_outside_file_is_written_as_0(tmp_path: Path) -> None:
+    # Start-up GPU work (loading, warm-up) is not counted, but the file is there: the component can tell
+    # a meter that is running from one that stopped.
     clock = Clock()
     meter = meter_in(tmp_path, clock, Busy(50.0))
+    clock.advance(6)
+
+    values = meter.flush()
+
+    assert values is not None and values.inferences == 0 and values.gpu_busy_outside_inference == 0.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_busy_outside_fb"]
+    assert outside_file(tmp_path) == 0.0
+
+
+def test_without_a_gpu_reading_and_an_inference_nothing_is_written(tmp_path: Path) -> None:
+    clock = Clock()
+    meter = meter_in(tmp_path, clock, Busy())
     clock.advance(6)
 
     assert meter.flush() is None

@@ -75,6 +75,7 @@ def test_two_gpus_are_aggregated(tmp_path: Path) -> None:
     assert stats is not None
     assert stats.source == "nvml"
     assert stats.utilization_percent == pytest.approx(60.0)
+    assert stats.busiest_utilization_percent == pytest.approx(90.0)
     assert stats.power_watts == pytest.approx(550.5)
     assert stats.sm_clock_mhz == pytest.approx(1740.0)
     assert stats.memory_used_percent == pytest.approx(100.0 * 60 / 120)
@@ -405,6 +406,7 @@ def test_jetson_load_from_each_sysfs_layout(
     assert stats is not None
     assert stats.source == "jetson"
     assert stats.utilization_percent == pytest.approx(percent)
+    assert stats.busiest_utilization_percent == pytest.approx(percent)
     assert (stats.power_watts, stats.sm_clock_mhz, stats.memory_used_percent, stats.processes) == (
         None, None, None, (),
     )  # fmt: skip

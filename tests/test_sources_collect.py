@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import socket
 import time
@@ -14,6 +15,7 @@ import pytest
 from ddcustom.config import Settings, parse_settings
 from ddcustom.sample import Connection, Feedback
 from ddcustom.sources.collect import Collector
+from fakenvml import FakeGpu, FakeNvml
 
 FIXTURES = Path(__file__).parent / "fixtures" / "proc"
 # A one-behavior profile keeps these tests independent of the built-in profiles' contents.
@@ -131,3 +133,25 @@ def test_settings_change_does_not_restart_the_network_counters(tmp_path: Path) -
     assert first is not None and second is not None
     assert second.counters.bytes_in - first.counters.bytes_in == 64
     assert second.counters.packets_in - first.counters.packets_in == 1
+
+
+def test_when_the_meter_stops_the_busiest_gpu_is_the_busy_outside_inference(tmp_path: Path) -> None:
+    # The application (and its meter) was killed; a miner keeps the second GPU 80 % busy.
+    for name, text in (("load", "0.1"), ("time", "0.8"), ("outside", "0")):
+        (tmp_path / name).write_text(text)
+    hour_ago = time.time() - 3600
+    os.utime(tmp_path / "outside", (hour_ago, hour_ago))
+    nvml = FakeNvml([FakeGpu(gpu_percent=10), FakeGpu(gpu_percent=80)])
+    files = {
+        "GpuLoadFeedbackFile": str(tmp_path / "load"),
+        "InferenceTimeFeedbackFile": str(tmp_path / "time"),
+        "GpuBusyOutsideFeedbackFile": str(tmp_path / "outside"),
+    }
+    collector = Collector(settings(EnableGPUMetrics=True, **files), nvml=nvml, sysfs_root=str(tmp_path))
+    try:
+        sample = collector.sample()
+        assert sample.feedback == Feedback(0.1, 0.8, 80.0)
+        collector.apply_settings(settings(EnableGPUMetrics=True, MeterStaleSeconds=0, **files))
+        assert collector.sample().feedback == Feedback(0.1, 0.8, 0.0)  # turned off: the file as it is
+    finally:
+        collector.close()

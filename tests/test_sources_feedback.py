@@ -196,3 +196,34 @@ def test_a_missing_busy_outside_file_is_normal_without_the_meter(
 
     outside.write_text("17.5\n")
     assert reader.read() == Feedback(20.0, 45.0, 17.5)
+
+
+def test_a_busy_outside_file_no_longer_rewritten_means_the_meter_stopped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The application was killed (and a miner may run under its name): nothing explains GPU work any
+    # more, so the busiest GPU's busy % measured by the component takes the meter's place.
+    load, inference, outside = tmp_path / "load", tmp_path / "inference", tmp_path / "outside"
+    for path, text in ((load, "0.1"), (inference, "0.8"), (outside, "0")):
+        path.write_text(text)
+    written = outside.stat().st_mtime
+    now = [written + 5]
+    reader = FeedbackReader(str(load), str(inference), str(outside), 30, clock=lambda: now[0])
+    caplog.set_level(logging.INFO, logger="ddcustom.sources.feedback_files")
+
+    assert reader.read(gpu_busiest_percent=3.0).gpu_busy_outside_inference == 0.0  # fresh: the meter's
+    now[0] = written + 31
+    assert reader.read(gpu_busiest_percent=27.0) == Feedback(0.1, 0.8, 27.0)
+    assert reader.read(gpu_busiest_percent=None).gpu_busy_outside_inference is None  # no GPU reading
+    [stopped] = caplog.records
+    assert stopped.levelno == logging.WARNING and "inference meter has stopped" in stopped.getMessage()
+
+    outside.write_text("1.5")  # the application is back
+    os.utime(outside, (now[0], now[0]))
+    assert reader.read(gpu_busiest_percent=27.0).gpu_busy_outside_inference == 1.5
+    assert caplog.records[-1].levelno == logging.INFO and "writes again" in caplog.records[-1].getMessage()
+    assert len(caplog.records) == 2
+
+    reader.meter_stale_seconds = 0  # turned off: an old file is taken as it is
+    now[0] += 3600
+    assert reader.read(gpu_busiest_percent=27.0).gpu_busy_outside_inference == 1.5

@@ -60,6 +60,7 @@ class Settings:
     gpu_load_feedback_file: str
     inference_time_feedback_file: str
     gpu_busy_outside_feedback_file: str
+    meter_stale_seconds: int
     watched_processes: tuple[str, ...]
     allowed_gpu_processes: tuple[str, ...]
     mining_pool_ports: frozenset[int]
@@ -211,6 +212,7 @@ SCHEMA: dict[str, tuple[Any, _Parser, str]] = {
     "GpuLoadFeedbackFile": ("/var/gpu_load_fb", _text, "gpu_load_feedback_file"),
     "InferenceTimeFeedbackFile": ("/var/gpu_inference_fb", _text, "inference_time_feedback_file"),
     "GpuBusyOutsideFeedbackFile": ("/var/gpu_busy_outside_fb", _text, "gpu_busy_outside_feedback_file"),
+    "MeterStaleSeconds": (30, _int_range(0, 86400), "meter_stale_seconds"),
     "WatchedProcesses": ([], _names, "watched_processes"),
     "AllowedGpuProcesses": ([], _names, "allowed_gpu_processes"),
     "MiningPoolPorts": (DEFAULT_MINING_POOL_PORTS, _ports, "mining_pool_ports"),

@@ -279,8 +279,8 @@ class InferenceMeter:
         """Compute the window's values and write the files now; None when there was nothing to write.
 
         The time and load files are written when the window holds an inference. The busy-outside file is
-        written whenever there is a GPU reading taken after the first inference started, even when the
-        application is idle: GPU work while it is idle is work its inferences do not explain.
+        written whenever there is a GPU reading, even when the application is idle: GPU work while it is
+        idle is work its inferences do not explain. Before the first inference it holds 0.
         """
         with self._flush_lock:
             now = self._clock()
@@ -386,16 +386,20 @@ def _busy_outside_inference(
     oldest: float,
 ) -> tuple[Optional[float], Optional[float]]:
     """(% of the time an inference ran, busiest GPU's busy % beyond it), over the window since the first
-    inference started; (None, None) without an inference so far or a GPU reading in that time.
+    inference started. Without a GPU reading: (None, None). Before the first inference has run for
+    GPU_READING_SPAN_SECONDS: (None, 0.0), so the file is there from the start: the component takes a
+    file that is not rewritten for a while as a sign that the meter, and the application, stopped.
 
     ``spans``: (start, end) of the inferences, finished or running, in any order; they may overlap.
     """
-    if first_start is None:
+    if not busy:
         return None, None
+    if first_start is None:
+        return None, 0.0  # start-up: GPU work before the first inference is not counted
     since = max(oldest, first_start + GPU_READING_SPAN_SECONDS)
     readings = [busiest for at, _, busiest in busy if at >= since]
     if not readings or now <= since:
-        return None, None
+        return None, 0.0
     covered, reach = 0.0, since
     for start, end in sorted(spans):  # length of the union of the spans, clipped to [since, now]
         start, end = max(start, reach), min(end, now)

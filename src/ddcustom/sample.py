@@ -90,6 +90,7 @@ class GpuStats:
     processes: tuple[GpuProcess, ...] = ()
     # False when a GPU's process list could not be read: process metrics are then left out, not 0
     processes_measured: bool = True
+    busiest_utilization_percent: Optional[float] = None  # the highest over the device's GPUs
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Optional, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
 from ddcustom.config import Settings
 from ddcustom.sample import Connection, Feedback, GpuStats, NetworkStats, ProcessStats, Sample
@@ -24,14 +24,23 @@ T = TypeVar("T")
 
 
 class Collector:
-    def __init__(self, settings: Settings, proc_root: str = "/proc") -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        proc_root: str = "/proc",
+        nvml: Optional[Any] = None,
+        sysfs_root: str = "/sys",
+    ) -> None:
+        """``nvml``: the pynvml module to use (None: import it); ``nvml`` and ``sysfs_root`` for tests."""
         self._proc_root = proc_root
+        self._nvml = nvml
+        self._sysfs_root = sysfs_root
         self._system = SystemSource(proc_root)  # kept across settings changes: CPU % needs the last reading
         # kept too: its counter totals must not restart, or the next report's deltas would jump
         self._network = NetworkSource(settings.include_loopback, proc_root)
         self._last_error: dict[str, str] = {}  # source -> last error message logged
         self._gpu: Optional[GpuSource] = None  # created on the first GPU read
-        self._feedback = FeedbackReader(*_feedback_paths(settings))
+        self._feedback = FeedbackReader(*_feedback_paths(settings), settings.meter_stale_seconds)
         self._errors: list[str] = []
         self.settings = settings
         self._configure(settings)
@@ -54,6 +63,7 @@ class Collector:
         paths = _feedback_paths(settings)
         if self._feedback.paths != paths:
             self._feedback = FeedbackReader(*paths)  # kept otherwise: it remembers what it has logged
+        self._feedback.meter_stale_seconds = settings.meter_stale_seconds
 
     def sample(self) -> Sample:
         self._errors = []
@@ -67,9 +77,10 @@ class Collector:
         feedback: Optional[Feedback] = None
         gpu: Optional[GpuStats] = None
         if self.settings.enable_gpu_metrics:
-            feedback = self._run("feedback", self._feedback.read)
             watched = scan.watched_pids if scan is not None else frozenset()
             gpu = self._run("gpu", lambda: self._read_gpu(watched))
+            busiest = gpu.busiest_utilization_percent if gpu is not None else None
+            feedback = self._run("feedback", lambda: self._feedback.read(busiest))
         return Sample(
             time=wall,
             monotonic=mono,
@@ -87,7 +98,10 @@ class Collector:
 
     def _read_gpu(self, watched_pids: frozenset[int]) -> Optional[GpuStats]:
         if self._gpu is None:
-            self._gpu = GpuSource(self.settings)  # NVML is initialised once, by its first read
+            # NVML is initialised once, by its first read
+            self._gpu = GpuSource(
+                self.settings, nvml=self._nvml, sysfs_root=self._sysfs_root, proc_root=self._proc_root
+            )
         return self._gpu.read(watched_pids)
 
     def _close_gpu(self) -> None:

@@ -17,7 +17,8 @@ import logging
 import math
 import os
 import stat
-from typing import Optional
+import time
+from typing import Callable, Optional
 
 from ddcustom.sample import Feedback
 
@@ -68,6 +69,11 @@ def _refuse_non_regular(mode: int) -> None:
 
 def read_feedback_file(path: str) -> float:
     """Read one feedback file; raises FeedbackProblem saying why there is no value."""
+    return read_feedback_file_and_time(path)[0]
+
+
+def read_feedback_file_and_time(path: str) -> tuple[float, float]:
+    """The value of one feedback file and when it was last written (st_mtime); raises FeedbackProblem."""
     try:
         _refuse_non_regular(os.stat(path).st_mode)
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
@@ -91,7 +97,7 @@ def read_feedback_file(path: str) -> float:
         text = data.decode("ascii")
     except UnicodeDecodeError:
         raise FeedbackProblem("not a number", "not ASCII text") from None
-    return parse_feedback_number(text)
+    return parse_feedback_number(text), info.st_mtime
 
 
 class FeedbackReader:
@@ -99,25 +105,67 @@ class FeedbackReader:
 
     The busy-outside file is written only by the inference meter (ddcustom.feedback): its absence is
     normal for applications that write the other two themselves, so it is logged at INFO, not WARNING.
+    The meter rewrites it every few seconds while it runs, even before the first inference and while
+    the application is idle. Once it has not been rewritten for ``meter_stale_seconds`` (0: never), the
+    meter has stopped, and with it the application; nothing then explains any GPU work, so the value
+    becomes the busiest GPU's busy % measured by the component. A miner that replaced the application
+    (killed it and took its name) is caught that way.
     """
 
-    def __init__(self, gpu_load_path: str, inference_time_path: str, busy_outside_path: str) -> None:
+    def __init__(
+        self,
+        gpu_load_path: str,
+        inference_time_path: str,
+        busy_outside_path: str,
+        meter_stale_seconds: float = 0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.paths = (gpu_load_path, inference_time_path, busy_outside_path)
+        self.meter_stale_seconds = meter_stale_seconds
+        self._clock = clock
         self._problem: dict[str, Optional[str]] = {}  # key -> kind of its last problem, None when fine
+        self._meter_stopped = False
 
-    def read(self) -> Feedback:
+    def read(self, gpu_busiest_percent: Optional[float] = None) -> Feedback:
+        """``gpu_busiest_percent``: the busiest GPU's busy % now, used when the meter has stopped."""
         load_path, time_path, outside_path = self.paths
+        load = self._read_one(load_path, "GpuLoadFeedbackFile")
+        latency = self._read_one(time_path, "InferenceTimeFeedbackFile")
+        outside = self._read_one(outside_path, "GpuBusyOutsideFeedbackFile", missing_level=logging.INFO)
         return Feedback(
-            gpu_load_per_inference=self._read_one(load_path, "GpuLoadFeedbackFile"),
-            avg_inference_time_ms=self._read_one(time_path, "InferenceTimeFeedbackFile"),
-            gpu_busy_outside_inference=self._read_one(
-                outside_path, "GpuBusyOutsideFeedbackFile", missing_level=logging.INFO
-            ),
+            gpu_load_per_inference=load[0] if load is not None else None,
+            avg_inference_time_ms=latency[0] if latency is not None else None,
+            gpu_busy_outside_inference=self._busy_outside(outside, gpu_busiest_percent),
         )
 
-    def _read_one(self, path: str, key: str, missing_level: int = logging.WARNING) -> Optional[float]:
+    def _busy_outside(
+        self, read: Optional[tuple[float, float]], gpu_busiest_percent: Optional[float]
+    ) -> Optional[float]:
+        if read is None:
+            return None
+        value, written_at = read
+        age = self._clock() - written_at
+        stopped = self.meter_stale_seconds > 0 and age > self.meter_stale_seconds
+        if stopped != self._meter_stopped:
+            self._meter_stopped = stopped
+            if stopped:
+                log.warning(
+                    "GpuBusyOutsideFeedbackFile %s: not rewritten for %.0f s (MeterStaleSeconds %g): the "
+                    "inference meter has stopped; all GPU busy time counts as outside inference until it "
+                    "writes again",
+                    self.paths[2],
+                    age,
+                    self.meter_stale_seconds,
+                )
+            else:
+                log.info("GpuBusyOutsideFeedbackFile %s: the inference meter writes again", self.paths[2])
+        return gpu_busiest_percent if stopped else value
+
+    def _read_one(
+        self, path: str, key: str, missing_level: int = logging.WARNING
+    ) -> Optional[tuple[float, float]]:
         try:
-            value = read_feedback_file(path)
+            read = read_feedback_file_and_time(path)
         except FeedbackProblem as problem:
             if self._problem.get(key) != problem.kind:
                 level = missing_level if problem.kind == "missing" else logging.WARNING
@@ -129,4 +177,4 @@ class FeedbackReader:
         if self._problem.get(key) is not None:
             log.info("%s %s: holds a valid number again", key, path)
         self._problem[key] = None
-        return value
+        return read

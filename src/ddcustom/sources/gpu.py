@@ -84,7 +84,8 @@ class GpuSource:
             if self._handles:
                 return self._read_nvml(watched_pids)
             if self._jetson_load_file is not None:
-                return GpuStats("jetson", self._read_jetson_load(), None, None, None)
+                load = self._read_jetson_load()
+                return GpuStats("jetson", load, None, None, None, busiest_utilization_percent=load)
         except _SourceGone as exc:
             self._warn_once(str(exc))
         return None
@@ -166,6 +167,7 @@ class GpuSource:
             memory_used_percent=100.0 * used / total if total else None,
             processes=tuple(p for r in readings for p in r.processes or ()),
             processes_measured=all(r.processes is not None for r in readings),
+            busiest_utilization_percent=max(utilizations) if utilizations else None,
         )
 
     def _read_device(self, index: int, handle: Any, watched_pids: frozenset[int]) -> _DeviceReading:
