@@ -7,19 +7,20 @@ lifecycle script runs as ``sh -c`` in the work folder with the recipe's Setenv a
 variables, nothing else of the test's environment that a nucleus would not give (no PYTHONPATH, no
 active virtual environment): the component must run from what Install put in ``{work:path}/venv``.
 
-Install: the recipe's Install step runs unmodified and reaches the package index as on an online device
-(about 6 s here). An offline run was tried and is not used: the recipe already supports a ``wheels/``
-folder in the artifact, but this machine has no wheel of awscrt, so a wheelhouse would itself have to be
-downloaded first (``pip download``), which measured no faster in total (0.8 s download + 4.8 s install
-vs 5.8 s) and would test the offline branch instead of the one most devices take. pip's cache is not
-used by Install: the recipe itself passes ``--no-cache-dir``, and the test does not change the command.
-The install happens once per module; each run test starts a fresh process.
+Install: the recipe's Install step runs unmodified, without a network, as on a device without internet:
+the artifact carries a ``wheels/`` folder (docs/packaging.md), which Install gives pip with
+``--no-index --find-links``. The test makes those wheels from the distributions installed in its own
+environment (tests/wheelhouse.py), so the component is installed with exactly the versions the rest of
+the suite tested, and the test needs no package index. On an online device Install runs the same
+command without those two options. The install happens once per module; each run test starts a fresh
+process.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -38,6 +39,7 @@ import yaml
 
 from ddcustom.build import GG_BUILD_DIR, ZIP_BUILD_DIR, LifecycleStep, build, lifecycle_steps
 from ddcustom.devnucleus import DevNucleus
+from wheelhouse import build_wheelhouse
 
 REPO = Path(__file__).resolve().parent.parent
 REPORT_SCHEMA = json.loads((REPO / "src/ddcustom/schemas/report.schema.json").read_text(encoding="utf-8"))
@@ -96,14 +98,26 @@ def run_step(step: LifecycleStep, work_path: Path) -> subprocess.CompletedProces
     )
 
 
+def component_requirements(pyproject: Path) -> list[str]:
+    """What installing the component needs: its build backend and its dependencies (no extras)."""
+    text = pyproject.read_text(encoding="utf-8")
+    lists = {}
+    for table, key in (("build-system", "requires"), ("project", "dependencies")):
+        found = re.search(rf"^\[{table}\]$.*?^{key} = (\[.*?\])$", text, flags=re.MULTILINE | re.DOTALL)
+        assert found is not None, f"[{table}] {key} not found in {pyproject}"
+        lists[table] = json.loads(re.sub(r",\s*\]", "]", found.group(1)))  # a TOML string array, as JSON
+    return [*lists["build-system"], *lists["project"]]
+
+
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
     """Built from a copy of the project (no build output in the repo), laid out and installed."""
     root = tmp_path_factory.mktemp("e2e")
     project = root / "project"
-    # A developer's wheels/ (maybe for another platform) would switch Install to its offline branch.
+    # A developer's wheels/ (maybe for another platform) is replaced by wheels of what is installed here.
     unwanted = shutil.ignore_patterns(".*", "__pycache__", GG_BUILD_DIR, ZIP_BUILD_DIR, "wheels")
     shutil.copytree(REPO, project, ignore=unwanted)
+    build_wheelhouse(component_requirements(project / "pyproject.toml"), project / "wheels")
     built = build(project)
     (artifact,) = built.artifacts
     name, version = built.component.name, built.component.version
