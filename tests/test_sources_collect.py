@@ -155,3 +155,37 @@ def test_when_the_meter_stops_the_busiest_gpu_is_the_busy_outside_inference(tmp_
         assert collector.sample().feedback == Feedback(0.1, 0.8, 0.0)  # turned off: the file as it is
     finally:
         collector.close()
+
+
+def test_nvml_stays_initialised_across_settings_changes_until_gpu_metrics_are_off(tmp_path: Path) -> None:
+    # A GPU process that AllowedGpuProcesses comes to allow: the next sample attributes it without
+    # starting NVML again. Turning GPU metrics off releases NVML; turning them on starts it once more.
+    proc = tmp_path / "proc"
+    shutil.copytree(FIXTURES / "tree", proc, symlinks=True)
+    (proc / "4242").mkdir()
+    (proc / "4242" / "comm").write_text("trainer\n")
+    nvml = FakeNvml([FakeGpu(gpu_percent=50, processes=[(4242, 1 << 30)])])
+    collector = Collector(settings(EnableGPUMetrics=True), proc_root=str(proc), nvml=nvml)
+    try:
+
+        def attribution() -> str:
+            gpu = collector.sample().gpu
+            assert gpu is not None
+            [process] = gpu.processes
+            return process.attribution
+
+        assert attribution() == "unknown"
+        collector.apply_settings(
+            settings(EnableGPUMetrics=True, AllowedGpuProcesses=["trainer"], LogLevel="DEBUG")
+        )
+        assert attribution() == "allowed"
+        assert (nvml.init_calls, nvml.shutdown_calls) == (1, 0)
+
+        collector.apply_settings(settings(EnableGPUMetrics=False))
+        assert collector.sample().gpu is None
+        assert nvml.shutdown_calls == 1
+        collector.apply_settings(settings(EnableGPUMetrics=True))
+        assert attribution() == "unknown"
+        assert nvml.init_calls == 2
+    finally:
+        collector.close()

@@ -46,14 +46,17 @@ class Collector:
         self._configure(settings)
 
     def apply_settings(self, settings: Settings) -> None:
-        """Use new settings from the next sample on (the GPU source is re-created if they changed)."""
-        if settings != self.settings:
+        """Use new settings from the next sample on. NVML stays initialised across changes, and is shut
+        down when GPU metrics are turned off (a later start retries it, so does a restart)."""
+        if not settings.enable_gpu_metrics:
             self._close_gpu()
         self.settings = settings
         self._configure(settings)
 
     def _configure(self, settings: Settings) -> None:
         self._network.include_loopback = settings.include_loopback
+        if self._gpu is not None:
+            self._gpu.allowed_names = frozenset(settings.allowed_gpu_processes)
         self._processes = ProcessSource(
             settings.watched_processes,
             settings.miner_process_names,

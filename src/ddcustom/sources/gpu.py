@@ -64,7 +64,7 @@ class GpuSource:
         sysfs_root: str = "/sys",
         proc_root: str = "/proc",
     ) -> None:
-        self._allowed = frozenset(settings.allowed_gpu_processes)
+        self.allowed_names = frozenset(settings.allowed_gpu_processes)  # may change between reads
         self._nvml: Optional[Any] = nvml
         self._sysfs_root = Path(sysfs_root)
         self._proc_root = Path(proc_root)
@@ -205,7 +205,7 @@ class GpuSource:
             name, names = self._process_names(pid)
             if pid in watched_pids:
                 attribution = "watched"
-            elif names & self._allowed:
+            elif names & self.allowed_names:
                 attribution = "allowed"
             else:
                 attribution = "unknown"
