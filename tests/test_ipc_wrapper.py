@@ -10,7 +10,13 @@ from collections.abc import Iterator
 import pytest
 
 from ddcustom.devnucleus import DevNucleus
-from ddcustom.sinks.ipc import GreengrassIpc, IpcError, UnauthorizedIpcError, reconnect_delays
+from ddcustom.sinks.ipc import (
+    UNANSWERED_CALLS_BEFORE_RECONNECT,
+    GreengrassIpc,
+    IpcError,
+    UnauthorizedIpcError,
+    reconnect_delays,
+)
 
 REPORT_TOPIC = "$aws/things/test-thing/defender/metrics/json"  # the thing of the nucleus fixture
 WAIT = 5.0
@@ -176,6 +182,54 @@ def test_ipc_delayed_answer_hits_the_timeout(nucleus: DevNucleus) -> None:
         nucleus.delay(0)
         wrapper.publish_iot(REPORT_TOPIC, b"after the delay")
         assert nucleus.wait_for(lambda p: p.payload == b"after the delay")
+    finally:
+        wrapper.close()
+
+
+def test_a_nucleus_that_stops_answering_is_taken_as_lost_after_three_calls(
+    nucleus: DevNucleus, disconnects: Disconnects
+) -> None:
+    # The socket stays open, nothing answers: without this the component would wait out every call
+    # forever after, one timeout each, and never reconnect.
+    wrapper = GreengrassIpc(timeout=0.3, on_disconnect=disconnects)
+    wrapper.connect()
+    try:
+        nucleus.delay(2.0)
+        for _ in range(UNANSWERED_CALLS_BEFORE_RECONNECT - 1):
+            with pytest.raises(IpcError, match="no answer"):
+                wrapper.publish_iot(REPORT_TOPIC, b"unanswered")
+        assert wrapper.connected and disconnects.reasons == []
+        with pytest.raises(IpcError, match="no answer"):
+            wrapper.publish_iot(REPORT_TOPIC, b"unanswered")
+        disconnects.wait()
+        assert not wrapper.connected
+        assert "3 calls in a row unanswered" in disconnects.reasons[0]
+
+        nucleus.delay(0)
+        wrapper.connect()
+        wrapper.publish_iot(REPORT_TOPIC, b"after reconnecting")
+        assert nucleus.wait_for(lambda p: p.payload == b"after reconnecting")
+    finally:
+        wrapper.close()
+
+
+def test_an_answer_between_timeouts_keeps_the_connection(
+    nucleus: DevNucleus, disconnects: Disconnects
+) -> None:
+    # A slow nucleus that still answers now and then (an error answer counts) is not dropped.
+    wrapper = GreengrassIpc(timeout=0.3, on_disconnect=disconnects)
+    wrapper.connect()
+    try:
+        for _ in range(3):
+            nucleus.delay(2.0)
+            for _ in range(UNANSWERED_CALLS_BEFORE_RECONNECT - 1):
+                with pytest.raises(IpcError, match="no answer"):
+                    wrapper.publish_iot(REPORT_TOPIC, b"slow")
+            nucleus.delay(0)
+            nucleus.fail_publishes(1)
+            with pytest.raises(IpcError, match="ServiceError"):
+                wrapper.publish_iot(REPORT_TOPIC, b"answered with an error")
+        assert wrapper.connected and disconnects.reasons == []
     finally:
         wrapper.close()
 

@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 SOCKET_ENV = "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT"
 TOKEN_ENV = "SVCUID"
 LIFECYCLE_STATES = ("RUNNING", "ERRORED")
+# Timeouts in a row after which a connection counts as lost (a slow nucleus answers well before that).
+UNANSWERED_CALLS_BEFORE_RECONNECT = 3
 
 
 class IpcError(Exception):
@@ -86,6 +88,7 @@ class GreengrassIpc:
         # (kind, topic) -> callback; kind "iot": callback(topic, payload), "config": callback()
         self._subscriptions: dict[tuple[str, str], Callable[..., None]] = {}
         self._live: set[tuple[str, str]] = set()  # subscribed on the current connection
+        self._unanswered = 0  # calls in a row the current connection left without an answer
         self.last_disconnect_reason = ""
 
     # ------------------------------------------------------------------ connection
@@ -131,6 +134,7 @@ class GreengrassIpc:
         with self._lock:
             self._client = client
             self._live.clear()
+            self._unanswered = 0
             remembered = list(self._subscriptions)
         for key in remembered:
             try:
@@ -282,21 +286,42 @@ class GreengrassIpc:
             started = start(client)
             if isinstance(started, tuple):  # streaming operations return (future, operation)
                 started, operation = started
-            return started.result(self.timeout)
+            result = started.result(self.timeout)
+            self._answered(generation)
+            return result
         except concurrent.futures.TimeoutError:
             if operation is not None:
                 operation.close()
+            self._unanswered_call(generation)
             raise IpcError(f"{what}: no answer from the nucleus within {self.timeout} s") from None
-        except model.UnauthorizedError as exc:
-            raise UnauthorizedIpcError(
-                f"{what}: unauthorized; the recipe's accessControl does not grant it ({exc.message})"
-            ) from exc
         except model.GreengrassCoreIPCError as exc:
+            self._answered(generation)  # an error answer is an answer: the connection works
+            if isinstance(exc, model.UnauthorizedError):
+                raise UnauthorizedIpcError(
+                    f"{what}: unauthorized; the recipe's accessControl does not grant it ({exc.message})"
+                ) from exc
             raise IpcError(f"{what}: {type(exc).__name__}: {getattr(exc, 'message', exc)}") from exc
         except Exception as exc:
             # anything else (closed connection or stream, protocol error) means the connection is unusable
             self._lost(generation, f"{what} failed: {exc!r}")
             raise IpcError(f"{what}: connection lost ({exc!r})") from exc
+
+    def _answered(self, generation: int) -> None:
+        with self._lock:
+            if generation == self._generation:
+                self._unanswered = 0
+
+    def _unanswered_call(self, generation: int) -> None:
+        """A nucleus that keeps the socket open but answers nothing is as good as gone: after
+        UNANSWERED_CALLS_BEFORE_RECONNECT timeouts in a row, drop the connection so the owner reconnects."""
+        with self._lock:
+            if generation != self._generation:
+                return
+            self._unanswered += 1
+            unanswered = self._unanswered
+        if unanswered >= UNANSWERED_CALLS_BEFORE_RECONNECT:
+            reason = f"connection dropped: the nucleus left {unanswered} calls in a row unanswered"
+            self._lost(generation, reason)
 
 
 def _close_client(client: GreengrassCoreIPCClientV2, timeout: float) -> None:
