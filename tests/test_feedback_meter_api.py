@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Optional
 
@@ -309,6 +312,42 @@ def test_bad_periods_are_refused(tmp_path: Path) -> None:
 # ---- the default GPU busy reader ----------------------------------------------------------------------
 
 
+def test_gpu_busy_reader_reads_only_the_gpus_the_process_uses() -> None:
+    # The application runs on GPU 1; GPU 0 belongs to another (allowed) model server.
+    me = os.getpid()
+    nvml = FakeNvml(
+        [
+            FakeGpu(gpu_percent=90, processes=[(me + 1, 1 << 30)]),
+            FakeGpu(gpu_percent=30, processes=[(me, 1 << 30)]),
+        ]
+    )
+    reader = GpuBusyReader(nvml=nvml, sysfs_root=str(FIXTURES / "no-such-sysfs"))
+
+    assert reader() == [30.0]
+
+
+@pytest.mark.parametrize("driver_has_v3", [True, False])
+def test_gpu_busy_reader_lists_processes_on_old_drivers_too(driver_has_v3: bool) -> None:
+    me = os.getpid()
+    gpus = [FakeGpu(gpu_percent=90), FakeGpu(gpu_percent=30, processes=[(me, 1 << 30)])]
+    reader = GpuBusyReader(nvml=FakeNvml(gpus, driver_has_v3=driver_has_v3), sysfs_root=str(FIXTURES / "x"))
+
+    assert reader() == [30.0]
+
+
+def test_gpu_busy_reader_counts_every_gpu_while_the_process_has_no_context_or_no_list() -> None:
+    gpus = [FakeGpu(gpu_percent=90), FakeGpu(gpu_percent=30, processes=[(1, 1 << 30)])]
+    reader = GpuBusyReader(nvml=FakeNvml(gpus), sysfs_root=str(FIXTURES / "no-such-sysfs"))
+    assert reader() == [90.0, 30.0]
+
+    for gpu in gpus:  # GPUs that cannot list their processes count
+        gpu.errors = {"processes": pynvml.NVML_ERROR_NOT_SUPPORTED}
+    assert reader() == [90.0, 30.0]
+    gpus[1].errors = {}
+    gpus[1].processes = [(os.getpid(), 1 << 30)]
+    assert reader() == [90.0, 30.0]  # GPU 0 still cannot say whether the process uses it
+
+
 def test_gpu_busy_reader_reads_each_gpu_and_initialises_nvml_once() -> None:
     nvml = FakeNvml([FakeGpu(gpu_percent=20), FakeGpu(gpu_percent=60)])
     reader = GpuBusyReader(nvml=nvml, sysfs_root=str(FIXTURES / "no-such-sysfs"))
@@ -482,7 +521,7 @@ def test_an_idle_application_with_a_busy_gpu_writes_only_the_outside_file(tmp_pa
     assert (tmp_path / "gpu_inference_fb").read_text() == time_before
 
 
-def test_no_busy_outside_file_when_asked_for_none(tmp_path: Path) -> None:
+def test_the_busy_outside_file_goes_next_to_the_time_file_by_default(tmp_path: Path) -> None:
     clock = Clock()
     meter = InferenceMeter(
         str(tmp_path / "load"),
@@ -490,14 +529,90 @@ def test_no_busy_outside_file_when_asked_for_none(tmp_path: Path) -> None:
         gpu_busy=Busy(*[50.0] * 100),
         clock=clock,
         background=False,
-        busy_outside_file=None,
     )
     run_and_sample(meter, clock, 20, takes=0.1, every=0.5)
 
     values = meter.flush()
 
     assert values is not None and values.gpu_busy_outside_inference == pytest.approx(30.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_busy_outside_fb", "load", "time"]
+    assert InferenceMeter(background=False).busy_outside_file == "/var/gpu_busy_outside_fb"  # the component's
+
+
+def test_a_file_that_cannot_be_written_does_not_stop_the_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    meter = InferenceMeter(
+        str(tmp_path / "load"),
+        str(tmp_path / "time"),
+        busy_outside_file=str(tmp_path / "no-such-folder" / "outside"),
+        gpu_busy=Busy(*[50.0] * 100),
+        clock=clock,
+        background=False,
+    )
+    for _ in range(3):
+        run_and_sample(meter, clock, 10, takes=0.1, every=0.5)
+        assert meter.flush() is not None
+
     assert sorted(p.name for p in tmp_path.iterdir()) == ["load", "time"]
+    warnings = meter_warnings(caplog)
+    assert len(warnings) == 1 and "cannot write" in warnings[0] and "no-such-folder" in warnings[0]
+
+
+def test_an_application_idle_since_start_is_counted_after_startup_seconds(tmp_path: Path) -> None:
+    # A service waiting for its first request is not blind forever: after startup_seconds, the GPU
+    # work of a miner started at import is busy time that no inference explains.
+    clock = Clock()
+    meter = InferenceMeter(
+        str(tmp_path / "load"),
+        str(tmp_path / "time"),
+        gpu_busy=Busy(*[25.0] * 1000),
+        clock=clock,
+        background=False,
+        startup_seconds=60,
+    )
+    for _ in range(100):  # 50 s: start-up, not counted
+        clock.advance(0.5)
+        meter.sample_gpu()
+    assert meter.flush() is not None and outside_file(tmp_path) == 0.0
+    for _ in range(40):  # 20 s more: past start-up
+        clock.advance(0.5)
+        meter.sample_gpu()
+
+    values = meter.flush()
+
+    assert values is not None and values.inferences == 0
+    assert values.gpu_busy_outside_inference == pytest.approx(25.0)
+
+
+def test_gpu_busy_readings_of_any_number_type_are_taken(tmp_path: Path) -> None:
+    # numpy scalars, 0-d tensors and Decimals are numbers, not sequences
+    clock = Clock()
+    meter = meter_in(tmp_path, clock, Busy(*[Decimal("42.5")] * 50, *[Fraction(85, 2)] * 50))
+    run_and_sample(meter, clock, 40, takes=0.05, every=0.5)
+
+    values = meter.flush()
+
+    assert values is not None and values.gpu_busy_percent == pytest.approx(42.5)
+
+
+def test_measure_refuses_a_coroutine_function(tmp_path: Path) -> None:
+    meter = meter_in(tmp_path, Clock(), Busy())
+
+    async def infer() -> None:
+        pass
+
+    with pytest.raises(TypeError, match="coroutine function"):
+        meter.measure(infer)
+
+
+def test_a_long_flush_period_is_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    meter_in(tmp_path, Clock(), Busy())  # the default 5 s: no warning
+    assert meter_warnings(caplog) == []
+    InferenceMeter(str(tmp_path / "l"), str(tmp_path / "t"), flush_seconds=20, background=False)
+    [warning] = meter_warnings(caplog)
+    assert "MeterStaleSeconds" in warning
 
 
 def test_a_gpu_busy_function_giving_garbage_is_said_and_gives_no_reading(

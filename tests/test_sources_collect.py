@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import socket
 import time
@@ -139,8 +138,6 @@ def test_when_the_meter_stops_the_busiest_gpu_is_the_busy_outside_inference(tmp_
     # The application (and its meter) was killed; a miner keeps the second GPU 80 % busy.
     for name, text in (("load", "0.1"), ("time", "0.8"), ("outside", "0")):
         (tmp_path / name).write_text(text)
-    hour_ago = time.time() - 3600
-    os.utime(tmp_path / "outside", (hour_ago, hour_ago))
     nvml = FakeNvml([FakeGpu(gpu_percent=10), FakeGpu(gpu_percent=80)])
     files = {
         "GpuLoadFeedbackFile": str(tmp_path / "load"),
@@ -149,10 +146,11 @@ def test_when_the_meter_stops_the_busiest_gpu_is_the_busy_outside_inference(tmp_
     }
     collector = Collector(settings(EnableGPUMetrics=True, **files), nvml=nvml, sysfs_root=str(tmp_path))
     try:
-        sample = collector.sample()
-        assert sample.feedback == Feedback(0.1, 0.8, 80.0)
+        assert collector.sample().feedback == Feedback(0.1, 0.8, 0.0)  # the meter's value
+        (tmp_path / "outside").unlink()  # the meter is gone (it will not rewrite the file either)
+        assert collector.sample().feedback == Feedback(0.1, 0.8, 80.0)
         collector.apply_settings(settings(EnableGPUMetrics=True, MeterStaleSeconds=0, **files))
-        assert collector.sample().feedback == Feedback(0.1, 0.8, 0.0)  # turned off: the file as it is
+        assert collector.sample().feedback == Feedback(0.1, 0.8, None)  # turned off: no file, no value
     finally:
         collector.close()
 

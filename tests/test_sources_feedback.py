@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -85,8 +86,8 @@ def test_regular_file_and_symlink_to_regular_file(tmp_path: Path) -> None:
     target.write_text("85\n")
     link = tmp_path / "link"
     link.symlink_to(target)
-    assert read_feedback_file(str(target)) == 85.0
-    assert read_feedback_file(str(link)) == 85.0  # followed, documented
+    assert read_feedback_file(str(target)).value == 85.0
+    assert read_feedback_file(str(link)).value == 85.0  # followed, documented
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -206,24 +207,68 @@ def test_a_busy_outside_file_no_longer_rewritten_means_the_meter_stopped(
     load, inference, outside = tmp_path / "load", tmp_path / "inference", tmp_path / "outside"
     for path, text in ((load, "0.1"), (inference, "0.8"), (outside, "0")):
         path.write_text(text)
-    written = outside.stat().st_mtime
-    now = [written + 5]
+    now = [100.0]  # the monotonic clock
     reader = FeedbackReader(str(load), str(inference), str(outside), 30, clock=lambda: now[0])
     caplog.set_level(logging.INFO, logger="ddcustom.sources.feedback_files")
 
-    assert reader.read(gpu_busiest_percent=3.0).gpu_busy_outside_inference == 0.0  # fresh: the meter's
-    now[0] = written + 31
+    assert reader.read(gpu_busiest_percent=3.0).gpu_busy_outside_inference == 0.0  # the meter's value
+    now[0] += 25
+    assert reader.read(gpu_busiest_percent=27.0).gpu_busy_outside_inference == 0.0  # not yet stale
+    now[0] += 6
     assert reader.read(gpu_busiest_percent=27.0) == Feedback(0.1, 0.8, 27.0)
     assert reader.read(gpu_busiest_percent=None).gpu_busy_outside_inference is None  # no GPU reading
     [stopped] = caplog.records
     assert stopped.levelno == logging.WARNING and "inference meter has stopped" in stopped.getMessage()
+    assert "not rewritten for 31 s" in stopped.getMessage()
 
-    outside.write_text("1.5")  # the application is back
-    os.utime(outside, (now[0], now[0]))
+    replace_atomically(outside, "1.5")  # the application is back; the meter's writes are replaces
     assert reader.read(gpu_busiest_percent=27.0).gpu_busy_outside_inference == 1.5
     assert caplog.records[-1].levelno == logging.INFO and "writes again" in caplog.records[-1].getMessage()
     assert len(caplog.records) == 2
 
-    reader.meter_stale_seconds = 0  # turned off: an old file is taken as it is
+    reader.meter_stale_seconds = 0  # turned off: an unchanged file is taken as it is
     now[0] += 3600
     assert reader.read(gpu_busiest_percent=27.0).gpu_busy_outside_inference == 1.5
+
+
+def test_a_deleted_busy_outside_file_means_the_meter_stopped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Deleting the file is the easiest way to silence it: once seen, its absence is a stop.
+    load, inference, outside = tmp_path / "load", tmp_path / "inference", tmp_path / "outside"
+    for path, text in ((load, "0.1"), (inference, "0.8"), (outside, "0")):
+        path.write_text(text)
+    reader = FeedbackReader(str(load), str(inference), str(outside), 30)
+    assert reader.read(gpu_busiest_percent=40.0).gpu_busy_outside_inference == 0.0
+
+    outside.unlink()
+
+    assert reader.read(gpu_busiest_percent=40.0).gpu_busy_outside_inference == 40.0
+    assert any("deleted" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    reader.meter_stale_seconds = 0
+    assert reader.read(gpu_busiest_percent=40.0).gpu_busy_outside_inference is None
+
+
+def test_clock_steps_neither_hide_nor_fake_a_stopped_meter(tmp_path: Path) -> None:
+    # File times are wall-clock times; a device's clock jumps (NTP at boot, no RTC). Only changes count.
+    load, inference, outside = tmp_path / "load", tmp_path / "inference", tmp_path / "outside"
+    for path, text in ((load, "0.1"), (inference, "0.8"), (outside, "0")):
+        path.write_text(text)
+    future = time.time() + 86400
+    os.utime(outside, (future, future))  # written "tomorrow": an hour-long freeze must still show
+    now = [0.0]
+    reader = FeedbackReader(str(load), str(inference), str(outside), 30, clock=lambda: now[0])
+    assert reader.read(gpu_busiest_percent=50.0).gpu_busy_outside_inference == 0.0
+    now[0] += 3600
+    assert reader.read(gpu_busiest_percent=50.0).gpu_busy_outside_inference == 50.0
+
+    ancient = time.time() - 86400
+    replace_atomically(outside, "2")
+    os.utime(outside, (ancient, ancient))  # written "yesterday" but just now: a live meter
+    assert reader.read(gpu_busiest_percent=50.0).gpu_busy_outside_inference == 2.0
+
+
+def replace_atomically(path: Path, text: str) -> None:
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_text(text)
+    os.replace(temp, path)

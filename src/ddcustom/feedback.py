@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import itertools
 import logging
 import math
@@ -30,7 +31,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -42,7 +43,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LOAD_FILE = "/var/gpu_load_fb"
 DEFAULT_TIME_FILE = "/var/gpu_inference_fb"
-DEFAULT_BUSY_OUTSIDE_FILE = "/var/gpu_busy_outside_fb"
+BUSY_OUTSIDE_FILE_NAME = "gpu_busy_outside_fb"  # next to the time file unless given
+DEFAULT_STALE_SECONDS = 30  # the component's MeterStaleSeconds default
 # NVML's utilisation covers the last 1/6 s to 1 s: a reading taken less than this after the first
 # inference started may still show the application's start-up (model load, warm-up kernels).
 GPU_READING_SPAN_SECONDS = 1.0
@@ -92,10 +94,17 @@ class FeedbackValues:
 class GpuBusyReader:
     """GPU busy % now, one value per GPU: NVML utilisation, else the Jetson GPU load, else None.
 
+    With NVML, only the GPUs on which this process (``pid``) has a CUDA context count: another GPU's work
+    belongs to other processes, which the component attributes itself. Until the process has a context,
+    or where NVML cannot list it (a PID namespace), every GPU counts. A miner in this process has a
+    context on each GPU it uses, so it is always on a GPU that counts.
     NVML is initialised once, on the first call; a failed start is not retried.
     """
 
-    def __init__(self, nvml: Optional[Any] = None, sysfs_root: str = "/sys") -> None:
+    def __init__(
+        self, nvml: Optional[Any] = None, sysfs_root: str = "/sys", pid: Optional[int] = None
+    ) -> None:
+        self._pid = os.getpid() if pid is None else pid
         self._nvml = nvml
         self._sysfs_root = Path(sysfs_root)
         self._handles: Optional[list[Any]] = None  # None: not started yet; []: no NVML GPU
@@ -115,10 +124,23 @@ class GpuBusyReader:
             if not self._handles or self._nvml is None:
                 return None
             try:
-                return [float(self._nvml.nvmlDeviceGetUtilizationRates(h).gpu) for h in self._handles]
+                busy = [float(self._nvml.nvmlDeviceGetUtilizationRates(h).gpu) for h in self._handles]
             except self._nvml.NVMLError as exc:
                 log.debug("NVML utilisation failed: %s", exc)
                 return None
+            own = [b for h, b in zip(self._handles, busy) if self._has_context(h)]
+            return own or busy
+
+    def _has_context(self, handle: Any) -> bool:
+        nvml = self._nvml
+        assert nvml is not None
+        # The unversioned call needs _v3 (driver R510+); pynvml raises a version mismatch before that.
+        for call in (nvml.nvmlDeviceGetComputeRunningProcesses, nvml.nvmlDeviceGetComputeRunningProcesses_v2):
+            try:
+                return any(p.pid == self._pid for p in call(handle))
+            except Exception as exc:  # NVMLError, NVMLLibraryMismatchError
+                log.debug("NVML process list failed: %s", exc)
+        return True  # unknown: the GPU counts
 
     def close(self) -> None:
         with self._lock:
@@ -161,7 +183,10 @@ class InferenceMeter:
 
     ``gpu_busy``: a function returning the GPU busy % now, as one percent or a list of percents (one per
     GPU), or None when unknown; by default ``GpuBusyReader()`` (NVML, else the Jetson GPU load).
-    ``busy_outside_file``: where to write the GPU busy % outside inferences; None writes no such file.
+    ``busy_outside_file``: where to write the GPU busy % outside inferences; by default
+    ``gpu_busy_outside_fb`` in the time file's folder (``/var/gpu_busy_outside_fb`` with the defaults).
+    ``startup_seconds``: GPU work before the first inference is not counted, for at most this long after
+    the meter was created (loading and warming up a model); after that, an idle GPU is expected.
     ``background=False`` starts no thread: call ``sample_gpu()`` and ``flush()`` yourself.
     """
 
@@ -175,13 +200,28 @@ class InferenceMeter:
         sample_seconds: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
         background: bool = True,
-        busy_outside_file: Optional[str] = DEFAULT_BUSY_OUTSIDE_FILE,
+        busy_outside_file: Optional[str] = None,
+        startup_seconds: float = 120.0,
     ) -> None:
-        if min(flush_seconds, window_seconds, sample_seconds) <= 0:
-            raise ValueError("flush_seconds, window_seconds and sample_seconds must be positive")
+        if min(flush_seconds, window_seconds, sample_seconds) <= 0 or startup_seconds < 0:
+            raise ValueError(
+                "flush_seconds, window_seconds and sample_seconds must be positive, "
+                "startup_seconds zero or more"
+            )
         self.load_file = load_file
         self.time_file = time_file
-        self.busy_outside_file = busy_outside_file
+        self.busy_outside_file = busy_outside_file or os.path.join(
+            os.path.dirname(os.path.abspath(time_file)), BUSY_OUTSIDE_FILE_NAME
+        )
+        if 3 * flush_seconds > DEFAULT_STALE_SECONDS:
+            log.warning(
+                "inference meter: flush_seconds %g is long; the component takes a busy-outside file not "
+                "rewritten for MeterStaleSeconds (default %d s) as a stopped application: keep flush_seconds "
+                "under a third of MeterStaleSeconds",
+                flush_seconds,
+                DEFAULT_STALE_SECONDS,
+            )
+        self._startup_seconds = startup_seconds
         self._flush_seconds = flush_seconds
         self._window = window_seconds
         self._sample_seconds = sample_seconds
@@ -238,6 +278,11 @@ class InferenceMeter:
 
     def measure(self, func: F) -> F:
         """Decorator: each call of ``func`` is one inference."""
+        if inspect.iscoroutinefunction(func):  # the call would only create the coroutine
+            raise TypeError(
+                f"meter.measure cannot time the coroutine function {func.__qualname__}: use "
+                "`with meter:` around the awaited GPU work inside it"
+            )
 
         @functools.wraps(func)
         def measured(*args: Any, **kwargs: Any) -> Any:
@@ -302,7 +347,10 @@ class InferenceMeter:
             span = min(self._window, now - self._started_at)
             rate = len(durations) / span if span > 0 else 0.0
             busy_mean = sum(b[1] for b in busy) / len(busy) if busy else None
-            inference_busy, outside = _busy_outside_inference(spans, busy, first_start, now, oldest)
+            counted_from = self._started_at + self._startup_seconds
+            if first_start is not None:
+                counted_from = min(counted_from, first_start + GPU_READING_SPAN_SECONDS)
+            inference_busy, outside = _busy_outside_inference(spans, busy, counted_from, now, oldest)
             values = FeedbackValues(
                 inferences=len(durations),
                 inferences_per_second=rate,
@@ -330,19 +378,28 @@ class InferenceMeter:
             self._own_gpu_busy.close()
 
     def _write(self, values: FeedbackValues) -> None:
+        """Write each file that has a value; a file that cannot be written does not stop the others."""
         if values.avg_inference_time_ms is None:
             self._say_once("no inference in the window: time and load files left as they are")
         else:
-            write_feedback_value(self.time_file, values.avg_inference_time_ms)
+            self._write_one(self.time_file, values.avg_inference_time_ms)
             if values.gpu_load_per_inference is not None:
-                write_feedback_value(self.load_file, values.gpu_load_per_inference)
+                self._write_one(self.load_file, values.gpu_load_per_inference)
             else:
                 self._say_once(
                     f"no GPU busy reading: writing only the inference time file {self.time_file}",
                     level=logging.WARNING,
                 )
-        if self.busy_outside_file is not None and values.gpu_busy_outside_inference is not None:
-            write_feedback_value(self.busy_outside_file, values.gpu_busy_outside_inference)
+        if values.gpu_busy_outside_inference is not None:
+            self._write_one(self.busy_outside_file, values.gpu_busy_outside_inference)
+
+    def _write_one(self, path: str, value: float) -> None:
+        try:
+            write_feedback_value(path, value)
+        except OSError as exc:
+            self._say_once(
+                f"inference meter: cannot write {path}: {exc.strerror or exc}", level=logging.WARNING
+            )
 
     def _run(self) -> None:
         while not self._stop.wait(self._sample_seconds):
@@ -362,9 +419,10 @@ class InferenceMeter:
             return None
         if reading is None:
             return None
-        values = [reading] if isinstance(reading, (int, float)) else list(reading)
-        try:
-            percents = [min(100.0, max(0.0, float(v))) for v in values if v is not None and math.isfinite(v)]
+        try:  # one number of any kind (float, numpy scalar, 0-d tensor, Decimal) or an iterable of them
+            values = list(reading) if isinstance(reading, Iterable) else [reading]
+            numbers = [float(v) for v in values if v is not None]
+            percents = [min(100.0, max(0.0, v)) for v in numbers if math.isfinite(v)]
         except (TypeError, ValueError) as exc:
             self._say_once(f"GPU busy function gave {reading!r}: {exc}", level=logging.WARNING)
             return None
@@ -381,25 +439,23 @@ class InferenceMeter:
 def _busy_outside_inference(
     spans: list[tuple[float, float]],
     busy: list[tuple[float, float, float]],
-    first_start: Optional[float],
+    counted_from: float,
     now: float,
     oldest: float,
 ) -> tuple[Optional[float], Optional[float]]:
-    """(% of the time an inference ran, busiest GPU's busy % beyond it), over the window since the first
-    inference started. Without a GPU reading: (None, None). Before the first inference has run for
-    GPU_READING_SPAN_SECONDS: (None, 0.0), so the file is there from the start: the component takes a
-    file that is not rewritten for a while as a sign that the meter, and the application, stopped.
+    """(% of the time an inference ran, busiest GPU's busy % beyond it), over the window, from
+    ``counted_from`` on (the end of start-up). Without a GPU reading: (None, None). During start-up:
+    (None, 0.0), so the file is there from the start: the component takes a file that is not rewritten
+    for a while as a sign that the meter, and the application, stopped.
 
     ``spans``: (start, end) of the inferences, finished or running, in any order; they may overlap.
     """
     if not busy:
         return None, None
-    if first_start is None:
-        return None, 0.0  # start-up: GPU work before the first inference is not counted
-    since = max(oldest, first_start + GPU_READING_SPAN_SECONDS)
+    since = max(oldest, counted_from)
     readings = [busiest for at, _, busiest in busy if at >= since]
     if not readings or now <= since:
-        return None, 0.0
+        return None, 0.0  # start-up: GPU work before the first inference is not counted
     covered, reach = 0.0, since
     for start, end in sorted(spans):  # length of the union of the spans, clipped to [since, now]
         start, end = max(start, reach), min(end, now)

@@ -18,7 +18,7 @@ import math
 import os
 import stat
 import time
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from ddcustom.sample import Feedback
 
@@ -67,13 +67,13 @@ def _refuse_non_regular(mode: int) -> None:
     raise FeedbackProblem("not a regular file", kind)
 
 
-def read_feedback_file(path: str) -> float:
+class FeedbackRead(NamedTuple):
+    value: float
+    version: tuple[int, int]  # (inode, mtime in ns): changes with every write, atomic replaces included
+
+
+def read_feedback_file(path: str) -> FeedbackRead:
     """Read one feedback file; raises FeedbackProblem saying why there is no value."""
-    return read_feedback_file_and_time(path)[0]
-
-
-def read_feedback_file_and_time(path: str) -> tuple[float, float]:
-    """The value of one feedback file and when it was last written (st_mtime); raises FeedbackProblem."""
     try:
         _refuse_non_regular(os.stat(path).st_mode)
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
@@ -97,7 +97,7 @@ def read_feedback_file_and_time(path: str) -> tuple[float, float]:
         text = data.decode("ascii")
     except UnicodeDecodeError:
         raise FeedbackProblem("not a number", "not ASCII text") from None
-    return parse_feedback_number(text), info.st_mtime
+    return FeedbackRead(parse_feedback_number(text), (info.st_ino, info.st_mtime_ns))
 
 
 class FeedbackReader:
@@ -106,10 +106,11 @@ class FeedbackReader:
     The busy-outside file is written only by the inference meter (ddcustom.feedback): its absence is
     normal for applications that write the other two themselves, so it is logged at INFO, not WARNING.
     The meter rewrites it every few seconds while it runs, even before the first inference and while
-    the application is idle. Once it has not been rewritten for ``meter_stale_seconds`` (0: never), the
-    meter has stopped, and with it the application; nothing then explains any GPU work, so the value
-    becomes the busiest GPU's busy % measured by the component. A miner that replaced the application
-    (killed it and took its name) is caught that way.
+    the application is idle. Once it has not changed for ``meter_stale_seconds`` (0: never), or once it
+    has disappeared, the meter has stopped, and with it the application; nothing then explains any GPU
+    work, so the value becomes the busiest GPU's busy % measured by the component. A miner that replaced
+    the application (killed it and took its name) is caught that way. Changes are told by the file's
+    inode and mtime and timed on the monotonic clock, so clock steps neither hide nor fake a stop.
     """
 
     def __init__(
@@ -118,12 +119,14 @@ class FeedbackReader:
         inference_time_path: str,
         busy_outside_path: str,
         meter_stale_seconds: float = 0,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.paths = (gpu_load_path, inference_time_path, busy_outside_path)
         self.meter_stale_seconds = meter_stale_seconds
         self._clock = clock
         self._problem: dict[str, Optional[str]] = {}  # key -> kind of its last problem, None when fine
+        self._outside_version: Optional[tuple[int, int]] = None  # of the busy-outside file, when last read
+        self._outside_changed_at = 0.0  # clock() when that version was first seen
         self._meter_stopped = False
 
     def read(self, gpu_busiest_percent: Optional[float] = None) -> Feedback:
@@ -133,39 +136,48 @@ class FeedbackReader:
         latency = self._read_one(time_path, "InferenceTimeFeedbackFile")
         outside = self._read_one(outside_path, "GpuBusyOutsideFeedbackFile", missing_level=logging.INFO)
         return Feedback(
-            gpu_load_per_inference=load[0] if load is not None else None,
-            avg_inference_time_ms=latency[0] if latency is not None else None,
+            gpu_load_per_inference=load.value if load is not None else None,
+            avg_inference_time_ms=latency.value if latency is not None else None,
             gpu_busy_outside_inference=self._busy_outside(outside, gpu_busiest_percent),
         )
 
     def _busy_outside(
-        self, read: Optional[tuple[float, float]], gpu_busiest_percent: Optional[float]
+        self, read: Optional[FeedbackRead], gpu_busiest_percent: Optional[float]
     ) -> Optional[float]:
-        if read is None:
-            return None
-        value, written_at = read
-        age = self._clock() - written_at
-        stopped = self.meter_stale_seconds > 0 and age > self.meter_stale_seconds
+        now = self._clock()
+        why = ""
+        if read is not None:
+            if read.version != self._outside_version:
+                self._outside_version, self._outside_changed_at = read.version, now
+            unchanged = now - self._outside_changed_at
+            if self.meter_stale_seconds > 0 and unchanged > self.meter_stale_seconds:
+                why = f"not rewritten for {unchanged:.0f} s (MeterStaleSeconds {self.meter_stale_seconds:g})"
+        elif (
+            self._outside_version is not None and self._problem.get("GpuBusyOutsideFeedbackFile") == "missing"
+        ):
+            if self.meter_stale_seconds > 0:
+                why = "deleted"
+        else:
+            return None  # never there (no meter), or garbled: no value
+        stopped = bool(why)
         if stopped != self._meter_stopped:
             self._meter_stopped = stopped
             if stopped:
                 log.warning(
-                    "GpuBusyOutsideFeedbackFile %s: not rewritten for %.0f s (MeterStaleSeconds %g): the "
-                    "inference meter has stopped; all GPU busy time counts as outside inference until it "
-                    "writes again",
+                    "GpuBusyOutsideFeedbackFile %s: %s: the inference meter has stopped; all GPU busy time "
+                    "counts as outside inference until it writes again",
                     self.paths[2],
-                    age,
-                    self.meter_stale_seconds,
+                    why,
                 )
             else:
                 log.info("GpuBusyOutsideFeedbackFile %s: the inference meter writes again", self.paths[2])
-        return gpu_busiest_percent if stopped else value
+        if stopped:
+            return gpu_busiest_percent
+        return read.value if read is not None else None
 
-    def _read_one(
-        self, path: str, key: str, missing_level: int = logging.WARNING
-    ) -> Optional[tuple[float, float]]:
+    def _read_one(self, path: str, key: str, missing_level: int = logging.WARNING) -> Optional[FeedbackRead]:
         try:
-            read = read_feedback_file_and_time(path)
+            read = read_feedback_file(path)
         except FeedbackProblem as problem:
             if self._problem.get(key) != problem.kind:
                 level = missing_level if problem.kind == "missing" else logging.WARNING
