@@ -115,6 +115,18 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return run_dev(args)
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from ddcustom.plot import PlotError, plot_history
+
+    profile = load_settings(args.config).security_profile
+    try:
+        print(plot_history(args.history, args.output, profile, args.metrics, args.thing))
+    except PlotError as exc:
+        print(f"ddcustom plot: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ddcustom",
@@ -157,6 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", help="merge configuration as JSON, as a deployment would send it")
     p.add_argument("--seconds", type=float, default=0, help="stop after this many seconds (0: until Ctrl-C)")
     p.set_defaults(func=cmd_dev)
+
+    p = sub.add_parser(
+        "plot", help="draw a recorded history (ddcustom run > FILE): metrics over time, thresholds, alarms"
+    )
+    p.add_argument("history", help="JSON lines written by ddcustom run")
+    p.add_argument("-o", "--output", required=True, help="image to write: .png or .svg")
+    p.add_argument("--metrics", help="comma-separated metrics to plot (default: every numeric metric)")
+    p.add_argument(
+        "--config", help="take the thresholds from this file's SecurityProfile (default: crypto-mining)"
+    )
+    p.add_argument("--thing", help="plot this thing's lines of a history that holds several things")
+    p.set_defaults(func=cmd_plot)
 
     try:
         from ddcustom.cloud.cli import add_cloud_parser
