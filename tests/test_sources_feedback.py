@@ -204,9 +204,7 @@ def test_a_busy_outside_file_no_longer_rewritten_means_the_meter_stopped(
 ) -> None:
     # The application was killed (and a miner may run under its name): nothing explains GPU work any
     # more, so the busiest GPU's busy % measured by the component takes the meter's place.
-    load, inference, outside = tmp_path / "load", tmp_path / "inference", tmp_path / "outside"
-    for path, text in ((load, "0.1"), (inference, "0.8"), (outside, "0")):
-        path.write_text(text)
+    load, inference, outside = meter_files(tmp_path)
     now = [100.0]  # the monotonic clock
     reader = FeedbackReader(str(load), str(inference), str(outside), 30, clock=lambda: now[0])
     caplog.set_level(logging.INFO, logger="ddcustom.sources.feedback_files")
@@ -235,9 +233,7 @@ def test_a_deleted_busy_outside_file_means_the_meter_stopped(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Deleting the file is the easiest way to silence it: once seen, its absence is a stop.
-    load, inference, outside = tmp_path / "load", tmp_path / "inference", tmp_path / "outside"
-    for path, text in ((load, "0.1"), (inference, "0.8"), (outside, "0")):
-        path.write_text(text)
+    load, inference, outside = meter_files(tmp_path)
     reader = FeedbackReader(str(load), str(inference), str(outside), 30)
     assert reader.read(gpu_busiest_percent=40.0).gpu_busy_outside_inference == 0.0
 
@@ -251,9 +247,7 @@ def test_a_deleted_busy_outside_file_means_the_meter_stopped(
 
 def test_clock_steps_neither_hide_nor_fake_a_stopped_meter(tmp_path: Path) -> None:
     # File times are wall-clock times; a device's clock jumps (NTP at boot, no RTC). Only changes count.
-    load, inference, outside = tmp_path / "load", tmp_path / "inference", tmp_path / "outside"
-    for path, text in ((load, "0.1"), (inference, "0.8"), (outside, "0")):
-        path.write_text(text)
+    load, inference, outside = meter_files(tmp_path)
     future = time.time() + 86400
     os.utime(outside, (future, future))  # written "tomorrow": an hour-long freeze must still show
     now = [0.0]
@@ -266,6 +260,14 @@ def test_clock_steps_neither_hide_nor_fake_a_stopped_meter(tmp_path: Path) -> No
     replace_atomically(outside, "2")
     os.utime(outside, (ancient, ancient))  # written "yesterday" but just now: a live meter
     assert reader.read(gpu_busiest_percent=50.0).gpu_busy_outside_inference == 2.0
+
+
+def meter_files(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """The three files as a running meter leaves them: load 0.1, 0.8 ms, 0 points outside inference."""
+    files = tmp_path / "load", tmp_path / "inference", tmp_path / "outside"
+    for path, text in zip(files, ("0.1", "0.8", "0")):
+        path.write_text(text)
+    return files
 
 
 def replace_atomically(path: Path, text: str) -> None:
