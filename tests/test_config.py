@@ -16,6 +16,7 @@ from ddcustom.config import (
     load_config_file,
     parse_settings,
 )
+from ddcustom.feedback import InferenceMeter
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -32,6 +33,23 @@ def test_defaults_parse_without_warnings() -> None:
     assert 3333 in settings.mining_pool_ports and 8080 not in settings.mining_pool_ports
     assert "xmrig" in settings.miner_process_names
     assert settings.security_profile.name == "crypto-mining"
+
+
+def test_busy_outside_file_follows_the_time_file_as_the_meter_does(tmp_path: Path) -> None:
+    # The meter writes it next to its time file unless told: with only the time file moved, the
+    # component must still read where the meter writes.
+    assert parse_settings({})[0].gpu_busy_outside_feedback_file == "/var/gpu_busy_outside_fb"
+    moved, _ = parse_settings({"InferenceTimeFeedbackFile": str(tmp_path / "app" / "time")})
+    meter = InferenceMeter(str(tmp_path / "app" / "load"), str(tmp_path / "app" / "time"), background=False)
+    assert (
+        moved.gpu_busy_outside_feedback_file
+        == meter.busy_outside_file
+        == str(tmp_path / "app" / "gpu_busy_outside_fb")
+    )
+    told, _ = parse_settings({"GpuBusyOutsideFeedbackFile": " /run/outside "})
+    assert told.gpu_busy_outside_feedback_file == "/run/outside"
+    with pytest.raises(ConfigError, match="GpuBusyOutsideFeedbackFile"):
+        parse_settings({"GpuBusyOutsideFeedbackFile": 5})
 
 
 @pytest.mark.parametrize(

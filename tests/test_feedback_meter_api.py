@@ -9,6 +9,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy
 import pynvml
 import pytest
 
@@ -586,15 +587,40 @@ def test_an_application_idle_since_start_is_counted_after_startup_seconds(tmp_pa
     assert values.gpu_busy_outside_inference == pytest.approx(25.0)
 
 
-def test_gpu_busy_readings_of_any_number_type_are_taken(tmp_path: Path) -> None:
-    # numpy scalars, 0-d tensors and Decimals are numbers, not sequences
+@pytest.mark.parametrize(
+    "reading",
+    [
+        Decimal("42.5"),
+        Fraction(85, 2),
+        numpy.float32(42.5),
+        numpy.array(42.5),  # 0-d: a number, not a sequence (as a 0-d torch tensor)
+        numpy.array([42.5]),
+        [numpy.float64(42.5), None],
+    ],
+    ids=["Decimal", "Fraction", "numpy.float32", "numpy 0-d array", "numpy 1-GPU array", "list"],
+)
+def test_gpu_busy_readings_of_any_number_type_are_taken(tmp_path: Path, reading: Any) -> None:
     clock = Clock()
-    meter = meter_in(tmp_path, clock, Busy(*[Decimal("42.5")] * 50, *[Fraction(85, 2)] * 50))
+    meter = meter_in(tmp_path, clock, Busy(*[reading] * 100))
     run_and_sample(meter, clock, 40, takes=0.05, every=0.5)
 
     values = meter.flush()
 
     assert values is not None and values.gpu_busy_percent == pytest.approx(42.5)
+
+
+@pytest.mark.parametrize("reading", ["42", b"42"])
+def test_gpu_busy_text_is_refused_not_read_as_digits(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, reading: Any
+) -> None:
+    clock = Clock()
+    meter = meter_in(tmp_path, clock, Busy(*[reading] * 100))
+    run_and_sample(meter, clock, 10, takes=0.05, every=0.5)
+
+    values = meter.flush()
+
+    assert values is not None and values.gpu_busy_percent is None
+    assert any("GPU busy function gave" in w for w in meter_warnings(caplog))
 
 
 def test_measure_refuses_a_coroutine_function(tmp_path: Path) -> None:

@@ -292,3 +292,36 @@ def test_short_names_report_once_and_persist_its_id(start: Callable[..., Compone
     poll(id_file.exists, what="the report id persisted after a successful report")
     assert int(id_file.read_text()) == first["hed"]["rid"]
     assert len(reports(c.nucleus)) == 1
+
+
+def test_answer_subscriptions_without_an_answer_are_made_again_later(tmp_path: Path) -> None:
+    # SubscribeToIoTCore can wait on the cloud: the component starts and reports without it, and
+    # subscribes to Device Defender's answers once the nucleus answers.
+    nucleus = DevNucleus(
+        ROOT / "recipe.yaml", THING, {"DetectIntervalSeconds": 0.5, "StateDirectory": str(tmp_path)}
+    )
+    nucleus.start()
+    nucleus.delay(5.0, "aws.greengrass#SubscribeToIoTCore")
+    conn = GreengrassConnection(
+        THING, timeout=0.5, socket_path=nucleus.socket_path, token=nucleus.token, resubscribe_seconds=0.2
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=serve, args=(conn, stop), daemon=True)
+    thread.start()
+    try:
+        nucleus.wait_for(is_report, timeout=15)
+        poll(lambda: "RUNNING" in nucleus.states, what="UpdateState RUNNING")
+        assert nucleus.deliver_iot(REPORT_TOPIC + "/rejected", b"{}") == 0  # nobody subscribed yet
+
+        nucleus.delay(0)
+        poll(
+            lambda: nucleus.deliver_iot(REPORT_TOPIC + "/rejected", b'{"reportId": 1}') == 1,
+            what="resubscribed",
+        )
+        poll(lambda: conn.rejected >= 1, what="the rejection counted")
+    finally:
+        stop.set()
+        conn.wake.set()
+        thread.join(15)
+        nucleus.stop()
+    assert not thread.is_alive(), "the component did not stop"

@@ -5,7 +5,9 @@ from __future__ import annotations
 import random
 import re
 import threading
+import time
 from collections.abc import Iterator
+from typing import Callable
 
 import pytest
 
@@ -14,6 +16,7 @@ from ddcustom.sinks.ipc import (
     UNANSWERED_CALLS_BEFORE_RECONNECT,
     GreengrassIpc,
     IpcError,
+    IpcTimeoutError,
     UnauthorizedIpcError,
     reconnect_delays,
 )
@@ -232,6 +235,63 @@ def test_an_answer_between_timeouts_keeps_the_connection(
         assert wrapper.connected and disconnects.reasons == []
     finally:
         wrapper.close()
+
+
+def test_a_reconnect_goes_on_without_an_iot_core_subscription_that_gets_no_answer(
+    nucleus: DevNucleus, disconnects: Disconnects
+) -> None:
+    # SubscribeToIoTCore may wait on the cloud; the connection (local alerts, configuration) must not.
+    wrapper = GreengrassIpc(timeout=0.3, on_disconnect=disconnects)
+    wrapper.connect()
+    try:
+        received: list[bytes] = []
+        updates: list[None] = []
+        wrapper.subscribe_iot(REPORT_TOPIC + "/rejected", lambda _topic, payload: received.append(payload))
+        wrapper.subscribe_configuration(lambda: updates.append(None))
+        nucleus.drop_connections()
+        disconnects.wait()
+        nucleus.delay(2.0, "aws.greengrass#SubscribeToIoTCore")
+
+        wrapper.connect()
+
+        assert wrapper.connected
+        assert wrapper.missing_subscriptions() == [REPORT_TOPIC + "/rejected"]
+        wrapper.publish_local("ddcustom/local/alerts", b"still works")
+        nucleus.update_configuration({"LogLevel": "DEBUG"})
+        poll_until(lambda: updates != [])
+        with pytest.raises(IpcTimeoutError):
+            wrapper.resubscribe()  # still no answer: kept for the next try
+        assert wrapper.missing_subscriptions() == [REPORT_TOPIC + "/rejected"]
+
+        nucleus.delay(0)
+        wrapper.resubscribe()
+        assert wrapper.missing_subscriptions() == []
+        assert nucleus.deliver_iot(REPORT_TOPIC + "/rejected", b"answer") == 1
+        poll_until(lambda: received == [b"answer"])
+    finally:
+        wrapper.close()
+
+
+def test_a_first_iot_core_subscription_without_an_answer_is_kept_for_later(nucleus: DevNucleus) -> None:
+    wrapper = GreengrassIpc(timeout=0.3)
+    wrapper.connect()
+    try:
+        nucleus.delay(2.0, "aws.greengrass#SubscribeToIoTCore")
+        with pytest.raises(IpcTimeoutError):
+            wrapper.subscribe_iot(REPORT_TOPIC + "/accepted", lambda _topic, _payload: None)
+        assert wrapper.missing_subscriptions() == [REPORT_TOPIC + "/accepted"]
+        nucleus.delay(0)
+        wrapper.resubscribe()
+        assert nucleus.deliver_iot(REPORT_TOPIC + "/accepted", b"{}") == 1
+    finally:
+        wrapper.close()
+
+
+def poll_until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
 
 
 def test_ipc_drop_and_reconnect_20_times(

@@ -313,6 +313,38 @@ def test_draw_puts_thresholds_and_alarms_on_each_metrics_subplot() -> None:
     assert "alarms on metrics not shown: avg-inference-time (avg_inference_time)" in title
 
 
+def test_a_threshold_over_flat_values_is_drawn() -> None:
+    # A healthy device often reports 0 all along (gpu_busy_outside_inference): the bound must show.
+    lines = [
+        json.dumps(
+            {
+                "header": {"report_id": (START + 10 * i) * 1000},
+                "custom_metrics": {"gpu_busy_outside_inference": [{"number": 0}]},
+            }
+        )
+        for i in range(5)
+    ]
+    (axes,) = draw(parse_history(lines), load_profile("crypto-mining"), ["gpu_busy_outside_inference"]).axes
+    assert legend_texts(axes) == ["gpu-busy-outside-inference: normal < 10"]
+    assert axes.get_ylim()[1] >= 10
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"header": {"report_id": ' + str(10**400) + "}}",
+        '{"header": {"report_id": 1000000000000000000}}',
+        '{"kind": "alert", "alert": {"behavior": {"name": "b", "metric": "cpu_usage"}, '
+        '"violationEventType": "in-alarm", "violationEventTime": 1e300}}',
+    ],
+    ids=["huge report_id", "report_id in the year 33658", "event time 1e300"],
+)
+def test_times_that_are_not_times_are_bad_lines(line: str) -> None:
+    history = parse_history([*record(), line])
+    assert history.skipped == 1 and "between 2000 and 2100" in history.first_problem
+    draw(history, load_profile("crypto-mining"), ["cpu_usage"])  # and the picture still draws
+
+
 def test_a_single_report_gets_a_minute_either_side() -> None:
     history = parse_history(record()[:1])
     assert history.reports == 1

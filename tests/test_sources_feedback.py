@@ -229,18 +229,23 @@ def test_a_busy_outside_file_no_longer_rewritten_means_the_meter_stopped(
     assert reader.read(gpu_busiest_percent=27.0).gpu_busy_outside_inference == 1.5
 
 
-def test_a_deleted_busy_outside_file_means_the_meter_stopped(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("silence", ["delete", "garble", "directory"])
+def test_a_busy_outside_file_silenced_after_it_was_seen_means_the_meter_stopped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, silence: str
 ) -> None:
-    # Deleting the file is the easiest way to silence it: once seen, its absence is a stop.
+    # Deleting or spoiling the file is the easiest way to silence it: once seen, any problem is a stop.
     load, inference, outside = meter_files(tmp_path)
     reader = FeedbackReader(str(load), str(inference), str(outside), 30)
     assert reader.read(gpu_busiest_percent=40.0).gpu_busy_outside_inference == 0.0
 
     outside.unlink()
+    if silence == "garble":
+        outside.write_text("x")
+    elif silence == "directory":
+        outside.mkdir()
 
     assert reader.read(gpu_busiest_percent=40.0).gpu_busy_outside_inference == 40.0
-    assert any("deleted" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    assert any("meter has stopped" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
     reader.meter_stale_seconds = 0
     assert reader.read(gpu_busiest_percent=40.0).gpu_busy_outside_inference is None
 

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 if TYPE_CHECKING:
     from ddcustom.detect.profile import Profile
 
+# The inference meter's busy-outside file, next to its time file unless told otherwise.
+BUSY_OUTSIDE_FILE_NAME = "gpu_busy_outside_fb"
 # Device Defender throttles reports sent faster than this (docs/device-defender.md, quotas).
 MIN_REPORT_INTERVAL = 300
 
@@ -155,6 +157,17 @@ def _text(key: str, value: Any) -> str:
     return value.strip()
 
 
+def busy_outside_file_next_to(time_file: str) -> str:
+    """Where the inference meter writes the busy-outside file unless told: next to its time file."""
+    return os.path.join(os.path.dirname(os.path.abspath(time_file)), BUSY_OUTSIDE_FILE_NAME)
+
+
+def _file_or_auto(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise _fail(key, value, 'expected a file path, or "" for the automatic location')
+    return value.strip()
+
+
 def _path_or_auto(key: str, value: Any) -> str:
     if not isinstance(value, str):
         raise _fail(key, value, 'expected a directory path, or "" for the automatic location')
@@ -211,7 +224,7 @@ SCHEMA: dict[str, tuple[Any, _Parser, str]] = {
     "IncludeLoopback": (False, _bool, "include_loopback"),
     "GpuLoadFeedbackFile": ("/var/gpu_load_fb", _text, "gpu_load_feedback_file"),
     "InferenceTimeFeedbackFile": ("/var/gpu_inference_fb", _text, "inference_time_feedback_file"),
-    "GpuBusyOutsideFeedbackFile": ("/var/gpu_busy_outside_fb", _text, "gpu_busy_outside_feedback_file"),
+    "GpuBusyOutsideFeedbackFile": ("", _file_or_auto, "gpu_busy_outside_feedback_file"),
     "MeterStaleSeconds": (30, _int_range(0, 86400), "meter_stale_seconds"),
     "WatchedProcesses": ([], _names, "watched_processes"),
     "AllowedGpuProcesses": ([], _names, "allowed_gpu_processes"),
@@ -239,6 +252,9 @@ def parse_settings(raw: Optional[Mapping[str, Any]] = None) -> tuple[Settings, l
     values: dict[str, Any] = {}
     for key, (default, parser, field_name) in SCHEMA.items():
         values[field_name] = parser(key, raw.get(key, default))
+    if not values["gpu_busy_outside_feedback_file"]:  # where the meter writes it by default
+        time_file = values["inference_time_feedback_file"]
+        values["gpu_busy_outside_feedback_file"] = busy_outside_file_next_to(time_file)
     warnings: list[str] = list(values["security_profile"].warnings)
     if values["enable_device_defender_report"] and values["sample_interval_seconds"] < MIN_REPORT_INTERVAL:
         warnings.append(

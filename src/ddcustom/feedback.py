@@ -31,19 +31,19 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable, Optional, TypeVar, Union, cast
 
+from ddcustom.config import busy_outside_file_next_to
 from ddcustom.sources.gpu import MAX_SYSFS_BYTES, find_jetson_load_file, parse_jetson_load, read_bounded
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LOAD_FILE = "/var/gpu_load_fb"
 DEFAULT_TIME_FILE = "/var/gpu_inference_fb"
-BUSY_OUTSIDE_FILE_NAME = "gpu_busy_outside_fb"  # next to the time file unless given
 DEFAULT_STALE_SECONDS = 30  # the component's MeterStaleSeconds default
 # NVML's utilisation covers the last 1/6 s to 1 s: a reading taken less than this after the first
 # inference started may still show the application's start-up (model load, warm-up kernels).
@@ -210,9 +210,7 @@ class InferenceMeter:
             )
         self.load_file = load_file
         self.time_file = time_file
-        self.busy_outside_file = busy_outside_file or os.path.join(
-            os.path.dirname(os.path.abspath(time_file)), BUSY_OUTSIDE_FILE_NAME
-        )
+        self.busy_outside_file = busy_outside_file or busy_outside_file_next_to(time_file)
         if 3 * flush_seconds > DEFAULT_STALE_SECONDS:
             log.warning(
                 "inference meter: flush_seconds %g is long; the component takes a busy-outside file not "
@@ -419,9 +417,13 @@ class InferenceMeter:
             return None
         if reading is None:
             return None
-        try:  # one number of any kind (float, numpy scalar, 0-d tensor, Decimal) or an iterable of them
-            values = list(reading) if isinstance(reading, Iterable) else [reading]
-            numbers = [float(v) for v in values if v is not None]
+        try:  # one number of any kind (float, numpy scalar or 0-d array, 0-d tensor, Decimal), or several
+            if isinstance(reading, (str, bytes)):
+                raise TypeError("text is not a number")
+            try:
+                numbers = [float(reading)]  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                numbers = [float(v) for v in reading if v is not None]  # type: ignore[union-attr]
             percents = [min(100.0, max(0.0, v)) for v in numbers if math.isfinite(v)]
         except (TypeError, ValueError) as exc:
             self._say_once(f"GPU busy function gave {reading!r}: {exc}", level=logging.WARNING)

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 RECONNECT_BASE = 0.5
 RECONNECT_CAP = 30.0
+RESUBSCRIBE_SECONDS = 60.0  # retry period of subscriptions a reconnect could not make
 
 
 class GreengrassConnection:
@@ -41,6 +42,7 @@ class GreengrassConnection:
         token: Optional[str] = None,
         reconnect_base: float = RECONNECT_BASE,
         reconnect_cap: float = RECONNECT_CAP,
+        resubscribe_seconds: float = RESUBSCRIBE_SECONDS,
     ) -> None:
         self.thing_name = thing_name
         self._ipc = GreengrassIpc(timeout, socket_path, token, on_disconnect=self._on_disconnect)
@@ -53,6 +55,8 @@ class GreengrassConnection:
         self.connects = 0
         self._delays = reconnect_delays(*self._backoff, random.Random())
         self._next_attempt = 0.0
+        self._resubscribe_seconds = resubscribe_seconds
+        self._next_resubscribe = 0.0
         self._last_state: Optional[str] = None
 
     # ---- connection ----------------------------------------------------------------------------
@@ -95,11 +99,22 @@ class GreengrassConnection:
                 )
 
     def keep_connected(self) -> None:
-        """Reconnect now if the connection is down and the backoff allows; never raises."""
+        """Reconnect now if the connection is down and the backoff allows, and make again, now and then,
+        subscriptions a reconnect could not; never raises."""
         try:
             self._ensure_connected()
         except SinkError as exc:
             log.debug("%s", exc)
+            return
+        now = time.monotonic()
+        if now < self._next_resubscribe or not self._ipc.missing_subscriptions():
+            return
+        self._next_resubscribe = now + self._resubscribe_seconds
+        try:
+            self._ipc.resubscribe()
+            log.info("subscribed again to what the last reconnect missed")
+        except IpcError as exc:
+            log.warning("%s; trying again in %.0f s", exc, self._resubscribe_seconds)
 
     @property
     def connected(self) -> bool:

@@ -53,6 +53,8 @@ OPERATOR_SYMBOLS = {
 TOPIC_THING = re.compile(r"\$aws/things/([^/]+)/defender/metrics/json")
 # Device Defender's own violation events give epoch milliseconds, the device's engine seconds.
 MILLISECONDS_ABOVE = 1e11  # as seconds this is the year 5138
+# Times outside 2000..2100 are garbage, and would overflow date conversions (epoch seconds).
+EARLIEST, LATEST = 946_684_800, 4_102_444_800
 
 
 class PlotError(Exception):
@@ -199,6 +201,8 @@ def _report(report: Any) -> tuple[float, dict[str, float]]:
     report_id = _get(header, "report_id") if isinstance(header, dict) else None
     if not isinstance(report_id, int) or isinstance(report_id, bool) or report_id <= 0:
         raise _BadLine("the report has no header with a report_id")
+    if not EARLIEST * 1000 <= report_id <= LATEST * 1000:
+        raise _BadLine("the report_id is not a time (epoch milliseconds) between 2000 and 2100")
     custom, metrics = _get(report, "custom_metrics"), _get(report, "metrics")
     if not isinstance(custom, (dict, type(None))) or not isinstance(metrics, (dict, type(None))):
         raise _BadLine("the report's metrics are not objects")
@@ -244,6 +248,8 @@ def _alert(alert: Any) -> tuple[Optional[str], float, str, str, str, Optional[fl
     if isinstance(metric_value, dict) and not (isinstance(criteria, dict) and "durationSeconds" in criteria):
         value = _number(metric_value.get("number", metric_value.get("count")))
     seconds = when / 1000 if when > MILLISECONDS_ABOVE else when
+    if not EARLIEST <= seconds <= LATEST:
+        raise _BadLine("the alert's violationEventTime is not a time between 2000 and 2100")
     return (thing if isinstance(thing, str) else None), seconds, kind, name, metric, value
 
 
@@ -360,11 +366,12 @@ def draw(history: History, profile: Profile, metrics: Sequence[str]) -> Figure:
         ax.set_title(metric + per_interval, loc="left", fontsize=9)
         ax.plot([local(t) for t in series.times], series.values, marker=".", markersize=4, linewidth=1)
         low, high = min(series.values), max(series.values)
-        reach = 3 * max(high - low, abs(low), abs(high))  # how far from the values a line is still drawn
+        # how far from the values a line is still drawn; values all 0 squash into nothing: always drawn
+        reach = 3 * max(high - low, abs(low), abs(high))
         for limit in limits.get(metric, []):
             if limit.value is None:
                 ax.plot([], [], " ", label=limit.label)  # a legend entry only
-            elif not low - reach <= limit.value <= high + reach:
+            elif reach > 0 and not low - reach <= limit.value <= high + reach:
                 # drawn, it would squash the values into a line: say where it is instead
                 side = "above" if limit.value > high else "below"
                 ax.plot([], [], " ", label=f"{limit.label} (far {side} the values, not drawn)")

@@ -164,6 +164,7 @@ class DevNucleus:
         self._fail_shape = "ServiceError"
         self._fail_message = ""
         self._delay = 0.0
+        self._delay_operation: Optional[str] = None  # None: every operation is delayed
         self._stopping = threading.Event()
         self._listener: Optional[socket.socket] = None
         self._accept_thread: Optional[threading.Thread] = None
@@ -329,10 +330,12 @@ class DevNucleus:
             self._fail_shape = error
             self._fail_message = message
 
-    def delay(self, seconds: float) -> None:
-        """Hold every answer back by ``seconds`` (0 to stop); the request itself is still processed."""
+    def delay(self, seconds: float, operation: Optional[str] = None) -> None:
+        """Hold answers back by ``seconds`` (0 to stop): every answer, or only those to ``operation``
+        (e.g. ``aws.greengrass#SubscribeToIoTCore``). The request itself is still processed."""
         with self._lock:
             self._delay = seconds
+            self._delay_operation = operation
 
     # ------------------------------------------------------------------ connections
     def _accept_loop(self) -> None:
@@ -436,7 +439,7 @@ class DevNucleus:
         except _Fault as exc:
             fault = exc
         with self._lock:
-            delay = self._delay
+            delay = self._delay if self._delay_operation in (None, operation) else 0.0
         if delay <= 0:
             self._answer(conn, stream_id, answer, fault)
             return

@@ -37,6 +37,10 @@ class UnauthorizedIpcError(IpcError):
     """The nucleus refused the call: the recipe's accessControl does not grant it."""
 
 
+class IpcTimeoutError(IpcError):
+    """The nucleus did not answer within the timeout."""
+
+
 def reconnect_delays(base: float, cap: float, rng: Optional[random.Random] = None) -> Iterator[float]:
     """Endless exponential backoff with full jitter: attempt n waits uniform(0, min(cap, base * 2**n))."""
     if base <= 0 or cap < base:
@@ -144,9 +148,26 @@ class GreengrassIpc:
                 with self._lock:
                     self._subscriptions.pop(key, None)
                 logger.warning("%s; no longer subscribed", exc)
-            except IpcError:
-                self.close()
-                raise
+            except IpcError as exc:
+                if key[0] != "iot" or not self.connected:
+                    self.close()
+                    raise
+                # An IoT Core subscription may wait on the cloud: the connection is good without it.
+                logger.warning("%s; subscribing again later", exc)
+
+    def missing_subscriptions(self) -> list[str]:
+        """Topics subscribed to before that the current connection does not have (yet)."""
+        with self._lock:
+            if self._client is None:
+                return []
+            return sorted(topic or kind for kind, topic in set(self._subscriptions) - self._live)
+
+    def resubscribe(self) -> None:
+        """Make the remembered subscriptions the current connection lacks. Raises IpcError."""
+        with self._lock:
+            missing = sorted(set(self._subscriptions) - self._live) if self._client is not None else []
+        for key in missing:
+            self._subscribe(key)
 
     def close(self) -> None:
         """Close the connection (bounded); remembered subscriptions are made again by connect()."""
@@ -218,6 +239,8 @@ class GreengrassIpc:
             return
         try:
             self._subscribe(key)
+        except IpcTimeoutError:
+            raise  # kept: connect() and resubscribe() make it again
         except IpcError:
             with self._lock:  # a refused subscription is not made again by connect()
                 if previous is None:
@@ -293,7 +316,7 @@ class GreengrassIpc:
             if operation is not None:
                 operation.close()
             self._unanswered_call(generation)
-            raise IpcError(f"{what}: no answer from the nucleus within {self.timeout} s") from None
+            raise IpcTimeoutError(f"{what}: no answer from the nucleus within {self.timeout} s") from None
         except model.GreengrassCoreIPCError as exc:
             self._answered(generation)  # an error answer is an answer: the connection works
             if isinstance(exc, model.UnauthorizedError):

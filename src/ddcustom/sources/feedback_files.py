@@ -109,8 +109,10 @@ class FeedbackReader:
     the application is idle. Once it has not changed for ``meter_stale_seconds`` (0: never), or once it
     has disappeared, the meter has stopped, and with it the application; nothing then explains any GPU
     work, so the value becomes the busiest GPU's busy % measured by the component. A miner that replaced
-    the application (killed it and took its name) is caught that way. Changes are told by the file's
-    inode and mtime and timed on the monotonic clock, so clock steps neither hide nor fake a stop.
+    the application (killed it and took its name) is caught that way. Any problem with a file that was
+    there (deleted, garbled, replaced by a directory) counts as a stop too: it is what silencing the meter
+    looks like. Changes are told by the file's inode and mtime and timed on the monotonic clock, so clock
+    steps neither hide nor fake a stop. What the reader has seen is not kept across restarts.
     """
 
     def __init__(
@@ -152,13 +154,11 @@ class FeedbackReader:
             unchanged = now - self._outside_changed_at
             if self.meter_stale_seconds > 0 and unchanged > self.meter_stale_seconds:
                 why = f"not rewritten for {unchanged:.0f} s (MeterStaleSeconds {self.meter_stale_seconds:g})"
-        elif (
-            self._outside_version is not None and self._problem.get("GpuBusyOutsideFeedbackFile") == "missing"
-        ):
+        elif self._outside_version is not None:  # the meter's file was there: now gone, garbled, replaced
             if self.meter_stale_seconds > 0:
-                why = "deleted"
+                why = str(self._problem.get("GpuBusyOutsideFeedbackFile") or "unreadable")
         else:
-            return None  # never there (no meter), or garbled: no value
+            return None  # never there (no meter, or not since the component started): no value
         stopped = bool(why)
         if stopped != self._meter_stopped:
             self._meter_stopped = stopped
