@@ -26,9 +26,8 @@ from ddcustom.report import ReportBuilder, serialise
 from ddcustom.sample import Sample
 from ddcustom.sources.collect import Collector
 
-SHARED_CONN_LOAD = Path("/work/shared/bench/conn_load.py")
-# The same as SHARED_CONN_LOAD, for checkouts that do not have it.
-INLINE_CONN_LOAD = """
+# Holds N established loopback TCP connections (both ends) until killed.
+CONN_LOAD = """
 import socket, sys, time
 n = int(sys.argv[1]); hold = float(sys.argv[2]) if len(sys.argv) > 2 else 120
 srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -51,10 +50,9 @@ PROFILE = [
 
 
 def start_connections(count: int) -> subprocess.Popen[str]:
-    command = [sys.executable, str(SHARED_CONN_LOAD)] if SHARED_CONN_LOAD.exists() else [sys.executable, "-c"]
-    if not SHARED_CONN_LOAD.exists():
-        command.append(INLINE_CONN_LOAD)
-    load = subprocess.Popen([*command, str(count), "600"], stdout=subprocess.PIPE, text=True)
+    load = subprocess.Popen(
+        [sys.executable, "-c", CONN_LOAD, str(count), "600"], stdout=subprocess.PIPE, text=True
+    )
     assert load.stdout is not None
     line = load.stdout.readline()  # READY <port>, once every connection is established
     if not line.startswith("READY"):

@@ -45,6 +45,7 @@ APP_NAME = "inference-app"  # the watched application's process name (comm)
 MINER_NAME = "svc-helper"  # a neutral name: the known-miner-name rule must not be what catches it
 DETECT_INTERVAL = 5
 SEPARATE_PROCESS_TARGET_SECONDS = 15.0
+REHEARSAL = "CPU rehearsal: "  # the status prefix of --cpu-rehearsal results
 
 
 @dataclass(frozen=True)
@@ -657,11 +658,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                     print(f"running {s.name}: {s.description} ...", flush=True)
                     result = run_scenario(s, backend, times, workdir, log)
                     if backend == "cpu":
-                        result.status = f"CPU rehearsal: {result.status}"
+                        result.status = REHEARSAL + result.status
                         result.target_met = None
                     results.append(result)
                     print(f"  {result.status}", flush=True)
-        failed = [r for r in results if r.status.startswith("failed")]
+        failed = [r for r in results if r.status.removeprefix(REHEARSAL).startswith("failed")]
         if failed:
             print(f"\nlast lines of the component/application log ({log_path}):")
             print("\n".join(log_path.read_text(errors="replace").splitlines()[-30:]))

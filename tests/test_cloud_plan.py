@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ddcustom.cloud.behaviors import cloud_behaviors
-from ddcustom.cloud.options import CloudOptions, OptionError, default_region
+from ddcustom.cloud.options import CloudOptions, OptionError, default_region, parse_merge_configuration
 from ddcustom.cloud.policies import artifact_policy
 from ddcustom.detect.profile import load_profile
 
@@ -37,41 +37,45 @@ def test_cloud_behaviors_from_the_built_in_profile_are_unchanged() -> None:
     assert notes == []
 
 
-def test_cloud_behaviors_drop_device_only_extras() -> None:
-    profile = {
-        "name": "custom",
-        "behaviors": [
-            {
-                "name": "cpu",
-                "metric": "cpu_usage",
-                "localBaseline": {"window": 100},
-                "criteria": {"comparisonOperator": "less-than", "value": {"number": 90}, "deviceOnly": True},
-            },
-            {"name": "local", "metric": "some_device_metric", "criteria": {}},
-            {
-                "name": "out",
-                "metric": "aws:all-bytes-out",
-                "criteria": {"statisticalThreshold": {"statistic": "p90"}, "durationSeconds": 300},
-            },
-        ],
-    }
+def test_cloud_behaviors_drop_keys_the_service_lacks() -> None:
+    """The device reads only the keys it knows in statisticalThreshold and mlDetectionConfig; any other
+    would make CreateSecurityProfile fail, so the cloud copy leaves it out and says so."""
+    profile = load_profile(
+        {
+            "name": "custom",
+            "behaviors": [
+                {
+                    "name": "cpu",
+                    "metric": "cpu_usage",
+                    "criteria": {
+                        "comparisonOperator": "less-than",
+                        "statisticalThreshold": {"statistic": "p90", "window": 100},
+                    },
+                },
+                {
+                    "name": "out",
+                    "metric": "aws:all-bytes-out",
+                    "criteria": {"mlDetectionConfig": {"confidenceLevel": "HIGH", "deviceOnly": True}},
+                },
+            ],
+        }
+    )
     behaviors, notes = cloud_behaviors(profile)
     assert behaviors == [
         {
             "name": "cpu",
             "metric": "cpu_usage",
-            "criteria": {"comparisonOperator": "less-than", "value": {"number": 90}},
+            "criteria": {"comparisonOperator": "less-than", "statisticalThreshold": {"statistic": "p90"}},
         },
         {
             "name": "out",
             "metric": "aws:all-bytes-out",
-            "criteria": {"statisticalThreshold": {"statistic": "p90"}, "durationSeconds": 300},
+            "criteria": {"mlDetectionConfig": {"confidenceLevel": "HIGH"}},
         },
     ]
     assert notes == [
-        "behavior 'cpu': device-only key 'localBaseline' left out",
-        "behavior 'cpu': device-only key 'criteria.deviceOnly' left out",
-        "behavior 'local': metric 'some_device_metric' is evaluated on the device only",
+        "behavior 'cpu': device-only key 'criteria.statisticalThreshold.window' left out",
+        "behavior 'out': device-only key 'criteria.mlDetectionConfig.deviceOnly' left out",
     ]
 
 
@@ -112,7 +116,7 @@ def test_cloud_behaviors_leave_out_values_the_service_refuses() -> None:
         "metric": "cpu_usage",
         "criteria": {"comparisonOperator": "less-than", "statisticalThreshold": {"statistic": "p90"}},
     }
-    behaviors, notes = cloud_behaviors({"name": "custom", "behaviors": [average, p90]})
+    behaviors, notes = cloud_behaviors(load_profile({"name": "custom", "behaviors": [average, p90]}))
     assert behaviors == [p90]
     assert notes == [
         "behavior 'mean-cpu': criteria.statisticalThreshold.statistic 'Average' "
@@ -127,3 +131,30 @@ def test_cloud_options_refuse_a_security_profile_name_too_long() -> None:
     assert CloudOptions(region="eu-west-1", stack="stack", profile="x" * 122).security_profile == (
         "stack-" + "x" * 122
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [("merge.json", '{"LogLevel": "DEBUG"}'), ("merge.yaml", "LogLevel: DEBUG\n")],
+)
+def test_cloud_merge_configuration_from_a_file(tmp_path: Path, name: str, text: str) -> None:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    assert parse_merge_configuration(f"@{path}") == {"LogLevel": "DEBUG"}
+
+
+def test_cloud_merge_configuration_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(OptionError, match=r"cannot read --merge-config file '.*missing\.json'"):
+        parse_merge_configuration(f"@{tmp_path / 'missing.json'}")
+    listed = tmp_path / "list.json"
+    listed.write_text('["LogLevel"]', encoding="utf-8")
+    with pytest.raises(OptionError, match="must hold a mapping of keys, not list"):
+        parse_merge_configuration(f"@{listed}")
+    dated = tmp_path / "dated.yaml"  # YAML has values JSON lacks; the deployment carries JSON
+    dated.write_text("accessControl:\n  since: 2024-05-01\n", encoding="utf-8")
+    with pytest.raises(OptionError, match="not a JSON value"):
+        parse_merge_configuration(f"@{dated}")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"EnableGPUMetrics": "yes"}', encoding="utf-8")
+    with pytest.raises(OptionError, match="EnableGPUMetrics"):
+        parse_merge_configuration(f"@{bad}")

@@ -205,14 +205,44 @@ def expect_action_found(account: Account) -> None:
     account.detect.add_response("list_tags_for_resource", {"tags": TAGS}, {"resourceArn": ACTION_ARN})
 
 
-def expect_latest_deployment(account: Account, deployment_id: str, components: dict, tags: dict) -> None:
+LATEST = {"targetArn": GROUP_ARN, "historyFilter": "LATEST_ONLY"}
+
+
+def expect_latest_deployment(
+    account: Account, deployment_id: str, components: dict, tags: dict, **extra: Any
+) -> None:
+    """The group's latest deployment; ``extra``: more of its fields (deploymentPolicies, ...)."""
     account.greengrass.add_response(
         "list_deployments",
         {"deployments": [{"deploymentId": deployment_id, "targetArn": GROUP_ARN, "isLatestForTarget": True}]},
-        {"targetArn": GROUP_ARN, "historyFilter": "LATEST_ONLY"},
+        LATEST,
     )
-    found = {"deploymentId": deployment_id, "targetArn": GROUP_ARN, "components": components, "tags": tags}
+    found = {
+        "deploymentId": deployment_id,
+        "targetArn": GROUP_ARN,
+        "components": components,
+        "tags": tags,
+        **extra,
+    }
     account.greengrass.add_response("get_deployment", found, {"deploymentId": deployment_id})
+
+
+def expect_no_deployment(account: Account) -> None:
+    account.greengrass.add_response("list_deployments", {"deployments": []}, LATEST)
+
+
+def expect_nucleus(account: Account, version: str) -> None:
+    """The newest aws.greengrass.Nucleus, asked for where the group has no deployment yet."""
+    found = {
+        "componentVersions": [
+            {
+                "componentName": "aws.greengrass.Nucleus",
+                "componentVersion": version,
+                "arn": f"{NUCLEUS_ARN}:versions:{version}",
+            }
+        ]
+    }
+    account.greengrass.add_response("list_component_versions", found, {"arn": NUCLEUS_ARN, "maxResults": 1})
 
 
 def expect_component_published(account: Account) -> None:
@@ -220,8 +250,8 @@ def expect_component_published(account: Account) -> None:
     account.greengrass.add_response("describe_component", found, {"arn": COMPONENT_ARN})
 
 
-def expect_first_setup(account: Account) -> None:
-    # checks, in plan order
+def expect_first_checks(account: Account) -> None:
+    """The checks of a first setup on a quick-start fleet, in plan order: nothing of ours exists."""
     expect_metric_lookups(account, created=False, order=list(CUSTOM_METRICS))
     account.detect.add_client_error(
         "describe_security_profile",
@@ -238,6 +268,10 @@ def expect_first_setup(account: Account) -> None:
     )
     expect_component_published(account)
     expect_latest_deployment(account, "d-quickstart", EXISTING_COMPONENTS, {})
+
+
+def expect_first_setup(account: Account) -> None:
+    expect_first_checks(account)
     # creations
     for name, (_, metric_type, description) in CUSTOM_METRICS.items():
         if name == HAND_MADE_METRIC:
@@ -272,6 +306,10 @@ def expect_first_setup(account: Account) -> None:
             "tags": TAGS,
         },
     )
+    expect_deployment_created(account)
+
+
+def expect_deployment_created(account: Account) -> None:
     account.greengrass.add_response(
         "create_deployment",
         {"deploymentId": "d-ddcustom"},
@@ -282,6 +320,16 @@ def expect_first_setup(account: Account) -> None:
             "tags": {"ddcustom:stack": "ddcustom"},
         },
     )
+
+
+def would_call(out: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """What a --dry-run printed it would call: (service, operation, parameters), in order."""
+    calls = []
+    for line in out.splitlines():
+        if line.startswith("would call "):
+            service, operation, params = line[len("would call ") :].split(" ", 2)
+            calls.append((service, operation, json.loads(params)))
+    return calls
 
 
 def expect_second_setup(account: Account) -> None:
@@ -429,9 +477,7 @@ def test_cloud_teardown_leaves_untagged_lookalikes(aws: None) -> None:
     account = fleet()
     lookalikes(account)
     before = account.snapshot()
-    account.greengrass.add_response(
-        "list_deployments", {"deployments": []}, {"targetArn": GROUP_ARN, "historyFilter": "LATEST_ONLY"}
-    )
+    expect_no_deployment(account)
     code, out, err = cloud(account, "teardown", "--no-detect")
     assert (code, err) == (0, "")
     account.all_stubs_used()
@@ -475,33 +521,59 @@ def test_cloud_setup_without_detect_access_carries_on(aws: None) -> None:
     assert "ddcustom-quarantine-action" not in snapshot["roles"]  # only Detect uses that role
 
 
+def test_cloud_setup_detect_refused_at_creation_carries_on(aws: None) -> None:
+    """The look-ups pass but the first creation is refused: the other Detect steps are skipped."""
+    account = fleet()
+    expect_first_checks(account)
+    first_created = next(name for name in CUSTOM_METRICS if name != HAND_MADE_METRIC)
+    account.detect.add_client_error(
+        "create_custom_metric",
+        "AccessDeniedException",
+        "Device Defender Detect is not available to new customers",
+        expected_params={"metricName": first_created, "displayName": ANY, "metricType": ANY, "tags": TAGS},
+    )
+    expect_deployment_created(account)
+    code, out, err = cloud(account, "setup")
+    assert (code, err) == (0, "")
+    account.all_stubs_used()  # no other Detect call was made
+    assert "Device Defender Detect refused (CreateCustomMetric: AccessDeniedException" in out
+    assert "created  Greengrass deployment" in out
+    snapshot = account.snapshot()
+    assert snapshot["rules"] == ["ddcustom_alerts"]
+    assert "ddcustom-quarantine-action" not in snapshot["roles"]  # a Detect step: skipped too
+
+
+def test_cloud_teardown_without_detect_access_carries_on(aws: None) -> None:
+    account = fleet()
+    before = account.snapshot()
+    expect_no_deployment(account)
+    account.detect.add_client_error(
+        "describe_mitigation_action",
+        "AccessDeniedException",
+        "Device Defender Detect is not available to new customers",
+        expected_params={"actionName": "ddcustom-quarantine"},
+    )
+    code, out, err = cloud(account, "teardown")
+    assert (code, err) == (0, "")
+    account.all_stubs_used()  # no other Detect call was made
+    assert "Device Defender Detect refused (DescribeMitigationAction: AccessDeniedException" in out
+    assert "kept     SNS topic ddcustom-alerts" in out  # the steps after it still ran
+    assert account.snapshot() == before
+
+
 def test_cloud_setup_dry_run_prints_calls_and_changes_nothing(aws: None) -> None:
     account = fleet()
     before = account.snapshot()
     expect_component_published(account)
-    account.greengrass.add_response(
-        "list_deployments", {"deployments": []}, {"targetArn": GROUP_ARN, "historyFilter": "LATEST_ONLY"}
-    )
-    account.greengrass.add_response(
-        "list_component_versions",
-        {
-            "componentVersions": [
-                {
-                    "componentName": "aws.greengrass.Nucleus",
-                    "componentVersion": "2.14.3",
-                    "arn": f"{NUCLEUS_ARN}:versions:2.14.3",
-                }
-            ]
-        },
-        {"arn": NUCLEUS_ARN, "maxResults": 1},
-    )
+    expect_no_deployment(account)
+    expect_nucleus(account, "2.14.3")
     code, out, err = cloud(
         account, "setup", "--no-detect", "--dry-run", "--merge-config", '{"LogLevel": "DEBUG"}'
     )
     assert (code, err) == (0, "")
     account.all_stubs_used()
     assert account.snapshot() == before
-    calls = [line.split(" ", 4)[2:] for line in out.splitlines() if line.startswith("would call ")]
+    calls = would_call(out)
     assert [(service, operation) for service, operation, _ in calls] == [
         ("iot", "CreateThingGroup"),
         ("sns", "CreateTopic"),
@@ -512,7 +584,7 @@ def test_cloud_setup_dry_run_prints_calls_and_changes_nothing(aws: None) -> None
         ("iam", "AttachRolePolicy"),
         ("greengrassv2", "CreateDeployment"),
     ]
-    deployment = json.loads(calls[-1][2])
+    deployment = calls[-1][2]
     assert deployment["components"] == {
         "aws.greengrass.Nucleus": {"componentVersion": "2.14.3", "configurationUpdate": INTERPOLATE},
         COMPONENT: {"componentVersion": "1.0.0", "configurationUpdate": {"merge": '{"LogLevel": "DEBUG"}'}},
@@ -534,22 +606,8 @@ def test_cloud_setup_unpublished_component_is_refused_first(aws: None) -> None:
 def test_cloud_setup_missing_token_exchange_role(aws: None) -> None:
     account = Account()  # no Greengrass installed yet
     expect_component_published(account)
-    account.greengrass.add_response(
-        "list_deployments", {"deployments": []}, {"targetArn": GROUP_ARN, "historyFilter": "LATEST_ONLY"}
-    )
-    account.greengrass.add_response(
-        "list_component_versions",
-        {
-            "componentVersions": [
-                {
-                    "componentName": "aws.greengrass.Nucleus",
-                    "componentVersion": "2.14.3",
-                    "arn": f"{NUCLEUS_ARN}:versions:2.14.3",
-                }
-            ]
-        },
-        None,
-    )
+    expect_no_deployment(account)
+    expect_nucleus(account, "2.14.3")  # its params are checked now too
     code, out, _ = cloud(account, "setup", "--no-detect")
     assert code == 2
     assert "IAM role GreengrassV2TokenExchangeRole does not exist" in out
@@ -561,12 +619,7 @@ def test_cloud_setup_missing_token_exchange_role(aws: None) -> None:
 
 def test_cloud_throttled_midway_says_what_was_created(aws: None) -> None:
     account = fleet()
-    expect_metric_lookups(account, created=False, order=list(CUSTOM_METRICS))
-    account.detect.add_client_error("describe_security_profile", NOT_FOUND)
-    account.detect.add_client_error("list_targets_for_security_profile", NOT_FOUND)
-    account.detect.add_client_error("describe_mitigation_action", NOT_FOUND)
-    expect_component_published(account)
-    expect_latest_deployment(account, "d-quickstart", EXISTING_COMPONENTS, {})
+    expect_first_checks(account)  # now with the Detect look-ups' params checked too
     account.detect.add_client_error("create_custom_metric", "ThrottlingException", "Rate exceeded")
     code, _, err = cloud(account, "setup")
     assert code == 1
@@ -586,6 +639,21 @@ def test_cloud_throttled_during_checks_changes_nothing(aws: None) -> None:
     code, _, err = cloud(account, "setup", "--no-detect")
     assert code == 1
     assert err.startswith("ddcustom cloud: AWS throttled the requests even after retries (DescribeComponent")
+    assert "Nothing was changed." in err
+    assert account.snapshot() == before
+
+
+def test_cloud_refused_credentials_change_nothing(aws: None) -> None:
+    account = fleet()
+    before = account.snapshot()
+    account.greengrass.add_client_error(
+        "describe_component", "ExpiredTokenException", "The security token included in the request is expired"
+    )
+    code, _, err = cloud(account, "setup", "--no-detect")
+    assert code == 2
+    assert err.startswith(
+        "ddcustom cloud: the AWS credentials were refused (DescribeComponent: ExpiredTokenException"
+    )
     assert "Nothing was changed." in err
     assert account.snapshot() == before
 
@@ -659,9 +727,7 @@ def dry_run(account: Account, *argv: str) -> tuple[int, str, dict[str, dict[str,
     expect_component_published(account)
     expect_latest_deployment(account, "d-quickstart", EXISTING_COMPONENTS, {})
     code, out, err = cloud(account, "setup", "--no-detect", "--dry-run", *argv)
-    calls = [line.split(" ", 4)[2:] for line in out.splitlines() if line.startswith("would call ")]
-    by_operation = {operation: json.loads(params) for _, operation, params in calls}
-    return code, err, by_operation
+    return code, err, {operation: params for _, operation, params in would_call(out)}
 
 
 def component_merge(calls: dict[str, dict[str, Any]]) -> Any:
@@ -714,22 +780,12 @@ def test_cloud_deployment_keeps_the_groups_deployment_policies(aws: None) -> Non
     }
     job = {"timeoutConfig": {"inProgressTimeoutInMinutes": 30}}
     expect_component_published(account)
-    account.greengrass.add_response(
-        "list_deployments",
-        {"deployments": [{"deploymentId": "d-own", "targetArn": GROUP_ARN, "isLatestForTarget": True}]},
-        {"targetArn": GROUP_ARN, "historyFilter": "LATEST_ONLY"},
+    expect_latest_deployment(
+        account, "d-own", EXISTING_COMPONENTS, {}, deploymentPolicies=policies, iotJobConfiguration=job
     )
-    own = {
-        "deploymentId": "d-own",
-        "targetArn": GROUP_ARN,
-        "components": EXISTING_COMPONENTS,
-        "deploymentPolicies": policies,
-        "iotJobConfiguration": job,
-    }
-    account.greengrass.add_response("get_deployment", own, {"deploymentId": "d-own"})
     code, out, err = cloud(account, "setup", "--no-detect", "--dry-run")
     assert (code, err) == (0, "")
-    line = next(line for line in out.splitlines() if "CreateDeployment" in line)
-    deployment = json.loads(line.split(" ", 4)[4])
+    account.all_stubs_used()
+    [deployment] = [params for _, operation, params in would_call(out) if operation == "CreateDeployment"]
     assert deployment["deploymentPolicies"] == policies
     assert deployment["iotJobConfiguration"] == job

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
+from ddcustom.build import get_ci
 from ddcustom.devnucleus import access
 
 PUB_IOT = "aws.greengrass#PublishToIoTCore"
@@ -63,9 +66,64 @@ def test_devnucleus_access_changed_paths() -> None:
 
 
 def test_devnucleus_access_interpolates_thing_name_and_configuration() -> None:
-    config = {"Prefix": "fleet/a", "Port": 8883}
-    text = "{configuration:/Prefix}/{iot:thingName}/{configuration:/Port}/{configuration:/Missing}"
-    assert access.interpolate(text, "thing-1", config) == "fleet/a/thing-1/8883/{configuration:/Missing}"
+    config = {"Prefix": "fleet/a", "Port": 8883, "On": True}
+    text = "{configuration:/Prefix}/{iot:thingName}/{configuration:/Port}/{configuration:/On}"
+    assert access.interpolate(text, {"iot:thingName": "thing-1"}, config) == "fleet/a/thing-1/8883/true"
+
+
+def interpolate(text: str, configuration: Any) -> str:
+    return access.interpolate(text, {"iot:thingName": "thing-1"}, configuration)
+
+
+def test_devnucleus_access_interpolation_matches_keys_case_insensitively() -> None:
+    config = {"AlertTopic": "x/alerts", "Nested": {"Inner": 1}}
+    assert interpolate("{configuration:/alerttopic} {configuration:/NESTED/inner}", config) == "x/alerts 1"
+    # an exact match wins over one that differs only in case
+    assert interpolate("{configuration:/a}", {"A": "upper", "a": "lower"}) == "lower"
+
+
+def test_devnucleus_access_interpolation_unescapes_json_pointer() -> None:
+    config = {"a/b": {"c~d": "slash-tilde"}, "~1": "literal"}
+    assert interpolate("{configuration:/a~1b/c~0d}", config) == "slash-tilde"
+    assert interpolate("{configuration:/~01}", config) == "literal"  # ~01 is ~1, not /
+
+
+def test_devnucleus_access_interpolation_indexes_lists() -> None:
+    config = {"Ports": [8883, 443], "Hosts": [{"Name": "a"}]}
+    assert interpolate("{configuration:/Ports/1} {configuration:/Hosts/0/name}", config) == "443 a"
+    for missing in ("/Ports/2", "/Ports/01", "/Ports/-1", "/Ports/x"):
+        assert interpolate(f"{{configuration:{missing}}}", config) == f"{{configuration:{missing}}}"
+
+
+def test_devnucleus_access_interpolation_writes_containers_as_compact_json() -> None:
+    config = {"Ports": [1, 2], "Limits": {"cpu": 90, "name": "x"}}
+    assert interpolate("{configuration:/Ports}", config) == "[1,2]"
+    assert interpolate("{configuration:/Limits}", config) == '{"cpu":90,"name":"x"}'
+
+
+def test_devnucleus_access_interpolation_leaves_unresolvable_variables_as_written() -> None:
+    text = "{configuration:/Missing} {configuration:/Port/x} {work:path} {iot:thingName} ${HOME}"
+    assert interpolate(text, {"Port": 1}) == (
+        "{configuration:/Missing} {configuration:/Port/x} {work:path} thing-1 ${HOME}"
+    )
+
+
+def test_devnucleus_access_interpolation_survives_non_string_yaml_keys() -> None:
+    config = yaml.safe_load("1: one\nfalse: no-key\nnull: nothing\nName: x\n")
+    assert set(map(type, config)) == {int, bool, type(None), str}
+    # a key that is not a string compares as its text
+    assert interpolate("{configuration:/name} {configuration:/1} {configuration:/FALSE}", config) == (
+        "x one no-key"
+    )
+    assert interpolate("{configuration:/Other}", config) == "{configuration:/Other}"
+    assert get_ci(config, "name") == "x" and get_ci(config, "other", "dflt") == "dflt"
+
+
+def test_devnucleus_access_lookup_is_case_insensitive_and_keeps_lists_whole() -> None:
+    config = {"Ports": [1, 2], "Nested": {"Key": "v"}}
+    assert access.lookup(config, ["nested", "KEY"]) == (True, "v")
+    assert access.lookup(config, ["Ports"]) == (True, [1, 2])
+    assert access.lookup(config, ["Ports", "0"]) == (False, None)  # a list is a leaf to GetConfiguration
 
 
 @pytest.mark.parametrize(

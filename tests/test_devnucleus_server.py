@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import socket
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from awsiot.greengrasscoreipc import model
 from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
 
 from ddcustom.devnucleus import DevNucleus, RecipeError
+from ddcustom.devnucleus.__main__ import main as devnucleus_main
 from ddcustom.devnucleus.codec import Header, Message, encode, read_message
 from ddcustom.devnucleus.server import CONNECT, CONNECT_ACK, PING, PING_RESPONSE, PROTOCOL_ERROR
 
@@ -353,6 +355,24 @@ def test_devnucleus_cli_serves_and_prints_published(
     finally:
         process.terminate()
         process.wait(WAIT)
+
+
+def test_devnucleus_cli_rejects_a_bad_merge_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], test_recipe: dict[str, Any]
+) -> None:
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps(test_recipe))
+    merge = tmp_path / "merge.yaml"
+    for content, error in (
+        (b"LogLevel: [unclosed\n", "--merge file '.*merge.yaml' does not parse"),
+        (b"LogLevel: \xff\n", "--merge file '.*merge.yaml' is not UTF-8 text"),
+        (b"- a list\n", "--merge file '.*merge.yaml' must hold a mapping"),
+    ):
+        merge.write_bytes(content)
+        assert devnucleus_main(["--recipe", str(recipe), "--merge", str(merge)]) == 2
+        assert re.search(error, capsys.readouterr().err), error
+    assert devnucleus_main(["--recipe", str(recipe), "--merge", str(tmp_path / "absent.yaml")]) == 2
+    assert "cannot read --merge file" in capsys.readouterr().err
 
 
 def test_devnucleus_access_control_changes_apply_at_once(

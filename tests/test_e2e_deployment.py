@@ -37,8 +37,9 @@ import jsonschema
 import pytest
 import yaml
 
-from ddcustom.build import GG_BUILD_DIR, ZIP_BUILD_DIR, LifecycleStep, build, lifecycle_steps
+from ddcustom.build import GG_BUILD_DIR, ZIP_BUILD_DIR, build
 from ddcustom.devnucleus import DevNucleus
+from ddcustom.devnucleus.lifecycle import LifecycleStep, lifecycle_steps
 from wheelhouse import build_wheelhouse
 
 REPO = Path(__file__).resolve().parent.parent

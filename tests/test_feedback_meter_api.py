@@ -7,7 +7,7 @@ import time
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy
 import pynvml
@@ -42,15 +42,18 @@ class Busy:
         return self.values.pop(0) if self.values else None
 
 
-def meter_in(tmp_path: Path, clock: Clock, busy: Busy, window: float = 10.0) -> InferenceMeter:
+def meter_in(tmp_path: Path, clock: Clock, busy: Callable[[], Any], **options: Any) -> InferenceMeter:
+    """A meter without its daemon thread, writing its three files into tmp_path; ``options`` override."""
     return InferenceMeter(
-        load_file=str(tmp_path / "gpu_load_fb"),
-        time_file=str(tmp_path / "gpu_inference_fb"),
-        busy_outside_file=str(tmp_path / "gpu_busy_outside_fb"),
-        window_seconds=window,
-        gpu_busy=busy,
-        clock=clock,
-        background=False,
+        **{
+            "load_file": str(tmp_path / "gpu_load_fb"),
+            "time_file": str(tmp_path / "gpu_inference_fb"),
+            "busy_outside_file": str(tmp_path / "gpu_busy_outside_fb"),
+            "gpu_busy": busy,
+            "clock": clock,
+            "background": False,
+            **options,
+        }
     )
 
 
@@ -95,7 +98,7 @@ def test_values_over_the_window(tmp_path: Path) -> None:
 
 def test_the_window_rolls(tmp_path: Path) -> None:
     clock, busy = Clock(), Busy(90.0, 10.0)
-    meter = meter_in(tmp_path, clock, busy, window=10.0)
+    meter = meter_in(tmp_path, clock, busy, window_seconds=10.0)
     run_inferences(meter, clock, 10, takes=0.9, every=1.0)  # slow and busy: leaves the window below
     meter.sample_gpu()
     clock.advance(0.01)
@@ -112,7 +115,7 @@ def test_the_window_rolls(tmp_path: Path) -> None:
 
 def test_a_young_meter_counts_the_rate_over_its_age(tmp_path: Path) -> None:
     clock, busy = Clock(), Busy(20.0)
-    meter = meter_in(tmp_path, clock, busy, window=10.0)
+    meter = meter_in(tmp_path, clock, busy, window_seconds=10.0)
 
     run_inferences(meter, clock, 8, takes=0.1, every=0.5)  # 4 s old, 2/s
     values = meter.flush()  # no sample taken yet: the flush reads the GPU once itself
@@ -233,20 +236,13 @@ def test_a_failing_gpu_busy_function_does_not_stop_the_time_file(
         raise OSError("sensor gone")
 
     clock = Clock()
-    meter = InferenceMeter(
-        str(tmp_path / "load"),
-        str(tmp_path / "time"),
-        gpu_busy=broken,
-        clock=clock,
-        background=False,
-        busy_outside_file=str(tmp_path / "outside"),
-    )
+    meter = meter_in(tmp_path, clock, broken)
     run_inferences(meter, clock, 3, takes=0.1, every=1.0)
     meter.sample_gpu()
 
     assert meter.flush() is not None
-    assert (tmp_path / "time").read_text() == "100\n"
-    assert not (tmp_path / "load").exists()
+    assert (tmp_path / "gpu_inference_fb").read_text() == "100\n"
+    assert not (tmp_path / "gpu_load_fb").exists()
     assert any("sensor gone" in w for w in meter_warnings(caplog))
 
 
@@ -282,26 +278,31 @@ def test_inferences_on_several_threads_are_all_counted(tmp_path: Path) -> None:
     assert values is not None and values.inferences == 2000
 
 
-def test_the_daemon_thread_samples_and_writes(tmp_path: Path) -> None:
+def test_the_daemon_thread_samples_and_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     busy = Busy(*([60.0] * 10_000))
     meter = InferenceMeter(
-        str(tmp_path / "load"),
-        str(tmp_path / "time"),
-        flush_seconds=0.05,
-        sample_seconds=0.01,
-        gpu_busy=busy,
-        busy_outside_file=str(tmp_path / "outside"),
+        str(tmp_path / "load"), str(tmp_path / "time"), flush_seconds=0.05, sample_seconds=0.01, gpu_busy=busy
     )
+    flushes = [0]
+    flush = meter.flush
+
+    def counted_flush() -> Any:
+        flushes[0] += 1
+        return flush()
+
+    monkeypatch.setattr(meter, "flush", counted_flush)
     try:
         deadline = time.monotonic() + 20
-        while not ((tmp_path / "load").exists() and busy.calls >= 3) and time.monotonic() < deadline:
+        while not ((tmp_path / "load").exists() and busy.calls >= 5) and time.monotonic() < deadline:
             with meter:
                 time.sleep(0.002)
     finally:
         meter.close()
 
     assert (tmp_path / "load").exists() and (tmp_path / "time").exists()
-    assert busy.calls >= 3  # sampled by the thread, not only by flushes
+    # A flush reads the GPU itself only when the window holds no sample: more readings than flushes
+    # means the thread samples between flushes.
+    assert busy.calls > flushes[0] >= 1
     assert float((tmp_path / "load").read_text()) > 0
 
 
@@ -524,19 +525,17 @@ def test_an_idle_application_with_a_busy_gpu_writes_only_the_outside_file(tmp_pa
 
 def test_the_busy_outside_file_goes_next_to_the_time_file_by_default(tmp_path: Path) -> None:
     clock = Clock()
-    meter = InferenceMeter(
-        str(tmp_path / "load"),
-        str(tmp_path / "time"),
-        gpu_busy=Busy(*[50.0] * 100),
-        clock=clock,
-        background=False,
-    )
+    meter = meter_in(tmp_path, clock, Busy(*[50.0] * 100), busy_outside_file=None)
     run_and_sample(meter, clock, 20, takes=0.1, every=0.5)
 
     values = meter.flush()
 
     assert values is not None and values.gpu_busy_outside_inference == pytest.approx(30.0)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_busy_outside_fb", "load", "time"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "gpu_busy_outside_fb",
+        "gpu_inference_fb",
+        "gpu_load_fb",
+    ]
     assert InferenceMeter(background=False).busy_outside_file == "/var/gpu_busy_outside_fb"  # the component's
 
 
@@ -544,19 +543,13 @@ def test_a_file_that_cannot_be_written_does_not_stop_the_others(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = Clock()
-    meter = InferenceMeter(
-        str(tmp_path / "load"),
-        str(tmp_path / "time"),
-        busy_outside_file=str(tmp_path / "no-such-folder" / "outside"),
-        gpu_busy=Busy(*[50.0] * 100),
-        clock=clock,
-        background=False,
-    )
+    unwritable = str(tmp_path / "no-such-folder" / "outside")
+    meter = meter_in(tmp_path, clock, Busy(*[50.0] * 100), busy_outside_file=unwritable)
     for _ in range(3):
         run_and_sample(meter, clock, 10, takes=0.1, every=0.5)
         assert meter.flush() is not None
 
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["load", "time"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_inference_fb", "gpu_load_fb"]
     warnings = meter_warnings(caplog)
     assert len(warnings) == 1 and "cannot write" in warnings[0] and "no-such-folder" in warnings[0]
 
@@ -565,14 +558,7 @@ def test_an_application_idle_since_start_is_counted_after_startup_seconds(tmp_pa
     # A service waiting for its first request is not blind forever: after startup_seconds, the GPU
     # work of a miner started at import is busy time that no inference explains.
     clock = Clock()
-    meter = InferenceMeter(
-        str(tmp_path / "load"),
-        str(tmp_path / "time"),
-        gpu_busy=Busy(*[25.0] * 1000),
-        clock=clock,
-        background=False,
-        startup_seconds=60,
-    )
+    meter = meter_in(tmp_path, clock, Busy(*[25.0] * 1000), startup_seconds=60)
     for _ in range(100):  # 50 s: start-up, not counted
         clock.advance(0.5)
         meter.sample_gpu()
@@ -670,3 +656,16 @@ def test_an_inference_that_raises_still_counts_as_the_applications_gpu_time(tmp_
     assert values is not None and values.inferences == 0  # not inferences for the time and load files
     assert values.inference_busy_percent == pytest.approx(40.0)
     assert values.gpu_busy_outside_inference == pytest.approx(0.0)
+
+
+def test_record_counts_an_inference_timed_elsewhere(tmp_path: Path) -> None:
+    clock = Clock()
+    meter = meter_in(tmp_path, clock, Busy(*[40.0] * 10))
+    clock.advance(5)
+    meter.record(0.25)  # ended now, after 250 ms
+    meter.sample_gpu()
+
+    values = meter.flush()
+
+    assert values is not None and values.inferences == 1
+    assert values.avg_inference_time_ms == pytest.approx(250.0)

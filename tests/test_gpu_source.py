@@ -13,7 +13,7 @@ from ddcustom.config import Settings, parse_settings
 from ddcustom.metrics import custom_values
 from ddcustom.sample import GpuProcess, Sample
 from ddcustom.sources.gpu import GpuSource, parse_jetson_load
-from fakenvml import FakeGpu, FakeNvml
+from fakenvml import FIELDS, FakeGpu, FakeNvml
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gpu"
 NO_SYSFS = FIXTURES / "no-such-sysfs"  # no Jetson GPU there
@@ -338,8 +338,7 @@ def test_a_gpu_lost_while_running_gives_none_and_one_warning_then_recovers(
     source = GpuSource(settings(), nvml=nvml, sysfs_root=str(NO_SYSFS), proc_root=str(tmp_path))
     assert source.read(frozenset()) is not None
 
-    gpu.errors = {name: pynvml.NVML_ERROR_GPU_IS_LOST for name in ("utilization", "power", "clock", "memory")}
-    gpu.errors["processes"] = pynvml.NVML_ERROR_GPU_IS_LOST
+    gpu.errors = {name: pynvml.NVML_ERROR_GPU_IS_LOST for name in FIELDS}  # every call fails
     lost = [source.read(frozenset()) for _ in range(3)]
     gpu.errors = {}
     back = source.read(frozenset())

@@ -5,20 +5,18 @@ from __future__ import annotations
 import random
 import re
 import threading
-import time
 from collections.abc import Iterator
-from typing import Callable
 
 import pytest
 
 from ddcustom.devnucleus import DevNucleus
+from ddcustom.runtime import backoff_delays
 from ddcustom.sinks.ipc import (
     UNANSWERED_CALLS_BEFORE_RECONNECT,
     GreengrassIpc,
     IpcError,
     IpcTimeoutError,
     UnauthorizedIpcError,
-    reconnect_delays,
 )
 
 REPORT_TOPIC = "$aws/things/test-thing/defender/metrics/json"  # the thing of the nucleus fixture
@@ -258,7 +256,7 @@ def test_a_reconnect_goes_on_without_an_iot_core_subscription_that_gets_no_answe
         assert wrapper.missing_subscriptions() == [REPORT_TOPIC + "/rejected"]
         wrapper.publish_local("ddcustom/local/alerts", b"still works")
         nucleus.update_configuration({"LogLevel": "DEBUG"})
-        poll_until(lambda: updates != [])
+        nucleus.wait_until(lambda: updates != [], WAIT)
         with pytest.raises(IpcTimeoutError):
             wrapper.resubscribe()  # still no answer: kept for the next try
         assert wrapper.missing_subscriptions() == [REPORT_TOPIC + "/rejected"]
@@ -267,7 +265,7 @@ def test_a_reconnect_goes_on_without_an_iot_core_subscription_that_gets_no_answe
         wrapper.resubscribe()
         assert wrapper.missing_subscriptions() == []
         assert nucleus.deliver_iot(REPORT_TOPIC + "/rejected", b"answer") == 1
-        poll_until(lambda: received == [b"answer"])
+        nucleus.wait_until(lambda: received == [b"answer"], WAIT)
     finally:
         wrapper.close()
 
@@ -285,13 +283,6 @@ def test_a_first_iot_core_subscription_without_an_answer_is_kept_for_later(nucle
         assert nucleus.deliver_iot(REPORT_TOPIC + "/accepted", b"{}") == 1
     finally:
         wrapper.close()
-
-
-def poll_until(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def test_ipc_drop_and_reconnect_20_times(
@@ -338,19 +329,19 @@ class Highest(random.Random):
         return b
 
 
-def test_ipc_reconnect_delays_full_jitter() -> None:
-    delays = reconnect_delays(1.0, 30.0, random.Random(42))
+def test_backoff_delays_full_jitter() -> None:
+    delays = backoff_delays(1.0, 30.0, random.Random(42))
     values = [next(delays) for _ in range(12)]
     ceilings = [min(30.0, 2.0**n) for n in range(12)]
     assert all(0.0 <= value <= ceiling for value, ceiling in zip(values, ceilings))
     assert len(set(values)) == len(values)  # jittered, not a fixed schedule
     # with the draws fixed at their maximum, the ceiling doubles up to the cap
-    capped = reconnect_delays(0.5, 5.0, Highest())
+    capped = backoff_delays(0.5, 5.0, Highest())
     assert [next(capped) for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
     with pytest.raises(ValueError):
-        next(reconnect_delays(0.0, 1.0))
+        next(backoff_delays(0.0, 1.0))
     with pytest.raises(ValueError):
-        next(reconnect_delays(2.0, 1.0))
+        next(backoff_delays(2.0, 1.0))
 
 
 def test_ipc_reconnect_drops_a_subscription_the_nucleus_no_longer_grants(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,6 @@ from ddcustom import COMPONENT_NAME, __version__
 from ddcustom.build import BuildError, BuildResult, build, keys_to_lower, main
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_SCHEMAS = ROOT.parent / "shared" / "schemas"
 ZIP_FILE = f"{COMPONENT_NAME}.zip"
 # Files the artifact must never carry; created in the test project so their absence means something.
 DECOYS = (
@@ -45,9 +45,7 @@ DECOYS = (
 
 
 def recipe_schema() -> dict[str, Any]:
-    path = SHARED_SCHEMAS / "greengrass-recipe.schema.json"
-    if not path.is_file():
-        path = ROOT / "src" / "ddcustom" / "schemas" / "greengrass-recipe.schema.json"
+    path = ROOT / "src" / "ddcustom" / "schemas" / "greengrass-recipe.schema.json"
     schema: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return schema
 
@@ -166,6 +164,9 @@ def test_packaging_unzipped_artifact_installs_offline(built: BuildResult, tmp_pa
     with zipfile.ZipFile(built.artifacts[0]) as archive:
         archive.extractall(unpacked)
     wheels = tmp_path / "wheels"
+    # No PYTHONPATH (as PYTHONPATH=src): the venv would see the checkout's ddcustom and its egg-info,
+    # so pip would find it "already installed" and the import would not come from the install.
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
     offline = [
         "--no-deps",
         "--no-index",
@@ -177,6 +178,7 @@ def test_packaging_unzipped_artifact_installs_offline(built: BuildResult, tmp_pa
         [sys.executable, "-m", "pip", "wheel", "-q", *offline, "-w", str(wheels), str(unpacked)],
         check=True,
         timeout=120,
+        env=env,
     )
     target = tmp_path / "venv"
     venv.create(target, with_pip=False)
@@ -186,6 +188,7 @@ def test_packaging_unzipped_artifact_installs_offline(built: BuildResult, tmp_pa
         [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", *offline, str(wheel)],
         check=True,
         timeout=120,
+        env=env,
     )
     found = subprocess.run(
         [str(python), "-c", "import ddcustom; print(ddcustom.__file__, ddcustom.__version__)"],
@@ -193,6 +196,7 @@ def test_packaging_unzipped_artifact_installs_offline(built: BuildResult, tmp_pa
         capture_output=True,
         text=True,
         timeout=60,
+        env=env,
     ).stdout.split()
     assert Path(found[0]).is_relative_to(target)
     assert found[1] == __version__
@@ -299,3 +303,21 @@ def test_packaging_invalid_gdk_config_is_rejected(tmp_path: Path, capsys: pytest
     err = capsys.readouterr().err
     assert "gdk-config.json" in err and "build_system" in err
     assert not (project / "greengrass-build").exists()
+
+
+def test_packaging_unreadable_project_files_get_clear_errors(tmp_path: Path) -> None:
+    project = tiny_project(tmp_path, None)
+    recipe = (project / "recipe.yaml").read_bytes()
+    (project / "recipe.yaml").write_bytes(b"ComponentName: \xff\n")
+    with pytest.raises(BuildError, match=r"recipe '.*recipe\.yaml' is not UTF-8 text"):
+        build(project)
+    (project / "recipe.yaml").write_text("# nothing but a comment\n")
+    with pytest.raises(BuildError, match=r"recipe .*recipe\.yaml is empty"):
+        build(project)
+    (project / "recipe.yaml").write_bytes(recipe)
+    (project / "gdk-config.json").write_text('{"component": ')
+    with pytest.raises(BuildError, match=r"gdk configuration '.*gdk-config\.json' does not parse"):
+        build(project)
+    (project / "gdk-config.json").unlink()
+    with pytest.raises(BuildError, match=r"cannot read gdk configuration '.*gdk-config\.json'"):
+        build(project)

@@ -19,7 +19,6 @@ else:  # pragma: no cover - Python < 3.11
     tomllib = None
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_SCHEMAS = ROOT.parent / "shared" / "schemas"
 
 
 def load(name: str) -> Any:
@@ -33,9 +32,7 @@ def gdk() -> dict[str, Any]:
 
 
 def test_packaging_gdk_config_validates_against_schema(gdk: dict[str, Any]) -> None:
-    path = SHARED_SCHEMAS / "gdk-config.schema.json"
-    if not path.is_file():
-        path = ROOT / "src" / "ddcustom" / "schemas" / "gdk-config.schema.json"
+    path = ROOT / "src" / "ddcustom" / "schemas" / "gdk-config.schema.json"
     jsonschema.Draft7Validator(json.loads(path.read_text(encoding="utf-8"))).validate(gdk)
 
 

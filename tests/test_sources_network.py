@@ -20,11 +20,12 @@ from ddcustom.sources import network
 from ddcustom.sources.network import (
     TCP_ESTABLISHED,
     TCP_LISTEN,
+    CounterTotals,
     NetworkSource,
     build_network_stats,
     decode_address,
     interface_by_address,
-    parse_net_dev,
+    parse_net_dev_interfaces,
     parse_proc_tables,
     parse_sock_diag,
     sock_diag_tcp,
@@ -46,6 +47,11 @@ HAND_INTERFACES = interface_by_address(
         ],
     }
 )
+
+
+def first_reading(text: str, include_loopback: bool) -> NetCounters:
+    """The counters the source reports at its first reading of this /proc/net/dev: the sum since boot."""
+    return CounterTotals().update(parse_net_dev_interfaces(text), include_loopback)
 
 
 def tables(root: Path) -> dict[str, str]:
@@ -85,7 +91,7 @@ def test_interface_map_strips_scope_and_skips_link_layer() -> None:
 
 def test_hand_sample_without_loopback() -> None:
     stats = build_network_stats(
-        parse_net_dev((HAND / "net" / "dev").read_text(), False),
+        first_reading((HAND / "net" / "dev").read_text(), False),
         *parse_proc_tables(tables(HAND)),
         HAND_INTERFACES,
         False,
@@ -109,7 +115,7 @@ def test_hand_sample_without_loopback() -> None:
 
 def test_hand_sample_with_loopback() -> None:
     stats = build_network_stats(
-        parse_net_dev((HAND / "net" / "dev").read_text(), True),
+        first_reading((HAND / "net" / "dev").read_text(), True),
         *parse_proc_tables(tables(HAND)),
         HAND_INTERFACES,
         True,
@@ -129,7 +135,7 @@ def test_hand_sample_with_loopback() -> None:
 def test_missing_ipv6_tables_count_as_empty() -> None:
     ipv4_only = {k: v for k, v in tables(HAND).items() if not k.endswith("6")}
     stats = build_network_stats(
-        parse_net_dev((HAND / "net" / "dev").read_text(), False),
+        first_reading((HAND / "net" / "dev").read_text(), False),
         *parse_proc_tables(ipv4_only),
         HAND_INTERFACES,
         False,
@@ -171,7 +177,7 @@ def test_real_sample_sockets_opened_by_the_capture(
 ) -> None:
     interfaces = interface_by_address(if_addrs_of(real_expected))
     stats = build_network_stats(
-        parse_net_dev((REAL / "net" / "dev").read_text(), True),
+        first_reading((REAL / "net" / "dev").read_text(), True),
         *parse_proc_tables(tables(REAL)),
         interfaces,
         True,
@@ -193,7 +199,7 @@ def test_real_sample_sockets_opened_by_the_capture(
 
 def test_real_sample_without_loopback_keeps_only_external(real_expected: dict[str, Any]) -> None:
     stats = build_network_stats(
-        parse_net_dev((REAL / "net" / "dev").read_text(), False), *parse_proc_tables(tables(REAL)), {}, False
+        first_reading((REAL / "net" / "dev").read_text(), False), *parse_proc_tables(tables(REAL)), {}, False
     )
     assert stats.established_tcp  # the capture connected to its own eth0 addresses
     for conn in stats.established_tcp:
@@ -208,7 +214,7 @@ def test_real_sample_matches_psutil_parser(monkeypatch: pytest.MonkeyPatch) -> N
     by_psutil: list[Any] = psutil.net_connections(kind="inet")
     pernic = psutil.net_io_counters(pernic=True)
     stats = build_network_stats(
-        parse_net_dev((REAL / "net" / "dev").read_text(), True), *parse_proc_tables(tables(REAL)), {}, True
+        first_reading((REAL / "net" / "dev").read_text(), True), *parse_proc_tables(tables(REAL)), {}, True
     )
 
     established = sorted(
@@ -225,7 +231,7 @@ def test_real_sample_matches_psutil_parser(monkeypatch: pytest.MonkeyPatch) -> N
     assert {p.port for p in stats.listening_udp} == udp_unconnected
     assert stats.counters.bytes_in == sum(n.bytes_recv for n in pernic.values())
     assert stats.counters.packets_out == sum(n.packets_sent for n in pernic.values())
-    without_lo = parse_net_dev((REAL / "net" / "dev").read_text(), include_loopback=False)
+    without_lo = first_reading((REAL / "net" / "dev").read_text(), include_loopback=False)
     assert without_lo.bytes_out == sum(n.bytes_sent for name, n in pernic.items() if name != "lo")
     assert without_lo.packets_in == sum(n.packets_recv for name, n in pernic.items() if name != "lo")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from typing import Any, Optional
 from ddcustom.config import Settings
 from ddcustom.detect.engine import Engine
 from ddcustom.report import ReportBuilder
+from ddcustom.runtime import backoff_delays
 from ddcustom.sample import Sample
 from ddcustom.sinks.base import Sink, SinkError
 from ddcustom.sinks.spool import AlertSpool, SpoolError
@@ -27,7 +27,7 @@ from ddcustom.sources.collect import Collector
 
 log = logging.getLogger(__name__)
 
-# Backoff after a cycle that raised: 1 s doubling to 60 s, with jitter so a fleet does not retry in step.
+# Backoff after cycles that raise: up to 1 s, doubling to 60 s, jittered so a fleet does not retry in step.
 FAILURE_BACKOFF_BASE = 1.0
 FAILURE_BACKOFF_CAP = 60.0
 
@@ -178,20 +178,19 @@ class Agent:
         again, if sooner than the next sample (a pending reconnect attempt).
         """
         wake = wake or threading.Event()
-        rng = random.Random()
+        delays = backoff_delays(FAILURE_BACKOFF_BASE, FAILURE_BACKOFF_CAP)
         while not stop.is_set():
             try:
                 if before_cycle is not None:
                     before_cycle()
                 next_at = self.run_cycle(time.monotonic())
-                self._consecutive_failures = 0
+                if self._consecutive_failures:
+                    self._consecutive_failures = 0
+                    delays = backoff_delays(FAILURE_BACKOFF_BASE, FAILURE_BACKOFF_CAP)
             except Exception:
                 self.counters.failed_cycles += 1
                 self._consecutive_failures += 1
-                delay = min(
-                    FAILURE_BACKOFF_CAP, FAILURE_BACKOFF_BASE * 2 ** min(self._consecutive_failures, 6)
-                )
-                delay = rng.uniform(delay / 2, delay)
+                delay = next(delays)
                 log.exception(
                     "cycle failed (%d in a row); retrying in %.1f s", self._consecutive_failures, delay
                 )

@@ -13,8 +13,7 @@ Standard library and PyYAML only. The zip is deterministic (sorted entries, fixe
 ``jsonschema`` is used for full schema validation when installed (it is in the dev extra); without it
 only the schema's required and allowed top-level keys are checked.
 
-``lifecycle_steps`` returns a recipe's lifecycle scripts with the recipe variables substituted as the
-nucleus does, for running the Install/Run scripts outside Greengrass (tests, stand-in nucleus).
+``get_ci``/``set_ci`` read and write recipe keys case-insensitively (the stand-in nucleus uses them too).
 """
 
 from __future__ import annotations
@@ -24,16 +23,17 @@ import copy
 import glob
 import json
 import os
-import re
 import shutil
 import sys
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+
+from ddcustom.config import ConfigError, load_config_file
 
 MAX_RECIPE_BYTES = 16_000  # gdk's MAX_RECIPE_FILE_SIZE_BYTES
 GDK_CONFIG_FILE = "gdk-config.json"
@@ -137,11 +137,9 @@ def _validate_top_level(instance: Any, schema: Mapping[str, Any], what: str) -> 
 def load_gdk_config(project_dir: Path) -> ComponentProject:
     path = project_dir / GDK_CONFIG_FILE
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise BuildError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise BuildError(f"{path} is not valid JSON: {exc}") from None
+        config = load_config_file(path, what="gdk configuration")
+    except ConfigError as exc:
+        raise BuildError(str(exc)) from None
     validate(config, GDK_CONFIG_SCHEMA, str(path))
     components = config.get("component", {})
     if not isinstance(components, dict) or len(components) != 1:
@@ -181,14 +179,13 @@ def check_recipe_size(path: Path) -> None:
 
 
 def read_recipe(path: Path) -> dict[str, Any]:
-    check_recipe_size(path)
+    check_recipe_size(path)  # Greengrass's limit, far below the loader's bound
     try:
-        text = path.read_text(encoding="utf-8")
-        recipe = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise BuildError(f"cannot read recipe {path}: {exc}") from None
-    if not isinstance(recipe, dict):
-        raise BuildError(f"recipe {path} must be a mapping")
+        recipe = load_config_file(path, what="recipe")
+    except ConfigError as exc:
+        raise BuildError(str(exc)) from None
+    if not recipe:
+        raise BuildError(f"recipe {path} is empty")
     return recipe
 
 
@@ -266,18 +263,29 @@ def build_zip(project: ComponentProject, project_dir: Path, recipe_path: Path) -
 # ---- recipe transform -------------------------------------------------------------------------
 
 
-def _key(mapping: Mapping[str, Any], name: str) -> Optional[str]:
-    """The key of ``mapping`` equal to ``name`` ignoring case (recipe keys are case-insensitive)."""
-    return next((key for key in mapping if key.lower() == name.lower()), None)
+_NO_KEY = object()
 
 
-def get_ci(mapping: Mapping[str, Any], name: str, default: Any = None) -> Any:
+def _key(mapping: Mapping[Any, Any], name: str) -> Any:
+    """The key of ``mapping`` equal to ``name`` ignoring case (recipe keys and the nucleus's configuration
+    store are case-insensitive); an exact match first. A key that is not a string (YAML reads ``1:`` as
+    an int) compares as its text. ``_NO_KEY`` when there is none."""
+    if name in mapping:
+        return name
+    lowered = name.lower()
+    return next((key for key in mapping if str(key).lower() == lowered), _NO_KEY)
+
+
+def get_ci(mapping: Mapping[Any, Any], name: str, default: Any = None) -> Any:
+    """``mapping[name]`` with the key matched case-insensitively; ``default`` when absent."""
     key = _key(mapping, name)
-    return default if key is None else mapping[key]
+    return default if key is _NO_KEY else mapping[key]
 
 
-def set_ci(mapping: dict[str, Any], name: str, value: Any) -> None:
-    mapping[_key(mapping, name) or name] = value
+def set_ci(mapping: dict[Any, Any], name: str, value: Any) -> None:
+    """Set ``name``, replacing the value of a key that differs only in case (its spelling is kept)."""
+    key = _key(mapping, name)
+    mapping[name if key is _NO_KEY else key] = value
 
 
 def transform_recipe(
@@ -335,122 +343,6 @@ def build(project_dir: Path) -> BuildResult:
         out.write_text(yaml.dump(built, Dumper=_RecipeDumper, sort_keys=False, width=110), encoding="utf-8")
     check_recipe_size(out)
     return BuildResult(recipe=out, artifacts=tuple(sorted(artifacts_dir.iterdir())), component=project)
-
-
-# ---- lifecycle with recipe variables substituted ----------------------------------------------
-
-
-@dataclass(frozen=True)
-class LifecycleStep:
-    """One lifecycle phase as the nucleus runs it: ``sh -c script`` in the work folder with ``setenv``."""
-
-    script: str
-    timeout: Optional[int]  # seconds; None: no limit (Run)
-    requires_privilege: bool = False
-    skip_if: Optional[str] = None
-    setenv: dict[str, str] = field(default_factory=dict)
-
-
-_VARIABLE = re.compile(
-    r"\{(artifacts:path|artifacts:decompressedPath|work:path|kernel:rootPath|iot:thingName)\}"
-)
-_CONFIG_VARIABLE = re.compile(r"\{configuration:(/[^}]*)\}")
-# The nucleus's defaults when a step gives no Timeout (Run and Startup have none).
-DEFAULT_TIMEOUTS: dict[str, Optional[int]] = {
-    "bootstrap": 120,
-    "install": 120,
-    "startup": 120,
-    "run": None,
-    "shutdown": 15,
-    "recover": 60,
-}
-
-
-def _json_pointer(document: Any, pointer: str) -> Any:
-    node = document
-    for raw in pointer.split("/")[1:]:
-        part = raw.replace("~1", "/").replace("~0", "~")
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            raise KeyError(pointer)
-    return node
-
-
-def interpolate(text: str, variables: Mapping[str, str], configuration: Mapping[str, Any]) -> str:
-    """Replace recipe variables; ``{configuration:/a/b}`` by JSON pointer (non-strings as JSON).
-    A variable the nucleus cannot resolve stays as written, as on a device."""
-
-    def config_value(match: re.Match[str]) -> str:
-        try:
-            value = _json_pointer(configuration, match.group(1))
-        except KeyError:
-            return match.group(0)
-        return value if isinstance(value, str) else json.dumps(value)
-
-    text = _VARIABLE.sub(lambda m: variables.get(m.group(1), m.group(0)), text)
-    return _CONFIG_VARIABLE.sub(config_value, text)
-
-
-def select_manifest(recipe: Mapping[str, Any], os_name: str = "linux") -> Mapping[str, Any]:
-    """The first manifest whose Platform os is ``os_name``, ``*`` or absent (the nucleus's choice)."""
-    for manifest in get_ci(recipe, "Manifests", []) or []:
-        platform = get_ci(manifest, "Platform", {}) or {}
-        if get_ci(platform, "os", "*") in (os_name, "*"):
-            return dict(manifest)
-    raise BuildError(f"recipe has no manifest for platform os {os_name!r}")
-
-
-def lifecycle_steps(
-    recipe: Mapping[str, Any],
-    *,
-    artifacts_path: str,
-    decompressed_path: str,
-    work_path: str,
-    thing_name: str,
-    kernel_root: str = "/greengrass/v2",
-    configuration: Optional[Mapping[str, Any]] = None,
-) -> dict[str, LifecycleStep]:
-    """The Linux manifest's lifecycle phases (lower-case names) with every recipe variable substituted.
-
-    ``configuration`` defaults to the recipe's DefaultConfiguration. ``artifacts_path`` is where the zip
-    lies, ``decompressed_path`` where it was unzipped into ``<zip name>/``.
-    """
-    if configuration is None:
-        configuration = get_ci(get_ci(recipe, "ComponentConfiguration", {}) or {}, "DefaultConfiguration", {})
-    variables = {
-        "artifacts:path": artifacts_path,
-        "artifacts:decompressedPath": decompressed_path,
-        "work:path": work_path,
-        "kernel:rootPath": kernel_root,
-        "iot:thingName": thing_name,
-    }
-
-    def sub(value: Any) -> str:
-        return interpolate(str(value), variables, configuration or {})
-
-    lifecycle = get_ci(select_manifest(recipe), "Lifecycle", {}) or {}
-    common_env = {k: sub(v) for k, v in (get_ci(lifecycle, "Setenv", {}) or {}).items()}
-    steps: dict[str, LifecycleStep] = {}
-    for phase, default_timeout in DEFAULT_TIMEOUTS.items():
-        body = get_ci(lifecycle, phase)
-        if body is None:
-            continue
-        if isinstance(body, str):
-            body = {"Script": body}
-        timeout = get_ci(body, "Timeout")
-        privilege = get_ci(body, "RequiresPrivilege", False)
-        skip_if = get_ci(body, "SkipIf")
-        steps[phase] = LifecycleStep(
-            script=sub(get_ci(body, "Script", "")),
-            timeout=int(timeout) if timeout is not None else default_timeout,
-            requires_privilege=str(privilege).lower() == "true",
-            skip_if=sub(skip_if) if skip_if is not None else None,
-            setenv={**common_env, **{k: sub(v) for k, v in (get_ci(body, "Setenv", {}) or {}).items()}},
-        )
-    return steps
 
 
 # ---- command line -----------------------------------------------------------------------------

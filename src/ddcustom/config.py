@@ -162,15 +162,9 @@ def busy_outside_file_next_to(time_file: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(time_file)), BUSY_OUTSIDE_FILE_NAME)
 
 
-def _file_or_auto(key: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise _fail(key, value, 'expected a file path, or "" for the automatic location')
-    return value.strip()
-
-
 def _path_or_auto(key: str, value: Any) -> str:
     if not isinstance(value, str):
-        raise _fail(key, value, 'expected a directory path, or "" for the automatic location')
+        raise _fail(key, value, 'expected a path, or "" for the automatic location')
     return value.strip()
 
 
@@ -224,7 +218,7 @@ SCHEMA: dict[str, tuple[Any, _Parser, str]] = {
     "IncludeLoopback": (False, _bool, "include_loopback"),
     "GpuLoadFeedbackFile": ("/var/gpu_load_fb", _text, "gpu_load_feedback_file"),
     "InferenceTimeFeedbackFile": ("/var/gpu_inference_fb", _text, "inference_time_feedback_file"),
-    "GpuBusyOutsideFeedbackFile": ("", _file_or_auto, "gpu_busy_outside_feedback_file"),
+    "GpuBusyOutsideFeedbackFile": ("", _path_or_auto, "gpu_busy_outside_feedback_file"),
     "MeterStaleSeconds": (30, _int_range(0, 86400), "meter_stale_seconds"),
     "WatchedProcesses": ([], _names, "watched_processes"),
     "AllowedGpuProcesses": ([], _names, "allowed_gpu_processes"),

@@ -37,14 +37,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable, Optional, TypeVar, Union, cast
 
-from ddcustom.config import busy_outside_file_next_to
-from ddcustom.sources.gpu import MAX_SYSFS_BYTES, find_jetson_load_file, parse_jetson_load, read_bounded
+from ddcustom.config import DEFAULTS, busy_outside_file_next_to
+from ddcustom.sources.gpu import ComputeProcesses, find_jetson_load_file, read_jetson_load, start_nvml
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LOAD_FILE = "/var/gpu_load_fb"
-DEFAULT_TIME_FILE = "/var/gpu_inference_fb"
-DEFAULT_STALE_SECONDS = 30  # the component's MeterStaleSeconds default
+# The component's defaults: the meter writes where the component reads unless both are told otherwise.
+DEFAULT_LOAD_FILE: str = DEFAULTS["GpuLoadFeedbackFile"]
+DEFAULT_TIME_FILE: str = DEFAULTS["InferenceTimeFeedbackFile"]
+DEFAULT_STALE_SECONDS: int = DEFAULTS["MeterStaleSeconds"]
 # NVML's utilisation covers the last 1/6 s to 1 s: a reading taken less than this after the first
 # inference started may still show the application's start-up (model load, warm-up kernels).
 GPU_READING_SPAN_SECONDS = 1.0
@@ -108,6 +109,7 @@ class GpuBusyReader:
         self._nvml = nvml
         self._sysfs_root = Path(sysfs_root)
         self._handles: Optional[list[Any]] = None  # None: not started yet; []: no NVML GPU
+        self._list_processes: Optional[ComputeProcesses] = None
         self._jetson_load_file: Optional[Path] = None
         self._lock = threading.Lock()
 
@@ -118,8 +120,7 @@ class GpuBusyReader:
                 if not self._handles:
                     self._jetson_load_file = find_jetson_load_file(self._sysfs_root)
             if self._jetson_load_file is not None:
-                text = read_bounded(self._jetson_load_file, MAX_SYSFS_BYTES)
-                load = parse_jetson_load(text) if text is not None else None
+                load = read_jetson_load(self._jetson_load_file)
                 return [load] if load is not None else None
             if not self._handles or self._nvml is None:
                 return None
@@ -132,15 +133,12 @@ class GpuBusyReader:
             return own or busy
 
     def _has_context(self, handle: Any) -> bool:
-        nvml = self._nvml
-        assert nvml is not None
-        # The unversioned call needs _v3 (driver R510+); pynvml raises a version mismatch before that.
-        for call in (nvml.nvmlDeviceGetComputeRunningProcesses, nvml.nvmlDeviceGetComputeRunningProcesses_v2):
-            try:
-                return any(p.pid == self._pid for p in call(handle))
-            except Exception as exc:  # NVMLError, NVMLLibraryMismatchError
-                log.debug("NVML process list failed: %s", exc)
-        return True  # unknown: the GPU counts
+        assert self._nvml is not None and self._list_processes is not None
+        try:
+            return any(p.pid == self._pid for p in self._list_processes(handle))
+        except self._nvml.NVMLError as exc:
+            log.debug("NVML process list failed: %s", exc)
+            return True  # unknown: the GPU counts
 
     def close(self) -> None:
         with self._lock:
@@ -152,29 +150,11 @@ class GpuBusyReader:
             self._handles = []
 
     def _start(self) -> list[Any]:
-        if self._nvml is None:
-            try:
-                import pynvml
-            except ImportError:
-                log.info("nvidia-ml-py (pynvml) is not installed: no GPU busy reading")
-                return []
-            self._nvml = pynvml
-        nvml = self._nvml
-        try:
-            nvml.nvmlInit()
-        except nvml.NVMLError as exc:
-            log.info("NVML not usable (%s): no GPU busy reading", exc)
-            return []
-        try:
-            handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
-        except nvml.NVMLError as exc:
-            log.info("NVML device list failed (%s): no GPU busy reading", exc)
-            handles = []
-        if not handles:  # NVML stays initialised only while it has a GPU to read
-            try:
-                nvml.nvmlShutdown()
-            except nvml.NVMLError as exc:
-                log.debug("nvmlShutdown failed: %s", exc)
+        self._nvml, handles, problem = start_nvml(self._nvml)
+        if handles:
+            self._list_processes = ComputeProcesses(self._nvml)
+        else:
+            log.info("%s: no NVML GPU busy reading", problem)
         return handles
 
 

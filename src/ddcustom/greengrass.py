@@ -18,9 +18,9 @@ from typing import Any, Optional
 from ddcustom.agent import Agent
 from ddcustom.config import ConfigError, Settings, parse_settings
 from ddcustom.report import serialise
-from ddcustom.runtime import install_stop_handlers, setup_logging
+from ddcustom.runtime import backoff_delays, install_stop_handlers, setup_logging
 from ddcustom.sinks.base import SinkError
-from ddcustom.sinks.ipc import GreengrassIpc, IpcError, UnauthorizedIpcError, reconnect_delays
+from ddcustom.sinks.ipc import GreengrassIpc, IpcError, UnauthorizedIpcError
 from ddcustom.sinks.local import report_topic
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,8 @@ class GreengrassConnection:
         self.config_changed = threading.Event()  # set by the IPC thread, read by the loop
         self.wake = threading.Event()
         self.rejected = 0
-        self.accepted = 0
         self.connects = 0
-        self._delays = reconnect_delays(*self._backoff, random.Random())
+        self._delays = backoff_delays(*self._backoff, random.Random())
         self._next_attempt = 0.0
         self._resubscribe_seconds = resubscribe_seconds
         self._next_resubscribe = 0.0
@@ -81,22 +80,20 @@ class GreengrassConnection:
         if self.connects == 0:
             self._subscribe_answers()
         self.connects += 1
-        self._delays = reconnect_delays(*self._backoff, random.Random())
+        self._delays = backoff_delays(*self._backoff, random.Random())
         self._last_state = None
         if self.connects > 1:
             log.info("reconnected to the nucleus (connection %d)", self.connects)
             self.config_changed.set()  # an update may have come while we were away
 
     def _subscribe_answers(self) -> None:
-        """Device Defender's answers; without them reports still go out, only rejections go unseen."""
-        topic = report_topic(self.thing_name)
-        for suffix, callback in (("accepted", self._on_accepted), ("rejected", self._on_rejected)):
-            try:
-                self._ipc.subscribe_iot(f"{topic}/{suffix}", callback)
-            except IpcError as exc:
-                log.warning(
-                    "cannot subscribe to %s/%s, rejections will not be logged: %s", topic, suffix, exc
-                )
+        """Device Defender's rejections (acceptances say nothing worth a message per report); without
+        the subscription reports still go out, only rejections go unseen."""
+        topic = f"{report_topic(self.thing_name)}/rejected"
+        try:
+            self._ipc.subscribe_iot(topic, self._on_rejected)
+        except IpcError as exc:
+            log.warning("cannot subscribe to %s, rejections will not be logged: %s", topic, exc)
 
     def keep_connected(self) -> None:
         """Reconnect now if the connection is down and the backoff allows, and make again, now and then,
@@ -189,9 +186,6 @@ class GreengrassConnection:
     def _on_config_update(self) -> None:
         self.config_changed.set()
         self.wake.set()
-
-    def _on_accepted(self, _topic: str, _payload: bytes) -> None:
-        self.accepted += 1
 
     def _on_rejected(self, _topic: str, payload: bytes) -> None:
         self.rejected += 1

@@ -97,17 +97,12 @@ def standard_values(previous: Optional[Sample], current: Sample) -> dict[str, Me
     out["aws:num-established-tcp-connections"] = float(len(net.established_tcp))
     out["aws:destination-ip-addresses"] = sorted({c.remote_ip for c in net.established_tcp})
     if previous is not None and previous.network is not None:
-        now, before = net.counters, previous.network.counters
-        out["aws:all-bytes-in"] = float(counter_delta(before.bytes_in, now.bytes_in))
-        out["aws:all-bytes-out"] = float(counter_delta(before.bytes_out, now.bytes_out))
-        out["aws:all-packets-in"] = float(counter_delta(before.packets_in, now.packets_in))
-        out["aws:all-packets-out"] = float(counter_delta(before.packets_out, now.packets_out))
+        grown = net.counters.grown_since(previous.network.counters)
+        out["aws:all-bytes-in"] = float(grown.bytes_in)
+        out["aws:all-bytes-out"] = float(grown.bytes_out)
+        out["aws:all-packets-in"] = float(grown.packets_in)
+        out["aws:all-packets-out"] = float(grown.packets_out)
     return out
-
-
-def counter_delta(before: int, now: int) -> int:
-    """Growth of a cumulative counter; a reset (interface re-created, reboot) counts from zero."""
-    return now - before if now >= before else now
 
 
 def _put(out: dict[str, MetricValue], name: str, value: Optional[float]) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 from ddcustom.config import Settings
-from ddcustom.metrics import CUSTOM_METRICS, MetricValue, counter_delta, custom_values
+from ddcustom.metrics import CUSTOM_METRICS, MetricValue, custom_values
 from ddcustom.sample import Connection, ListeningPort, NetworkStats, Sample
 
 REPORT_VERSION = "1.0"
@@ -81,12 +81,8 @@ class ReportBuilder:
 
     @property
     def last_report_id(self) -> int:
-        """The id of the last report built (or the seed): persist it to continue after a restart."""
+        """The id of the last report built (or the one given): persist it to continue after a restart."""
         return self._last_report_id
-
-    def seed_report_id(self, last_report_id: int) -> None:
-        """Continue after ``last_report_id`` (e.g. one persisted by a previous run); never goes back."""
-        self._last_report_id = max(self._last_report_id, last_report_id)
 
     def build(self, sample: Sample, previous: Optional[Sample]) -> Optional[dict[str, Any]]:
         """The report of ``sample``; network_stats are deltas since ``previous``, the last *reported*
@@ -124,12 +120,12 @@ class ReportBuilder:
         if net.listening_udp:
             metrics[n("listening_udp_ports")] = self._port_list(net.listening_udp)
         if before is not None:
-            now, then = net.counters, before.counters
+            grown = net.counters.grown_since(before.counters)
             metrics[n("network_stats")] = {
-                n("bytes_in"): counter_delta(then.bytes_in, now.bytes_in),
-                n("bytes_out"): counter_delta(then.bytes_out, now.bytes_out),
-                n("packets_in"): counter_delta(then.packets_in, now.packets_in),
-                n("packets_out"): counter_delta(then.packets_out, now.packets_out),
+                n("bytes_in"): grown.bytes_in,
+                n("bytes_out"): grown.bytes_out,
+                n("packets_in"): grown.packets_in,
+                n("packets_out"): grown.packets_out,
             }
         if net.established_tcp:
             metrics[n("tcp_connections")] = {

@@ -1,12 +1,14 @@
-"""Process plumbing shared by the local and the Greengrass run: logging and stop signals."""
+"""Process plumbing shared by the local and the Greengrass run: logging, stop signals, retry backoff."""
 
 from __future__ import annotations
 
 import logging
+import random
 import signal
 import sys
 import threading
-from typing import Any, TextIO
+from collections.abc import Iterator
+from typing import Any, Optional, TextIO
 
 log = logging.getLogger("ddcustom")
 
@@ -44,3 +46,14 @@ def install_stop_handlers(stop: threading.Event, wake: threading.Event) -> None:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+
+
+def backoff_delays(base: float, cap: float, rng: Optional[random.Random] = None) -> Iterator[float]:
+    """Endless exponential backoff with full jitter: attempt n waits uniform(0, min(cap, base * 2**n))."""
+    if base <= 0 or cap < base:
+        raise ValueError(f"need 0 < base <= cap, got base={base}, cap={cap}")
+    rng = rng or random.Random()
+    ceiling = base
+    while True:
+        yield rng.uniform(0.0, ceiling)
+        ceiling = min(cap, ceiling * 2)

@@ -44,6 +44,27 @@ class NetCounters:
     packets_in: int
     packets_out: int
 
+    def grown_since(self, before: NetCounters) -> NetCounters:
+        """Each counter's growth since ``before``; a reset (interface re-created, reboot) counts from 0."""
+        return NetCounters(
+            bytes_in=_growth(before.bytes_in, self.bytes_in),
+            bytes_out=_growth(before.bytes_out, self.bytes_out),
+            packets_in=_growth(before.packets_in, self.packets_in),
+            packets_out=_growth(before.packets_out, self.packets_out),
+        )
+
+    def __add__(self, other: NetCounters) -> NetCounters:
+        return NetCounters(
+            self.bytes_in + other.bytes_in,
+            self.bytes_out + other.bytes_out,
+            self.packets_in + other.packets_in,
+            self.packets_out + other.packets_out,
+        )
+
+
+def _growth(before: int, now: int) -> int:
+    return now - before if now >= before else now
+
 
 @dataclass(frozen=True)
 class NetworkStats:

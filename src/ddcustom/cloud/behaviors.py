@@ -4,37 +4,25 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ddcustom.metrics import CUSTOM_METRICS
-
-
-def profile_document(profile: Any) -> dict[str, Any]:
-    """The profile in Device Defender form, from a loaded ``Profile`` or a plain ``{"name", "behaviors"}``."""
-    if isinstance(profile, Mapping):
-        return dict(profile)
-    document: dict[str, Any] = profile.to_json()
-    return document
+if TYPE_CHECKING:
+    from ddcustom.detect.profile import Profile
 
 
-def cloud_behaviors(profile: Any) -> tuple[list[dict[str, Any]], list[str]]:
+def cloud_behaviors(profile: Profile) -> tuple[list[dict[str, Any]], list[str]]:
     """Behaviors as CreateSecurityProfile takes them, and notes on what was left out.
 
-    Keys the service model does not know (device-only extras) are dropped. Behaviors on metrics that
-    are neither standard (``aws:``) nor in the custom metric catalogue, or with a value the model's
-    pattern refuses (botocore does not check patterns: the service would fail setup halfway), stay on
-    the device only.
+    Keys the service model does not know (device-only extras) are dropped. Behaviors with a value the
+    model's pattern refuses (botocore does not check patterns: the service would fail setup halfway)
+    stay on the device only. (A parsed Profile names only standard or catalogued custom metrics.)
     """
     import botocore.session
 
     behavior_shape = botocore.session.get_session().get_service_model("iot").shape_for("Behavior")
     behaviors: list[dict[str, Any]] = []
     notes: list[str] = []
-    for raw in profile_document(profile).get("behaviors", []):
-        metric = str(raw.get("metric", ""))
-        if not metric.startswith("aws:") and metric not in CUSTOM_METRICS:
-            notes.append(f"behavior {raw.get('name')!r}: metric {metric!r} is evaluated on the device only")
-            continue
+    for raw in profile.to_json()["behaviors"]:
         dropped: list[str] = []
         refused: list[str] = []
         behavior = _trim(raw, behavior_shape, "", dropped, refused)

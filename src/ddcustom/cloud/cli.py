@@ -81,7 +81,7 @@ def add_cloud_parser(subparsers: Any) -> argparse.ArgumentParser:
     setup.add_argument("--email", help="subscribe this address to the alerts topic")
     setup.add_argument(
         "--merge-config",
-        help="component configuration to merge, JSON or @FILE "
+        help="component configuration to merge, JSON or @FILE (JSON, or YAML unless named *.json) "
         f"(default {json.dumps(DEFAULT_MERGE_CONFIGURATION)})",
     )
     setup.add_argument(
@@ -151,6 +151,7 @@ def run_cloud(
         print("ddcustom cloud needs boto3: pip install 'ddcustom[cloud]'", file=err)
         return 2
     from ddcustom.cloud import runner
+    from ddcustom.cloud.steps import error_code
 
     try:
         opts, profile = options_from_args(args)
@@ -188,9 +189,9 @@ def run_cloud(
                 print(f"  - {label}", file=err)
         return 1
     except (boto_errors.ClientError, boto_errors.BotoCoreError) as exc:
-        code = 2 if runner.explain(exc).startswith("the AWS credentials") else 1
         print(f"ddcustom cloud: {runner.explain(exc)}. Nothing was changed.", file=err)
-        return code
+        refused = isinstance(exc, boto_errors.ClientError) and error_code(exc) in runner.CREDENTIALS
+        return 2 if refused else 1
 
 
 def _run(

@@ -123,25 +123,29 @@ def default_region(environ: Optional[dict[str, str]] = None) -> str:
 
 
 def parse_merge_configuration(text: str) -> dict[str, Any]:
-    """``--merge-config``: a JSON object, or ``@FILE`` holding one; checked against the component schema."""
-    from ddcustom.config import ConfigError, parse_settings
+    """``--merge-config``: a JSON object, or ``@FILE`` holding one (JSON, or YAML unless it ends in .json);
+    checked against the component schema."""
+    from ddcustom.config import ConfigError, load_config_file, parse_settings
 
     source = "--merge-config"
     if text.startswith("@"):
         source = text[1:]
         try:
-            with open(source, encoding="utf-8") as handle:
-                text = handle.read()
-        except OSError as exc:
-            raise OptionError(f"--merge-config: cannot read {source!r}: {exc.strerror or exc}") from None
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise OptionError(f"{source}: not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise OptionError(f"{source}: expected a JSON object of configuration keys")
+            value: Any = load_config_file(source, what="--merge-config file")
+        except ConfigError as exc:
+            raise OptionError(str(exc)) from None
+    else:
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise OptionError(f"{source}: not valid JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise OptionError(f"{source}: expected a JSON object of configuration keys")
     try:
         parse_settings(value)
+        json.dumps(value)  # it goes to the devices as JSON: a YAML date, say, cannot
     except ConfigError as exc:
         raise OptionError(f"{source}: {exc}") from None
+    except TypeError as exc:
+        raise OptionError(f"{source}: not a JSON value: {exc}") from None
     return value

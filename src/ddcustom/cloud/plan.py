@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ddcustom.cloud import policies
 from ddcustom.cloud.behaviors import cloud_behaviors
@@ -25,13 +25,16 @@ from ddcustom.cloud.steps import (
 )
 from ddcustom.metrics import CUSTOM_METRICS
 
+if TYPE_CHECKING:
+    from ddcustom.detect.profile import Profile
+
 IOT_SERVICE = "iot.amazonaws.com"
 TOKEN_EXCHANGE_HINT = (
     "the Greengrass installer creates it with --provision true; name yours with --token-exchange-role"
 )
 
 
-def build_steps(opts: CloudOptions, env: Env, profile: Any) -> tuple[list[Step], list[str]]:
+def build_steps(opts: CloudOptions, env: Env, profile: Profile) -> tuple[list[Step], list[str]]:
     """Steps in creation order, and notes (what of the profile stays on the device only)."""
     group_arn = env.arn("iot", f"thinggroup/{opts.thing_group}")
     quarantine_arn = env.arn("iot", f"thinggroup/{opts.quarantine_group_name}")

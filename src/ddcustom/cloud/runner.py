@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional, TextIO
 from botocore import xform_name
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ddcustom.cloud.steps import Call, Clients, Conflict, Status, Step, error_code
+from ddcustom.cloud.steps import Call, Clients, Conflict, Status, Step, error_code, error_message
 
 # What an account without Device Defender Detect (or credentials without its permissions) gets.
 REFUSED = frozenset(
@@ -45,22 +45,13 @@ def explain(exc: Exception) -> str:
     """One line a user can act on, for a botocore error."""
     if isinstance(exc, ClientError):
         code = error_code(exc)
-        message = exc.response.get("Error", {}).get("Message", "")
-        where = f"{exc.operation_name}: {code}: {message}"
+        where = f"{exc.operation_name}: {code}: {error_message(exc)}"
         if code in THROTTLED:
             return f"AWS throttled the requests even after retries ({where}); wait a minute and run again"
         if code in CREDENTIALS:
             return f"the AWS credentials were refused ({where}); check AWS_PROFILE or `aws configure`"
         return where
     return str(exc)
-
-
-def _detect_refusal(step: Step, exc: ClientError) -> bool:
-    return (
-        step.detect
-        and error_code(exc) in REFUSED
-        and any(word in exc.operation_name for word in DETECT_OPERATION_WORDS)
-    )
 
 
 def _refusal_message(exc: ClientError) -> str:
@@ -71,18 +62,42 @@ def _refusal_message(exc: ClientError) -> str:
     )
 
 
+def _detect_refused(step: Step, exc: ClientError, out: TextIO) -> bool:
+    """Is ``exc`` Device Defender Detect refusing this account? If so, says so on ``out`` (the caller
+    then skips the Detect steps); any other error is the caller's to raise."""
+    refused = (
+        step.detect
+        and error_code(exc) in REFUSED
+        and any(word in exc.operation_name for word in DETECT_OPERATION_WORDS)
+    )
+    if refused:
+        print(_refusal_message(exc), file=out)
+    return refused
+
+
 def invoke(aws: Clients, call: Call, sleep: Callable[[float], None] = time.sleep) -> Any:
     method = getattr(aws(call.service), xform_name(call.operation))
     for attempt in range(1, ROLE_WAIT_TRIES + 1):
         try:
             return method(**call.params)
         except ClientError as exc:
-            message = str(exc.response.get("Error", {}).get("Message", "")).lower()
+            message = error_message(exc).lower()
             if attempt < ROLE_WAIT_TRIES and "assume" in message and "role" in message:
                 sleep(ROLE_WAIT_SECONDS)
                 continue
             raise
     raise AssertionError("unreachable")
+
+
+def _make(
+    calls: list[Call], aws: Clients, out: TextIO, dry_run: bool, sleep: Callable[[float], None]
+) -> None:
+    """Makes the calls in order, or, with dry_run, prints them."""
+    for call in calls:
+        if dry_run:
+            print(f"would call {call.describe()}", file=out)
+        else:
+            invoke(aws, call, sleep)
 
 
 def setup(
@@ -105,10 +120,9 @@ def setup(
             problems.append(str(exc))
             continue
         except ClientError as exc:
-            if not _detect_refusal(step, exc):
-                raise
+            if not _detect_refused(step, exc, out):
+                raise  # nothing was changed yet
             detect_refused = True
-            print(_refusal_message(exc), file=out)
             continue
         print(f"{status.value:8} {step.label}", file=out)
         if status is Status.MISSING:
@@ -122,21 +136,17 @@ def setup(
     for step in pending:
         if step.detect and detect_refused:
             continue
-        if dry_run:
-            for call in step.create():
-                print(f"would call {call.describe()}", file=out)
-            continue
         try:
-            for call in step.create():
-                invoke(aws, call, sleep)
+            _make(step.create(), aws, out, dry_run, sleep)
         except ClientError as exc:
-            if not _detect_refusal(step, exc):
+            if not _detect_refused(step, exc, out):
                 raise StepFailed(f"{step.label}: {explain(exc)}", done) from None
             detect_refused = True
-            print(_refusal_message(exc), file=out)
             continue
         except BotoCoreError as exc:
             raise StepFailed(f"{step.label}: {explain(exc)}", done) from None
+        if dry_run:
+            continue
         done.append(step.label)
         print(f"created  {step.label}", file=out)
     if not dry_run:
@@ -161,23 +171,19 @@ def teardown(
             owned = step.owned(aws)
             calls: Optional[list[Call]] = step.remove(aws) if owned else None
         except ClientError as exc:
-            if not _detect_refusal(step, exc):
+            if not _detect_refused(step, exc, out):
                 raise StepFailed(f"{step.label}: {explain(exc)}", done) from None
             detect_refused = True
-            print(_refusal_message(exc), file=out)
             continue
         if not calls:
             print(f"kept     {step.label} (absent, or not made by this stack)", file=out)
             continue
-        if dry_run:
-            for call in calls:
-                print(f"would call {call.describe()}", file=out)
-            continue
         try:
-            for call in calls:
-                invoke(aws, call, sleep)
+            _make(calls, aws, out, dry_run, sleep)
         except (ClientError, BotoCoreError) as exc:
             raise StepFailed(f"{step.label}: {explain(exc)}", done) from None
+        if dry_run:
+            continue
         done.append(step.label)
         print(f"removed  {step.label}", file=out)
     if not dry_run:

@@ -82,8 +82,22 @@ def error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-def _tag_list(tags: dict[str, str], key: str = "Key", value: str = "Value") -> list[dict[str, str]]:
-    return [{key: k, value: v} for k, v in tags.items()]
+def error_message(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Message", ""))
+
+
+def _or_none(read: Callable[[], Any], also: frozenset[str] = frozenset()) -> Optional[dict[str, Any]]:
+    """``dict(read())``, or None where the resource is not there (a NOT_FOUND code, or one in ``also``)."""
+    try:
+        return dict(read())
+    except ClientError as exc:
+        if error_code(exc) in NOT_FOUND | also:
+            return None
+        raise
+
+
+def _tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
+    return [{"Key": k, "Value": v} for k, v in tags.items()]
 
 
 def _has_tag(tags: Optional[list[dict[str, str]]], opts: CloudOptions) -> bool:
@@ -104,6 +118,11 @@ def _not_ours(what: str, opts: CloudOptions) -> Conflict:
     )
 
 
+def _changed(what: str, differs: str, opts: CloudOptions) -> Conflict:
+    """Ours, but not as these options would make it: ``differs`` says how ("another document ...")."""
+    return Conflict(f"{what} exists with {differs}; run `ddcustom cloud teardown --stack {opts.stack}` first")
+
+
 # ---- IoT thing groups: used as they are when they exist, created (and owned) when they do not ----
 
 
@@ -113,12 +132,9 @@ class ThingGroupStep(Step):
         self.label = f"IoT thing group {name}"
 
     def _attributes(self, aws: Clients) -> Optional[dict[str, str]]:
-        try:
-            found = aws("iot").describe_thing_group(thingGroupName=self.name)
-        except ClientError as exc:
-            if error_code(exc) in NOT_FOUND:
-                return None
-            raise
+        found = _or_none(lambda: aws("iot").describe_thing_group(thingGroupName=self.name))
+        if found is None:
+            return None
         return dict(found.get("thingGroupProperties", {}).get("attributePayload", {}).get("attributes", {}))
 
     def check(self, aws: Clients) -> Status:
@@ -158,12 +174,8 @@ class SnsTopicStep(Step):
 
     def _tagged(self, aws: Clients) -> Optional[bool]:
         sns = aws("sns")
-        try:
-            sns.get_topic_attributes(TopicArn=self.topic_arn)
-        except ClientError as exc:
-            if error_code(exc) in NOT_FOUND:
-                return None
-            raise
+        if _or_none(lambda: sns.get_topic_attributes(TopicArn=self.topic_arn)) is None:
+            return None
         return _has_tag(sns.list_tags_for_resource(ResourceArn=self.topic_arn).get("Tags"), self.opts)
 
     def check(self, aws: Clients) -> Status:
@@ -232,12 +244,7 @@ class RoleStep(Step):
         self.label = f"IAM role {name}"
 
     def _role(self, aws: Clients) -> Optional[dict[str, Any]]:
-        try:
-            return dict(aws("iam").get_role(RoleName=self.name)["Role"])
-        except ClientError as exc:
-            if error_code(exc) in NOT_FOUND:
-                return None
-            raise
+        return _or_none(lambda: aws("iam").get_role(RoleName=self.name)["Role"])
 
     def check(self, aws: Clients) -> Status:
         role = self._role(aws)
@@ -245,20 +252,11 @@ class RoleStep(Step):
             return Status.MISSING
         if not _has_tag(role.get("Tags"), self.opts):
             raise _not_ours(self.label, self.opts)
-        try:
-            inline = aws("iam").get_role_policy(RoleName=self.name, PolicyName=self.policy_name)[
-                "PolicyDocument"
-            ]
-        except ClientError as exc:
-            if error_code(exc) not in NOT_FOUND:
-                raise
-            inline = None
+        inline = _or_none(lambda: aws("iam").get_role_policy(RoleName=self.name, PolicyName=self.policy_name))
         trust = _document(role.get("AssumeRolePolicyDocument"))
-        if trust != self.trust or _document(inline) != self.policy:
-            raise Conflict(
-                f"{self.label} exists with another trust or permission policy; "
-                f"run `ddcustom cloud teardown --stack {self.opts.stack}` first"
-            )
+        policy = None if inline is None else _document(inline["PolicyDocument"])
+        if trust != self.trust or policy != self.policy:
+            raise _changed(self.label, "another trust or permission policy", self.opts)
         return Status.OWNED
 
     def owned(self, aws: Clients) -> bool:
@@ -308,12 +306,7 @@ class ManagedPolicyStep(Step):
         self.label = f"IAM policy {name}"
 
     def _policy(self, aws: Clients) -> Optional[dict[str, Any]]:
-        try:
-            return dict(aws("iam").get_policy(PolicyArn=self.arn)["Policy"])
-        except ClientError as exc:
-            if error_code(exc) in NOT_FOUND:
-                return None
-            raise
+        return _or_none(lambda: aws("iam").get_policy(PolicyArn=self.arn)["Policy"])
 
     def check(self, aws: Clients) -> Status:
         policy = self._policy(aws)
@@ -323,10 +316,7 @@ class ManagedPolicyStep(Step):
             raise _not_ours(self.label, self.opts)
         version = aws("iam").get_policy_version(PolicyArn=self.arn, VersionId=policy["DefaultVersionId"])
         if _document(version["PolicyVersion"]["Document"]) != self.document:
-            raise Conflict(
-                f"{self.label} exists with another document (another --bucket or --component?); "
-                f"run `ddcustom cloud teardown --stack {self.opts.stack}` first"
-            )
+            raise _changed(self.label, "another document (another --bucket or --component?)", self.opts)
         return Status.OWNED
 
     def owned(self, aws: Clients) -> bool:
@@ -405,14 +395,10 @@ class TopicRuleStep(Step):
         self.label = f"IoT topic rule {opts.topic_rule}"
 
     def _rule(self, aws: Clients) -> Optional[dict[str, Any]]:
-        try:
-            return dict(aws("iot").get_topic_rule(ruleName=self.opts.topic_rule)["rule"])
-        except ClientError as exc:
-            if error_code(exc) in NOT_FOUND | {
-                "UnauthorizedException"
-            }:  # IoT answers both for a missing rule
-                return None
-            raise
+        return _or_none(
+            lambda: aws("iot").get_topic_rule(ruleName=self.opts.topic_rule)["rule"],
+            also=frozenset({"UnauthorizedException"}),  # IoT answers it too for a missing rule
+        )
 
     def owned(self, aws: Clients) -> bool:
         # The owner mark is in the description, which GetTopicRule returns (the IoT tags are written too).
@@ -426,10 +412,7 @@ class TopicRuleStep(Step):
         if rule.get("description") != self.payload["description"]:
             raise _not_ours(self.label, self.opts)
         if rule.get("sql") != self.payload["sql"] or rule.get("actions") != self.payload["actions"]:
-            raise Conflict(
-                f"{self.label} exists with another SQL or action (another AlertTopic?); "
-                f"run `ddcustom cloud teardown --stack {self.opts.stack}` first"
-            )
+            raise _changed(self.label, "another SQL or action (another AlertTopic?)", self.opts)
         return Status.OWNED
 
     def create(self) -> list[Call]:
@@ -462,12 +445,7 @@ class CustomMetricStep(Step):
         self.label = f"Device Defender custom metric {name}"
 
     def _metric(self, aws: Clients) -> Optional[dict[str, Any]]:
-        try:
-            return dict(aws("iot-detect").describe_custom_metric(metricName=self.name))
-        except ClientError as exc:
-            if error_code(exc) in NOT_FOUND:
-                return None
-            raise
+        return _or_none(lambda: aws("iot-detect").describe_custom_metric(metricName=self.name))
 
     def check(self, aws: Clients) -> Status:
         metric = self._metric(aws)
@@ -506,14 +484,8 @@ class SecurityProfileStep(Step):
         self.label = f"Device Defender security profile {opts.security_profile}"
 
     def _profile(self, aws: Clients) -> Optional[dict[str, Any]]:
-        try:
-            return dict(
-                aws("iot-detect").describe_security_profile(securityProfileName=self.opts.security_profile)
-            )
-        except ClientError as exc:
-            if error_code(exc) in NOT_FOUND:
-                return None
-            raise
+        name = self.opts.security_profile
+        return _or_none(lambda: aws("iot-detect").describe_security_profile(securityProfileName=name))
 
     def check(self, aws: Clients) -> Status:
         profile = self._profile(aws)
@@ -525,10 +497,7 @@ class SecurityProfileStep(Step):
             profile.get("behaviors", []) != self.behaviors
             or profile.get("alertTargets") != self.alert_targets
         ):
-            raise Conflict(
-                f"{self.label} exists with other behaviors or alert target (profile edited since?); "
-                f"run `ddcustom cloud teardown --stack {self.opts.stack}` first"
-            )
+            raise _changed(self.label, "other behaviors or alert target (profile edited since?)", self.opts)
         return Status.OWNED
 
     def owned(self, aws: Clients) -> bool:
@@ -611,12 +580,9 @@ class MitigationActionStep(Step):
         self.label = f"Device Defender mitigation action {opts.mitigation_action}"
 
     def _action(self, aws: Clients) -> Optional[dict[str, Any]]:
-        try:
-            return dict(aws("iot-detect").describe_mitigation_action(actionName=self.opts.mitigation_action))
-        except ClientError as exc:
-            if error_code(exc) in NOT_FOUND:
-                return None
-            raise
+        return _or_none(
+            lambda: aws("iot-detect").describe_mitigation_action(actionName=self.opts.mitigation_action)
+        )
 
     def check(self, aws: Clients) -> Status:
         action = self._action(aws)
@@ -625,10 +591,7 @@ class MitigationActionStep(Step):
         if not _iot_tagged(aws, action["actionArn"], self.opts):
             raise _not_ours(self.label, self.opts)
         if action.get("actionParams") != self.params or action.get("roleArn") != self.role_arn:
-            raise Conflict(
-                f"{self.label} exists with another group or role (another --quarantine-group?); "
-                f"run `ddcustom cloud teardown --stack {self.opts.stack}` first"
-            )
+            raise _changed(self.label, "another group or role (another --quarantine-group?)", self.opts)
         return Status.OWNED
 
     def owned(self, aws: Clients) -> bool:

@@ -8,11 +8,11 @@ import contextlib
 import json
 import sys
 import threading
-from pathlib import Path
 from typing import Optional
 
 import yaml
 
+from ddcustom.config import ConfigError, load_config_file
 from ddcustom.devnucleus.access import RecipeError
 from ddcustom.devnucleus.server import DevNucleus, Published
 
@@ -36,12 +36,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         merge = None
         if args.merge:
-            inline = args.merge.lstrip().startswith("{")
-            merge = yaml.safe_load(args.merge if inline else Path(args.merge).read_text(encoding="utf-8"))
+            if args.merge.lstrip().startswith("{"):
+                merge = yaml.safe_load(args.merge)
+            else:
+                merge = load_config_file(args.merge, what="--merge file")
             if not isinstance(merge, dict):
                 raise RecipeError("--merge must be a mapping (JSON object)")
         nucleus = DevNucleus(args.recipe, args.thing, merge, args.socket, on_publish=_print_published)
-    except (RecipeError, OSError, yaml.YAMLError) as exc:
+    except (RecipeError, ConfigError, OSError, yaml.YAMLError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     with nucleus:

@@ -1,4 +1,5 @@
-"""Recipe reading, component configuration and the accessControl rules the nucleus enforces."""
+"""Recipe reading, component configuration, recipe variables and the accessControl rules the nucleus
+enforces."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
+from ddcustom.build import get_ci
 from ddcustom.config import ConfigError, load_config_file
 
 MQTT_PROXY_SERVICE = "aws.greengrass.ipc.mqttproxy"
@@ -28,17 +30,6 @@ RecipeSource = Union[str, Path, Mapping[str, Any]]
 
 class RecipeError(ValueError):
     """The recipe cannot be read or lacks what the stand-in nucleus needs."""
-
-
-def get_ci(mapping: Mapping[str, Any], key: str, default: Any = None) -> Any:
-    """Look a key up case-insensitively, as Greengrass reads recipe keys."""
-    if key in mapping:
-        return mapping[key]
-    lowered = key.lower()
-    for name, value in mapping.items():
-        if isinstance(name, str) and name.lower() == lowered:
-            return value
-    return default
 
 
 def load_recipe(source: RecipeSource) -> dict[str, Any]:
@@ -75,46 +66,71 @@ def changed_paths(before: Any, after: Any, prefix: tuple[str, ...] = ()) -> list
     return [] if before == after else [prefix]
 
 
-def lookup(config: Any, key_path: list[str]) -> tuple[bool, Any]:
-    """(found, value) of a key path in a nested configuration; keys compare case-insensitively."""
-    node = config
-    for key in key_path:
-        if not isinstance(node, Mapping):
-            return False, None
-        missing = object()
-        node = get_ci(node, key, missing)
-        if node is missing:
+_MISSING = object()
+
+
+def _walk(node: Any, keys: list[str], list_indices: bool) -> tuple[bool, Any]:
+    """(found, value) at a key path; mapping keys compare case-insensitively, as in the nucleus's
+    configuration store. ``list_indices``: a decimal key also picks a list item."""
+    for key in keys:
+        if isinstance(node, Mapping):
+            node = get_ci(node, key, _MISSING)
+            if node is _MISSING:
+                return False, None
+        elif list_indices and isinstance(node, list) and re.fullmatch(r"0|[1-9][0-9]*", key):
+            if int(key) >= len(node):
+                return False, None
+            node = node[int(key)]
+        else:
             return False, None
     return True, node
 
 
-_VARIABLE = re.compile(r"\{(iot:thingName|configuration:(/[^}]*))\}")
+def lookup(config: Any, key_path: list[str]) -> tuple[bool, Any]:
+    """(found, value) of GetConfiguration's key path: mapping keys only (a list is a leaf there)."""
+    return _walk(config, key_path, list_indices=False)
 
 
-def interpolate(text: str, thing_name: str, config: Mapping[str, Any]) -> str:
-    """Replace ``{iot:thingName}`` and ``{configuration:/JSON/Pointer}`` (unknown keys stay as written)."""
+def resolve_pointer(config: Any, pointer: str) -> tuple[bool, Any]:
+    """(found, value) at a JSON pointer such as ``/a/b`` (RFC 6901: ``~1`` is ``/``, ``~0`` is ``~``;
+    list indices)."""
+    keys = [part.replace("~1", "/").replace("~0", "~") for part in pointer.split("/")[1:]]
+    return _walk(config, keys, list_indices=True)
+
+
+# {configuration:/JSON/pointer} or a plain variable such as {iot:thingName} or {work:path}
+_VARIABLE = re.compile(r"\{(?:configuration:(/[^}]*)|([A-Za-z]+:[A-Za-z]+))\}")
+
+
+def interpolate(text: str, variables: Mapping[str, str], configuration: Mapping[str, Any]) -> str:
+    """Replace recipe variables as the nucleus does: ``variables`` maps names such as ``iot:thingName``
+    to their values; ``{configuration:/a/b}`` is a JSON pointer into ``configuration`` (keys matched
+    case-insensitively), a scalar becoming its text and a mapping or list compact JSON. A variable that
+    cannot be resolved stays as written."""
 
     def replace(match: re.Match[str]) -> str:
-        if match.group(2) is None:
-            return thing_name
-        found, value = lookup(config, [part for part in match.group(2).split("/") if part])
-        if not found or isinstance(value, (dict, list)):
+        pointer, name = match.group(1), match.group(2)
+        if pointer is None:
+            return variables.get(name, match.group(0))
+        found, value = resolve_pointer(configuration, pointer)
+        if not found:
             return match.group(0)
-        return value if isinstance(value, str) else json.dumps(value)
+        return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
     return _VARIABLE.sub(replace, text)
 
 
 def mqtt_filter_matches(topic_filter: str, topic: str) -> bool:
-    """Does an MQTT topic filter (with + and #) match a topic name? (message delivery)"""
+    """Does an MQTT topic filter (with + and #) match a topic name, or a narrower filter? A ``#`` in
+    ``topic`` is matched only by a ``#`` at the same level of the filter or above."""
     filter_levels = topic_filter.split("/")
     topic_levels = topic.split("/")
     for index, level in enumerate(filter_levels):
         if level == "#":
             return True
-        if index >= len(topic_levels):
+        if index >= len(topic_levels) or topic_levels[index] == "#":
             return False
-        if level != "+" and level != topic_levels[index]:
+        if level not in ("+", topic_levels[index]):
             return False
     return len(filter_levels) == len(topic_levels)
 
@@ -126,19 +142,13 @@ def _glob_matches(pattern: str, value: str) -> bool:
 
 
 def _mqtt_resource_matches(resource: str, requested: str) -> bool:
-    """mqttproxy: a granted filter permits the same filter, narrower filters and matching topics."""
-    if resource == requested or ("*" in resource and _glob_matches(resource, requested)):
-        return True
-    granted = resource.split("/")
-    wanted = requested.split("/")
-    for index, level in enumerate(granted):
-        if level == "#":
-            return True
-        if index >= len(wanted) or wanted[index] == "#":
-            return False
-        if level not in ("+", wanted[index]):
-            return False
-    return len(granted) == len(wanted)
+    """mqttproxy: a granted filter permits the same filter, narrower filters and matching topics; a
+    resource with ``*`` is also a glob."""
+    return (
+        resource == requested
+        or ("*" in resource and _glob_matches(resource, requested))
+        or mqtt_filter_matches(resource, requested)
+    )
 
 
 @dataclass(frozen=True)
@@ -154,6 +164,7 @@ def parse_policies(config: Mapping[str, Any], thing_name: str) -> list[Policy]:
     access = get_ci(config, "accessControl") or {}
     if not isinstance(access, Mapping):
         raise RecipeError("accessControl must be a mapping of IPC service -> policies")
+    variables = {"iot:thingName": thing_name}
     policies: list[Policy] = []
     for service, named in access.items():
         if not isinstance(named, Mapping):
@@ -170,7 +181,7 @@ def parse_policies(config: Mapping[str, Any], thing_name: str) -> list[Policy]:
                     service=str(service),
                     name=str(name),
                     operations=tuple(str(op) for op in operations),
-                    resources=tuple(interpolate(str(res), thing_name, config) for res in resources),
+                    resources=tuple(interpolate(str(res), variables, config) for res in resources),
                 )
             )
     return policies

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import copy
 import json
 import os
 import secrets
@@ -40,7 +41,6 @@ RPC_VERSION = "0.1.0"
 JSON = "application/json"
 NS = "aws.greengrass#"
 
-PUBLISH_OPERATIONS = (NS + "PublishToIoTCore", NS + "PublishToTopic")
 LIFECYCLE_STATES = ("RUNNING", "ERRORED")
 
 
@@ -237,7 +237,7 @@ class DevNucleus:
     @property
     def configuration(self) -> dict[str, Any]:
         with self._lock:
-            return access.merge_config(self._configuration, {})
+            return copy.deepcopy(self._configuration)
 
     @property
     def connection_count(self) -> int:

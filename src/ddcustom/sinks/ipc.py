@@ -9,9 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
-import random
 import threading
-from collections.abc import Iterator
 from typing import Any, Callable, Optional
 
 from awscrt.io import ClientBootstrap, SocketDomain, SocketOptions
@@ -39,17 +37,6 @@ class UnauthorizedIpcError(IpcError):
 
 class IpcTimeoutError(IpcError):
     """The nucleus did not answer within the timeout."""
-
-
-def reconnect_delays(base: float, cap: float, rng: Optional[random.Random] = None) -> Iterator[float]:
-    """Endless exponential backoff with full jitter: attempt n waits uniform(0, min(cap, base * 2**n))."""
-    if base <= 0 or cap < base:
-        raise ValueError(f"need 0 < base <= cap, got base={base}, cap={cap}")
-    rng = rng or random.Random()
-    ceiling = base
-    while True:
-        yield rng.uniform(0.0, ceiling)
-        ceiling = min(cap, ceiling * 2)
 
 
 class _Lifecycle(eventstreamrpc.LifecycleHandler):

@@ -40,7 +40,7 @@ class Collector:
         self._network = NetworkSource(settings.include_loopback, proc_root)
         self._last_error: dict[str, str] = {}  # source -> last error message logged
         self._gpu: Optional[GpuSource] = None  # created on the first GPU read
-        self._feedback = FeedbackReader(*_feedback_paths(settings), settings.meter_stale_seconds)
+        self._feedback = FeedbackReader(*_feedback_paths(settings))  # configured by _configure
         self._errors: list[str] = []
         self.settings = settings
         self._configure(settings)

@@ -72,7 +72,7 @@ class GpuSource:
         self._handles: list[Any] = []
         self._jetson_load_file: Optional[Path] = None
         self._last_seen_us: dict[int, int] = {}  # device index -> newest process-utilisation timestamp
-        self._list_processes_v2 = False  # the driver lacks _v3, which pynvml's unversioned call uses
+        self._list_processes: Callable[[Any], list[Any]] = lambda _handle: []  # set once NVML starts
         self._field_errors: list[tuple[str, Exception]] = []  # this cycle's: (what failed, error)
         self._warned: set[str] = set()
 
@@ -114,31 +114,10 @@ class GpuSource:
 
     def _start_nvml(self) -> str:
         """Initialise NVML and take the device handles; returns why NVML cannot be used, or ''."""
-        if self._nvml is None:
-            try:
-                import pynvml
-            except ImportError:
-                return "the nvidia-ml-py package (pynvml) is not installed"
-            self._nvml = pynvml
-        nvml = self._nvml
-        try:
-            nvml.nvmlInit()
-        except nvml.NVMLError as exc:
-            return f"NVML: {exc}"
-        try:
-            self._handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
-        except nvml.NVMLError as exc:
-            self._handles = []
-            problem = f"NVML device list: {exc}"
-        else:
-            if self._handles:
-                log.info("GPU: reading %d NVIDIA GPU(s) through NVML", len(self._handles))
-                return ""
-            problem = "NVML found no GPU"
-        try:
-            nvml.nvmlShutdown()
-        except nvml.NVMLError as exc:
-            log.debug("nvmlShutdown failed: %s", exc)
+        self._nvml, self._handles, problem = start_nvml(self._nvml)
+        if self._handles:
+            self._list_processes = ComputeProcesses(self._nvml)
+            log.info("GPU: reading %d NVIDIA GPU(s) through NVML", len(self._handles))
         return problem
 
     # ---- NVML ----------------------------------------------------------------------------------------
@@ -193,7 +172,7 @@ class GpuSource:
     ) -> Optional[tuple[GpuProcess, ...]]:
         nvml = self._nvml
         assert nvml is not None
-        running = self._field(index, "compute processes", lambda: self._running_processes(handle))
+        running = self._field(index, "compute processes", lambda: self._list_processes(handle))
         if running is None:
             return None
         if not running:
@@ -217,17 +196,6 @@ class GpuSource:
                 GpuProcess(pid, name, index, int(memory) if memory is not None else None, sm, attribution)
             )
         return tuple(processes)
-
-    def _running_processes(self, handle: Any) -> list[Any]:
-        nvml = self._nvml
-        assert nvml is not None
-        if not self._list_processes_v2:
-            try:
-                return list(nvml.nvmlDeviceGetComputeRunningProcesses(handle))
-            except nvml.NVMLLibraryMismatchError:  # a driver older than R510: no _v3
-                log.info("GPU: the driver has no nvmlDeviceGetComputeRunningProcesses_v3; using _v2")
-                self._list_processes_v2 = True
-        return list(nvml.nvmlDeviceGetComputeRunningProcesses_v2(handle))
 
     def _read_process_sm(self, index: int, handle: Any) -> Optional[dict[int, float]]:
         """Mean SM % per pid since the last read; {} when no process was active; None when not offered."""
@@ -258,13 +226,9 @@ class GpuSource:
             return None
 
     def _note_field_error(self, what: str, exc: Exception) -> None:
-        message = f"{what} left out: {exc}"
-        if isinstance(exc, self._nvml.NVMLError_NotSupported):  # type: ignore[union-attr]
-            if message not in self._warned:  # a property of the board, not a fault: say it once, quietly
-                self._warned.add(message)
-                log.info("%s", message)
-            return
-        self._warn_once(message)
+        # NOT_SUPPORTED is a property of the board, not a fault: said once, quietly
+        quiet = isinstance(exc, self._nvml.NVMLError_NotSupported)  # type: ignore[union-attr]
+        self._warn_once(f"{what} left out: {exc}", logging.INFO if quiet else logging.WARNING)
 
     def _process_names(self, pid: int) -> tuple[str, frozenset[str]]:
         """The name to show and every name to match against AllowedGpuProcesses (comm, exe basename).
@@ -291,21 +255,71 @@ class GpuSource:
 
     def _read_jetson_load(self) -> float:
         assert self._jetson_load_file is not None
-        text = read_bounded(self._jetson_load_file, MAX_SYSFS_BYTES)
-        if text is None:
-            raise _SourceGone(
-                f"cannot read the Jetson GPU load {self._jetson_load_file}: GPU metrics left out"
-            )
-        load = parse_jetson_load(text)
+        load = read_jetson_load(self._jetson_load_file)
         if load is None:
-            log.debug("Jetson GPU load file holds %r", text[:20])
-            raise _SourceGone(f"Jetson GPU load {self._jetson_load_file} is not a per-mille value (0-1000)")
+            raise _SourceGone(
+                f"cannot read the Jetson GPU load {self._jetson_load_file}, or it is not a per-mille value "
+                "(0-1000): GPU metrics left out"
+            )
         return load
 
-    def _warn_once(self, message: str) -> None:
+    def _warn_once(self, message: str, level: int = logging.WARNING) -> None:
         if message not in self._warned:
             self._warned.add(message)
-            log.warning("%s", message)
+            log.log(level, "%s", message)
+
+
+def start_nvml(nvml: Optional[Any] = None) -> tuple[Optional[Any], list[Any], str]:
+    """Initialise NVML (``nvml``: the pynvml module, imported when None) and take every GPU's handle.
+
+    Returns (the module or None, the handles, why NVML cannot be used or ''). Without a handle NVML is
+    shut down again: it stays initialised only while it has a GPU to read.
+    """
+    if nvml is None:
+        try:
+            import pynvml
+        except ImportError:
+            return None, [], "the nvidia-ml-py package (pynvml) is not installed"
+        nvml = pynvml
+    try:
+        nvml.nvmlInit()
+    except nvml.NVMLError as exc:
+        return nvml, [], f"NVML: {exc}"
+    try:
+        handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
+        problem = "" if handles else "NVML found no GPU"
+    except nvml.NVMLError as exc:
+        handles, problem = [], f"NVML device list: {exc}"
+    if not handles:
+        try:
+            nvml.nvmlShutdown()
+        except nvml.NVMLError as exc:
+            log.debug("nvmlShutdown failed: %s", exc)
+    return nvml, handles, problem
+
+
+class ComputeProcesses:
+    """A GPU's compute processes. pynvml's unversioned call needs the driver's ``_v3`` (R510 and later);
+    on older drivers it raises a version mismatch once, and ``_v2`` is used from then on."""
+
+    def __init__(self, nvml: Any) -> None:
+        self._nvml = nvml
+        self._v2 = False
+
+    def __call__(self, handle: Any) -> list[Any]:
+        if not self._v2:
+            try:
+                return list(self._nvml.nvmlDeviceGetComputeRunningProcesses(handle))
+            except self._nvml.NVMLLibraryMismatchError:
+                log.info("GPU: the driver has no nvmlDeviceGetComputeRunningProcesses_v3; using _v2")
+                self._v2 = True
+        return list(self._nvml.nvmlDeviceGetComputeRunningProcesses_v2(handle))
+
+
+def read_jetson_load(path: Path) -> Optional[float]:
+    """The Jetson GPU load in percent from its sysfs file; None when unreadable or not per-mille."""
+    text = read_bounded(path, MAX_SYSFS_BYTES)
+    return parse_jetson_load(text) if text is not None else None
 
 
 def find_jetson_load_file(sysfs_root: Path) -> Optional[Path]:

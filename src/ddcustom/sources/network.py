@@ -23,7 +23,6 @@ from typing import Any, Callable, Optional
 
 import psutil
 
-from ddcustom.metrics import counter_delta
 from ddcustom.sample import Connection, ListeningPort, NetCounters, NetworkStats
 
 log = logging.getLogger(__name__)
@@ -48,14 +47,10 @@ SocketEntry = tuple[int, str, int, str, int]
 def decode_address(hex_ip: str) -> str:
     """Text form of a kernel hex address: 8 hex digits (IPv4) or 32 (IPv6), each 32-bit word in host
     byte order. IPv4-mapped IPv6 addresses (``::ffff:a.b.c.d``) are returned as IPv4."""
-    if len(hex_ip) == 8:
-        return socket.inet_ntop(socket.AF_INET, struct.pack("=I", int(hex_ip, 16)))
-    if len(hex_ip) != 32:
+    if len(hex_ip) not in (8, 32):
         raise ValueError(f"not a kernel socket address: {hex_ip!r}")
-    raw = struct.pack("=4I", *(int(hex_ip[i : i + 8], 16) for i in range(0, 32, 8)))
-    if raw[:12] == _IPV4_MAPPED_PREFIX:
-        return socket.inet_ntop(socket.AF_INET, raw[12:])
-    return socket.inet_ntop(socket.AF_INET6, raw)
+    words = [int(hex_ip[i : i + 8], 16) for i in range(0, len(hex_ip), 8)]
+    return _ip_text(struct.pack(f"={len(words)}I", *words))
 
 
 def parse_socket_table(text: str, states: Iterable[int]) -> list[SocketEntry]:
@@ -99,17 +94,6 @@ def parse_net_dev_interfaces(text: str) -> dict[str, NetCounters]:
     return out
 
 
-def parse_net_dev(text: str, include_loopback: bool) -> NetCounters:
-    """Byte and packet counters of /proc/net/dev, summed over interfaces (``lo`` only if asked)."""
-    counted = [c for name, c in parse_net_dev_interfaces(text).items() if include_loopback or name != "lo"]
-    return NetCounters(
-        bytes_in=sum(c.bytes_in for c in counted),
-        bytes_out=sum(c.bytes_out for c in counted),
-        packets_in=sum(c.packets_in for c in counted),
-        packets_out=sum(c.packets_out for c in counted),
-    )
-
-
 _ZERO = NetCounters(bytes_in=0, bytes_out=0, packets_in=0, packets_out=0)
 
 
@@ -132,13 +116,8 @@ class CounterTotals:
         for name, now in interfaces.items():
             if name == "lo" and not include_loopback:
                 continue
-            before = self._last.get(name, _ZERO)  # a new interface (or the first reading): since creation
-            total = NetCounters(
-                bytes_in=total.bytes_in + counter_delta(before.bytes_in, now.bytes_in),
-                bytes_out=total.bytes_out + counter_delta(before.bytes_out, now.bytes_out),
-                packets_in=total.packets_in + counter_delta(before.packets_in, now.packets_in),
-                packets_out=total.packets_out + counter_delta(before.packets_out, now.packets_out),
-            )
+            # a new interface (or the first reading): since its creation
+            total += now.grown_since(self._last.get(name, _ZERO))
         self._last = dict(interfaces)
         self._total = total
         return total
@@ -257,6 +236,7 @@ def parse_sock_diag(data: bytes, decoded: dict[bytes, str]) -> tuple[list[Socket
 
 
 def _ip_text(raw: bytes) -> str:
+    """Text form of a 4- or 16-byte address; IPv4-mapped IPv6 addresses as IPv4."""
     if len(raw) == 4:
         return socket.inet_ntop(socket.AF_INET, raw)
     if raw[:12] == _IPV4_MAPPED_PREFIX:
