@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ddcustom.config import Settings, parse_settings
-from ddcustom.report import ReportBuilder, serialise
+from ddcustom.report import ReportBuilder
 from ddcustom.sample import Sample
+from ddcustom.sink import serialise
 from ddcustom.sources.collect import Collector
 
 # Holds N established loopback TCP connections (both ends) until killed.
@@ -107,7 +108,8 @@ def rss_mb(pid: int) -> Optional[float]:
 RSS_LOOP = """
 import time
 from ddcustom.config import parse_settings
-from ddcustom.report import ReportBuilder, serialise
+from ddcustom.report import ReportBuilder
+from ddcustom.sink import serialise
 from ddcustom.sources.collect import Collector
 settings, _ = parse_settings({"SecurityProfile": %r})
 collector, builder, previous = Collector(settings), ReportBuilder(settings), None

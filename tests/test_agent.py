@@ -10,8 +10,9 @@ from typing import Any, Optional
 import pytest
 
 from ddcustom.agent import Agent
+from ddcustom.alerts.event import ViolationEvent
 from ddcustom.config import Settings, parse_settings
-from ddcustom.sinks.base import SinkError
+from ddcustom.sink import SinkError
 
 
 class RecordingSink:
@@ -19,7 +20,7 @@ class RecordingSink:
 
     def __init__(self) -> None:
         self.reports: list[dict[str, Any]] = []
-        self.alerts: list[dict[str, Any]] = []
+        self.alerts: list[ViolationEvent] = []
         self.refuse: Optional[str] = None
 
     def close(self) -> None:
@@ -31,7 +32,7 @@ class RecordingSink:
         self.reports.append(report)
         return True
 
-    def publish_alert(self, alert: dict[str, Any]) -> None:
+    def publish_alert(self, alert: ViolationEvent) -> None:
         if self.refuse:
             raise SinkError(self.refuse)
         self.alerts.append(alert)
@@ -101,7 +102,7 @@ def test_alerts_survive_a_refusing_sink_and_the_refusal_is_logged_once(
     assert caplog.text.count("alerts kept in the spool") == 1  # regression: it was logged every cycle
     sink.refuse = None
     agent.run_cycle(11.0)
-    assert [a["behavior"]["name"] for a in sink.alerts] == ["gpu-load-per-inference", "avg-inference-time"]
+    assert [a.behavior_name for a in sink.alerts] == ["gpu-load-per-inference", "avg-inference-time"]
     assert agent.status()["pending_alerts"] == 0
 
 
@@ -129,7 +130,7 @@ def test_new_settings_report_at_once_and_keep_the_alarm_state(tmp_path: Path) ->
     feedback(tmp_path, 10, 20)
     for now in (3.5, 4.5):
         agent.run_cycle(now)
-    cleared = [a for a in sink.alerts if a["violationEventType"] == "alarm-cleared"]
+    cleared = [a for a in sink.alerts if a.event_type == "alarm-cleared"]
     assert len(cleared) == 2  # the alarms raised before the update are cleared, not forgotten
 
 
@@ -171,7 +172,7 @@ def test_no_alert_is_lost_when_the_spool_disk_fails_while_the_connection_is_down
     assert agent.counters.alerts_raised == 2 and sink.alerts == []
     sink.refuse = None
     agent.run_cycle(4.0)
-    assert [a["behavior"]["name"] for a in sink.alerts] == ["gpu-load-per-inference", "avg-inference-time"]
+    assert [a.behavior_name for a in sink.alerts] == ["gpu-load-per-inference", "avg-inference-time"]
 
 
 def test_the_agent_starts_when_its_state_directory_cannot_be_created(tmp_path: Path) -> None:
@@ -202,7 +203,7 @@ def test_alerts_pending_in_the_old_spool_are_sent_after_the_state_directory_chan
     agent.apply_settings(moved)
     sink.refuse = None
     agent.run_cycle(3.0)
-    assert [a["behavior"]["name"] for a in sink.alerts] == ["gpu-load-per-inference", "avg-inference-time"]
+    assert [a.behavior_name for a in sink.alerts] == ["gpu-load-per-inference", "avg-inference-time"]
     assert list(Path(moved.alert_spool_dir).glob("*.alert.json")) == []
     assert list(Path(settings_for(tmp_path).alert_spool_dir).glob("*.alert.json")) == []
 
@@ -212,7 +213,7 @@ def test_a_smaller_spool_bound_keeps_the_pending_alerts(tmp_path: Path) -> None:
     agent.apply_settings(settings_for(tmp_path, SampleIntervalSeconds=3600, AlertSpoolMaxBytes=65536))
     sink.refuse = None
     agent.run_cycle(3.0)
-    assert [a["behavior"]["name"] for a in sink.alerts] == ["gpu-load-per-inference", "avg-inference-time"]
+    assert [a.behavior_name for a in sink.alerts] == ["gpu-load-per-inference", "avg-inference-time"]
 
 
 def test_a_new_profile_invalidates_the_alarms_it_drops_and_clears_the_ones_it_keeps(tmp_path: Path) -> None:
@@ -222,7 +223,7 @@ def test_a_new_profile_invalidates_the_alarms_it_drops_and_clears_the_ones_it_ke
     agent = Agent(settings, "t", sink)
     for now in (1.0, 2.0):
         agent.run_cycle(now)
-    raised = {a["behavior"]["name"]: a["violationId"] for a in sink.alerts}
+    raised = {a.behavior_name: a.violation_id for a in sink.alerts}
     kept = [b.to_json() for b in settings.security_profile.behaviors if b.name != "avg-inference-time"]
     agent.apply_settings(
         settings_for(
@@ -232,7 +233,7 @@ def test_a_new_profile_invalidates_the_alarms_it_drops_and_clears_the_ones_it_ke
     feedback(tmp_path, 10, 20)
     for now in (3.0, 4.0):
         agent.run_cycle(now)
-    after = [(a["behavior"]["name"], a["violationEventType"], a["violationId"]) for a in sink.alerts[2:]]
+    after = [(a.behavior_name, a.event_type, a.violation_id) for a in sink.alerts[2:]]
     assert after == [
         ("avg-inference-time", "alarm-invalidated", raised["avg-inference-time"]),
         ("gpu-load-per-inference", "alarm-cleared", raised["gpu-load-per-inference"]),

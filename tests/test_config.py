@@ -24,7 +24,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def test_defaults_parse_without_warnings() -> None:
     settings, warnings = parse_settings({})
     assert warnings == []
-    assert settings.sample_interval_seconds == 300
+    assert settings.report_interval_seconds == 300
     assert settings.detect_interval_seconds == 10
     assert settings.enable_gpu_metrics is False
     assert settings.enable_device_defender_report is True
@@ -83,8 +83,8 @@ def test_number_errors_name_key_value_and_range() -> None:
 def test_numbers_from_greengrass_may_be_floats_or_strings() -> None:
     # The nucleus's configuration store hands numbers back as doubles; consoles produce strings.
     settings, _ = parse_settings({"SampleIntervalSeconds": 600.0, "MaxReportListSize": "50"})
-    assert settings.sample_interval_seconds == 600
-    assert isinstance(settings.sample_interval_seconds, int)
+    assert settings.report_interval_seconds == 600
+    assert isinstance(settings.report_interval_seconds, int)
     assert settings.max_report_list_size == 50
 
 
@@ -102,13 +102,13 @@ def test_access_control_key_from_greengrass_is_ignored() -> None:
 
 def test_short_interval_raised_with_warning_when_reporting_to_device_defender() -> None:
     settings, warnings = parse_settings({"SampleIntervalSeconds": 60})
-    assert settings.sample_interval_seconds == MIN_REPORT_INTERVAL
+    assert settings.report_interval_seconds == MIN_REPORT_INTERVAL
     assert len(warnings) == 1 and "SampleIntervalSeconds 60 raised to 300" in warnings[0]
 
 
 def test_short_interval_kept_when_device_defender_reports_are_off() -> None:
     settings, warnings = parse_settings({"SampleIntervalSeconds": 60, "EnableDeviceDefenderReport": "false"})
-    assert settings.sample_interval_seconds == 60
+    assert settings.report_interval_seconds == 60
     assert warnings == []
 
 

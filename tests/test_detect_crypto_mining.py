@@ -68,7 +68,7 @@ def default_engine() -> Engine:
 
 def run(engine: Engine, samples: list[Sample]) -> list[list[tuple[str, str]]]:
     """Per evaluation: (behavior name, event type) of each event."""
-    return [[(e["behavior"]["name"], e["violationEventType"]) for e in engine.evaluate(s)] for s in samples]
+    return [[(e.behavior_name, e.event_type) for e in engine.evaluate(s)] for s in samples]
 
 
 def first_step_with(timeline: list[list[tuple[str, str]]], event: tuple[str, str]) -> int:
@@ -154,9 +154,9 @@ def test_alert_events_name_the_profile_and_metric_value() -> None:
     engine.evaluate(device_sample(0))
     events = engine.evaluate(device_sample(1, miners=2))
     assert len(events) == 1
-    assert events[0]["securityProfileName"] == "crypto-mining"
-    assert events[0]["metricValue"] == {"number": 2.0}
-    assert events[0]["thingName"] == "edge-gpu-1"
+    assert events[0].security_profile_name == "crypto-mining"
+    assert events[0].metric_value == {"number": 2.0}
+    assert events[0].thing_name == "edge-gpu-1"
     assert [a["behavior"] for a in engine.active_alarms()] == ["miner-processes"]
 
 
@@ -253,13 +253,7 @@ def test_the_meters_files_reach_the_engine_through_the_collector(tmp_path: Path)
                     meter.sample_gpu()
             meter.flush()
             events = engine.evaluate(collector.sample())
-            alarms.append(
-                [
-                    e["violationEventType"]
-                    for e in events
-                    if e["behavior"]["name"] == "gpu-busy-outside-inference"
-                ]
-            )
+            alarms.append([e.event_type for e in events if e.behavior_name == "gpu-busy-outside-inference"])
     finally:
         collector.close()
         meter.close()

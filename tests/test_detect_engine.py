@@ -56,8 +56,7 @@ def engine_for(criteria: dict[str, Any], metric: str = "cpu_usage", **extra: Any
 def run(engine: Engine, values: list[Optional[float]], step: float = 10.0) -> list[list[str]]:
     """Evaluate cpu_usage values (None: not measured); the event types per evaluation."""
     return [
-        [e["violationEventType"] for e in engine.evaluate(sample(i * step, cpu_percent=v))]
-        for i, v in enumerate(values)
+        [e.event_type for e in engine.evaluate(sample(i * step, cpu_percent=v))] for i, v in enumerate(values)
     ]
 
 
@@ -85,21 +84,21 @@ def test_event_carries_device_defender_violation_fields() -> None:
     engine = engine_for({"comparisonOperator": "less-than", "value": {"number": 90}})
     alarm = engine.evaluate(sample(0, cpu_percent=95.5))[0]
     cleared = engine.evaluate(sample(10, cpu_percent=20.0))[0]
-    assert alarm["violationEventType"] == "in-alarm" and cleared["violationEventType"] == "alarm-cleared"
-    assert alarm["violationId"] == cleared["violationId"]
-    uuid.UUID(alarm["violationId"])
-    assert alarm["thingName"] == "thing-1"
-    assert alarm["securityProfileName"] == "test-profile"
-    assert alarm["behavior"] == {
+    assert alarm.event_type == "in-alarm" and cleared.event_type == "alarm-cleared"
+    assert alarm.violation_id == cleared.violation_id
+    uuid.UUID(alarm.violation_id)
+    assert alarm.thing_name == "thing-1"
+    assert alarm.security_profile_name == "test-profile"
+    assert alarm.behavior == {
         "name": "b",
         "metric": "cpu_usage",
         "criteria": {"comparisonOperator": "less-than", "value": {"number": 90}},
     }
-    assert alarm["metricValue"] == {"number": 95.5} and cleared["metricValue"] == {"number": 20.0}
-    assert alarm["violationEventTime"] == int(T0) and cleared["violationEventTime"] == int(T0) + 10
-    assert alarm["source"] == "device"
+    assert alarm.metric_value == {"number": 95.5} and cleared.metric_value == {"number": 20.0}
+    assert alarm.event_time == int(T0) and cleared.event_time == int(T0) + 10
+    assert alarm.source == "device"
     second = engine.evaluate(sample(20, cpu_percent=99.0))[0]
-    assert second["violationId"] != alarm["violationId"]
+    assert second.violation_id != alarm.violation_id
 
 
 def test_consecutive_datapoints_to_alarm_and_to_clear() -> None:
@@ -177,7 +176,7 @@ def test_string_set_operators(operator: str, members: list[str], names: list[str
     events = engine.evaluate(sample(0, gpu=gpu(*names)))
     assert bool(events) == violates
     if events:
-        assert events[0]["metricValue"] == {"strings": sorted(set(names))}
+        assert events[0].metric_value == {"strings": sorted(set(names))}
 
 
 @pytest.mark.parametrize(
@@ -197,7 +196,7 @@ def test_cidr_set_operators(operator: str, cidrs: list[str], peers: list[str], v
     events = engine.evaluate(sample(0, network=net(peers=tuple(peers))))
     assert bool(events) == violates
     if events:
-        assert events[0]["metricValue"] == {"cidrs": sorted(set(peers))}
+        assert events[0].metric_value == {"cidrs": sorted(set(peers))}
 
 
 @pytest.mark.parametrize(
@@ -216,7 +215,7 @@ def test_port_set_operators(operator: str, ports: list[int], listening: list[int
     events = engine.evaluate(sample(0, network=net(tcp_ports=tuple(listening))))
     assert bool(events) == violates
     if events:
-        assert events[0]["metricValue"] == {"ports": sorted(listening)}
+        assert events[0].metric_value == {"ports": sorted(listening)}
 
 
 def test_standard_count_metric_reports_count_and_first_sample_has_no_byte_delta() -> None:
@@ -226,7 +225,7 @@ def test_standard_count_metric_reports_count_and_first_sample_has_no_byte_delta(
     assert engine.evaluate(sample(0, network=net(bytes_out=10_000_000))) == []  # no previous sample: no delta
     assert engine.evaluate(sample(10, network=net(bytes_out=10_000_500))) == []
     alarm = engine.evaluate(sample(20, network=net(bytes_out=10_002_000)))
-    assert alarm[0]["metricValue"] == {"count": 1500}
+    assert alarm[0].metric_value == {"count": 1500}
 
 
 def test_duration_seconds_sums_bytes_over_the_window() -> None:
@@ -240,7 +239,7 @@ def test_duration_seconds_sums_bytes_over_the_window() -> None:
     for minute, per_minute in enumerate([0] + [100] * 6 + [300] * 3 + [0] * 6):
         sent += per_minute
         events = engine.evaluate(sample(minute * 60.0, network=net(bytes_out=sent)))
-        kinds.append([f"{e['violationEventType']}:{e['metricValue']['count']}" for e in events])
+        kinds.append([f"{e.event_type}:{e.metric_value['count']}" for e in events])
     # the datapoint at minute m is the sum of the deltas of minutes m-4..m (the last 300 s)
     assert kinds[:9] == [[]] * 9  # sums 100, 200, ..., 500, 500, 700, 900
     assert kinds[9] == ["in-alarm:1100"]  # 100+100+300+300+300
@@ -256,7 +255,7 @@ def test_partial_duration_window_alarms_early_on_an_upper_bound() -> None:
     )
     engine.evaluate(sample(0, network=net(bytes_out=0)))
     events = engine.evaluate(sample(10, network=net(bytes_out=5000)))
-    assert [e["violationEventType"] for e in events] == ["in-alarm"]
+    assert [e.event_type for e in events] == ["in-alarm"]
 
 
 def test_partial_duration_window_does_not_alarm_on_a_lower_bound_too_early() -> None:
@@ -269,10 +268,7 @@ def test_partial_duration_window_does_not_alarm_on_a_lower_bound_too_early() -> 
     for step in range(12):  # 50 bytes per 30 s: 500 per full window, which violates greater-than 500
         received += 50
         kinds.append(
-            [
-                e["violationEventType"]
-                for e in engine.evaluate(sample(step * 30.0, network=net(bytes_in=received)))
-            ]
+            [e.event_type for e in engine.evaluate(sample(step * 30.0, network=net(bytes_in=received)))]
         )
     assert kinds[:10] == [[]] * 10  # the first delta starts at t=0; the window is full at t=300
     assert kinds[10] == ["in-alarm"]
@@ -341,17 +337,17 @@ def test_a_new_profile_keeps_unchanged_behaviors_and_invalidates_alarms_of_chang
     }
     engine = Engine(load_profile({"name": "p", "behaviors": [cpu, mem]}), "thing-1")
     raised = engine.evaluate(sample(0, cpu_percent=99.0, memory_percent=80.0))
-    assert [e["behavior"]["name"] for e in raised] == ["cpu", "mem"]
+    assert [e.behavior_name for e in raised] == ["cpu", "mem"]
     stricter_mem = {**mem, "criteria": {"comparisonOperator": "less-than", "value": {"number": 90}}}
     invalidated = engine.replace_profile(
         load_profile({"name": "p", "behaviors": [cpu, stricter_mem]}), T0 + 5
     )
-    assert [(e["behavior"], e["violationEventType"], e["violationId"]) for e in invalidated] == [
-        (mem, "alarm-invalidated", raised[1]["violationId"])
+    assert [(e.behavior, e.event_type, e.violation_id) for e in invalidated] == [
+        (mem, "alarm-invalidated", raised[1].violation_id)
     ]
-    assert invalidated[0]["violationEventTime"] == int(T0) + 5
+    assert invalidated[0].event_time == int(T0) + 5
     cleared = engine.evaluate(sample(10, cpu_percent=10.0, memory_percent=80.0))
     # the unchanged cpu behavior clears the alarm it raised; the changed mem behavior starts afresh
-    assert [(e["behavior"]["name"], e["violationEventType"], e["violationId"]) for e in cleared] == [
-        ("cpu", "alarm-cleared", raised[0]["violationId"])
+    assert [(e.behavior_name, e.event_type, e.violation_id) for e in cleared] == [
+        ("cpu", "alarm-cleared", raised[0].violation_id)
     ]

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ddcustom.build import get_ci
+from ddcustom.build import get_nocase
 from ddcustom.devnucleus import access
 
 PUB_IOT = "aws.greengrass#PublishToIoTCore"
@@ -116,7 +116,7 @@ def test_devnucleus_access_interpolation_survives_non_string_yaml_keys() -> None
         "x one no-key"
     )
     assert interpolate("{configuration:/Other}", config) == "{configuration:/Other}"
-    assert get_ci(config, "name") == "x" and get_ci(config, "other", "dflt") == "dflt"
+    assert get_nocase(config, "name") == "x" and get_nocase(config, "other", "dflt") == "dflt"
 
 
 def test_devnucleus_access_lookup_is_case_insensitive_and_keeps_lists_whole() -> None:

@@ -18,7 +18,8 @@ import jsonschema
 import pytest
 
 from ddcustom.devnucleus import DevNucleus, Published
-from ddcustom.greengrass import GreengrassConnection, serve
+from ddcustom.greengrass.runner import serve
+from ddcustom.greengrass.sink import GreengrassSink
 
 ROOT = Path(__file__).resolve().parents[1]
 THING = "cam-42"
@@ -47,7 +48,7 @@ class Component:
     def __init__(self, tmp: Path, merge: dict[str, Any]) -> None:
         base = {"DetectIntervalSeconds": 0.5, "StateDirectory": str(tmp / "state")}
         self.nucleus = DevNucleus(ROOT / "recipe.yaml", THING, {**base, **merge}).start()
-        self.conn = GreengrassConnection(
+        self.conn = GreengrassSink(
             THING,
             timeout=3.0,
             socket_path=self.nucleus.socket_path,
@@ -261,7 +262,7 @@ def test_waiting_for_the_nucleus_logs_each_failed_attempt_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Regression: while the reconnect backoff ran, a "not connected; next attempt in" warning every second.
-    conn = GreengrassConnection(
+    conn = GreengrassSink(
         THING,
         timeout=1.0,
         socket_path=str(tmp_path / "no.socket"),
@@ -302,7 +303,7 @@ def test_answer_subscriptions_without_an_answer_are_made_again_later(tmp_path: P
     )
     nucleus.start()
     nucleus.delay(5.0, "aws.greengrass#SubscribeToIoTCore")
-    conn = GreengrassConnection(
+    conn = GreengrassSink(
         THING, timeout=0.5, socket_path=nucleus.socket_path, token=nucleus.token, resubscribe_seconds=0.2
     )
     stop = threading.Event()

@@ -10,14 +10,14 @@ from collections.abc import Iterator
 import pytest
 
 from ddcustom.devnucleus import DevNucleus
-from ddcustom.runtime import backoff_delays
-from ddcustom.sinks.ipc import (
+from ddcustom.greengrass.ipc import (
     UNANSWERED_CALLS_BEFORE_RECONNECT,
     GreengrassIpc,
     IpcError,
     IpcTimeoutError,
     UnauthorizedIpcError,
 )
+from ddcustom.runtime import backoff_delays
 
 REPORT_TOPIC = "$aws/things/test-thing/defender/metrics/json"  # the thing of the nucleus fixture
 WAIT = 5.0

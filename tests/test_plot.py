@@ -17,10 +17,10 @@ from ddcustom.cli import main
 from ddcustom.config import parse_settings
 from ddcustom.detect.engine import Engine
 from ddcustom.detect.profile import Profile, load_profile, parse_profile
+from ddcustom.local.sink import JsonLinesSink
 from ddcustom.plot import History, PlotError, choose_metrics, draw, parse_history, render, thresholds
 from ddcustom.report import ReportBuilder
 from ddcustom.sample import Connection, Feedback, ListeningPort, NetCounters, NetworkStats, Sample
-from ddcustom.sinks.local import JsonLinesSink
 
 START = 1_800_000_000  # epoch seconds of the first sample
 STEP = 10  # seconds between samples; every sample is also reported
@@ -206,6 +206,9 @@ def test_an_alarm_cleared_without_its_start_in_the_history_began_before_it() -> 
 
 def test_device_defender_event_times_in_milliseconds_are_understood() -> None:
     event = {
+        "violationId": "v-1",
+        "thingName": "t1",
+        "securityProfileName": "crypto-mining",
         "behavior": {"name": "b", "metric": "cpu_usage"},
         "violationEventType": "in-alarm",
         "violationEventTime": (START + 5) * 1000,
@@ -219,6 +222,9 @@ def test_a_windowed_sum_is_not_marked_as_a_reported_value() -> None:
     behavior: dict[str, Any] = {"name": "bytes-out", "metric": "aws:all-bytes-out"}
     behavior["criteria"] = {"durationSeconds": 300}
     event = {
+        "violationId": "v-1",
+        "thingName": "t1",
+        "securityProfileName": "crypto-mining",
         "behavior": behavior,
         "violationEventType": "in-alarm",
         "violationEventTime": START + 5,
@@ -334,10 +340,11 @@ def test_a_threshold_over_flat_values_is_drawn() -> None:
     [
         '{"header": {"report_id": ' + str(10**400) + "}}",
         '{"header": {"report_id": 1000000000000000000}}',
-        '{"kind": "alert", "alert": {"behavior": {"name": "b", "metric": "cpu_usage"}, '
-        '"violationEventType": "in-alarm", "violationEventTime": 1e300}}',
+        '{"kind": "alert", "alert": {"violationId": "v", "thingName": "t1", "securityProfileName": "p", '
+        '"behavior": {"name": "b", "metric": "cpu_usage"}, "metricValue": {"number": 1}, '
+        '"violationEventType": "in-alarm", "violationEventTime": 100000000000000000000}}',
     ],
-    ids=["huge report_id", "report_id in the year 33658", "event time 1e300"],
+    ids=["huge report_id", "report_id in the year 33658", "event time 1e20"],
 )
 def test_times_that_are_not_times_are_bad_lines(line: str) -> None:
     history = parse_history([*record(), line])

@@ -14,7 +14,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from ddcustom.config import MAX_REPORT_LIST_SIZE, ConfigError, Settings, parse_settings
-from ddcustom.report import SHORT_NAMES, ReportBuilder, serialise
+from ddcustom.report import SHORT_NAMES, ReportBuilder
 from ddcustom.sample import (
     Connection,
     Feedback,
@@ -27,6 +27,7 @@ from ddcustom.sample import (
     ProcessStats,
     Sample,
 )
+from ddcustom.sink import serialise
 from ddcustom.sources.collect import Collector
 
 PROFILE = [

@@ -12,24 +12,25 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from ddcustom.sinks.spool import AlertSpool, SpoolError
+from ddcustom.alerts.event import ViolationEvent
+from ddcustom.alerts.spool import AlertSpool, SpoolError
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
-def alert(n: int, kind: str = "in-alarm") -> dict[str, Any]:
-    return {
-        "violationId": f"00000000-0000-4000-8000-{n:012d}",
-        "violationEventType": kind,
-        "thingName": "thing-1",
-        "behavior": {"name": "cpu-usage"},
-        "metricValue": {"number": 90.0 + n},
-        "source": "device",
-    }
+def alert(n: int, kind: str = "in-alarm") -> ViolationEvent:
+    return ViolationEvent(
+        violation_id=f"00000000-0000-4000-8000-{n:012d}",
+        thing_name="thing-1",
+        security_profile_name="crypto-mining",
+        behavior={"name": "cpu-usage"},
+        metric_value={"number": 90.0 + n},
+        event_type=kind,
+        event_time=1764650000 + n,
+    )
 
 
 def child(code: str) -> subprocess.Popen[str]:
@@ -44,10 +45,11 @@ def test_alert_written_before_a_crash_is_replayed_by_the_next_process(tmp_path: 
     proc = child(
         f"""
         import os
-        from ddcustom.sinks.spool import AlertSpool
+        from ddcustom.alerts.event import ViolationEvent
+        from ddcustom.alerts.spool import AlertSpool
         spool = AlertSpool({str(spool_dir)!r}, 1_000_000)
-        spool.append({alert(1)!r})
-        spool.append({alert(2)!r})
+        spool.append(ViolationEvent.from_json({alert(1).to_json()!r}))
+        spool.append(ViolationEvent.from_json({alert(2).to_json()!r}))
         os._exit(1)  # dies before any send or ack
         """
     )
@@ -61,9 +63,10 @@ def test_kill_9_after_append_loses_nothing(tmp_path: Path) -> None:
     proc = child(
         f"""
         import sys, time
-        from ddcustom.sinks.spool import AlertSpool
+        from ddcustom.alerts.event import ViolationEvent
+        from ddcustom.alerts.spool import AlertSpool
         spool = AlertSpool({str(spool_dir)!r}, 1_000_000)
-        key = spool.append({alert(7)!r})
+        key = spool.append(ViolationEvent.from_json({alert(7).to_json()!r}))
         print(key, flush=True)
         time.sleep(60)  # "sending": killed here
         """
@@ -105,7 +108,7 @@ def test_the_same_alert_appended_twice_is_stored_once(tmp_path: Path) -> None:
 
 
 def test_full_spool_drops_the_oldest_loudly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    size = len(json.dumps(alert(1), separators=(",", ":"), sort_keys=True))
+    size = len(json.dumps(alert(1).to_json(), separators=(",", ":"), sort_keys=True))
     spool = AlertSpool(tmp_path, size * 3)
     for n in range(1, 6):
         spool.append(alert(n))
@@ -144,7 +147,7 @@ def test_file_corrupted_while_running_is_set_aside_at_replay(tmp_path: Path) -> 
 
 def test_complete_interrupted_write_is_kept(tmp_path: Path) -> None:
     # The process died between fsync of the temporary file and its rename.
-    tmp_path.joinpath(f".{4:016d}.alert.json.tmp").write_text(json.dumps(alert(4)))
+    tmp_path.joinpath(f".{4:016d}.alert.json.tmp").write_text(json.dumps(alert(4).to_json()))
     spool = AlertSpool(tmp_path, 1_000_000)
     assert list(spool.pending()) == [(f"{4:016d}.alert.json", alert(4))]
     assert spool.append(alert(5)) == f"{5:016d}.alert.json"

@@ -16,13 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from ddcustom.alerts.event import ViolationEvent
+from ddcustom.alerts.spool import AlertSpool, SpoolError
 from ddcustom.config import Settings
 from ddcustom.detect.engine import Engine
 from ddcustom.report import ReportBuilder
 from ddcustom.runtime import backoff_delays
 from ddcustom.sample import Sample
-from ddcustom.sinks.base import Sink, SinkError
-from ddcustom.sinks.spool import AlertSpool, SpoolError
+from ddcustom.sink import Sink, SinkError
 from ddcustom.sources.collect import Collector
 
 log = logging.getLogger(__name__)
@@ -43,15 +44,26 @@ class AgentCounters:
 
 
 class Agent:
-    def __init__(self, settings: Settings, thing_name: str, sink: Sink) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        thing_name: str,
+        sink: Sink,
+        *,
+        collector: Optional[Collector] = None,
+        spool: Optional[AlertSpool] = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``collector``, ``spool`` and ``clock`` default to the real ones the settings describe."""
         self.thing_name = thing_name
         self.sink = sink
         self.settings = settings
         self.counters = AgentCounters()
-        self._collector = Collector(settings)
+        self._clock = clock
+        self._collector = collector or Collector(settings)
         self._builder = ReportBuilder(settings, last_report_id=_read_int(settings.report_id_file))
         self._engine = Engine(settings.security_profile, thing_name)
-        self._spool = AlertSpool(settings.alert_spool_dir, settings.alert_spool_max_bytes)
+        self._spool = spool or AlertSpool(settings.alert_spool_dir, settings.alert_spool_max_bytes)
         self._last_reported: Optional[Sample] = None
         self._next_detect = 0.0
         self._next_report = 0.0  # 0: the first report goes out at once
@@ -96,32 +108,30 @@ class Agent:
             self._next_detect = _next_tick(self._next_detect, interval, now) if detect_due else now + interval
             if report_due:
                 self._send_report(sample)
-                self._next_report = _next_tick(self._next_report, settings.sample_interval_seconds, now)
+                self._next_report = _next_tick(self._next_report, settings.report_interval_seconds, now)
         self._flush_alerts()
         self.counters.cycles += 1
         return min(self._next_detect, self._next_report)
 
-    def _raise_alert(self, event: dict[str, Any]) -> None:
+    def _raise_alert(self, event: ViolationEvent) -> None:
         self.counters.alerts_raised += 1
         log.warning(
             "%s: behavior %r on %s (value %s)",
-            event.get("violationEventType"),
-            event.get("behavior", {}).get("name"),
+            event.event_type,
+            event.behavior_name,
             self.thing_name,
-            event.get("metricValue"),
+            event.metric_value,
         )
         try:
             self._spool.append(event)
         except SpoolError as exc:
             # Larger than the whole spool (a huge list value): still try to deliver it, just not durably.
-            log.error(
-                "alert %s could not be spooled (%s); sending it directly", event.get("violationId"), exc
-            )
+            log.error("alert %s could not be spooled (%s); sending it directly", event.violation_id, exc)
             try:
                 self.sink.publish_alert(event)
                 self.counters.alerts_sent += 1
             except SinkError as send_exc:
-                log.error("alert %s lost: %s", event.get("violationId"), send_exc)
+                log.error("alert %s lost: %s", event.violation_id, send_exc)
 
     def _send_report(self, sample: Sample) -> None:
         report = self._builder.build(sample, self._last_reported)
@@ -169,13 +179,13 @@ class Agent:
         stop: threading.Event,
         wake: Optional[threading.Event] = None,
         before_cycle: Optional[Callable[[], None]] = None,
-        other_deadline: Optional[Callable[[], Optional[float]]] = None,
+        seconds_to_other_work: Optional[Callable[[], Optional[float]]] = None,
     ) -> None:
         """Run until ``stop`` is set. ``wake`` interrupts a wait (configuration update, shutdown).
 
         ``before_cycle`` runs first in every cycle (the Greengrass runner reconnects and applies
-        configuration updates there); ``other_deadline`` says in how many seconds it wants to run
-        again, if sooner than the next sample (a pending reconnect attempt).
+        configuration updates there); ``seconds_to_other_work`` says in how many seconds it wants to
+        run again, if sooner than the next sample (a pending reconnect attempt), or None.
         """
         wake = wake or threading.Event()
         delays = backoff_delays(FAILURE_BACKOFF_BASE, FAILURE_BACKOFF_CAP)
@@ -183,7 +193,7 @@ class Agent:
             try:
                 if before_cycle is not None:
                     before_cycle()
-                next_at = self.run_cycle(time.monotonic())
+                next_at = self.run_cycle(self._clock())
                 if self._consecutive_failures:
                     self._consecutive_failures = 0
                     delays = backoff_delays(FAILURE_BACKOFF_BASE, FAILURE_BACKOFF_CAP)
@@ -194,9 +204,9 @@ class Agent:
                 log.exception(
                     "cycle failed (%d in a row); retrying in %.1f s", self._consecutive_failures, delay
                 )
-                next_at = time.monotonic() + delay
-            timeout = max(0.0, next_at - time.monotonic())
-            extra = other_deadline() if other_deadline is not None else None
+                next_at = self._clock() + delay
+            timeout = max(0.0, next_at - self._clock())
+            extra = seconds_to_other_work() if seconds_to_other_work is not None else None
             if extra is not None:
                 timeout = min(timeout, extra)
             if wake.wait(timeout):

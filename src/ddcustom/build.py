@@ -13,7 +13,8 @@ Standard library and PyYAML only. The zip is deterministic (sorted entries, fixe
 ``jsonschema`` is used for full schema validation when installed (it is in the dev extra); without it
 only the schema's required and allowed top-level keys are checked.
 
-``get_ci``/``set_ci`` read and write recipe keys case-insensitively (the stand-in nucleus uses them too).
+``get_nocase``/``set_nocase`` read and write recipe keys case-insensitively (the stand-in nucleus
+uses them too).
 """
 
 from __future__ import annotations
@@ -276,13 +277,13 @@ def _key(mapping: Mapping[Any, Any], name: str) -> Any:
     return next((key for key in mapping if str(key).lower() == lowered), _NO_KEY)
 
 
-def get_ci(mapping: Mapping[Any, Any], name: str, default: Any = None) -> Any:
+def get_nocase(mapping: Mapping[Any, Any], name: str, default: Any = None) -> Any:
     """``mapping[name]`` with the key matched case-insensitively; ``default`` when absent."""
     key = _key(mapping, name)
     return default if key is _NO_KEY else mapping[key]
 
 
-def set_ci(mapping: dict[Any, Any], name: str, value: Any) -> None:
+def set_nocase(mapping: dict[Any, Any], name: str, value: Any) -> None:
     """Set ``name``, replacing the value of a key that differs only in case (its spelling is kept)."""
     key = _key(mapping, name)
     mapping[name if key is _NO_KEY else key] = value
@@ -294,12 +295,12 @@ def transform_recipe(
     """gdk's BuildRecipeTransformer: name/version/publisher from gdk-config, built artifacts copied and
     their URIs rewritten. An s3:// artifact that was not built is an error (gdk would look on S3)."""
     result = copy.deepcopy(dict(recipe))
-    set_ci(result, "ComponentName", project.name)
-    set_ci(result, "ComponentVersion", project.version)
-    set_ci(result, "ComponentPublisher", project.author)
-    for manifest in get_ci(result, "Manifests", []) or []:
-        for artifact in get_ci(manifest, "Artifacts", []) or []:
-            uri = get_ci(artifact, "URI")
+    set_nocase(result, "ComponentName", project.name)
+    set_nocase(result, "ComponentVersion", project.version)
+    set_nocase(result, "ComponentPublisher", project.author)
+    for manifest in get_nocase(result, "Manifests", []) or []:
+        for artifact in get_nocase(manifest, "Artifacts", []) or []:
+            uri = get_nocase(artifact, "URI")
             if not isinstance(uri, str) or not uri.startswith("s3://"):
                 continue
             file_name = Path(uri).name
@@ -310,7 +311,7 @@ def transform_recipe(
                     "offline build does not do"
                 )
             shutil.copy(built, artifacts_dir / file_name)
-            set_ci(artifact, "URI", f"{ARTIFACT_URI_PREFIX}/{file_name}")
+            set_nocase(artifact, "URI", f"{ARTIFACT_URI_PREFIX}/{file_name}")
     return result
 
 

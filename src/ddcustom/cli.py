@@ -6,15 +6,13 @@ import argparse
 import json
 import logging
 import os
-import socket
 import sys
-import threading
 from collections.abc import Sequence
 from typing import Optional
 
 from ddcustom import __version__
 from ddcustom.config import ConfigError, Settings, load_config_file, parse_settings
-from ddcustom.runtime import install_stop_handlers, setup_logging
+from ddcustom.runtime import setup_logging
 
 log = logging.getLogger("ddcustom")
 
@@ -33,45 +31,17 @@ def load_settings(path: Optional[str]) -> Settings:
     return settings
 
 
-def local_thing_name(explicit: Optional[str] = None) -> str:
-    return explicit or os.environ.get("AWS_IOT_THING_NAME") or socket.gethostname()
-
-
 # ---- commands ----------------------------------------------------------------------------------
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     if os.environ.get("SVCUID"):
-        from ddcustom.greengrass import run_under_greengrass
+        from ddcustom.greengrass.runner import run_under_greengrass
 
         return run_under_greengrass(config_path=args.config)
-    return run_local(args.config, args.thing)
+    from ddcustom.local.runner import run_local
 
-
-def run_local(config_path: Optional[str], thing: Optional[str]) -> int:
-    from ddcustom.agent import Agent
-    from ddcustom.sinks.local import JsonLinesSink
-
-    settings = load_settings(config_path)
-    setup_logging(settings.log_level)
-    thing_name = local_thing_name(thing)
-    sink = JsonLinesSink(sys.stdout, thing_name, settings.alert_topic_for(thing_name))
-    agent = Agent(settings, thing_name, sink)
-    stop, wake = threading.Event(), threading.Event()
-    install_stop_handlers(stop, wake)
-    log.info(
-        "running locally as %s: a sample every %gs, a report every %ds; JSON lines on stdout",
-        thing_name,
-        settings.detect_interval_seconds,
-        settings.sample_interval_seconds,
-    )
-    try:
-        agent.run_forever(stop, wake)
-    finally:
-        agent.close()
-        sink.close()
-    log.info("stopped: %s", json.dumps(agent.status()["counters"]))
-    return 0
+    return run_local(load_settings(args.config), args.thing)
 
 
 def cmd_collect(args: argparse.Namespace) -> int:

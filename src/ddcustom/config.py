@@ -53,7 +53,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    sample_interval_seconds: int
+    report_interval_seconds: int
     detect_interval_seconds: float
     enable_gpu_metrics: bool
     enable_device_defender_report: bool
@@ -210,7 +210,7 @@ def _profile(key: str, value: Any) -> Profile:
 # key -> (default, parser, field name)
 _Parser = Callable[[str, Any], Any]
 SCHEMA: dict[str, tuple[Any, _Parser, str]] = {
-    "SampleIntervalSeconds": (300, _int_range(5, 86400), "sample_interval_seconds"),
+    "SampleIntervalSeconds": (300, _int_range(5, 86400), "report_interval_seconds"),
     "DetectIntervalSeconds": (10, _float_range(0.5, 3600), "detect_interval_seconds"),
     "EnableGPUMetrics": (False, _bool, "enable_gpu_metrics"),
     "EnableDeviceDefenderReport": (True, _bool, "enable_device_defender_report"),
@@ -250,13 +250,13 @@ def parse_settings(raw: Optional[Mapping[str, Any]] = None) -> tuple[Settings, l
         time_file = values["inference_time_feedback_file"]
         values["gpu_busy_outside_feedback_file"] = busy_outside_file_next_to(time_file)
     warnings: list[str] = list(values["security_profile"].warnings)
-    if values["enable_device_defender_report"] and values["sample_interval_seconds"] < MIN_REPORT_INTERVAL:
+    if values["enable_device_defender_report"] and values["report_interval_seconds"] < MIN_REPORT_INTERVAL:
         warnings.append(
-            f"SampleIntervalSeconds {values['sample_interval_seconds']} raised to {MIN_REPORT_INTERVAL}: "
+            f"SampleIntervalSeconds {values['report_interval_seconds']} raised to {MIN_REPORT_INTERVAL}: "
             "Device Defender throttles reports sent more often (set EnableDeviceDefenderReport false "
             "to report faster locally)"
         )
-        values["sample_interval_seconds"] = MIN_REPORT_INTERVAL
+        values["report_interval_seconds"] = MIN_REPORT_INTERVAL
     return Settings(**values), warnings
 
 

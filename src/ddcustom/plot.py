@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from ddcustom.alerts.event import ViolationEvent
 from ddcustom.detect.profile import Profile
 from ddcustom.metrics import CUSTOM_METRICS
 from ddcustom.report import SHORT_NAMES
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EVENT_TYPES = ("in-alarm", "alarm-cleared", "alarm-invalidated")
 FORMATS = (".png", ".svg")
 # report network_stats keys -> the standard metric behaviors name; values are deltas per report interval
 NETWORK_STATS = {
@@ -229,28 +229,25 @@ def _report(report: Any) -> tuple[float, dict[str, float]]:
     return report_id / 1000, values
 
 
-def _alert(alert: Any) -> tuple[Optional[str], float, str, str, str, Optional[float]]:
+def _alert(data: Any) -> tuple[Optional[str], float, str, str, str, Optional[float]]:
     """(thing, time in epoch seconds, event type, behavior name, metric, datapoint) of one alert."""
-    behavior = alert.get("behavior") if isinstance(alert, dict) else None
-    if not isinstance(alert, dict) or not isinstance(behavior, dict):
-        raise _BadLine("the alert has no behavior")
-    name, metric = behavior.get("name"), behavior.get("metric")
-    kind, when = alert.get("violationEventType"), _number(alert.get("violationEventTime"))
-    if not isinstance(name, str) or not isinstance(metric, str):
+    try:
+        alert = ViolationEvent.from_json(data)
+    except ValueError as exc:
+        raise _BadLine(str(exc)) from None
+    metric = alert.behavior.get("metric")
+    if not alert.behavior_name or not isinstance(metric, str):
         raise _BadLine("the alert's behavior has no name or metric")
-    if kind not in EVENT_TYPES or when is None or when <= 0:
-        raise _BadLine("the alert has no violationEventType or violationEventTime")
-    thing = alert.get("thingName")
-    metric_value = alert.get("metricValue")
-    criteria = behavior.get("criteria")
+    criteria = alert.behavior.get("criteria")
     value: Optional[float] = None
     # a durationSeconds datapoint is a sum over that window: not comparable with the reported values
-    if isinstance(metric_value, dict) and not (isinstance(criteria, dict) and "durationSeconds" in criteria):
-        value = _number(metric_value.get("number", metric_value.get("count")))
+    if not (isinstance(criteria, dict) and "durationSeconds" in criteria):
+        value = _number(alert.metric_value.get("number", alert.metric_value.get("count")))
+    when = alert.event_time
     seconds = when / 1000 if when > MILLISECONDS_ABOVE else when
     if not EARLIEST <= seconds <= LATEST:
         raise _BadLine("the alert's violationEventTime is not a time between 2000 and 2100")
-    return (thing if isinstance(thing, str) else None), seconds, kind, name, metric, value
+    return alert.thing_name, seconds, alert.event_type, alert.behavior_name, metric, value
 
 
 def _series(reports: Sequence[tuple[float, dict[str, float]]]) -> dict[str, Series]:

@@ -10,7 +10,6 @@ the same millisecond or a clock stepping back still get strictly increasing ids.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from typing import Any, Optional
@@ -155,8 +154,3 @@ class ReportBuilder:
         if c.local_interface is not None:
             entry[n("local_interface")] = c.local_interface
         return entry
-
-
-def serialise(message: dict[str, Any]) -> str:
-    """Compact JSON as every sink publishes it, reports and alerts (NaN and infinity are refused)."""
-    return json.dumps(message, separators=(",", ":"), allow_nan=False)

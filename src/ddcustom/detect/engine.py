@@ -16,6 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from ddcustom.alerts.event import ALARM_CLEARED, ALARM_INVALIDATED, IN_ALARM, ViolationEvent
 from ddcustom.detect.profile import Behavior, Criteria, Profile
 from ddcustom.detect.statistics import Baseline
 from ddcustom.metrics import MetricValue, custom_values, standard_values
@@ -77,7 +78,7 @@ class Engine:
             state.baseline = Baseline(behavior.criteria.statistic, self._baseline_size, self._baseline_warmup)
         return state
 
-    def replace_profile(self, profile: Profile, now: float) -> list[dict[str, Any]]:
+    def replace_profile(self, profile: Profile, now: float) -> list[ViolationEvent]:
         """Evaluate ``profile`` from now on; return alarm-invalidated events for alarms it ends.
 
         A behavior that is unchanged (same name, same JSON) keeps its state: an alarm raised before the
@@ -86,7 +87,7 @@ class Engine:
         """
         same_profile = profile.name == self.profile.name  # events of another profile never share an id
         kept = {b.name: b.json_text for b in profile.device_behaviors} if same_profile else {}
-        events: list[dict[str, Any]] = []
+        events: list[ViolationEvent] = []
         for behavior in self.profile.device_behaviors:
             alarm = self._states[behavior.name].alarm
             if (
@@ -95,7 +96,7 @@ class Engine:
                 and not behavior.suppress_alerts
             ):
                 events.append(
-                    self._event(behavior, alarm.violation_id, "alarm-invalidated", alarm.metric_value, now)
+                    self._event(behavior, alarm.violation_id, ALARM_INVALIDATED, alarm.metric_value, now)
                 )
         old = {b.name: b.json_text for b in self.profile.device_behaviors} if same_profile else {}
         self._states = {
@@ -105,7 +106,7 @@ class Engine:
         self.profile = profile
         return events
 
-    def evaluate(self, sample: Sample) -> list[dict[str, Any]]:
+    def evaluate(self, sample: Sample) -> list[ViolationEvent]:
         """Evaluate every behavior on ``sample``; return the events to publish, in profile order."""
         previous = self._previous
         if previous is not None and sample.monotonic <= previous.monotonic:
@@ -114,7 +115,7 @@ class Engine:
         values.update(standard_values(previous, sample))
         self._previous = sample
         interval_start = previous.monotonic if previous is not None else sample.monotonic
-        events: list[dict[str, Any]] = []
+        events: list[ViolationEvent] = []
         for behavior in self.profile.device_behaviors:
             value = values.get(behavior.metric)
             if value is None:
@@ -146,7 +147,7 @@ class Engine:
 
     def _step(
         self, behavior: Behavior, state: _State, value: MetricValue, sample: Sample, interval_start: float
-    ) -> Optional[dict[str, Any]]:
+    ) -> Optional[ViolationEvent]:
         criteria = behavior.criteria
         assert criteria is not None
         datapoint = self._datapoint(criteria, state, value, sample.monotonic, interval_start)
@@ -158,7 +159,7 @@ class Engine:
             state.violating, state.normal = state.violating + 1, 0
             if state.alarm is None and state.violating >= criteria.consecutive_datapoints_to_alarm:
                 state.alarm = _Alarm(str(uuid.uuid4()), sample.time, metric_value)
-                return self._event(behavior, state.alarm.violation_id, "in-alarm", metric_value, sample.time)
+                return self._event(behavior, state.alarm.violation_id, IN_ALARM, metric_value, sample.time)
             if state.alarm is not None:
                 state.alarm.metric_value = metric_value
             return None
@@ -166,7 +167,7 @@ class Engine:
         alarm = state.alarm
         if alarm is not None and state.normal >= criteria.consecutive_datapoints_to_clear:
             state.alarm = None
-            return self._event(behavior, alarm.violation_id, "alarm-cleared", metric_value, sample.time)
+            return self._event(behavior, alarm.violation_id, ALARM_CLEARED, metric_value, sample.time)
         return None
 
     def _datapoint(
@@ -191,17 +192,16 @@ class Engine:
 
     def _event(
         self, behavior: Behavior, violation_id: str, kind: str, metric_value: dict[str, Any], time: float
-    ) -> dict[str, Any]:
-        return {
-            "violationId": violation_id,
-            "thingName": self.thing_name,
-            "securityProfileName": self.profile.name,
-            "behavior": behavior.to_json(),
-            "metricValue": metric_value,
-            "violationEventType": kind,
-            "violationEventTime": int(time),
-            "source": "device",
-        }
+    ) -> ViolationEvent:
+        return ViolationEvent(
+            violation_id=violation_id,
+            thing_name=self.thing_name,
+            security_profile_name=self.profile.name,
+            behavior=behavior.to_json(),
+            metric_value=metric_value,
+            event_type=kind,
+            event_time=int(time),
+        )
 
 
 def _window_sum(

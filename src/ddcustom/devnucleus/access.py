@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
-from ddcustom.build import get_ci
+from ddcustom.build import get_nocase
 from ddcustom.config import ConfigError, load_config_file
 
 MQTT_PROXY_SERVICE = "aws.greengrass.ipc.mqttproxy"
@@ -74,7 +74,7 @@ def _walk(node: Any, keys: list[str], list_indices: bool) -> tuple[bool, Any]:
     configuration store. ``list_indices``: a decimal key also picks a list item."""
     for key in keys:
         if isinstance(node, Mapping):
-            node = get_ci(node, key, _MISSING)
+            node = get_nocase(node, key, _MISSING)
             if node is _MISSING:
                 return False, None
         elif list_indices and isinstance(node, list) and re.fullmatch(r"0|[1-9][0-9]*", key):
@@ -161,7 +161,7 @@ class Policy:
 
 def parse_policies(config: Mapping[str, Any], thing_name: str) -> list[Policy]:
     """The accessControl policies of a component configuration, with recipe variables interpolated."""
-    access = get_ci(config, "accessControl") or {}
+    access = get_nocase(config, "accessControl") or {}
     if not isinstance(access, Mapping):
         raise RecipeError("accessControl must be a mapping of IPC service -> policies")
     variables = {"iot:thingName": thing_name}
@@ -172,8 +172,8 @@ def parse_policies(config: Mapping[str, Any], thing_name: str) -> list[Policy]:
         for name, body in named.items():
             if not isinstance(body, Mapping):
                 raise RecipeError(f"accessControl.{service}.{name} must be a mapping")
-            operations = get_ci(body, "operations") or []
-            resources = get_ci(body, "resources") or []
+            operations = get_nocase(body, "operations") or []
+            resources = get_nocase(body, "resources") or []
             if not isinstance(operations, list) or not isinstance(resources, list):
                 raise RecipeError(f"accessControl.{service}.{name}: operations and resources must be lists")
             policies.append(
@@ -214,13 +214,13 @@ class Component:
 
 
 def component_from_recipe(recipe: Mapping[str, Any], merge: Mapping[str, Any] | None = None) -> Component:
-    name = get_ci(recipe, "ComponentName")
+    name = get_nocase(recipe, "ComponentName")
     if not isinstance(name, str) or not name:
         raise RecipeError("recipe has no ComponentName")
-    component_config = get_ci(recipe, "ComponentConfiguration") or {}
+    component_config = get_nocase(recipe, "ComponentConfiguration") or {}
     if not isinstance(component_config, Mapping):
         raise RecipeError("ComponentConfiguration must be a mapping")
-    default = get_ci(component_config, "DefaultConfiguration") or {}
+    default = get_nocase(component_config, "DefaultConfiguration") or {}
     if not isinstance(default, Mapping):
         raise RecipeError("ComponentConfiguration.DefaultConfiguration must be a mapping")
     return Component(name=name, configuration=merge_config(default, merge or {}))

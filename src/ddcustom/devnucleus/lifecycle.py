@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ddcustom.build import get_ci
+from ddcustom.build import get_nocase
 from ddcustom.devnucleus.access import RecipeError, interpolate
 
 
@@ -35,9 +35,9 @@ DEFAULT_TIMEOUTS: dict[str, Optional[int]] = {
 
 def select_manifest(recipe: Mapping[str, Any], os_name: str = "linux") -> Mapping[str, Any]:
     """The first manifest whose Platform os is ``os_name``, ``*`` or absent (the nucleus's choice)."""
-    for manifest in get_ci(recipe, "Manifests", []) or []:
-        platform = get_ci(manifest, "Platform", {}) or {}
-        if get_ci(platform, "os", "*") in (os_name, "*"):
+    for manifest in get_nocase(recipe, "Manifests", []) or []:
+        platform = get_nocase(manifest, "Platform", {}) or {}
+        if get_nocase(platform, "os", "*") in (os_name, "*"):
             return dict(manifest)
     raise RecipeError(f"recipe has no manifest for platform os {os_name!r}")
 
@@ -58,7 +58,9 @@ def lifecycle_steps(
     lies, ``decompressed_path`` where it was unzipped into ``<zip name>/``.
     """
     if configuration is None:
-        configuration = get_ci(get_ci(recipe, "ComponentConfiguration", {}) or {}, "DefaultConfiguration", {})
+        configuration = get_nocase(
+            get_nocase(recipe, "ComponentConfiguration", {}) or {}, "DefaultConfiguration", {}
+        )
     variables = {
         "artifacts:path": artifacts_path,
         "artifacts:decompressedPath": decompressed_path,
@@ -70,23 +72,26 @@ def lifecycle_steps(
     def sub(value: Any) -> str:
         return interpolate(str(value), variables, configuration or {})
 
-    lifecycle = get_ci(select_manifest(recipe), "Lifecycle", {}) or {}
-    common_env = {k: sub(v) for k, v in (get_ci(lifecycle, "Setenv", {}) or {}).items()}
+    lifecycle = get_nocase(select_manifest(recipe), "Lifecycle", {}) or {}
+    common_env = {k: sub(v) for k, v in (get_nocase(lifecycle, "Setenv", {}) or {}).items()}
     steps: dict[str, LifecycleStep] = {}
     for phase, default_timeout in DEFAULT_TIMEOUTS.items():
-        body = get_ci(lifecycle, phase)
+        body = get_nocase(lifecycle, phase)
         if body is None:
             continue
         if isinstance(body, str):
             body = {"Script": body}
-        timeout = get_ci(body, "Timeout")
-        privilege = get_ci(body, "RequiresPrivilege", False)
-        skip_if = get_ci(body, "SkipIf")
+        timeout = get_nocase(body, "Timeout")
+        privilege = get_nocase(body, "RequiresPrivilege", False)
+        skip_if = get_nocase(body, "SkipIf")
         steps[phase] = LifecycleStep(
-            script=sub(get_ci(body, "Script", "")),
+            script=sub(get_nocase(body, "Script", "")),
             timeout=int(timeout) if timeout is not None else default_timeout,
             requires_privilege=str(privilege).lower() == "true",
             skip_if=sub(skip_if) if skip_if is not None else None,
-            setenv={**common_env, **{k: sub(v) for k, v in (get_ci(body, "Setenv", {}) or {}).items()}},
+            setenv={
+                **common_env,
+                **{k: sub(v) for k, v in (get_nocase(body, "Setenv", {}) or {}).items()},
+            },
         )
     return steps

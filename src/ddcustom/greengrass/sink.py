@@ -1,27 +1,24 @@
-"""Running under Greengrass: configuration through IPC, reports and alerts published over IPC.
+"""The agent's sink under Greengrass: reports and alerts published over IPC, the connection kept up.
 
-``GreengrassConnection`` owns the IPC client. It is the agent's sink, reconnects with backoff and
-jitter after a dropped connection (resubscribing and re-reading the configuration, since updates may
-have been missed meanwhile), and logs Device Defender's /rejected answers with their error codes.
+``GreengrassSink`` owns the IPC client. It reconnects with backoff and jitter after a dropped
+connection (resubscribing and re-reading the configuration, since updates may have been missed
+meanwhile), and logs Device Defender's /rejected answers with their error codes.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import threading
 import time
 from typing import Any, Optional
 
-from ddcustom.agent import Agent
-from ddcustom.config import ConfigError, Settings, parse_settings
-from ddcustom.report import serialise
-from ddcustom.runtime import backoff_delays, install_stop_handlers, setup_logging
-from ddcustom.sinks.base import SinkError
-from ddcustom.sinks.ipc import GreengrassIpc, IpcError, UnauthorizedIpcError
-from ddcustom.sinks.local import report_topic
+from ddcustom.alerts.event import ViolationEvent
+from ddcustom.config import Settings, parse_settings
+from ddcustom.greengrass.ipc import GreengrassIpc, IpcError, UnauthorizedIpcError
+from ddcustom.runtime import backoff_delays
+from ddcustom.sink import SinkError, report_topic, serialise
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +27,7 @@ RECONNECT_CAP = 30.0
 RESUBSCRIBE_SECONDS = 60.0  # retry period of subscriptions a reconnect could not make
 
 
-class GreengrassConnection:
+class GreengrassSink:
     """The agent's sink under Greengrass; every call is bounded by the IPC timeout."""
 
     def __init__(
@@ -159,9 +156,9 @@ class GreengrassConnection:
         self._call("PublishToIoTCore (report)", self._ipc.publish_iot, report_topic(self.thing_name), payload)
         return True
 
-    def publish_alert(self, alert: dict[str, Any]) -> None:
+    def publish_alert(self, alert: ViolationEvent) -> None:
         assert self.settings is not None
-        payload = serialise(alert).encode()
+        payload = serialise(alert.to_json()).encode()
         self._call(
             "PublishToIoTCore (alert)",
             self._ipc.publish_iot,
@@ -176,7 +173,7 @@ class GreengrassConnection:
                 payload,
             )
         except SinkError as exc:  # IoT Core has it; local subscribers are a convenience
-            log.warning("alert %s not published locally: %s", alert.get("violationId"), exc)
+            log.warning("alert %s not published locally: %s", alert.violation_id, exc)
 
     # ---- IPC callbacks (run on the client's threads: keep them short) ----------------------------
 
@@ -206,88 +203,3 @@ class GreengrassConnection:
             message,
             self.rejected,
         )
-
-
-def run_under_greengrass(config_path: Optional[str] = None) -> int:
-    """``ddcustom run`` with SVCUID set. Returns only when stopped by a signal."""
-    if config_path:
-        log.warning("--config is ignored under Greengrass: the configuration comes from the deployment")
-    thing_name = os.environ.get("AWS_IOT_THING_NAME", "")
-    if not thing_name:
-        log.error("AWS_IOT_THING_NAME is not set; the nucleus sets it for components")
-        return 1
-    conn = GreengrassConnection(thing_name)
-    stop = threading.Event()
-    install_stop_handlers(stop, conn.wake)
-    serve(conn, stop)
-    return 0
-
-
-def serve(conn: GreengrassConnection, stop: threading.Event) -> None:
-    """The component's life under Greengrass, until ``stop`` is set."""
-    settings = _first_settings(conn, stop)
-    if settings is None:
-        return
-    setup_logging(settings.log_level)
-    conn.settings = settings
-    agent = Agent(settings, conn.thing_name, conn)
-
-    def before_cycle() -> None:
-        conn.keep_connected()
-        if conn.connected:
-            conn.update_state("RUNNING")  # sent once per connection (update_state skips repeats)
-        if conn.config_changed.is_set():
-            _apply_update(conn, agent)
-
-    try:
-        agent.run_forever(stop, conn.wake, before_cycle, conn.seconds_to_next_attempt)
-    finally:
-        agent.close()
-        conn.close()
-
-
-def _apply_update(conn: GreengrassConnection, agent: Agent) -> None:
-    conn.config_changed.clear()
-    try:
-        new = conn.read_settings()
-    except ConfigError as exc:
-        log.error("configuration update refused, the previous settings stay: %s", exc)
-        return
-    except SinkError as exc:
-        conn.config_changed.set()  # try again next cycle
-        log.warning("cannot read the configuration update yet: %s", exc)
-        return
-    if new != conn.settings:
-        log.info("configuration updated; applying without a restart")
-        setup_logging(new.log_level)
-        conn.settings = new
-        agent.apply_settings(new)
-
-
-def _first_settings(conn: GreengrassConnection, stop: threading.Event) -> Optional[Settings]:
-    """Connect and read the configuration; never exit while Greengrass expects the component to run.
-
-    A configuration that does not validate is reported as ERRORED and the component waits for a
-    deployment that fixes it, instead of running with settings nobody asked for.
-    """
-    while not stop.is_set():
-        backoff = conn.seconds_to_next_attempt()
-        if backoff:  # not connected, and the next attempt is not due yet
-            stop.wait(backoff)
-            continue
-        try:
-            settings = conn.read_settings()
-        except ConfigError as exc:
-            log.error("the deployed configuration is invalid; waiting for a corrected one: %s", exc)
-            conn.update_state("ERRORED")
-            conn.wake.wait(60)
-            conn.wake.clear()
-            continue
-        except SinkError as exc:
-            log.warning("%s", exc)
-            if conn.connected:  # the call failed, not the connection: do not hammer the nucleus
-                stop.wait(1.0)
-            continue
-        conn.config_changed.clear()
-        return settings
-    return None

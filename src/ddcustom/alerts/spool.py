@@ -5,7 +5,7 @@ is in order. When the spool would exceed its size bound the OLDEST alerts are dr
 error level): appending never blocks and never fails because the spool is full. When the disk itself
 fails (full, read-only, directory missing) an alert is kept in memory under its sequence number and
 written as soon as a later write works, so it is sent in order and only a crash during the outage
-loses it. A file that does not parse (truncated, corrupt) is moved to ``corrupt/`` with a warning. A
+loses it. A file that is not an alert (truncated, corrupt) is moved to ``corrupt/`` with a warning. A
 crash after the send but before the ack replays that alert again: receivers recognise duplicates by
 (violationId, violationEventType).
 """
@@ -20,7 +20,9 @@ import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Optional, Union
+
+from ddcustom.alerts.event import ViolationEvent
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +34,6 @@ CORRUPT_DIR = "corrupt"
 
 class SpoolError(Exception):
     """The alert cannot be stored: it is larger than the whole spool."""
-
-
-def alert_identity(event: dict[str, Any]) -> Optional[tuple[str, str]]:
-    """(violationId, violationEventType): what tells two copies of the same alert apart from new ones."""
-    violation_id, kind = event.get("violationId"), event.get("violationEventType")
-    if isinstance(violation_id, str) and isinstance(kind, str):
-        return violation_id, kind
-    return None
 
 
 class AlertSpool:
@@ -75,16 +69,16 @@ class AlertSpool:
     def size_bytes(self) -> int:
         return self._total
 
-    def append(self, event: dict[str, Any]) -> str:
+    def append(self, event: ViolationEvent) -> str:
         """Store ``event`` durably and return its key; an alert already pending returns the pending key."""
-        data = json.dumps(event, separators=(",", ":"), sort_keys=True).encode()
+        data = json.dumps(event.to_json(), separators=(",", ":"), sort_keys=True).encode()
         if len(data) > self.max_bytes:
             raise SpoolError(
                 f"alert of {len(data)} bytes is larger than the whole spool ({self.max_bytes} bytes)"
             )
-        identity = alert_identity(event)
+        identity = event.identity
         with self._lock:
-            if identity is not None and identity in self._identities:
+            if identity in self._identities:
                 return self._identities[identity]
             while self._sizes and self._total + len(data) > self.max_bytes:
                 self._drop_oldest()
@@ -93,13 +87,12 @@ class AlertSpool:
             self._in_memory[key] = data
             self._sizes[key] = len(data)
             self._total += len(data)
-            if identity is not None:
-                self._identities[identity] = key
-                self._identity_of[key] = identity
+            self._identities[identity] = key
+            self._identity_of[key] = identity
             self._write_pending()
             return key
 
-    def pending(self) -> Iterator[tuple[str, dict[str, Any]]]:
+    def pending(self) -> Iterator[tuple[str, ViolationEvent]]:
         """Alerts not yet acknowledged, oldest first; each is read when the iteration reaches it."""
         with self._lock:
             keys = list(self._sizes)
@@ -175,8 +168,8 @@ class AlertSpool:
                 continue
             self._sizes[path.name] = path.stat().st_size
             self._total += self._sizes[path.name]
-            identity = alert_identity(event)
-            if identity is not None and identity not in self._identities:
+            identity = event.identity
+            if identity not in self._identities:
                 self._identities[identity] = path.name
                 self._identity_of[path.name] = identity
         if self._sizes:
@@ -217,10 +210,9 @@ class AlertSpool:
                 temp.unlink()
             raise
 
-    def _load(self, key: str) -> Optional[dict[str, Any]]:
+    def _load(self, key: str) -> Optional[ViolationEvent]:
         if key in self._in_memory:
-            kept: dict[str, Any] = json.loads(self._in_memory[key])
-            return kept
+            return ViolationEvent.from_json(json.loads(self._in_memory[key]))
         path = self.directory / key
         if not path.exists():
             log.warning("spooled alert %s disappeared from %s", key, self.directory)
@@ -230,15 +222,16 @@ class AlertSpool:
             self._set_aside(path, "it does not parse")
         return event
 
-    def _parse(self, path: Path) -> Optional[dict[str, Any]]:
+    def _parse(self, path: Path) -> Optional[ViolationEvent]:
         try:
             with path.open("rb") as f:
                 data = f.read(self.max_bytes + 1)
-            event = json.loads(data)
+            if len(data) > self.max_bytes:
+                raise ValueError(f"larger than the spool ({self.max_bytes} bytes)")
+            return ViolationEvent.from_json(json.loads(data))
         except (OSError, ValueError) as exc:
             log.debug("spooled alert %s unreadable: %s", path.name, exc)
             return None
-        return event if isinstance(event, dict) and len(data) <= self.max_bytes else None
 
     def _set_aside(self, path: Path, why: str) -> None:
         target_dir = self.directory / CORRUPT_DIR

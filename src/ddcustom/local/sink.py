@@ -5,12 +5,8 @@ from __future__ import annotations
 import threading
 from typing import Any, TextIO
 
-from ddcustom.report import serialise
-from ddcustom.sinks.base import SinkError
-
-
-def report_topic(thing_name: str) -> str:
-    return f"$aws/things/{thing_name}/defender/metrics/json"
+from ddcustom.alerts.event import ViolationEvent
+from ddcustom.sink import SinkError, report_topic, serialise
 
 
 class JsonLinesSink:
@@ -29,8 +25,8 @@ class JsonLinesSink:
         self._write({"kind": "report", "topic": report_topic(self._thing_name), "report": report})
         return True
 
-    def publish_alert(self, alert: dict[str, Any]) -> None:
-        self._write({"kind": "alert", "topic": self.alert_topic, "alert": alert})
+    def publish_alert(self, alert: ViolationEvent) -> None:
+        self._write({"kind": "alert", "topic": self.alert_topic, "alert": alert.to_json()})
 
     def _write(self, line: dict[str, Any]) -> None:
         try:
