@@ -157,7 +157,7 @@ def test_alert_events_name_the_profile_and_metric_value() -> None:
     assert events[0].security_profile_name == "crypto-mining"
     assert events[0].metric_value == {"number": 2.0}
     assert events[0].thing_name == "edge-gpu-1"
-    assert [a["behavior"] for a in engine.active_alarms()] == ["miner-processes"]
+    assert [a.behavior_name for a in engine.active_alarms()] == ["miner-processes"]
 
 
 def test_a_second_process_under_the_applications_name_alarms_at_once() -> None:

@@ -142,10 +142,10 @@ def test_active_alarms_and_suppressed_alerts() -> None:
     assert engine.evaluate(sample(0, cpu_percent=99.0)) == []
     active = engine.active_alarms()
     assert len(active) == 1
-    assert active[0]["behavior"] == "b" and active[0]["suppressAlerts"] is True
-    assert active[0]["metricValue"] == {"number": 99.0} and active[0]["since"] == T0
+    assert active[0].behavior_name == "b" and active[0].behavior["suppressAlerts"] is True
+    assert active[0].metric_value == {"number": 99.0} and active[0].since == T0
     engine.evaluate(sample(10, cpu_percent=98.0))
-    assert engine.active_alarms()[0]["metricValue"] == {"number": 98.0}
+    assert engine.active_alarms()[0].metric_value == {"number": 98.0}
     assert engine.evaluate(sample(20, cpu_percent=10.0)) == []
     assert engine.active_alarms() == []
 

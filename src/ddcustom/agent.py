@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from ddcustom.alerts.alarm_state import load_open_alarms, save_open_alarms
 from ddcustom.alerts.event import ViolationEvent
 from ddcustom.alerts.spool import AlertSpool, SpoolError
 from ddcustom.config import Settings
@@ -64,6 +65,8 @@ class Agent:
         self._builder = ReportBuilder(settings, last_report_id=_read_int(settings.report_id_file))
         self._engine = Engine(settings.security_profile, thing_name)
         self._spool = spool or AlertSpool(settings.alert_spool_dir, settings.alert_spool_max_bytes)
+        resumed = load_open_alarms(settings.alarm_state_file)
+        self._raise_alerts(self._engine.resume(resumed, time.time()), save=bool(resumed))
         self._last_reported: Optional[Sample] = None
         self._next_detect = 0.0
         self._next_report = 0.0  # 0: the first report goes out at once
@@ -82,9 +85,13 @@ class Agent:
         self._collector.apply_settings(settings)
         last_id = self._builder.last_report_id
         self._builder = ReportBuilder(settings, last_report_id=last_id)
-        if settings.security_profile != old.security_profile:
-            for event in self._engine.replace_profile(settings.security_profile, time.time()):
-                self._raise_alert(event)
+        if (
+            settings.security_profile != old.security_profile
+            or settings.state_directory != old.state_directory
+        ):
+            self._raise_alerts(
+                self._engine.replace_profile(settings.security_profile, time.time()), save=True
+            )
         if (settings.alert_spool_dir, settings.alert_spool_max_bytes) != (
             old.alert_spool_dir,
             old.alert_spool_max_bytes,
@@ -102,8 +109,7 @@ class Agent:
         detect_due = self._next_detect <= now
         if detect_due or report_due:
             sample = self._collector.sample()
-            for event in self._engine.evaluate(sample):
-                self._raise_alert(event)
+            self._raise_alerts(self._engine.evaluate(sample))
             interval = settings.detect_interval_seconds
             self._next_detect = _next_tick(self._next_detect, interval, now) if detect_due else now + interval
             if report_due:
@@ -112,6 +118,13 @@ class Agent:
         self._flush_alerts()
         self.counters.cycles += 1
         return min(self._next_detect, self._next_report)
+
+    def _raise_alerts(self, events: list[ViolationEvent], save: bool = False) -> None:
+        """Persist the open alarms (when they changed), then spool and log the events."""
+        if events or save:
+            save_open_alarms(self.settings.alarm_state_file, self._engine.active_alarms())
+        for event in events:
+            self._raise_alert(event)
 
     def _raise_alert(self, event: ViolationEvent) -> None:
         self.counters.alerts_raised += 1

@@ -83,6 +83,11 @@ class Settings:
         return os.path.join(resolve_state_directory(self.state_directory), "alerts")
 
     @property
+    def alarm_state_file(self) -> str:
+        """The alarms open now, so a restarted component ends them (clears or invalidates them)."""
+        return os.path.join(resolve_state_directory(self.state_directory), "alarms.json")
+
+    @property
     def report_id_file(self) -> str:
         """The last report_id sent, so a restarted component continues above it."""
         return os.path.join(resolve_state_directory(self.state_directory), "report_id")

@@ -44,6 +44,21 @@ class _Alarm:
     metric_value: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class OpenAlarm:
+    """A behavior in alarm: what the agent persists across restarts and the fleet shadow shows."""
+
+    profile: str
+    behavior: dict[str, Any]  # the behavior in Device Defender form
+    violation_id: str
+    since: float  # wall-clock time of the in-alarm event
+    metric_value: dict[str, Any]  # the latest violating datapoint
+
+    @property
+    def behavior_name(self) -> str:
+        return str(self.behavior.get("name", ""))
+
+
 @dataclass
 class _State:
     violating: int = 0
@@ -96,7 +111,9 @@ class Engine:
                 and not behavior.suppress_alerts
             ):
                 events.append(
-                    self._event(behavior, alarm.violation_id, ALARM_INVALIDATED, alarm.metric_value, now)
+                    self._event(
+                        behavior.to_json(), alarm.violation_id, ALARM_INVALIDATED, alarm.metric_value, now
+                    )
                 )
         old = {b.name: b.json_text for b in self.profile.device_behaviors} if same_profile else {}
         self._states = {
@@ -129,21 +146,41 @@ class Engine:
                 events.append(event)
         return events
 
-    def active_alarms(self) -> list[dict[str, Any]]:
-        """Behaviors in alarm now (suppressed ones included), for logs and component state."""
+    def active_alarms(self) -> list[OpenAlarm]:
+        """Behaviors in alarm now (suppressed ones included), in profile order."""
         return [
-            {
-                "behavior": behavior.name,
-                "metric": behavior.metric,
-                "violationId": state.alarm.violation_id,
-                "since": state.alarm.since,
-                "metricValue": state.alarm.metric_value,
-                "suppressAlerts": behavior.suppress_alerts,
-            }
-            for behavior in self.profile.device_behaviors
-            for state in [self._states[behavior.name]]
-            if state.alarm is not None
+            OpenAlarm(self.profile.name, b.to_json(), alarm.violation_id, alarm.since, alarm.metric_value)
+            for b in self.profile.device_behaviors
+            for alarm in [self._states[b.name].alarm]
+            if alarm is not None
         ]
+
+    def resume(self, alarms: list[OpenAlarm], now: float) -> list[ViolationEvent]:
+        """Take over the alarms a previous run left open (before any sample), so that each one ends with
+        its own violationId: an alarm of an unchanged behavior goes on (and clears when its datapoints
+        are normal again); one whose behavior changed or left the profile is invalidated at ``now``."""
+        events: list[ViolationEvent] = []
+        current = {b.name: b for b in self.profile.device_behaviors}
+        for alarm in alarms:
+            behavior = current.get(alarm.behavior_name)
+            same = alarm.profile == self.profile.name and behavior is not None
+            if same and behavior is not None and behavior.to_json() == alarm.behavior:
+                assert behavior.criteria is not None
+                state = self._states[behavior.name]
+                state.alarm = _Alarm(alarm.violation_id, alarm.since, alarm.metric_value)
+                state.violating = behavior.criteria.consecutive_datapoints_to_alarm
+            elif not alarm.behavior.get("suppressAlerts", False):
+                events.append(
+                    self._event(
+                        alarm.behavior,
+                        alarm.violation_id,
+                        ALARM_INVALIDATED,
+                        alarm.metric_value,
+                        now,
+                        alarm.profile,
+                    )
+                )
+        return events
 
     def _step(
         self, behavior: Behavior, state: _State, value: MetricValue, sample: Sample, interval_start: float
@@ -159,7 +196,9 @@ class Engine:
             state.violating, state.normal = state.violating + 1, 0
             if state.alarm is None and state.violating >= criteria.consecutive_datapoints_to_alarm:
                 state.alarm = _Alarm(str(uuid.uuid4()), sample.time, metric_value)
-                return self._event(behavior, state.alarm.violation_id, IN_ALARM, metric_value, sample.time)
+                return self._event(
+                    behavior.to_json(), state.alarm.violation_id, IN_ALARM, metric_value, sample.time
+                )
             if state.alarm is not None:
                 state.alarm.metric_value = metric_value
             return None
@@ -167,7 +206,9 @@ class Engine:
         alarm = state.alarm
         if alarm is not None and state.normal >= criteria.consecutive_datapoints_to_clear:
             state.alarm = None
-            return self._event(behavior, alarm.violation_id, ALARM_CLEARED, metric_value, sample.time)
+            return self._event(
+                behavior.to_json(), alarm.violation_id, ALARM_CLEARED, metric_value, sample.time
+            )
         return None
 
     def _datapoint(
@@ -191,13 +232,19 @@ class Engine:
         return value, violates
 
     def _event(
-        self, behavior: Behavior, violation_id: str, kind: str, metric_value: dict[str, Any], time: float
+        self,
+        behavior: dict[str, Any],
+        violation_id: str,
+        kind: str,
+        metric_value: dict[str, Any],
+        time: float,
+        profile: Optional[str] = None,
     ) -> ViolationEvent:
         return ViolationEvent(
             violation_id=violation_id,
             thing_name=self.thing_name,
-            security_profile_name=self.profile.name,
-            behavior=behavior.to_json(),
+            security_profile_name=profile or self.profile.name,
+            behavior=behavior,
             metric_value=metric_value,
             event_type=kind,
             event_time=int(time),
