@@ -21,6 +21,7 @@ class RecordingSink:
     def __init__(self) -> None:
         self.reports: list[dict[str, Any]] = []
         self.alerts: list[ViolationEvent] = []
+        self.shadows: list[dict[str, Any]] = []
         self.refuse: Optional[str] = None
 
     def close(self) -> None:
@@ -36,6 +37,12 @@ class RecordingSink:
         if self.refuse:
             raise SinkError(self.refuse)
         self.alerts.append(alert)
+
+    def publish_shadow(self, document: dict[str, Any]) -> bool:
+        if self.refuse:
+            raise SinkError(self.refuse)
+        self.shadows.append(document)
+        return True
 
 
 def settings_for(tmp_path: Path, **keys: Any) -> Settings:

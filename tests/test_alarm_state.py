@@ -41,6 +41,9 @@ class Recorder:
     def publish_alert(self, alert: ViolationEvent) -> None:
         self.alerts.append(alert)
 
+    def publish_shadow(self, document: dict[str, Any]) -> bool:
+        return False
+
 
 def settings(tmp_path: Path, behaviors: list[dict[str, Any]]) -> Settings:
     """Only the behaviors under test, fed by feedback files: nothing on the host changes a result."""

@@ -21,6 +21,7 @@ from ddcustom.alerts.event import ViolationEvent
 from ddcustom.alerts.spool import AlertSpool, SpoolError
 from ddcustom.config import Settings
 from ddcustom.detect.engine import Engine
+from ddcustom.fleet_state import FleetShadow, reported_state
 from ddcustom.report import ReportBuilder
 from ddcustom.runtime import backoff_delays
 from ddcustom.sample import Sample
@@ -70,6 +71,8 @@ class Agent:
         self._last_reported: Optional[Sample] = None
         self._next_detect = 0.0
         self._next_report = 0.0  # 0: the first report goes out at once
+        self._shadow = FleetShadow()
+        self._shadow_failure: Optional[str] = None  # the last shadow error logged
         self._consecutive_failures = 0
         self._alert_failure: Optional[str] = None  # the last delivery error logged
 
@@ -116,6 +119,8 @@ class Agent:
                 self._send_report(sample)
                 self._next_report = _next_tick(self._next_report, settings.report_interval_seconds, now)
         self._flush_alerts()
+        if settings.fleet_shadow:
+            self._update_shadow(now)
         self.counters.cycles += 1
         return min(self._next_detect, self._next_report)
 
@@ -184,6 +189,20 @@ class Agent:
             if self._alert_failure is not None:
                 log.info("alert delivery works again; spooled alerts are being sent")
                 self._alert_failure = None
+
+    def _update_shadow(self, now: float) -> None:
+        """The fleet shadow, when its state changed or the heartbeat is due; retried every cycle."""
+        state = reported_state(self._engine.active_alarms(), self._engine.profile.name)
+        if not self._shadow.due(state, now):
+            return
+        try:
+            if self.sink.publish_shadow(self._shadow.update_document(state, time.time())):
+                self._shadow.sent(state, now)
+                self._shadow_failure = None
+        except SinkError as exc:
+            if str(exc) != self._shadow_failure:
+                self._shadow_failure = str(exc)
+                log.warning("fleet shadow not updated, retrying every cycle: %s", exc)
 
     # ---- the loop ------------------------------------------------------------------------------
 

@@ -71,6 +71,7 @@ class Settings:
     alert_topic: str
     local_alert_topic: str
     state_directory: str
+    fleet_shadow: bool
     alert_spool_max_bytes: int
     max_report_list_size: int
     log_level: str
@@ -233,6 +234,7 @@ SCHEMA: dict[str, tuple[Any, _Parser, str]] = {
     "AlertTopic": ("ddcustom/{thingName}/alerts", _topic, "alert_topic"),
     "LocalAlertTopic": ("ddcustom/alerts", _topic, "local_alert_topic"),
     "StateDirectory": ("", _path_or_auto, "state_directory"),
+    "FleetShadow": (True, _bool, "fleet_shadow"),
     "AlertSpoolMaxBytes": (10_000_000, _int_range(65536, 1_000_000_000), "alert_spool_max_bytes"),
     "MaxReportListSize": (100, _int_range(1, MAX_REPORT_LIST_SIZE), "max_report_list_size"),
     "LogLevel": ("INFO", _log_level, "log_level"),

@@ -20,6 +20,9 @@ class Sink(Protocol):
     def publish_alert(self, alert: ViolationEvent) -> None:
         """Deliver one alert; return only once it is acknowledged, else raise SinkError."""
 
+    def publish_shadow(self, document: dict[str, Any]) -> bool:
+        """Update the thing's named shadow ``ddcustom``. False when this sink has no shadow."""
+
 
 def serialise(message: dict[str, Any]) -> str:
     """Compact JSON as every sink publishes it, reports and alerts (NaN and infinity are refused)."""

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 from ddcustom.alerts.event import ViolationEvent
 from ddcustom.config import Settings, parse_settings
+from ddcustom.fleet_state import shadow_update_topic
 from ddcustom.greengrass.ipc import GreengrassIpc, IpcError, UnauthorizedIpcError
 from ddcustom.runtime import backoff_delays
 from ddcustom.sink import SinkError, report_topic, serialise
@@ -174,6 +175,13 @@ class GreengrassSink:
             )
         except SinkError as exc:  # IoT Core has it; local subscribers are a convenience
             log.warning("alert %s not published locally: %s", alert.violation_id, exc)
+
+    def publish_shadow(self, document: dict[str, Any]) -> bool:
+        payload = serialise(document).encode()
+        self._call(
+            "PublishToIoTCore (shadow)", self._ipc.publish_iot, shadow_update_topic(self.thing_name), payload
+        )
+        return True
 
     # ---- IPC callbacks (run on the client's threads: keep them short) ----------------------------
 

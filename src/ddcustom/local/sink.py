@@ -28,6 +28,9 @@ class JsonLinesSink:
     def publish_alert(self, alert: ViolationEvent) -> None:
         self._write({"kind": "alert", "topic": self.alert_topic, "alert": alert.to_json()})
 
+    def publish_shadow(self, document: dict[str, Any]) -> bool:
+        return False  # a local run has no thing in the cloud; its state is in the alerts it prints
+
     def _write(self, line: dict[str, Any]) -> None:
         try:
             with self._lock:
