@@ -165,7 +165,8 @@ class Agent:
         if sent:
             self._last_reported = sample
             self.counters.reports_sent += 1
-            log.info("report %s sent", self._builder.last_report_id)
+            interval = self.settings.report_interval_seconds
+            log.info("report %s sent; the next in %d s", self._builder.last_report_id, interval)
             _write_int(self.settings.report_id_file, self._builder.last_report_id)
 
     def _flush_alerts(self) -> None:

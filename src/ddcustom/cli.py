@@ -41,6 +41,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return run_under_greengrass(config_path=args.config)
     from ddcustom.local.runner import run_local
 
+    if not args.config:
+        log.info("no --config: the default settings (`ddcustom check --config FILE` validates a file)")
     return run_local(load_settings(args.config), args.thing)
 
 

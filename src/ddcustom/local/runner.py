@@ -26,9 +26,18 @@ def run_local(settings: Settings, thing: Optional[str]) -> int:
     """``ddcustom run`` without SVCUID. Returns when stopped by SIGINT or SIGTERM."""
     setup_logging(settings.log_level)
     thing_name = local_thing_name(thing)
-    sink = JsonLinesSink(sys.stdout, thing_name, settings.alert_topic_for(thing_name))
-    agent = Agent(settings, thing_name, sink)
     stop, wake = threading.Event(), threading.Event()
+    reader_gone = threading.Event()
+
+    def stdout_closed() -> None:
+        if not reader_gone.is_set():
+            log.info("the reader of stdout went away; stopping (unsent alerts stay spooled for the next run)")
+        reader_gone.set()
+        stop.set()
+        wake.set()
+
+    sink = JsonLinesSink(sys.stdout, thing_name, settings.alert_topic_for(thing_name), stdout_closed)
+    agent = Agent(settings, thing_name, sink)
     install_stop_handlers(stop, wake)
     log.info(
         "running locally as %s: a sample every %gs, a report every %ds; JSON lines on stdout",
@@ -40,6 +49,10 @@ def run_local(settings: Settings, thing: Optional[str]) -> int:
         agent.run_forever(stop, wake)
     finally:
         agent.close()
-        sink.close()
+        if reader_gone.is_set():
+            # what is still buffered cannot go anywhere: let the interpreter's exit flush into nothing
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        else:
+            sink.close()
     log.info("stopped: %s", json.dumps(agent.status()["counters"]))
     return 0

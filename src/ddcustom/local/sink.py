@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, TextIO
+from typing import Any, Callable, Optional, TextIO
 
 from ddcustom.alerts.event import ViolationEvent
 from ddcustom.sink import SinkError, report_topic, serialise
@@ -12,10 +12,18 @@ from ddcustom.sink import SinkError, report_topic, serialise
 class JsonLinesSink:
     """Writes ``{"kind": "report"|"alert", "topic": ..., ...}`` lines; the topic is where it would go."""
 
-    def __init__(self, stream: TextIO, thing_name: str, alert_topic: str) -> None:
+    def __init__(
+        self,
+        stream: TextIO,
+        thing_name: str,
+        alert_topic: str,
+        on_closed: Optional[Callable[[], None]] = None,
+    ) -> None:
+        """``on_closed`` is called once when the reader goes away (EPIPE: ``ddcustom run | head``)."""
         self._stream = stream
         self._thing_name = thing_name
         self.alert_topic = alert_topic
+        self._on_closed = on_closed
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -36,5 +44,9 @@ class JsonLinesSink:
             with self._lock:
                 self._stream.write(serialise(line) + "\n")
                 self._stream.flush()
-        except (OSError, ValueError) as exc:  # closed pipe, closed stream
+        except BrokenPipeError as exc:
+            if self._on_closed is not None:
+                self._on_closed()
+            raise SinkError("the output stream was closed by its reader") from exc
+        except (OSError, ValueError) as exc:  # a closed stream, a full disk
             raise SinkError(f"cannot write to the output stream: {exc}") from exc
