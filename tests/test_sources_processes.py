@@ -18,6 +18,7 @@ from ddcustom.config import DEFAULT_MINER_PROCESS_NAMES
 from ddcustom.sample import Connection, MinerProcess
 from ddcustom.sources.network import NetworkSource
 from ddcustom.sources.processes import (
+    CpuMeter,
     ProcessInfo,
     ProcessSource,
     build_process_scan,
@@ -34,8 +35,8 @@ WATCHED = ("inference_app", "long_name_inference_service")
 
 
 def test_parse_stat_with_parentheses_and_spaces_in_name() -> None:
-    assert parse_stat("202 (my (weird) name)) S 2 202 202 0") == ("my (weird) name)", 2)
-    assert parse_stat("1 (systemd) S 0 1 1 0") == ("systemd", 0)
+    assert parse_stat("202 (my (weird) name)) S 2 202 202 0") == ("my (weird) name)", 2, 0, 0)
+    assert parse_stat("1 (systemd) S 0 1 1 0") == ("systemd", 0, 0, 0)
     with pytest.raises(ValueError):
         parse_stat("garbage")
 
@@ -232,3 +233,22 @@ def test_real_pool_connection_from_network_source() -> None:
     finally:
         for sock in (client, accepted, server):
             sock.close()
+
+
+def test_parse_stat_reads_cpu_and_start_ticks_of_a_real_line() -> None:
+    # captured from a python3 busy loop 1.5 s after its start: utime 72 + stime 1, started at tick 105457
+    text = (TREE.parent / "real" / "pid" / "stat_busy_python").read_text()
+    assert parse_stat(text) == ("python3", 22944, 73, 105457)
+
+
+def test_cpu_meter_gives_each_process_its_share_of_one_core_and_skips_reused_pids() -> None:
+    meter = CpuMeter(ticks_per_second=100)
+    first = {7: ProcessInfo(7, 1, "xmrig", "xmrig", "", cpu_ticks=1000, start_ticks=50)}
+    assert meter.update(first, now=10.0) == {}  # nothing to compare with yet
+    later = {
+        7: ProcessInfo(7, 1, "xmrig", "xmrig", "", cpu_ticks=1900, start_ticks=50),  # 900 ticks in 5 s
+        8: ProcessInfo(8, 1, "new", "new", "", cpu_ticks=400, start_ticks=60),  # not seen before
+    }
+    assert meter.update(later, now=15.0) == {7: 180.0}  # two cores' worth
+    reused = {7: ProcessInfo(7, 1, "other", "other", "", cpu_ticks=2000, start_ticks=99)}
+    assert meter.update(reused, now=20.0) == {}  # pid 7 is another process now

@@ -73,7 +73,7 @@ class Collector:
         wall, mono = time.time(), time.monotonic()
         network: Optional[NetworkStats] = self._run("network", self._network.read)
         connections: tuple[Connection, ...] = network.established_tcp if network is not None else ()
-        scan: Optional[ProcessScan] = self._run("processes", lambda: self._processes.scan(connections))
+        scan: Optional[ProcessScan] = self._run("processes", lambda: self._processes.scan(connections, mono))
         processes: Optional[ProcessStats] = scan.stats if scan is not None else None
         cpu = self._run("cpu", self._system.read_cpu_percent)
         memory = self._run("memory", self._system.read_memory_percent)

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from ddcustom.sample import Connection, MinerProcess, ProcessStats
@@ -43,23 +44,52 @@ class ProcessInfo:
     comm: str
     argv0_name: str  # basename of argv[0]; "" for kernel threads
     cmdline: str  # arguments joined with spaces (possibly cut at CMDLINE_BYTES)
+    cpu_ticks: int = 0  # user + system CPU time, in clock ticks
+    start_ticks: int = 0  # start time after boot, in clock ticks: tells a reused pid apart
 
 
 @dataclass(frozen=True)
 class ProcessScan:
     stats: ProcessStats
     watched_pids: frozenset[int]  # the watched processes and their descendants (for GPU attribution)
+    table: Mapping[int, ProcessInfo] = field(default_factory=dict)
+    cpu_percent: Mapping[int, float] = field(
+        default_factory=dict
+    )  # per pid, % of one core since the last scan
 
 
-def parse_stat(text: str) -> tuple[str, int]:
-    """(comm, ppid) of a /proc/<pid>/stat line. comm may hold spaces and parentheses: it ends at the
-    last ')'."""
+def parse_stat(text: str) -> tuple[str, int, int, int]:
+    """(comm, ppid, utime + stime, starttime) of a /proc/<pid>/stat line. comm may hold spaces and
+    parentheses: it ends at the last ')'. Fields a short line lacks count as 0."""
     head, sep, tail = text.rpartition(")")
     if not sep:
         raise ValueError(f"malformed stat line: {text[:60]!r}")
     comm = head.partition("(")[2]
-    fields = tail.split(None, 2)  # state, ppid, ...
-    return comm, int(fields[1])
+    fields = tail.split()  # state, ppid, ... utime at 11, stime at 12, starttime at 19
+    numbers = [int(fields[i]) if len(fields) > i else 0 for i in (11, 12, 19)]
+    return comm, int(fields[1]), numbers[0] + numbers[1], numbers[2]
+
+
+class CpuMeter:
+    """Each process's CPU use between two scans, in % of one core (a miner on 2 cores reads 200)."""
+
+    def __init__(self, ticks_per_second: float = os.sysconf("SC_CLK_TCK")) -> None:
+        self._ticks_per_second = ticks_per_second
+        self._last: dict[int, tuple[int, int]] = {}  # pid -> (start_ticks, cpu_ticks)
+        self._last_time: Optional[float] = None
+
+    def update(self, table: Mapping[int, ProcessInfo], now: float) -> dict[int, float]:
+        """CPU % since the previous call of every process seen both times; {} on the first call."""
+        elapsed = now - self._last_time if self._last_time is not None else 0.0
+        out: dict[int, float] = {}
+        for pid, info in table.items():
+            before = self._last.get(pid)
+            if elapsed > 0 and before is not None and before[0] == info.start_ticks:
+                ticks = max(0, info.cpu_ticks - before[1])
+                out[pid] = round(100.0 * ticks / self._ticks_per_second / elapsed, 1)
+        self._last = {pid: (info.start_ticks, info.cpu_ticks) for pid, info in table.items()}
+        self._last_time = now
+        return out
 
 
 def parse_cmdline(raw: bytes) -> list[str]:
@@ -83,12 +113,15 @@ def read_process_table(proc_root: str = "/proc") -> dict[int, ProcessInfo]:
             continue
         base = f"{proc_root}/{name}/"
         try:
-            comm, ppid = parse_stat(_read_bounded(base + "stat", STAT_BYTES).decode("utf-8", "replace"))
+            stat = parse_stat(_read_bounded(base + "stat", STAT_BYTES).decode("utf-8", "replace"))
             argv = parse_cmdline(_read_bounded(base + "cmdline", CMDLINE_BYTES))
         except (OSError, ValueError, IndexError):  # exited mid-scan, or not readable
             continue
         argv0_name = argv[0].rpartition("/")[2] if argv else ""
-        table[int(name)] = ProcessInfo(int(name), ppid, comm, argv0_name, " ".join(argv))
+        comm, ppid, cpu_ticks, start_ticks = stat
+        table[int(name)] = ProcessInfo(
+            int(name), ppid, comm, argv0_name, " ".join(argv), cpu_ticks, start_ticks
+        )
     return table
 
 
@@ -185,7 +218,7 @@ def build_process_scan(
         pool_connections=pool_connections(connections, pool_ports),
         watched_instances=watched_instances(table, watched_names, roots),
     )
-    return ProcessScan(stats=stats, watched_pids=frozenset(tree))
+    return ProcessScan(stats=stats, watched_pids=frozenset(tree), table=table)
 
 
 class ProcessSource:
@@ -200,8 +233,12 @@ class ProcessSource:
         self.miner_pattern = miner_name_pattern(miner_names)
         self.pool_ports = pool_ports
         self.proc_root = proc_root
+        self._cpu = CpuMeter()
 
-    def scan(self, connections: Iterable[Connection]) -> ProcessScan:
-        """Scan the processes; ``connections`` are the network source's established connections."""
+    def scan(self, connections: Iterable[Connection], now: Optional[float] = None) -> ProcessScan:
+        """Scan the processes; ``connections`` are the network source's established connections, ``now``
+        the monotonic time of the scan (per-process CPU is measured between scans)."""
         table = read_process_table(self.proc_root)
-        return build_process_scan(table, self.watched_names, self.miner_pattern, self.pool_ports, connections)
+        scan = build_process_scan(table, self.watched_names, self.miner_pattern, self.pool_ports, connections)
+        cpu = self._cpu.update(table, time.monotonic() if now is None else now)
+        return replace(scan, cpu_percent=cpu)
