@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ddcustom.metrics import CUSTOM_METRICS, STANDARD_METRICS
+from ddcustom.metrics import LIST_VALUE_KEYS, METRICS
 
 log = logging.getLogger(__name__)
 
@@ -70,20 +70,14 @@ class ProfileError(ValueError):
 
 def metric_type(metric: str) -> Optional[str]:
     """Value type of a known metric: number, number_list, string_list, ip_list or ports (None: unknown)."""
-    if metric in CUSTOM_METRICS:
-        return CUSTOM_METRICS[metric][0]
-    return STANDARD_METRICS.get(metric)
+    return METRICS[metric].kind if metric in METRICS else None
 
 
 # value kinds each metric type takes: DD's standard number metrics count, custom ones take a number
 def _metric_value_kinds(metric: str, kind: str) -> frozenset[str]:
     if kind == "number":
-        return frozenset({"count"} if metric in STANDARD_METRICS else {"number"})
-    return frozenset(
-        {"number_list": {"numbers"}, "string_list": {"strings"}, "ip_list": {"cidrs"}, "ports": {"ports"}}[
-            kind
-        ]
-    )
+        return frozenset({"count"} if METRICS[metric].standard else {"number"})
+    return frozenset({LIST_VALUE_KEYS[kind]})
 
 
 def _metric_operators(kind: str) -> frozenset[str]:
@@ -272,7 +266,7 @@ def _behavior(raw: Any, label: str, problems: list[str]) -> Optional[Behavior]:
     metric = raw.get("metric")
     kind = metric_type(metric) if isinstance(metric, str) else None
     if kind is None:
-        known = ", ".join(list(CUSTOM_METRICS) + list(STANDARD_METRICS))
+        known = ", ".join(METRICS)
         bad(f"unknown metric {json.dumps(metric)}; known metrics: {known}")
     criteria_raw = raw.get("criteria")
     if not isinstance(criteria_raw, dict):
@@ -349,7 +343,7 @@ def _ml_detection(raw: dict[str, Any], metric: str, kind: Optional[str], bad: An
     others = sorted(set(raw) - {"mlDetectionConfig"})
     if others:
         bad(f"mlDetectionConfig cannot be combined with {', '.join(others)}")
-    if kind is not None and (metric not in STANDARD_METRICS or kind != "number"):
+    if kind is not None and (not METRICS[metric].standard or kind != "number"):
         bad(f"ML Detect does not support metric {metric!r} (only Device Defender's built-in number metrics)")
 
 
