@@ -45,9 +45,8 @@ def _ports(ports: tuple[ListeningPort, ...]) -> list[float]:
     return [float(p) for p in sorted({p.port for p in ports})]
 
 
+# A GPU process metric: measured only when NVML listed every compute process.
 def _nvml(read: Callable[[tuple[GpuProcess, ...]], MetricValue]) -> Reader:
-    """A GPU process metric: measured only when NVML listed every compute process."""
-
     def reader(sample: Sample, _: Optional[Sample]) -> Optional[MetricValue]:
         gpu = sample.gpu
         if gpu is None or gpu.source != "nvml" or not gpu.processes_measured:
@@ -57,9 +56,8 @@ def _nvml(read: Callable[[tuple[GpuProcess, ...]], MetricValue]) -> Reader:
     return reader
 
 
+# A network counter's growth since the previous sample; none without one.
 def _grown(counter: Callable[[NetCounters], int]) -> Reader:
-    """A network counter's growth since the previous sample; none without one."""
-
     def read(sample: Sample, previous: Optional[Sample]) -> Optional[float]:
         if sample.network is None or previous is None or previous.network is None:
             return None
@@ -126,8 +124,3 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
 )}
 # fmt: on
 CUSTOM_METRICS = [m for m in METRICS.values() if not m.standard]
-
-
-def values(sample: Sample, previous: Optional[Sample] = None) -> dict[str, MetricValue]:
-    """Every metric measured in ``sample``, by name; deltas since ``previous``."""
-    return {m.name: value for m in METRICS.values() if (value := m.read(sample, previous)) is not None}

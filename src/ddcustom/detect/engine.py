@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 from ddcustom.alerts.event import ALARM_CLEARED, ALARM_INVALIDATED, IN_ALARM, ViolationEvent
 from ddcustom.detect.profile import Behavior, Criteria, Profile
 from ddcustom.detect.statistics import Baseline
-from ddcustom.metrics import LIST_VALUE_KEYS, MetricValue, values
+from ddcustom.metrics import LIST_VALUE_KEYS, METRICS, MetricValue
 from ddcustom.sample import Sample
 
 NUMERIC: dict[str, Callable[[float, float], bool]] = {
@@ -109,7 +109,7 @@ class Engine:
         previous = self._previous
         if previous is not None and sample.monotonic <= previous.monotonic:
             return []  # the same or an older sample: no new datapoint
-        measured = values(sample, previous)
+        measured = {m.name: v for m in METRICS.values() if (v := m.read(sample, previous)) is not None}
         self._previous = sample
         interval_start = previous.monotonic if previous is not None else sample.monotonic
         events: list[ViolationEvent] = []

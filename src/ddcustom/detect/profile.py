@@ -39,6 +39,14 @@ OPERATOR_VALUE_KINDS: dict[str, frozenset[str]] = {
     **{op: frozenset({"cidrs"}) for op in CIDR_OPERATORS},
     **{op: frozenset({"ports"}) for op in PORT_OPERATORS},
 }
+# operators each metric kind takes
+KIND_OPERATORS = {
+    "number": NUMERIC_OPERATORS,
+    "number_list": SET_OPERATORS,
+    "string_list": SET_OPERATORS,
+    "ip_list": CIDR_OPERATORS,
+    "ports": PORT_OPERATORS,
+}
 DURATIONS = frozenset({300, 600, 900, 1800, 3600})
 # Device-side metrics with a time dimension: their datapoint may be a sum over durationSeconds.
 TIME_DIMENSION_METRICS = frozenset(
@@ -68,26 +76,11 @@ class ProfileError(ValueError):
     """A security profile that cannot be used; the message lists every problem found."""
 
 
-def metric_type(metric: str) -> Optional[str]:
-    """Value type of a known metric: number, number_list, string_list, ip_list or ports (None: unknown)."""
-    return METRICS[metric].kind if metric in METRICS else None
-
-
 # value kinds each metric type takes: DD's standard number metrics count, custom ones take a number
 def _metric_value_kinds(metric: str, kind: str) -> frozenset[str]:
     if kind == "number":
         return frozenset({"count"} if METRICS[metric].standard else {"number"})
     return frozenset({LIST_VALUE_KEYS[kind]})
-
-
-def _metric_operators(kind: str) -> frozenset[str]:
-    return {
-        "number": NUMERIC_OPERATORS,
-        "number_list": SET_OPERATORS,
-        "string_list": SET_OPERATORS,
-        "ip_list": CIDR_OPERATORS,
-        "ports": PORT_OPERATORS,
-    }[kind]
 
 
 @dataclass(frozen=True)
@@ -264,7 +257,7 @@ def _behavior(raw: Any, label: str, problems: list[str]) -> Optional[Behavior]:
     if "metricDimension" in raw:
         bad("metricDimension applies to cloud-side metrics only and cannot be evaluated on the device")
     metric = raw.get("metric")
-    kind = metric_type(metric) if isinstance(metric, str) else None
+    kind = METRICS[metric].kind if isinstance(metric, str) and metric in METRICS else None
     if kind is None:
         known = ", ".join(METRICS)
         bad(f"unknown metric {json.dumps(metric)}; known metrics: {known}")
@@ -304,8 +297,8 @@ def _criteria(raw: dict[str, Any], metric: str, kind: Optional[str], bad: Any) -
     if operator not in OPERATOR_VALUE_KINDS:
         bad(f"comparisonOperator {json.dumps(operator)} must be one of {_join(OPERATOR_VALUE_KINDS)}")
         operator = None
-    elif kind is not None and operator not in _metric_operators(kind):
-        allowed = _join(_metric_operators(kind))
+    elif kind is not None and operator not in KIND_OPERATORS[kind]:
+        allowed = _join(KIND_OPERATORS[kind])
         bad(f"operator {operator} does not apply to {kind} metric {metric!r}; use {allowed}")
     statistic: Optional[str] = None
     has_value = "value" in raw
