@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest demo bench build clean
+.PHONY: test lint typecheck pytest demo docs bench build clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,10 +15,10 @@ $(STAMP): pyproject.toml
 test: lint typecheck pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench tools
+	$(BIN)/ruff format --check src tests bench tools
 	# devices run old distributions: the component must work on Python 3.9
-	$(BIN)/vermin --target=3.9- --no-tips --eval-annotations --violations -q src tests bench
+	$(BIN)/vermin --target=3.9- --no-tips --eval-annotations --violations -q src tests bench tools
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -28,6 +28,10 @@ pytest: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m ddcustom.demo
+
+# README.md's metric and configuration tables, from metrics.py and config.py
+docs: $(STAMP)
+	$(BIN)/python tools/docs_tables.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/collect_cost.py

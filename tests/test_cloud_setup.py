@@ -36,6 +36,9 @@ PROFILE_BEHAVIORS = json.loads(
     (Path(__file__).parents[1] / "src/ddcustom/profiles/crypto-mining.json").read_text(encoding="utf-8")
 )["behaviors"]
 HAND_MADE_METRIC = "gpu_load_per_inference"  # made by hand as the article does: used, never removed
+METRIC_NAMES = [m.name for m in CUSTOM_METRICS]
+# CreateCustomMetric's types for the list metrics; the other custom metrics are numbers
+LIST_METRIC_TYPES = {"mining_pool_addresses": "ip-address-list", "gpu_process_names": "string-list"}
 QUARANTINE_PARAMS = {
     "addThingsToThingGroupParams": {
         "thingGroupNames": ["ddcustom-quarantine"],
@@ -158,7 +161,7 @@ def metric_arn(name: str) -> str:
 
 def expect_metric_lookups(account: Account, created: bool, order: list[str]) -> None:
     for name in order:
-        metric_type = CUSTOM_METRICS[name][1]
+        metric_type = LIST_METRIC_TYPES.get(name, "number")
         if not created and name != HAND_MADE_METRIC:
             account.detect.add_client_error(
                 "describe_custom_metric", NOT_FOUND, expected_params={"metricName": name}
@@ -252,7 +255,7 @@ def expect_component_published(account: Account) -> None:
 
 def expect_first_checks(account: Account) -> None:
     """The checks of a first setup on a quick-start fleet, in plan order: nothing of ours exists."""
-    expect_metric_lookups(account, created=False, order=list(CUSTOM_METRICS))
+    expect_metric_lookups(account, created=False, order=METRIC_NAMES)
     account.detect.add_client_error(
         "describe_security_profile",
         NOT_FOUND,
@@ -273,10 +276,16 @@ def expect_first_checks(account: Account) -> None:
 def expect_first_setup(account: Account) -> None:
     expect_first_checks(account)
     # creations
-    for name, (_, metric_type, description) in CUSTOM_METRICS.items():
-        if name == HAND_MADE_METRIC:
+    for metric in CUSTOM_METRICS:
+        if metric.name == HAND_MADE_METRIC:
             continue
-        params = {"metricName": name, "displayName": description, "metricType": metric_type, "tags": TAGS}
+        name, metric_type = metric.name, LIST_METRIC_TYPES.get(metric.name, "number")
+        params = {
+            "metricName": name,
+            "displayName": metric.description,
+            "metricType": metric_type,
+            "tags": TAGS,
+        }
         account.detect.add_response(
             "create_custom_metric", {"metricName": name, "metricArn": metric_arn(name)}, params
         )
@@ -333,7 +342,7 @@ def would_call(out: str) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def expect_second_setup(account: Account) -> None:
-    expect_metric_lookups(account, created=True, order=list(CUSTOM_METRICS))
+    expect_metric_lookups(account, created=True, order=METRIC_NAMES)
     expect_profile_found(account)
     expect_targets(account)
     expect_action_found(account)
@@ -361,7 +370,7 @@ def expect_teardown(account: Account) -> None:
     account.detect.add_response(
         "delete_security_profile", {}, {"securityProfileName": "ddcustom-crypto-mining"}
     )
-    for name in reversed(list(CUSTOM_METRICS)):
+    for name in reversed(METRIC_NAMES):
         expect_metric_lookups(account, created=True, order=[name])
         if name != HAND_MADE_METRIC:
             account.detect.add_response("delete_custom_metric", {}, {"metricName": name})
@@ -506,7 +515,7 @@ def test_cloud_setup_without_detect_access_carries_on(aws: None) -> None:
         "describe_custom_metric",
         "AccessDeniedException",
         "Device Defender Detect is not available to new customers",
-        expected_params={"metricName": next(iter(CUSTOM_METRICS))},
+        expected_params={"metricName": METRIC_NAMES[0]},
     )
     expect_component_published(account)
     expect_latest_deployment(account, "d-quickstart", EXISTING_COMPONENTS, {})
@@ -525,7 +534,7 @@ def test_cloud_setup_detect_refused_at_creation_carries_on(aws: None) -> None:
     """The look-ups pass but the first creation is refused: the other Detect steps are skipped."""
     account = fleet()
     expect_first_checks(account)
-    first_created = next(name for name in CUSTOM_METRICS if name != HAND_MADE_METRIC)
+    first_created = next(name for name in METRIC_NAMES if name != HAND_MADE_METRIC)
     account.detect.add_client_error(
         "create_custom_metric",
         "AccessDeniedException",

@@ -10,7 +10,7 @@ import pynvml
 import pytest
 
 from ddcustom.config import Settings, parse_settings
-from ddcustom.metrics import custom_values
+from ddcustom.metrics import METRICS
 from ddcustom.sample import GpuProcess, Sample
 from ddcustom.sources.gpu import GpuSource, parse_jetson_load
 from fakenvml import FIELDS, FakeGpu, FakeNvml
@@ -253,14 +253,15 @@ def test_an_unreadable_process_list_is_not_reported_as_zero_unknown_processes(tm
     )
     stats = source.read(frozenset())
     assert stats is not None and not stats.processes_measured
-    values = custom_values(Sample(time=0.0, monotonic=0.0, gpu=stats))
-    assert "gpu_unknown_processes" not in values and "gpu_process_names" not in values
-    assert values["gpu_utilization"] == 6.0  # the rest of the GPU metrics stay
+    sample = Sample(time=0.0, monotonic=0.0, gpu=stats)
+    assert METRICS["gpu_unknown_processes"].read(sample, None) is None
+    assert METRICS["gpu_process_names"].read(sample, None) is None
+    assert METRICS["gpu_utilization"].read(sample, None) == 6.0  # the rest of the GPU metrics stay
 
     whole = GpuSource(settings(), nvml=FakeNvml([healthy]), sysfs_root=str(NO_SYSFS), proc_root=str(tmp_path))
     measured = whole.read(frozenset())
     assert measured is not None and measured.processes_measured
-    assert custom_values(Sample(time=0.0, monotonic=0.0, gpu=measured))["gpu_unknown_processes"] == 1.0
+    assert METRICS["gpu_unknown_processes"].read(Sample(time=0.0, monotonic=0.0, gpu=measured), None) == 1.0
 
 
 def test_process_utilization_not_found_means_no_process_was_active(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ DECOYS = (
     "src/ddcustom.egg-info/PKG-INFO",
     "bench/results/run.json",
     "bench/collect_cost.py",
+    "tools/docs_tables.py",
     "venv/bin/python",
     "build/lib/x.py",
     "dist/ddcustom-1.0.0.tar.gz",

@@ -62,6 +62,7 @@ def test_packaging_gdk_config_excludes_keep_development_files_out(gdk: dict[str,
         "**/*.egg-info",
         "**/tests",
         "bench",
+        "tools",
         "zip-build",
     } <= excludes
     # What pip needs to install the artifact must stay in.

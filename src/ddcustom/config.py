@@ -213,34 +213,69 @@ def _profile(key: str, value: Any) -> Profile:
         raise ConfigError(f"configuration key {key!r}: {exc}") from None
 
 
-# key -> (default, parser, field name)
+# key -> (default, parser, field name, meaning: README.md's configuration table, made by `make docs`)
 _Parser = Callable[[str, Any], Any]
-SCHEMA: dict[str, tuple[Any, _Parser, str]] = {
-    "SampleIntervalSeconds": (300, _int_range(5, 86400), "report_interval_seconds"),
-    "DetectIntervalSeconds": (10, _float_range(0.5, 3600), "detect_interval_seconds"),
-    "EnableGPUMetrics": (False, _bool, "enable_gpu_metrics"),
-    "EnableDeviceDefenderReport": (True, _bool, "enable_device_defender_report"),
-    "UseShortNames": (False, _bool, "use_short_names"),
-    "IncludeLoopback": (False, _bool, "include_loopback"),
-    "GpuLoadFeedbackFile": ("/var/gpu_load_fb", _text, "gpu_load_feedback_file"),
-    "InferenceTimeFeedbackFile": ("/var/gpu_inference_fb", _text, "inference_time_feedback_file"),
-    "GpuBusyOutsideFeedbackFile": ("", _path_or_auto, "gpu_busy_outside_feedback_file"),
-    "MeterStaleSeconds": (30, _int_range(0, 86400), "meter_stale_seconds"),
-    "WatchedProcesses": ([], _names, "watched_processes"),
-    "AllowedGpuProcesses": ([], _names, "allowed_gpu_processes"),
-    "MiningPoolPorts": (DEFAULT_MINING_POOL_PORTS, _ports, "mining_pool_ports"),
-    "MinerProcessNames": (DEFAULT_MINER_PROCESS_NAMES, _names, "miner_process_names"),
-    "SecurityProfile": ("crypto-mining", _profile, "security_profile"),
-    "AlertTopic": ("ddcustom/{thingName}/alerts", _topic, "alert_topic"),
-    "LocalAlertTopic": ("ddcustom/alerts", _topic, "local_alert_topic"),
-    "StateDirectory": ("", _path_or_auto, "state_directory"),
-    "FleetShadow": (True, _bool, "fleet_shadow"),
-    "AlertSpoolMaxBytes": (10_000_000, _int_range(65536, 1_000_000_000), "alert_spool_max_bytes"),
-    "MaxReportListSize": (100, _int_range(1, MAX_REPORT_LIST_SIZE), "max_report_list_size"),
-    "LogLevel": ("INFO", _log_level, "log_level"),
+# fmt: off
+SCHEMA: dict[str, tuple[Any, _Parser, str, str]] = {
+    "SampleIntervalSeconds": (300, _int_range(5, 86400), "report_interval_seconds",
+        "report interval. Raised to 300 with a warning while `EnableDeviceDefenderReport` is true: Device "
+        "Defender throttles faster reports"),
+    "DetectIntervalSeconds": (10, _float_range(0.5, 3600), "detect_interval_seconds",
+        "how often the device samples and evaluates its security profile (0.5 to 3600)"),
+    "EnableGPUMetrics": (False, _bool, "enable_gpu_metrics",
+        "read the feedback files and measure the GPU (NVML, or sysfs on Jetson)"),
+    "EnableDeviceDefenderReport": (True, _bool, "enable_device_defender_report",
+        "publish the report to Device Defender's reserved topic (local runs print reports either way; turn "
+        "it off there to report faster than every 300 s)"),
+    "UseShortNames": (False, _bool, "use_short_names",
+        "Device Defender's short key names (`hed`, `met`, `cmet`, ...), for smaller messages"),
+    "IncludeLoopback": (False, _bool, "include_loopback",
+        "count loopback traffic, connections and listeners"),
+    "GpuLoadFeedbackFile": ("/var/gpu_load_fb", _text, "gpu_load_feedback_file",
+        "file the application writes the GPU load per inference into"),
+    "InferenceTimeFeedbackFile": ("/var/gpu_inference_fb", _text, "inference_time_feedback_file",
+        "file the application writes its mean inference time (ms) into"),
+    "GpuBusyOutsideFeedbackFile": ("", _path_or_auto, "gpu_busy_outside_feedback_file",
+        "file the inference meter writes the GPU busy % outside inferences into; automatic: "
+        "`gpu_busy_outside_fb` next to `InferenceTimeFeedbackFile`, where the meter writes it by default "
+        "(`/var/gpu_busy_outside_fb`). Without the meter it does not exist, and the metric is left out"),
+    "MeterStaleSeconds": (30, _int_range(0, 86400), "meter_stale_seconds",
+        "when that file has not been rewritten for this long, the meter (and with it the application) has "
+        "stopped: the busiest GPU's busy % is reported as unexplained until it writes again. "
+        "`0` turns this off"),
+    "WatchedProcesses": ([], _names, "watched_processes",
+        "process names of the device's application: their child processes are counted, their GPU use is "
+        "expected"),
+    "AllowedGpuProcesses": ([], _names, "allowed_gpu_processes",
+        "other process names allowed to use the GPU"),
+    "MiningPoolPorts": (DEFAULT_MINING_POOL_PORTS, _ports, "mining_pool_ports",
+        "remote ports that count as mining-pool connections. Falco's list without 25, 8000, 8001, 8008, "
+        "8080, 8118, 8888, 8899, which ordinary services use"),
+    "MinerProcessNames": (DEFAULT_MINER_PROCESS_NAMES, _names, "miner_process_names",
+        "process names that count as miners"),
+    "SecurityProfile": ("crypto-mining", _profile, "security_profile",
+        "the behaviors evaluated on the device: a built-in profile name, a JSON file path, or a profile "
+        'object `{"name", "behaviors": [...]}` in Device Defender\'s behavior JSON'),
+    "AlertTopic": ("ddcustom/{thingName}/alerts", _topic, "alert_topic",
+        "IoT Core topic for alerts; `{thingName}` is replaced"),
+    "LocalAlertTopic": ("ddcustom/alerts", _topic, "local_alert_topic",
+        "local pub/sub topic for alerts, for other components"),
+    "StateDirectory": ("", _path_or_auto, "state_directory",
+        "alert spool, open alarms and last report id. Automatic: `state/` in the component's work folder "
+        "under Greengrass, `~/.local/state/ddcustom` elsewhere"),
+    "FleetShadow": (True, _bool, "fleet_shadow",
+        "keep the thing's named shadow `ddcustom` current (its alarms now, on change and hourly), for fleet "
+        "indexing and `ddcustom cloud status`"),
+    "AlertSpoolMaxBytes": (10_000_000, _int_range(65536, 1_000_000_000), "alert_spool_max_bytes",
+        "bound of the alert spool on disk"),
+    "MaxReportListSize": (100, _int_range(1, MAX_REPORT_LIST_SIZE), "max_report_list_size",
+        "longest list in a report, 1 to 300 (ports, connections, custom list values); `total` keeps the "
+        "true count; 300 keeps a report under IoT Core's 128 KB"),
+    "LogLevel": ("INFO", _log_level, "log_level", "`DEBUG`, `INFO`, `WARNING`, `ERROR`"),
 }
+# fmt: on
 
-DEFAULTS: dict[str, Any] = {key: default for key, (default, _, _) in SCHEMA.items()}
+DEFAULTS: dict[str, Any] = {key: default for key, (default, *_) in SCHEMA.items()}
 
 
 def parse_settings(raw: Optional[Mapping[str, Any]] = None) -> tuple[Settings, list[str]]:
@@ -251,7 +286,7 @@ def parse_settings(raw: Optional[Mapping[str, Any]] = None) -> tuple[Settings, l
         named = ", ".join(f"{key!r} (value {_json_text(raw[key])})" for key in unknown)
         raise ConfigError(f"unknown configuration key(s) {named}; known keys: {', '.join(SCHEMA)}")
     values: dict[str, Any] = {}
-    for key, (default, parser, field_name) in SCHEMA.items():
+    for key, (default, parser, field_name, _) in SCHEMA.items():
         values[field_name] = parser(key, raw.get(key, default))
     if not values["gpu_busy_outside_feedback_file"]:  # where the meter writes it by default
         time_file = values["inference_time_feedback_file"]

@@ -1,110 +1,126 @@
-"""The metrics the component measures, by their Device Defender names.
+"""The metrics the component measures, each declared once, by its Device Defender name.
 
-One catalogue serves the report (custom_metrics section), the detection engine (datapoints) and the
-cloud side (CreateCustomMetric types). A metric whose source did not measure it is absent, never 0.
+The report (custom_metrics), the detection engine (datapoints and profile validation), the cloud side
+(CreateCustomMetric) and the README's metric table (``make docs``) all come from METRICS. A metric its
+source did not measure reads None and is left out, never 0.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
 
-from ddcustom.sample import Sample
+from ddcustom.sample import GpuProcess, ListeningPort, NetCounters, Sample
 
-# Value kinds as the report writes them: number, number_list, string_list, ip_list.
 MetricValue = Union[float, list[float], list[str]]
-
-# custom metric name -> (report value key, CreateCustomMetric metricType, description)
-CUSTOM_METRICS: dict[str, tuple[str, str, str]] = {
-    "gpu_load_per_inference": ("number", "number", "GPU load % per inference/s, from the application"),
-    "avg_inference_time": ("number", "number", "Mean ML inference time in ms, from the application"),
-    "gpu_busy_outside_inference": ("number", "number", "GPU busy % its inferences do not explain (meter)"),
-    "cpu_usage": ("number", "number", "CPU use in percent"),
-    "memory_usage": ("number", "number", "Memory use in percent"),
-    "child_processes": ("number", "number", "Descendant processes of the watched applications"),
-    "watched_process_instances": ("number", "number", "Top-level processes under a watched app's name"),
-    "miner_processes": ("number", "number", "Processes named like miners or with stratum URLs"),
-    "mining_pool_connections": ("number", "number", "Established connections to mining-pool ports"),
-    "mining_pool_addresses": ("ip_list", "ip-address-list", "Remote IPs of mining-pool connections"),
-    "gpu_utilization": ("number", "number", "GPU busy percent (NVML) or load (Jetson)"),
-    "gpu_power_watts": ("number", "number", "GPU power draw in watts"),
-    "gpu_memory_used_percent": ("number", "number", "GPU memory in use, percent"),
-    "gpu_unknown_processes": ("number", "number", "GPU compute processes not attributed to the app"),
-    "gpu_process_names": ("string_list", "string-list", "Names of all GPU compute processes"),
-}
-
-# Standard Device Defender device-side metrics the engine can evaluate on the device.
-STANDARD_METRICS: dict[str, str] = {
-    "aws:all-bytes-in": "number",
-    "aws:all-bytes-out": "number",
-    "aws:all-packets-in": "number",
-    "aws:all-packets-out": "number",
-    "aws:destination-ip-addresses": "ip_list",
-    "aws:listening-tcp-ports": "ports",
-    "aws:listening-udp-ports": "ports",
-    "aws:num-established-tcp-connections": "number",
-    "aws:num-listening-tcp-ports": "number",
-    "aws:num-listening-udp-ports": "number",
-}
+# A metric's value in ``sample``; ``previous`` (None at first) is the sample before, for deltas.
+Reader = Callable[[Sample, Optional[Sample]], Optional[MetricValue]]
+# Device Defender's value key of each list kind: criteria value.numbers, a violation's metricValue.numbers...
+LIST_VALUE_KEYS = {"number_list": "numbers", "string_list": "strings", "ip_list": "cidrs", "ports": "ports"}
 
 
-def custom_values(sample: Sample) -> dict[str, MetricValue]:
-    """Custom metric values of one sample, by metric name; unmeasured metrics are absent."""
-    out: dict[str, MetricValue] = {}
-    fb = sample.feedback
-    if fb is not None:
-        if fb.gpu_load_per_inference is not None:
-            out["gpu_load_per_inference"] = fb.gpu_load_per_inference
-        if fb.avg_inference_time_ms is not None:
-            out["avg_inference_time"] = fb.avg_inference_time_ms
-        if fb.gpu_busy_outside_inference is not None:
-            out["gpu_busy_outside_inference"] = fb.gpu_busy_outside_inference
-    if sample.cpu_percent is not None:
-        out["cpu_usage"] = sample.cpu_percent
-    if sample.memory_percent is not None:
-        out["memory_usage"] = sample.memory_percent
-    ps = sample.processes
-    if ps is not None:
-        out["child_processes"] = float(ps.child_processes)
-        if ps.watched_instances is not None:
-            out["watched_process_instances"] = float(ps.watched_instances)
-        out["miner_processes"] = float(len(ps.miners))
-        out["mining_pool_connections"] = float(len(ps.pool_connections))
-        out["mining_pool_addresses"] = sorted({c.remote_ip for c in ps.pool_connections})
-    gpu = sample.gpu
-    if gpu is not None:
-        _put(out, "gpu_utilization", gpu.utilization_percent)
-        _put(out, "gpu_power_watts", gpu.power_watts)
-        _put(out, "gpu_memory_used_percent", gpu.memory_used_percent)
-        if gpu.source == "nvml" and gpu.processes_measured:
-            unknown = sum(1 for p in gpu.processes if p.attribution == "unknown")
-            out["gpu_unknown_processes"] = float(unknown)
-            out["gpu_process_names"] = sorted({p.name for p in gpu.processes})
-    return out
+@dataclass(frozen=True)
+class Metric:
+    name: str  # standard Device Defender metrics start with "aws:", the others are custom metrics
+    kind: str  # number, number_list, string_list, ip_list (also a custom metric's report value key), ports
+    unit: str
+    description: str  # one line; a custom metric's displayName in the cloud
+    read: Reader
+
+    @property
+    def standard(self) -> bool:
+        return self.name.startswith("aws:")
+
+    @property
+    def cloud_type(self) -> str:
+        """CreateCustomMetric's metricType."""
+        return "ip-address-list" if self.kind == "ip_list" else self.kind.replace("_", "-")
 
 
-def standard_values(previous: Optional[Sample], current: Sample) -> dict[str, MetricValue]:
-    """Standard metrics of ``current``; byte/packet counts are deltas since ``previous``."""
-    out: dict[str, MetricValue] = {}
-    net = current.network
-    if net is None:
-        return out
-    tcp_ports = sorted({p.port for p in net.listening_tcp})
-    udp_ports = sorted({p.port for p in net.listening_udp})
-    out["aws:listening-tcp-ports"] = [float(p) for p in tcp_ports]
-    out["aws:listening-udp-ports"] = [float(p) for p in udp_ports]
-    out["aws:num-listening-tcp-ports"] = float(len(tcp_ports))
-    out["aws:num-listening-udp-ports"] = float(len(udp_ports))
-    out["aws:num-established-tcp-connections"] = float(len(net.established_tcp))
-    out["aws:destination-ip-addresses"] = sorted({c.remote_ip for c in net.established_tcp})
-    if previous is not None and previous.network is not None:
-        grown = net.counters.grown_since(previous.network.counters)
-        out["aws:all-bytes-in"] = float(grown.bytes_in)
-        out["aws:all-bytes-out"] = float(grown.bytes_out)
-        out["aws:all-packets-in"] = float(grown.packets_in)
-        out["aws:all-packets-out"] = float(grown.packets_out)
-    return out
+def _count(n: Optional[int]) -> Optional[float]:
+    return None if n is None else float(n)
 
 
-def _put(out: dict[str, MetricValue], name: str, value: Optional[float]) -> None:
-    if value is not None:
-        out[name] = value
+def _ports(ports: tuple[ListeningPort, ...]) -> list[float]:
+    return [float(p) for p in sorted({p.port for p in ports})]
+
+
+# A GPU process metric: measured only when NVML listed every compute process.
+def _nvml(read: Callable[[tuple[GpuProcess, ...]], MetricValue]) -> Reader:
+    def reader(sample: Sample, _: Optional[Sample]) -> Optional[MetricValue]:
+        gpu = sample.gpu
+        if gpu is None or gpu.source != "nvml" or not gpu.processes_measured:
+            return None
+        return read(gpu.processes)
+
+    return reader
+
+
+# A network counter's growth since the previous sample; none without one.
+def _grown(counter: Callable[[NetCounters], int]) -> Reader:
+    def read(sample: Sample, previous: Optional[Sample]) -> Optional[float]:
+        if sample.network is None or previous is None or previous.network is None:
+            return None
+        return float(counter(sample.network.counters.grown_since(previous.network.counters)))
+
+    return read
+
+
+# Custom metrics first, in report order; then the standard ones the engine evaluates on the device.
+# fmt: off
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("gpu_load_per_inference", "number", "% per inference/s",
+           "GPU load % per inference/s, from the application",
+           lambda s, _: s.feedback.gpu_load_per_inference if s.feedback else None),
+    Metric("avg_inference_time", "number", "ms", "Mean ML inference time in ms, from the application",
+           lambda s, _: s.feedback.avg_inference_time_ms if s.feedback else None),
+    Metric("gpu_busy_outside_inference", "number", "points",
+           "GPU busy % its inferences do not explain (meter)",
+           lambda s, _: s.feedback.gpu_busy_outside_inference if s.feedback else None),
+    Metric("cpu_usage", "number", "%", "CPU use in percent", lambda s, _: s.cpu_percent),
+    Metric("memory_usage", "number", "%", "Memory use in percent", lambda s, _: s.memory_percent),
+    Metric("child_processes", "number", "processes", "Descendant processes of the watched applications",
+           lambda s, _: float(s.processes.child_processes) if s.processes else None),
+    Metric("watched_process_instances", "number", "processes",
+           "Top-level processes under a watched app's name",
+           lambda s, _: _count(s.processes.watched_instances) if s.processes else None),
+    Metric("miner_processes", "number", "processes", "Processes named like miners or with stratum URLs",
+           lambda s, _: float(len(s.processes.miners)) if s.processes else None),
+    Metric("mining_pool_connections", "number", "connections", "Established connections to mining-pool ports",
+           lambda s, _: float(len(s.processes.pool_connections)) if s.processes else None),
+    Metric("mining_pool_addresses", "ip_list", "IP addresses", "Remote IPs of mining-pool connections",
+           lambda s, _: sorted({c.remote_ip for c in s.processes.pool_connections}) if s.processes else None),
+    Metric("gpu_utilization", "number", "%", "GPU busy percent (NVML) or load (Jetson)",
+           lambda s, _: s.gpu.utilization_percent if s.gpu else None),
+    Metric("gpu_power_watts", "number", "W", "GPU power draw in watts",
+           lambda s, _: s.gpu.power_watts if s.gpu else None),
+    Metric("gpu_memory_used_percent", "number", "%", "GPU memory in use, percent",
+           lambda s, _: s.gpu.memory_used_percent if s.gpu else None),
+    Metric("gpu_unknown_processes", "number", "processes", "GPU compute processes not attributed to the app",
+           _nvml(lambda ps: float(sum(p.attribution == "unknown" for p in ps)))),
+    Metric("gpu_process_names", "string_list", "names", "Names of all GPU compute processes",
+           _nvml(lambda ps: sorted({p.name for p in ps}))),
+    Metric("aws:all-bytes-in", "number", "bytes", "Bytes received since the previous sample",
+           _grown(lambda c: c.bytes_in)),
+    Metric("aws:all-bytes-out", "number", "bytes", "Bytes sent since the previous sample",
+           _grown(lambda c: c.bytes_out)),
+    Metric("aws:all-packets-in", "number", "packets", "Packets received since the previous sample",
+           _grown(lambda c: c.packets_in)),
+    Metric("aws:all-packets-out", "number", "packets", "Packets sent since the previous sample",
+           _grown(lambda c: c.packets_out)),
+    Metric("aws:destination-ip-addresses", "ip_list", "IP addresses",
+           "Remote IPs of established TCP connections",
+           lambda s, _: sorted({c.remote_ip for c in s.network.established_tcp}) if s.network else None),
+    Metric("aws:listening-tcp-ports", "ports", "ports", "Listening TCP ports",
+           lambda s, _: _ports(s.network.listening_tcp) if s.network else None),
+    Metric("aws:listening-udp-ports", "ports", "ports", "Listening UDP ports",
+           lambda s, _: _ports(s.network.listening_udp) if s.network else None),
+    Metric("aws:num-established-tcp-connections", "number", "connections", "Established TCP connections",
+           lambda s, _: float(len(s.network.established_tcp)) if s.network else None),
+    Metric("aws:num-listening-tcp-ports", "number", "ports", "Number of listening TCP ports",
+           lambda s, _: float(len(_ports(s.network.listening_tcp))) if s.network else None),
+    Metric("aws:num-listening-udp-ports", "number", "ports", "Number of listening UDP ports",
+           lambda s, _: float(len(_ports(s.network.listening_udp))) if s.network else None),
+)}
+# fmt: on
+CUSTOM_METRICS = [m for m in METRICS.values() if not m.standard]

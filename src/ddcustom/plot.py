@@ -40,10 +40,7 @@ NETWORK_STATS = {
 }
 ESTABLISHED = "aws:num-established-tcp-connections"
 # Plot order: the catalogue's custom number metrics, then the standard ones; unknown names come last.
-METRIC_ORDER = [name for name, (kind, _, _) in CUSTOM_METRICS.items() if kind == "number"] + [
-    *NETWORK_STATS.values(),
-    ESTABLISHED,
-]
+METRIC_ORDER = [m.name for m in CUSTOM_METRICS if m.kind == "number"] + [*NETWORK_STATS.values(), ESTABLISHED]
 OPERATOR_SYMBOLS = {
     "less-than": "<",
     "less-than-equals": "≤",

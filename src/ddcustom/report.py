@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 from ddcustom.config import Settings
-from ddcustom.metrics import CUSTOM_METRICS, MetricValue, custom_values
+from ddcustom.metrics import CUSTOM_METRICS, MetricValue
 from ddcustom.sample import Connection, ListeningPort, NetworkStats, Sample
 
 REPORT_VERSION = "1.0"
@@ -88,12 +88,13 @@ class ReportBuilder:
         sample (none in the first report). None when the sample holds nothing to report."""
         metrics = self._network_metrics(sample.network, previous.network if previous else None)
         custom: dict[str, Any] = {}
-        for name, value in custom_values(sample).items():
+        for metric in CUSTOM_METRICS:
+            value = metric.read(sample, None)
             if isinstance(value, list):  # no total to carry here: the count metrics stay true
                 value = list(self._capped(value))
-            entry = custom_metric_entry(CUSTOM_METRICS[name][0], value)
+            entry = None if value is None else custom_metric_entry(metric.kind, value)
             if entry is not None:
-                custom[name] = entry
+                custom[metric.name] = entry
         if not metrics and not custom:
             return None
         report_id = max(int(sample.time * 1000), self._last_report_id + 1)

@@ -77,9 +77,7 @@ def build_steps(opts: CloudOptions, env: Env, profile: Profile) -> tuple[list[St
     notes: list[str] = []
     if opts.detect:
         behaviors, notes = cloud_behaviors(profile)
-        steps += [
-            CustomMetricStep(opts, name, kind, text) for name, (_, kind, text) in CUSTOM_METRICS.items()
-        ]
+        steps += [CustomMetricStep(opts, m.name, m.cloud_type, m.description) for m in CUSTOM_METRICS]
         steps += [
             SecurityProfileStep(opts, behaviors, topic.topic_arn, iot_role_arn),
             SecurityProfileAttachmentStep(opts, group_arn),

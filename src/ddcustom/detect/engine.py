@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 from ddcustom.alerts.event import ALARM_CLEARED, ALARM_INVALIDATED, IN_ALARM, ViolationEvent
 from ddcustom.detect.profile import Behavior, Criteria, Profile
 from ddcustom.detect.statistics import Baseline
-from ddcustom.metrics import MetricValue, custom_values, standard_values
+from ddcustom.metrics import LIST_VALUE_KEYS, METRICS, MetricValue
 from ddcustom.sample import Sample
 
 NUMERIC: dict[str, Callable[[float, float], bool]] = {
@@ -30,8 +30,6 @@ NUMERIC: dict[str, Callable[[float, float], bool]] = {
 }
 # Upper bounds: a sum over part of a duration window that already violates can only grow.
 UPPER_BOUNDS = frozenset({"less-than", "less-than-equals"})
-# metric type -> Device Defender metricValue key for list metrics
-LIST_VALUE_KEYS = {"number_list": "numbers", "string_list": "strings", "ip_list": "cidrs", "ports": "ports"}
 
 DEFAULT_BASELINE_SIZE = 360  # datapoints: one hour at the default 10 s detect interval
 DEFAULT_BASELINE_WARMUP = 30  # datapoints before a statistical threshold may alarm
@@ -128,13 +126,12 @@ class Engine:
         previous = self._previous
         if previous is not None and sample.monotonic <= previous.monotonic:
             return []  # the same or an older sample: no new datapoint
-        values: dict[str, MetricValue] = custom_values(sample)
-        values.update(standard_values(previous, sample))
+        measured = {m.name: v for m in METRICS.values() if (v := m.read(sample, previous)) is not None}
         self._previous = sample
         interval_start = previous.monotonic if previous is not None else sample.monotonic
         events: list[ViolationEvent] = []
         for behavior in self.profile.device_behaviors:
-            value = values.get(behavior.metric)
+            value = measured.get(behavior.metric)
             if value is None:
                 continue
             if isinstance(value, (int, float)):

@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ddcustom.metrics import CUSTOM_METRICS, STANDARD_METRICS
+from ddcustom.metrics import LIST_VALUE_KEYS, METRICS
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,14 @@ OPERATOR_VALUE_KINDS: dict[str, frozenset[str]] = {
     **{op: frozenset({"numbers", "strings"}) for op in SET_OPERATORS},
     **{op: frozenset({"cidrs"}) for op in CIDR_OPERATORS},
     **{op: frozenset({"ports"}) for op in PORT_OPERATORS},
+}
+# operators each metric kind takes
+KIND_OPERATORS = {
+    "number": NUMERIC_OPERATORS,
+    "number_list": SET_OPERATORS,
+    "string_list": SET_OPERATORS,
+    "ip_list": CIDR_OPERATORS,
+    "ports": PORT_OPERATORS,
 }
 DURATIONS = frozenset({300, 600, 900, 1800, 3600})
 # Device-side metrics with a time dimension: their datapoint may be a sum over durationSeconds.
@@ -68,32 +76,11 @@ class ProfileError(ValueError):
     """A security profile that cannot be used; the message lists every problem found."""
 
 
-def metric_type(metric: str) -> Optional[str]:
-    """Value type of a known metric: number, number_list, string_list, ip_list or ports (None: unknown)."""
-    if metric in CUSTOM_METRICS:
-        return CUSTOM_METRICS[metric][0]
-    return STANDARD_METRICS.get(metric)
-
-
 # value kinds each metric type takes: DD's standard number metrics count, custom ones take a number
 def _metric_value_kinds(metric: str, kind: str) -> frozenset[str]:
     if kind == "number":
-        return frozenset({"count"} if metric in STANDARD_METRICS else {"number"})
-    return frozenset(
-        {"number_list": {"numbers"}, "string_list": {"strings"}, "ip_list": {"cidrs"}, "ports": {"ports"}}[
-            kind
-        ]
-    )
-
-
-def _metric_operators(kind: str) -> frozenset[str]:
-    return {
-        "number": NUMERIC_OPERATORS,
-        "number_list": SET_OPERATORS,
-        "string_list": SET_OPERATORS,
-        "ip_list": CIDR_OPERATORS,
-        "ports": PORT_OPERATORS,
-    }[kind]
+        return frozenset({"count"} if METRICS[metric].standard else {"number"})
+    return frozenset({LIST_VALUE_KEYS[kind]})
 
 
 @dataclass(frozen=True)
@@ -270,9 +257,9 @@ def _behavior(raw: Any, label: str, problems: list[str]) -> Optional[Behavior]:
     if "metricDimension" in raw:
         bad("metricDimension applies to cloud-side metrics only and cannot be evaluated on the device")
     metric = raw.get("metric")
-    kind = metric_type(metric) if isinstance(metric, str) else None
+    kind = METRICS[metric].kind if isinstance(metric, str) and metric in METRICS else None
     if kind is None:
-        known = ", ".join(list(CUSTOM_METRICS) + list(STANDARD_METRICS))
+        known = ", ".join(METRICS)
         bad(f"unknown metric {json.dumps(metric)}; known metrics: {known}")
     criteria_raw = raw.get("criteria")
     if not isinstance(criteria_raw, dict):
@@ -310,8 +297,8 @@ def _criteria(raw: dict[str, Any], metric: str, kind: Optional[str], bad: Any) -
     if operator not in OPERATOR_VALUE_KINDS:
         bad(f"comparisonOperator {json.dumps(operator)} must be one of {_join(OPERATOR_VALUE_KINDS)}")
         operator = None
-    elif kind is not None and operator not in _metric_operators(kind):
-        allowed = _join(_metric_operators(kind))
+    elif kind is not None and operator not in KIND_OPERATORS[kind]:
+        allowed = _join(KIND_OPERATORS[kind])
         bad(f"operator {operator} does not apply to {kind} metric {metric!r}; use {allowed}")
     statistic: Optional[str] = None
     has_value = "value" in raw
@@ -349,7 +336,7 @@ def _ml_detection(raw: dict[str, Any], metric: str, kind: Optional[str], bad: An
     others = sorted(set(raw) - {"mlDetectionConfig"})
     if others:
         bad(f"mlDetectionConfig cannot be combined with {', '.join(others)}")
-    if kind is not None and (metric not in STANDARD_METRICS or kind != "number"):
+    if kind is not None and (not METRICS[metric].standard or kind != "number"):
         bad(f"ML Detect does not support metric {metric!r} (only Device Defender's built-in number metrics)")
 
 
