@@ -52,15 +52,14 @@ def test_busy_outside_file_follows_the_time_file_as_the_meter_does(tmp_path: Pat
         parse_settings({"GpuBusyOutsideFeedbackFile": 5})
 
 
-@pytest.mark.parametrize(
-    "text, expected", [("false", False), ("FALSE", False), ("true", True), (" True ", True)]
-)
+@pytest.mark.parametrize("text, expected", [("false", False), ("true", True)])
 def test_boolean_strings(text: str, expected: bool) -> None:
     settings, _ = parse_settings({"EnableGPUMetrics": text})
     assert settings.enable_gpu_metrics is expected
 
 
-@pytest.mark.parametrize("value", ["yes", "0", 1, 0, None, [], "no"])
+# The README: JSON true/false or the strings "true"/"false" only; not Python's or YAML 1.1's spellings.
+@pytest.mark.parametrize("value", ["yes", "0", 1, 0, None, [], "no", "True", "FALSE", " true ", "on", "off"])
 def test_boolean_rejects_everything_else(value: object) -> None:
     with pytest.raises(ConfigError) as exc:
         parse_settings({"UseShortNames": value})
@@ -206,13 +205,20 @@ def test_a_number_too_large_for_a_float_is_a_config_error() -> None:
         parse_settings({"MiningPoolPorts": [3333, 10**400]})
 
 
-def test_unknown_keys_name_their_values_even_when_not_strings() -> None:
-    # YAML turns `1: x` into an integer key: sorting it beside string keys must not crash.
+def test_unknown_keys_name_their_values() -> None:
     with pytest.raises(ConfigError) as exc:
-        parse_settings({1: "one", "EnableGpuMetrics": "yes"})  # type: ignore[dict-item]
+        parse_settings({"Enabled": 1, "EnableGpuMetrics": "yes"})
     message = str(exc.value)
-    assert '1 (value "one")' in message and "'EnableGpuMetrics' (value \"yes\")" in message
+    assert "'Enabled' (value 1)" in message and "'EnableGpuMetrics' (value \"yes\")" in message
     assert "known keys: SampleIntervalSeconds" in message
+
+
+def test_a_key_that_is_not_a_string_is_refused_not_a_crash() -> None:
+    # YAML turns `1: x` into an integer key; JSON has string keys only.
+    with pytest.raises(ConfigError, match="mapping key 1 is not a string"):
+        parse_settings({1: "one", "EnableGpuMetrics": "yes"})  # type: ignore[dict-item]
+    with pytest.raises(ConfigError, match="under key 'SecurityProfile': mapping key 5 is not a string"):
+        parse_settings({"SecurityProfile": {"behaviors": [{5: "x"}]}})
 
 
 def test_config_file_read_is_bounded(tmp_path: Path) -> None:
