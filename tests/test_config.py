@@ -240,3 +240,48 @@ def test_config_file_not_utf8_is_a_config_error(tmp_path: Path) -> None:
     latin.write_bytes(b"AlertTopic: caf\xe9/alerts\n")
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_config_file(latin)
+
+
+def test_every_bad_key_is_reported_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("EnableGPUMetrics: yes\nLogLevel: LOUD\nMaxReportListSize: 0\nTypo: 1\n")
+    with pytest.raises(ConfigError) as exc:
+        parse_settings(load_config_file(bad))
+    assert len(exc.value.problems) == 4
+    assert main(["check", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: 4 configuration problems:" in err
+    lines = err.splitlines()[1:]
+    assert [line.split(":")[0] for line in lines] == [
+        "  - unknown configuration key(s) 'Typo' (value 1); known keys",
+        "  - configuration key 'EnableGPUMetrics'",
+        "  - configuration key 'MaxReportListSize'",
+        "  - configuration key 'LogLevel'",
+    ]
+    assert '"yes" is not allowed' in lines[1] and "from 1 to 300" in lines[2] and '"LOUD"' in lines[3]
+
+
+def test_a_relative_profile_path_is_taken_from_the_configuration_files_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "device"
+    (folder / "profiles").mkdir(parents=True)
+    behavior = {
+        "name": "load",
+        "metric": "gpu_load_per_inference",
+        "criteria": {"comparisonOperator": "less-than", "value": {"number": 70}},
+    }
+    (folder / "profiles" / "mine.json").write_text(json.dumps({"name": "mine", "behaviors": [behavior]}))
+    config = folder / "config.yaml"
+    config.write_text("SecurityProfile: profiles/mine.json\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["check", "--config", str(config)]) == 0
+    assert "security profile 'mine'" in capsys.readouterr().out
+    # relative to the folder the file is in, not to the current one, for a relative --config too
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "--config", "device/config.yaml"]) == 0
+    # a mapping handed over without a file (a deployment) keeps the current folder
+    monkeypatch.chdir(folder)
+    assert parse_settings({"SecurityProfile": "profiles/mine.json"})[0].security_profile.name == "mine"

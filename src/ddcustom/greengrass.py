@@ -16,7 +16,7 @@ import time
 from typing import Any, Optional
 
 from ddcustom.agent import Agent
-from ddcustom.config import ConfigError, Settings, parse_settings
+from ddcustom.config import ConfigError, Settings, parse_settings, shorten
 from ddcustom.report import serialise
 from ddcustom.runtime import backoff_delays, install_stop_handlers, setup_logging
 from ddcustom.sinks.base import SinkError
@@ -250,8 +250,8 @@ def _apply_update(conn: GreengrassConnection, agent: Agent) -> None:
     conn.config_changed.clear()
     try:
         new = conn.read_settings()
-    except ConfigError as exc:
-        log.error("configuration update refused, the previous settings stay: %s", exc)
+    except ConfigError as exc:  # every problem, each value cut short; the line is cut at 4000 all the same
+        log.error("configuration update refused, the previous settings stay: %s", shorten(str(exc), 4000))
         return
     except SinkError as exc:
         conn.config_changed.set()  # try again next cycle
