@@ -11,6 +11,9 @@ from ddcustom.cli import main
 from ddcustom.config import (
     DEFAULTS,
     MAX_CONFIG_BYTES,
+    MAX_NESTING,
+    MAX_SHOWN_CHARS,
+    MAX_VALUES,
     MIN_REPORT_INTERVAL,
     ConfigError,
     load_config_file,
@@ -285,3 +288,16 @@ def test_a_relative_profile_path_is_taken_from_the_configuration_files_folder(
     # a mapping handed over without a file (a deployment) keeps the current folder
     monkeypatch.chdir(folder)
     assert parse_settings({"SecurityProfile": "profiles/mine.json"})[0].security_profile.name == "mine"
+
+
+def test_the_readme_states_the_input_bounds_and_boolean_spelling_the_code_uses() -> None:
+    text = " ".join(README.read_text(encoding="utf-8").split("## Configuration", 1)[1].split("|")[0].split())
+    assert f"more than {MAX_NESTING} levels deep" in text
+    assert f"more than {MAX_VALUES:,} values".replace(",", " ") in text
+    assert f"more than {MAX_CONFIG_BYTES // 1024 // 1024} MiB of text" in text
+    assert f"cut to {MAX_SHOWN_CHARS} characters" in text
+    refused = re.search(r'spelled exactly so: ((?:`"\w+"`, )*`"\w+"`) are refused', text)
+    assert refused is not None
+    for word in re.findall(r'"(\w+)"', refused.group(1)):
+        with pytest.raises(ConfigError):
+            parse_settings({"EnableGPUMetrics": word})

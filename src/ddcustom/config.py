@@ -235,7 +235,7 @@ class _JsonYamlLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: i
     """
 
     yaml_implicit_resolvers: dict[Any, Any] = {}
-    yaml_constructors = {
+    yaml_constructors: dict[Any, Any] = {
         tag: yaml.constructor.SafeConstructor.yaml_constructors[tag]
         for tag in (
             f"tag:yaml.org,2002:{name}" for name in ("null", "bool", "int", "float", "str", "seq", "map")
