@@ -293,7 +293,7 @@ def test_surrounding_whitespace_is_still_stripped() -> None:
 
 # ---- any document: settings or a ConfigError -----------------------------------------------------
 
-SCALARS = st.one_of(
+JSON_SCALARS = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(min_value=-(10**30), max_value=10**30),
@@ -301,29 +301,42 @@ SCALARS = st.one_of(
     st.text(max_size=30),
     st.sampled_from(["true", "True", "yes", "crypto-mining", "INFO", "300", "a/b", "3333", "xmrig"]),
 )
-VALUES = st.recursive(
-    SCALARS,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=10), inner, max_size=5)
-    ),
-    max_leaves=30,
-)
+# What YAML and Python callers can hold beyond JSON
+OTHER_SCALARS = st.one_of(st.dates(), st.datetimes(), st.binary(max_size=4))
 KEYS = st.one_of(st.sampled_from([*SCHEMA, "accessControl"]), st.text(max_size=12))
-CONFIGURATIONS = st.dictionaries(KEYS, VALUES, max_size=8)
-# Nesting past the bound, and profile-shaped values
-DEEP = st.integers(min_value=1, max_value=3 * MAX_NESTING).map(nested)
-PROFILES = st.fixed_dictionaries(
-    {
-        "behaviors": st.lists(
-            st.fixed_dictionaries({}, optional={"name": VALUES, "metric": VALUES, "criteria": VALUES})
-        )
-    },
-    optional={"name": VALUES},
+LEVELS = st.integers(min_value=1, max_value=5000)  # past Python's recursion limit, too
+
+
+def configurations(scalars: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
+    """Mappings of known and unknown keys, profile-shaped values, one value under two keys (YAML
+    writes it with an anchor and an alias)."""
+    values = st.recursive(
+        scalars,
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=10), inner, max_size=5)
+        ),
+        max_leaves=30,
+    )
+    behavior = st.fixed_dictionaries({}, optional={"name": values, "metric": values, "criteria": values})
+    profile = st.fixed_dictionaries({"behaviors": st.lists(behavior, max_size=4)}, optional={"name": values})
+    return st.one_of(
+        st.dictionaries(KEYS, values, max_size=8),
+        st.builds(lambda p: {"SecurityProfile": p}, profile),
+        st.builds(lambda k1, k2, v: {k1: v, k2: v}, KEYS, KEYS, st.lists(values, min_size=1, max_size=3)),
+    )
+
+
+def containing_itself(key: str, value: Any) -> dict[str, Any]:
+    loop: dict[str, Any] = {"name": value}
+    loop["behaviors"] = [loop]
+    return {key: loop}
+
+
+DEEP_TEXT = st.builds(
+    lambda key, levels: f"{{{json.dumps(key)}: {'[' * levels}{']' * levels}}}", KEYS, LEVELS
 )
-ANY_CONFIGURATION = st.one_of(
-    CONFIGURATIONS,
-    st.builds(lambda deep, key: {key: deep}, DEEP, KEYS),
-    st.builds(lambda profile: {"SecurityProfile": profile}, PROFILES),
+BLOCK_YAML = st.integers(min_value=1, max_value=1300).map(
+    lambda levels: "".join(" " * level + f"k{level}:\n" for level in range(levels)) + " " * levels + "x\n"
 )
 # tmp_path is one folder for all examples of a test: each example rewrites the same file.
 FAST = settings(
@@ -343,24 +356,39 @@ def settings_or_config_error(load: Any) -> None:
 
 
 @FAST
-@given(ANY_CONFIGURATION)
+@given(
+    st.one_of(
+        configurations(st.one_of(JSON_SCALARS, OTHER_SCALARS, st.frozensets(st.integers(), max_size=2))),
+        st.builds(lambda key, levels: {key: nested(levels)}, KEYS, LEVELS),
+        st.builds(containing_itself, KEYS, JSON_SCALARS),
+    )
+)
 def test_any_mapping_gives_settings_or_a_config_error(raw: dict[str, Any]) -> None:
     settings_or_config_error(lambda: raw)
 
 
 @FAST
-@given(ANY_CONFIGURATION)
-def test_any_json_document_gives_settings_or_a_config_error(tmp_path: Path, raw: dict[str, Any]) -> None:
-    path = written(tmp_path, "c.json", json.dumps(raw))
+@given(st.one_of(configurations(JSON_SCALARS).map(json.dumps), DEEP_TEXT))
+def test_any_json_document_gives_settings_or_a_config_error(tmp_path: Path, text: str) -> None:
+    path = written(tmp_path, "c.json", text)
     settings_or_config_error(lambda: load_config_file(path))
+    settings_or_config_error(lambda: {"SecurityProfile": text})  # as an inline profile
 
 
 @FAST
-@given(ANY_CONFIGURATION, st.sampled_from([None, True, False]))
-def test_any_yaml_document_gives_settings_or_a_config_error(
-    tmp_path: Path, raw: dict[str, Any], flow: Any
-) -> None:
-    path = written(tmp_path, "c.yaml", yaml.safe_dump(raw, default_flow_style=flow, allow_unicode=True))
+@given(
+    st.one_of(
+        st.builds(
+            lambda raw, flow: yaml.safe_dump(raw, default_flow_style=flow, allow_unicode=True),
+            configurations(st.one_of(JSON_SCALARS, OTHER_SCALARS)),
+            st.sampled_from([None, True, False]),
+        ),
+        DEEP_TEXT,
+        BLOCK_YAML,
+    )
+)
+def test_any_yaml_document_gives_settings_or_a_config_error(tmp_path: Path, text: str) -> None:
+    path = written(tmp_path, "c.yaml", text)
     settings_or_config_error(lambda: load_config_file(path))
 
 
