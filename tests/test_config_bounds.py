@@ -221,6 +221,14 @@ def test_a_huge_value_is_echoed_cut_with_its_length() -> None:
     assert '"xxxx' in message and "... (1000002 characters)" in message
 
 
+def test_an_integer_too_long_to_print_is_a_config_error(tmp_path: Path) -> None:
+    # Python refuses to turn an int of more than 4300 digits into text, json.dumps included
+    with pytest.raises(ConfigError, match="'MaxReportListSize': <int> is not allowed"):
+        parse_settings({"MaxReportListSize": 10**5000})
+    with pytest.raises(ConfigError, match="does not parse"):
+        load_config_file(written(tmp_path, "c.yaml", "MaxReportListSize: 1" + "0" * 5000 + "\n"))
+
+
 def test_huge_values_in_a_profile_are_echoed_cut() -> None:
     behavior = {
         **BEHAVIOR,

@@ -143,7 +143,7 @@ def shown(value: Any) -> str:
     """A value as JSON text for an error message, cut to MAX_SHOWN_CHARS characters."""
     try:
         text = json.dumps(value, default=str)
-    except (ValueError, RecursionError):  # an int too long for str(), or a value that contains itself
+    except ValueError:  # an int too long for str(), a value that contains itself
         text = f"<{type(value).__name__}>"
     return shorten(text)
 
@@ -155,17 +155,16 @@ def plain_data_problem(value: Any) -> Optional[str]:
     names the top-level key it is under. The walk is iterative and stops at the bounds, so a value
     that contains itself ends as too deep.
     """
-    pending: list[tuple[Any, int, str]] = [(value, 1, "")]
+    pending: list[tuple[Any, int, str]] = [(value, 1, "")]  # (item, its level, top-level key above it)
     count = characters = 0
     while pending:
         item, level, under = pending.pop()
-        where = f"under key {shorten(repr(under))}: " if under else ""
         count += 1
         if isinstance(item, str):
             characters += len(item)
         elif isinstance(item, (dict, list)):
             if level > MAX_NESTING:
-                return f"{where}nested more than {MAX_NESTING} levels deep (or contains itself)"
+                return f"{_under(under)}nested more than {MAX_NESTING} levels deep (or contains itself)"
             if count + len(pending) + len(item) > MAX_VALUES:
                 return f"more than {MAX_VALUES} values"
             if isinstance(item, list):
@@ -173,14 +172,18 @@ def plain_data_problem(value: Any) -> Optional[str]:
                 continue
             for key, child in item.items():
                 if not isinstance(key, str):
-                    return f"{where}mapping key {shown(key)} is not a string"
+                    return f"{_under(under)}mapping key {shown(key)} is not a string"
                 characters += len(key)
                 pending.append((child, level + 1, under or key))
         elif item is not None and not isinstance(item, (bool, int, float)):
-            return f"{where}{shown(item)} is a {type(item).__name__}, not JSON data"
+            return f"{_under(under)}{shown(item)} is a {type(item).__name__}, not JSON data"
         if characters > MAX_CONFIG_BYTES:
             return f"more than {MAX_CONFIG_BYTES} characters of text"
     return None
+
+
+def _under(key: str) -> str:
+    return f"under key {shorten(repr(key))}: " if key else ""
 
 
 # JSON's brackets and what can hide them: strings, and escaped quotes inside strings.
@@ -255,15 +258,19 @@ for _name, _pattern, _first in (
     )
 
 
+def _line(event: yaml.Event) -> str:
+    return f"line {event.start_mark.line + 1}" if event.start_mark else "YAML"
+
+
 def _load_yaml(text: str) -> Any:
     """YAML for configuration input: aliases, depth and size checked on the event stream first, so an
     alias bomb or deep nesting never reaches the composer (which recurses once per level)."""
     level = count = 0
     for event in yaml.parse(text, Loader=_JsonYamlLoader):
-        line = f"line {event.start_mark.line + 1}" if event.start_mark else "YAML"
         if isinstance(event, yaml.AliasEvent):
             raise ValueError(
-                f"{line}: YAML aliases (*{shorten(str(event.anchor))}) are not supported; write the value out"
+                f"{_line(event)}: YAML aliases (*{shorten(str(event.anchor))}) are not supported; "
+                "write the value out"
             )
         if isinstance(event, yaml.NodeEvent):
             count += 1
@@ -272,7 +279,7 @@ def _load_yaml(text: str) -> Any:
         if isinstance(event, yaml.CollectionStartEvent):
             level += 1
             if level > MAX_NESTING:
-                raise ValueError(f"{line}: nested more than {MAX_NESTING} levels deep")
+                raise ValueError(f"{_line(event)}: nested more than {MAX_NESTING} levels deep")
         elif isinstance(event, yaml.CollectionEndEvent):
             level -= 1
     data = yaml.load(text, Loader=_JsonYamlLoader)
