@@ -150,10 +150,13 @@ def test_cloud_merge_configuration_file_errors(tmp_path: Path) -> None:
     listed.write_text('["LogLevel"]', encoding="utf-8")
     with pytest.raises(OptionError, match="must hold a mapping of keys, not list"):
         parse_merge_configuration(f"@{listed}")
-    dated = tmp_path / "dated.yaml"  # YAML has values JSON lacks; the deployment carries JSON
+    dated = tmp_path / "dated.yaml"  # the deployment carries JSON: YAML is read as JSON would read it
     dated.write_text("accessControl:\n  since: 2024-05-01\n", encoding="utf-8")
-    with pytest.raises(OptionError, match="not a JSON value"):
-        parse_merge_configuration(f"@{dated}")
+    assert parse_merge_configuration(f"@{dated}") == {"accessControl": {"since": "2024-05-01"}}
+    binary = tmp_path / "binary.yaml"
+    binary.write_text("accessControl: !!binary aGVsbG8=\n", encoding="utf-8")
+    with pytest.raises(OptionError, match="does not parse"):
+        parse_merge_configuration(f"@{binary}")
     bad = tmp_path / "bad.json"
     bad.write_text('{"EnableGPUMetrics": "yes"}', encoding="utf-8")
     with pytest.raises(OptionError, match="EnableGPUMetrics"):

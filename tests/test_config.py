@@ -10,6 +10,9 @@ from ddcustom.cli import main
 from ddcustom.config import (
     DEFAULTS,
     MAX_CONFIG_BYTES,
+    MAX_NESTING,
+    MAX_SHOWN_CHARS,
+    MAX_VALUES,
     MIN_REPORT_INTERVAL,
     ConfigError,
     load_config_file,
@@ -51,15 +54,14 @@ def test_busy_outside_file_follows_the_time_file_as_the_meter_does(tmp_path: Pat
         parse_settings({"GpuBusyOutsideFeedbackFile": 5})
 
 
-@pytest.mark.parametrize(
-    "text, expected", [("false", False), ("FALSE", False), ("true", True), (" True ", True)]
-)
+@pytest.mark.parametrize("text, expected", [("false", False), ("true", True)])
 def test_boolean_strings(text: str, expected: bool) -> None:
     settings, _ = parse_settings({"EnableGPUMetrics": text})
     assert settings.enable_gpu_metrics is expected
 
 
-@pytest.mark.parametrize("value", ["yes", "0", 1, 0, None, [], "no"])
+# The README: JSON true/false or the strings "true"/"false" only; not Python's or YAML 1.1's spellings.
+@pytest.mark.parametrize("value", ["yes", "0", 1, 0, None, [], "no", "True", "FALSE", " true ", "on", "off"])
 def test_boolean_rejects_everything_else(value: object) -> None:
     with pytest.raises(ConfigError) as exc:
         parse_settings({"UseShortNames": value})
@@ -198,13 +200,20 @@ def test_a_number_too_large_for_a_float_is_a_config_error() -> None:
         parse_settings({"MiningPoolPorts": [3333, 10**400]})
 
 
-def test_unknown_keys_name_their_values_even_when_not_strings() -> None:
-    # YAML turns `1: x` into an integer key: sorting it beside string keys must not crash.
+def test_unknown_keys_name_their_values() -> None:
     with pytest.raises(ConfigError) as exc:
-        parse_settings({1: "one", "EnableGpuMetrics": "yes"})  # type: ignore[dict-item]
+        parse_settings({"Enabled": 1, "EnableGpuMetrics": "yes"})
     message = str(exc.value)
-    assert '1 (value "one")' in message and "'EnableGpuMetrics' (value \"yes\")" in message
+    assert "'Enabled' (value 1)" in message and "'EnableGpuMetrics' (value \"yes\")" in message
     assert "known keys: SampleIntervalSeconds" in message
+
+
+def test_a_key_that_is_not_a_string_is_refused_not_a_crash() -> None:
+    # YAML turns `1: x` into an integer key; JSON has string keys only.
+    with pytest.raises(ConfigError, match="mapping key 1 is not a string"):
+        parse_settings({1: "one", "EnableGpuMetrics": "yes"})  # type: ignore[dict-item]
+    with pytest.raises(ConfigError, match="under key 'SecurityProfile': mapping key 5 is not a string"):
+        parse_settings({"SecurityProfile": {"behaviors": [{5: "x"}]}})
 
 
 def test_config_file_read_is_bounded(tmp_path: Path) -> None:
@@ -226,3 +235,61 @@ def test_config_file_not_utf8_is_a_config_error(tmp_path: Path) -> None:
     latin.write_bytes(b"AlertTopic: caf\xe9/alerts\n")
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_config_file(latin)
+
+
+def test_every_bad_key_is_reported_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("EnableGPUMetrics: yes\nLogLevel: LOUD\nMaxReportListSize: 0\nTypo: 1\n")
+    with pytest.raises(ConfigError) as exc:
+        parse_settings(load_config_file(bad))
+    assert len(exc.value.problems) == 4
+    assert main(["check", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: 4 configuration problems:" in err
+    lines = err.splitlines()[1:]
+    assert [line.split(":")[0] for line in lines] == [
+        "  - unknown configuration key(s) 'Typo' (value 1); known keys",
+        "  - configuration key 'EnableGPUMetrics'",
+        "  - configuration key 'MaxReportListSize'",
+        "  - configuration key 'LogLevel'",
+    ]
+    assert '"yes" is not allowed' in lines[1] and "from 1 to 300" in lines[2] and '"LOUD"' in lines[3]
+
+
+def test_a_relative_profile_path_is_taken_from_the_configuration_files_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "device"
+    (folder / "profiles").mkdir(parents=True)
+    behavior = {
+        "name": "load",
+        "metric": "gpu_load_per_inference",
+        "criteria": {"comparisonOperator": "less-than", "value": {"number": 70}},
+    }
+    (folder / "profiles" / "mine.json").write_text(json.dumps({"name": "mine", "behaviors": [behavior]}))
+    config = folder / "config.yaml"
+    config.write_text("SecurityProfile: profiles/mine.json\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["check", "--config", str(config)]) == 0
+    assert "security profile 'mine'" in capsys.readouterr().out
+    # relative to the folder the file is in, not to the current one, for a relative --config too
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "--config", "device/config.yaml"]) == 0
+    # a mapping handed over without a file (a deployment) keeps the current folder
+    monkeypatch.chdir(folder)
+    assert parse_settings({"SecurityProfile": "profiles/mine.json"})[0].security_profile.name == "mine"
+
+
+def test_the_readme_states_the_input_bounds_and_boolean_spelling_the_code_uses() -> None:
+    text = " ".join(README.read_text(encoding="utf-8").split("## Configuration", 1)[1].split("|")[0].split())
+    assert f"more than {MAX_NESTING} levels deep" in text
+    assert f"more than {MAX_VALUES:,} values".replace(",", " ") in text
+    assert f"more than {MAX_CONFIG_BYTES // 1024 // 1024} MiB of text" in text
+    assert f"cut to {MAX_SHOWN_CHARS} characters" in text
+    refused = re.search(r'spelled exactly so: ((?:`"\w+"`, )*`"\w+"`) are refused', text)
+    assert refused is not None
+    for word in re.findall(r'"(\w+)"', refused.group(1)):
+        with pytest.raises(ConfigError):
+            parse_settings({"EnableGPUMetrics": word})

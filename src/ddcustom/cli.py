@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import stat
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Optional
 
 from ddcustom import __version__
@@ -23,9 +27,10 @@ SCENARIOS = {"mining": (85.0, 180.0), "normal": (20.0, 45.0)}
 
 
 def load_settings(path: Optional[str]) -> Settings:
-    """Settings from a --config file (or defaults); warnings are logged."""
+    """Settings from a --config file (or defaults); warnings are logged. A relative SecurityProfile
+    path in the file is taken from the file's folder, as the file's author sees it."""
     raw = load_config_file(path) if path else {}
-    settings, warnings = parse_settings(raw)
+    settings, warnings = parse_settings(raw, Path(path).parent if path else None)
     for warning in warnings:
         log.warning("%s", warning)
     return settings
@@ -62,23 +67,103 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        if len(exc.problems) < 2:
+            raise
+        listed = "".join(f"\n  - {problem}" for problem in exc.problems)
+        print(
+            f"ddcustom: {args.config}: {len(exc.problems)} configuration problems:{listed}", file=sys.stderr
+        )
+        return EXIT_CONFIG
     profile = settings.security_profile
     print(f"{args.config}: OK ({len(profile.behaviors)} behaviors in security profile {profile.name!r})")
     return 0
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from ddcustom.feedback import write_feedback_value
-
     settings = load_settings(args.config)
     load, inference_ms = SCENARIOS[args.scenario]
     load_file = args.load_file or settings.gpu_load_feedback_file
     time_file = args.time_file or settings.inference_time_feedback_file
-    write_feedback_value(load_file, load)
-    write_feedback_value(time_file, inference_ms)
+    if os.path.abspath(load_file) == os.path.abspath(time_file):
+        print(f"ddcustom simulate: the load and time files are the same file: {load_file}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        write_numbers_together({load_file: load, time_file: inference_ms})
+    except OSError as exc:
+        print(
+            f"ddcustom simulate: cannot write {exc.filename}: {exc.strerror}; neither file was changed",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     print(f"{args.scenario}: wrote {load:g} to {load_file} and {inference_ms:g} to {time_file}")
     return 0
+
+
+def write_numbers_together(numbers: dict[str, float]) -> None:
+    """Write each number to its file (mode 0644), all files or none.
+
+    A temp file beside each target first, then the renames; when a rename fails, the files already
+    renamed get their previous content back (kept as a hard link) or are removed if they were new.
+    OSError names the file that failed.
+    """
+    temps: dict[str, str] = {}
+    backups: dict[str, Optional[str]] = {}  # target -> hard link to its previous file, None: was new
+    try:
+        for target, number in numbers.items():
+            temps[target] = _temp_beside(target, f"{number:g}\n")
+        for target, temp in temps.items():
+            _replace_keeping_previous(temp, target, backups)
+    except OSError:
+        for target, backup in reversed(list(backups.items())):
+            with contextlib.suppress(OSError):
+                if backup is None:
+                    os.unlink(target)
+                else:
+                    os.replace(backup, target)
+        raise
+    finally:
+        for leftover in [*temps.values(), *(b for b in backups.values() if b)]:
+            with contextlib.suppress(OSError):
+                os.unlink(leftover)
+
+
+def _temp_beside(target: str, text: str) -> str:
+    """A new file holding ``text`` in ``target``'s folder; OSError names ``target``."""
+    directory, name = os.path.split(os.path.abspath(target))
+    temp = ""
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(text)
+            f.flush()
+            os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; the component may run as another user
+            os.fsync(f.fileno())
+    except OSError as exc:
+        if temp:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+        raise OSError(exc.errno, exc.strerror, target) from None
+    return temp
+
+
+def _replace_keeping_previous(temp: str, target: str, backups: dict[str, Optional[str]]) -> None:
+    """``os.replace(temp, target)``; once done, ``backups`` says how to undo it."""
+    backup = None
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISDIR(os.lstat(target).st_mode):  # onto a directory the rename fails anyway
+                backup = f"{temp}.previous"
+                os.link(target, backup, follow_symlinks=False)  # a symbolic link is kept as one
+        os.replace(temp, target)
+    except OSError as exc:
+        if backup:
+            with contextlib.suppress(OSError):
+                os.unlink(backup)
+        raise OSError(exc.errno, exc.strerror, target) from None
+    backups[target] = backup
 
 
 def cmd_dev(args: argparse.Namespace) -> int:

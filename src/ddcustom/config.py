@@ -2,6 +2,11 @@
 
 Keys are PascalCase as Greengrass components use. ``parse_settings`` turns a mapping into a frozen
 ``Settings`` once; every problem is a ``ConfigError`` naming the key, the value and what is allowed.
+
+Input is bounded wherever it comes from (a file, a deployment over IPC): JSON data only, at most
+MAX_NESTING levels deep, MAX_VALUES values and MAX_CONFIG_BYTES characters of text; YAML without aliases
+and read as JSON would read it (only ``true``/``false`` are booleans, dates stay strings). Every value
+echoed in an error is cut to MAX_SHOWN_CHARS characters.
 """
 
 from __future__ import annotations
@@ -9,10 +14,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+
+import yaml
 
 if TYPE_CHECKING:
     from ddcustom.detect.profile import Profile
@@ -27,6 +35,18 @@ MAX_REPORT_LIST_SIZE = 300
 
 # A configuration file is a few KB even with an inline security profile; read no more than this.
 MAX_CONFIG_BYTES = 1024 * 1024
+# The deepest configuration (an inline profile's criteria.value.cidrs) nests 6 levels; Python's json
+# and PyYAML recurse per level, so refuse deep documents before they are parsed.
+MAX_NESTING = 32
+# Every list item, mapping entry and scalar: the defaults have about 60, a 100-behavior profile a few
+# thousand. Bounds the time to load and check a document whatever its shape.
+MAX_VALUES = 100_000
+# A value in an error message is cut to this many characters (the message says how long it was).
+MAX_SHOWN_CHARS = 200
+# An error lists this many unknown keys (or profile problems), then says how many more there are.
+MAX_LISTED = 20
+# C0 and C1 control characters and DEL: never part of a process name, a topic or a path.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 # Pool ports from Falco's miner_ports, minus the ones ordinary services use (25, 8000, 8001, 8008,
 # 8080, 8118, 8888, 8899): on a device those would flag every web proxy. Add them back if you like.
@@ -48,7 +68,14 @@ IGNORED_KEYS = frozenset({"accessControl"})
 
 
 class ConfigError(ValueError):
-    """A configuration value that cannot be used; the message says which key and why."""
+    """A configuration that cannot be used; the message says which key and why.
+
+    ``problems`` holds each problem when several were found at once (the message joins them).
+    """
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 @dataclass(frozen=True)
@@ -108,23 +135,184 @@ def resolve_state_directory(configured: str) -> str:
     return os.path.join(base, "ddcustom")
 
 
+# ---- bounded input: what any configuration or profile document must be before it is read ------
+
+
+def shorten(text: str, limit: int = MAX_SHOWN_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+def shown(value: Any) -> str:
+    """A value as JSON text for an error message, cut to MAX_SHOWN_CHARS characters."""
+    try:
+        text = json.dumps(value, default=str)
+    except ValueError:  # an int too long for str(), a value that contains itself
+        text = f"<{type(value).__name__}>"
+    return shorten(text)
+
+
+def plain_data_problem(value: Any) -> Optional[str]:
+    """Why ``value`` is not JSON data within the bounds, or None when it is.
+
+    JSON data: mappings with string keys, lists, strings, numbers, true/false and null. The problem
+    names the top-level key it is under. The walk is iterative and stops at the bounds, so a value
+    that contains itself ends as too deep.
+    """
+    pending: list[tuple[Any, int, str]] = [(value, 1, "")]  # (item, its level, top-level key above it)
+    count = characters = 0
+    while pending:
+        item, level, under = pending.pop()
+        count += 1
+        if isinstance(item, str):
+            characters += len(item)
+        elif isinstance(item, (dict, list)):
+            if level > MAX_NESTING:
+                return f"{_under(under)}nested more than {MAX_NESTING} levels deep (or contains itself)"
+            if count + len(pending) + len(item) > MAX_VALUES:
+                return f"more than {MAX_VALUES} values"
+            if isinstance(item, list):
+                pending.extend((child, level + 1, under) for child in item)
+                continue
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    return f"{_under(under)}mapping key {shown(key)} is not a string"
+                characters += len(key)
+                pending.append((child, level + 1, under or key))
+        elif item is not None and not isinstance(item, (bool, int, float)):
+            return f"{_under(under)}{shown(item)} is a {type(item).__name__}, not JSON data"
+        if characters > MAX_CONFIG_BYTES:
+            return f"more than {MAX_CONFIG_BYTES} characters of text"
+    return None
+
+
+def _under(key: str) -> str:
+    return f"under key {shorten(repr(key))}: " if key else ""
+
+
+# JSON's brackets and what can hide them: strings, and escaped quotes inside strings.
+_JSON_BRACKETS_AND_STRINGS = re.compile(r'[\[\]{}"\\]')
+
+
+def json_nesting(text: str) -> int:
+    """How deep the brackets of JSON ``text`` nest, counted up to MAX_NESTING + 1: a linear scan, where
+    ``json.loads`` would recurse once per level."""
+    level = deepest = 0
+    in_string = False
+    escaped_at = -1  # the character after a backslash in a string
+    for match in _JSON_BRACKETS_AND_STRINGS.finditer(text):
+        char, at = match.group(), match.start()
+        if in_string:
+            if at == escaped_at:
+                continue
+            if char == "\\":
+                escaped_at = at + 1
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            level += 1
+            deepest = max(deepest, level)
+            if deepest > MAX_NESTING:
+                break
+        elif char in "]}":
+            level -= 1
+    return deepest
+
+
+def load_json(text: str) -> Any:
+    """``json.loads`` for configuration input: ValueError when it does not parse or is out of bounds."""
+    if json_nesting(text) > MAX_NESTING:
+        raise ValueError(f"nested more than {MAX_NESTING} levels deep")
+    data = json.loads(text)
+    problem = plain_data_problem(data)
+    if problem:
+        raise ValueError(problem)
+    return data
+
+
+class _JsonYamlLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """YAML read as JSON would read it (libyaml's parser when installed, about 4 times faster).
+
+    Only ``true``/``false`` are booleans (YAML 1.1 also turns yes/no/on/off into booleans), only numbers
+    spelled as JSON spells them are numbers (``017`` is not octal 15 nor ``1:30`` ninety), dates and
+    timestamps stay strings, and a tag that is not one of JSON's types (``!!binary``, ``!!set``,
+    ``!!timestamp``, ...) is an error.
+    """
+
+    yaml_implicit_resolvers: dict[Any, Any] = {}
+    yaml_constructors: dict[Any, Any] = {
+        tag: yaml.constructor.SafeConstructor.yaml_constructors[tag]
+        for tag in (
+            f"tag:yaml.org,2002:{name}" for name in ("null", "bool", "int", "float", "str", "seq", "map")
+        )
+    }
+    yaml_constructors[None] = yaml.constructor.SafeConstructor.construct_undefined
+
+
+for _name, _pattern, _first in (
+    ("bool", r"true|false", list("tf")),
+    ("int", r"-?(?:0|[1-9][0-9]*)", list("-0123456789")),
+    ("float", r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?", list("-0123456789")),
+    ("null", r"~|null|Null|NULL|", [*"~nN", ""]),
+):
+    _JsonYamlLoader.add_implicit_resolver(
+        f"tag:yaml.org,2002:{_name}", re.compile(f"^(?:{_pattern})$"), _first
+    )
+
+
+def _line(event: yaml.Event) -> str:
+    return f"line {event.start_mark.line + 1}" if event.start_mark else "YAML"
+
+
+def _load_yaml(text: str) -> Any:
+    """YAML for configuration input: aliases, depth and size checked on the event stream first, so an
+    alias bomb or deep nesting never reaches the composer (which recurses once per level)."""
+    level = count = 0
+    for event in yaml.parse(text, Loader=_JsonYamlLoader):
+        if isinstance(event, yaml.AliasEvent):
+            raise ValueError(
+                f"{_line(event)}: YAML aliases (*{shorten(str(event.anchor))}) are not supported; "
+                "write the value out"
+            )
+        if isinstance(event, yaml.NodeEvent):
+            count += 1
+            if count > MAX_VALUES:
+                raise ValueError(f"more than {MAX_VALUES} values")
+        if isinstance(event, yaml.CollectionStartEvent):
+            level += 1
+            if level > MAX_NESTING:
+                raise ValueError(f"{_line(event)}: nested more than {MAX_NESTING} levels deep")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            level -= 1
+    data = yaml.load(text, Loader=_JsonYamlLoader)
+    problem = plain_data_problem(data)
+    if problem:
+        raise ValueError(problem)
+    return data
+
+
 # ---- value parsers: each takes (key, raw value) and returns the typed value or raises ----------
 
 
-def _json_text(value: Any) -> str:
-    return json.dumps(value, default=str)
-
-
 def _fail(key: str, value: Any, allowed: str) -> ConfigError:
-    return ConfigError(f"configuration key {key!r}: {_json_text(value)} is not allowed; {allowed}")
+    return ConfigError(f"configuration key {key!r}: {shown(value)} is not allowed; {allowed}")
 
 
 def _bool(key: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    raise _fail(key, value, 'expected true or false (JSON booleans or the strings "true"/"false")')
+    if value in ("true", "false"):
+        return value == "true"
+    raise _fail(
+        key,
+        value,
+        'expected true or false (JSON booleans, or the strings "true" and "false" spelled so; '
+        "YAML's yes/no/on/off and True/False are not booleans here)",
+    )
 
 
 def _number(key: str, value: Any, low: float, high: float, integer: bool) -> float:
@@ -157,10 +345,15 @@ def _float_range(low: float, high: float) -> Callable[[str, Any], float]:
     return lambda key, value: _number(key, value, low, high, integer=False)
 
 
+def _plain_text(value: Any) -> bool:
+    """A string with no control characters once surrounding whitespace is stripped."""
+    return isinstance(value, str) and not CONTROL_CHARACTERS.search(value.strip())
+
+
 def _text(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise _fail(key, value, "expected a non-empty string")
-    return value.strip()
+    if not _plain_text(value) or not value.strip():
+        raise _fail(key, value, "expected a non-empty string without control characters")
+    return str(value).strip()
 
 
 def busy_outside_file_next_to(time_file: str) -> str:
@@ -169,16 +362,18 @@ def busy_outside_file_next_to(time_file: str) -> str:
 
 
 def _path_or_auto(key: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise _fail(key, value, 'expected a path, or "" for the automatic location')
-    return value.strip()
+    if not _plain_text(value):
+        raise _fail(
+            key, value, 'expected a path without control characters, or "" for the automatic location'
+        )
+    return str(value).strip()
 
 
 def _names(key: str, value: Any) -> tuple[str, ...]:
     if isinstance(value, str):  # a comma-separated string, as consoles tend to produce
         value = [v for v in value.split(",") if v.strip()]
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise _fail(key, value, "expected a list of non-empty strings")
+    if not isinstance(value, list) or not all(_plain_text(v) and v.strip() for v in value):
+        raise _fail(key, value, "expected a list of non-empty strings without control characters")
     return tuple(dict.fromkeys(v.strip() for v in value))
 
 
@@ -202,13 +397,14 @@ def _log_level(key: str, value: Any) -> str:
     raise _fail(key, value, f"expected one of {', '.join(LOG_LEVELS)}")
 
 
-def _profile(key: str, value: Any) -> Profile:
+def _profile(key: str, value: Any, base_dir: Optional[Path] = None) -> Profile:
+    """A relative profile path is taken from ``base_dir`` (the configuration file's folder) when given."""
     from ddcustom.detect.profile import ProfileError, load_profile
 
     if not isinstance(value, (str, dict, list)):
         raise _fail(key, value, "expected a built-in profile name, a file path, or a profile object")
     try:
-        return load_profile(value)
+        return load_profile(value, base_dir)
     except ProfileError as exc:
         raise ConfigError(f"configuration key {key!r}: {exc}") from None
 
@@ -254,8 +450,9 @@ SCHEMA: dict[str, tuple[Any, _Parser, str, str]] = {
     "MinerProcessNames": (DEFAULT_MINER_PROCESS_NAMES, _names, "miner_process_names",
         "process names that count as miners"),
     "SecurityProfile": ("crypto-mining", _profile, "security_profile",
-        "the behaviors evaluated on the device: a built-in profile name, a JSON file path, or a profile "
-        'object `{"name", "behaviors": [...]}` in Device Defender\'s behavior JSON'),
+        "the behaviors evaluated on the device: a built-in profile name, a JSON file path (relative: from "
+        "the `--config` file's folder), or a profile object `{\"name\", \"behaviors\": [...]}` in Device "
+        "Defender's behavior JSON"),
     "AlertTopic": ("ddcustom/{thingName}/alerts", _topic, "alert_topic",
         "IoT Core topic for alerts; `{thingName}` is replaced"),
     "LocalAlertTopic": ("ddcustom/alerts", _topic, "local_alert_topic",
@@ -278,16 +475,35 @@ SCHEMA: dict[str, tuple[Any, _Parser, str, str]] = {
 DEFAULTS: dict[str, Any] = {key: default for key, (default, *_) in SCHEMA.items()}
 
 
-def parse_settings(raw: Optional[Mapping[str, Any]] = None) -> tuple[Settings, list[str]]:
-    """Validate ``raw`` (missing keys take their defaults). Returns the settings and warnings."""
+def parse_settings(
+    raw: Optional[Mapping[str, Any]] = None, config_dir: Optional[Path] = None
+) -> tuple[Settings, list[str]]:
+    """Validate ``raw`` (missing keys take their defaults). Returns the settings and warnings.
+
+    The ConfigError lists every bad key at once. ``config_dir``: the folder of the configuration file
+    ``raw`` was read from; a relative SecurityProfile path is taken from there.
+    """
     raw = dict(raw or {})
-    unknown = sorted(set(raw) - set(SCHEMA) - IGNORED_KEYS, key=str)  # YAML keys may be numbers
+    problem = plain_data_problem(raw)
+    if problem:
+        raise ConfigError(f"configuration not usable: {problem}")
+    problems: list[str] = []
+    unknown = sorted(set(raw) - set(SCHEMA) - IGNORED_KEYS)
     if unknown:
-        named = ", ".join(f"{key!r} (value {_json_text(raw[key])})" for key in unknown)
-        raise ConfigError(f"unknown configuration key(s) {named}; known keys: {', '.join(SCHEMA)}")
+        named = ", ".join(f"{shorten(repr(key))} (value {shown(raw[key])})" for key in unknown[:MAX_LISTED])
+        more = f" and {len(unknown) - MAX_LISTED} more" if len(unknown) > MAX_LISTED else ""
+        problems.append(f"unknown configuration key(s) {named}{more}; known keys: {', '.join(SCHEMA)}")
     values: dict[str, Any] = {}
     for key, (default, parser, field_name, _) in SCHEMA.items():
-        values[field_name] = parser(key, raw.get(key, default))
+        value = raw.get(key, default)
+        try:
+            values[field_name] = (
+                _profile(key, value, config_dir) if parser is _profile else parser(key, value)
+            )
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(*problems)
     if not values["gpu_busy_outside_feedback_file"]:  # where the meter writes it by default
         time_file = values["inference_time_feedback_file"]
         values["gpu_busy_outside_feedback_file"] = busy_outside_file_next_to(time_file)
@@ -305,10 +521,9 @@ def parse_settings(raw: Optional[Mapping[str, Any]] = None) -> tuple[Settings, l
 def load_config_file(path: Union[str, Path], what: str = "configuration file") -> dict[str, Any]:
     """Read a JSON or YAML file holding a mapping (not yet validated); ``what`` names it in errors.
 
-    Bounded (the path may be /dev/zero) and strict: UTF-8 text, a mapping at the top level.
+    Bounded (the path may be /dev/zero) and strict: UTF-8 text, JSON data (YAML read as JSON would
+    read it, without aliases) within the bounds, a mapping at the top level.
     """
-    import yaml
-
     p = Path(path)
     try:
         with p.open("rb") as f:
@@ -322,9 +537,9 @@ def load_config_file(path: Union[str, Path], what: str = "configuration file") -
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{what} {str(p)!r} is not UTF-8 text: {exc}") from None
     try:
-        data = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
+        data = load_json(text) if p.suffix.lower() == ".json" else _load_yaml(text)
     except (ValueError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{what} {str(p)!r} does not parse: {exc}") from None
+        raise ConfigError(f"{what} {str(p)!r} does not parse: {shorten(str(exc), 1000)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

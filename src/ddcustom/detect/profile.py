@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from ddcustom.config import CONTROL_CHARACTERS, MAX_LISTED, load_json, plain_data_problem, shorten, shown
 from ddcustom.metrics import LIST_VALUE_KEYS, METRICS
 
 log = logging.getLogger(__name__)
@@ -136,8 +137,11 @@ def builtin_profiles() -> list[str]:
     return sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
 
 
-def load_profile(value: Any) -> Profile:
-    """Load a profile: a built-in name, a JSON file path, JSON text, a profile object or a behavior list."""
+def load_profile(value: Any, base_dir: Optional[Path] = None) -> Profile:
+    """Load a profile: a built-in name, a JSON file path, JSON text, a profile object or a behavior list.
+
+    A relative file path is taken from ``base_dir`` when given (else from the current directory).
+    """
     if isinstance(value, str):
         text = value.strip()
         if text.startswith(("{", "[")):
@@ -145,8 +149,14 @@ def load_profile(value: Any) -> Profile:
         if text in builtin_profiles():
             data = (resources.files("ddcustom") / "profiles" / f"{text}.json").read_text(encoding="utf-8")
             return parse_profile(_json(data, f"built-in profile {text!r}"), default_name=text)
-        return parse_profile(_read_file(Path(text)), default_name=Path(text).stem)
+        if CONTROL_CHARACTERS.search(text):
+            raise ProfileError(f"security profile path {shown(text)} contains control characters")
+        path = Path(base_dir or "") / text
+        return parse_profile(_read_file(path), default_name=path.stem)
     if isinstance(value, (dict, list)):
+        problem = plain_data_problem(value)
+        if problem:
+            raise ProfileError(f"security profile is not usable: {problem}")
         return parse_profile(value, default_name="custom")
     raise ProfileError(
         f"security profile must be a built-in name ({', '.join(builtin_profiles())}), a file path, "
@@ -156,9 +166,11 @@ def load_profile(value: Any) -> Profile:
 
 def _json(text: str, what: str) -> Any:
     try:
-        return json.loads(text)
-    except ValueError as exc:
+        return load_json(text)
+    except json.JSONDecodeError as exc:
         raise ProfileError(f"{what} is not valid JSON: {exc}") from None
+    except ValueError as exc:  # out of the configuration input's bounds
+        raise ProfileError(f"{what} is not usable: {exc}") from None
 
 
 def _read_file(path: Path) -> Any:
@@ -167,14 +179,14 @@ def _read_file(path: Path) -> Any:
             data = f.read(MAX_PROFILE_FILE_BYTES + 1)
     except OSError as exc:
         raise ProfileError(
-            f"security profile {str(path)!r} is neither a built-in profile ({', '.join(builtin_profiles())}) "
-            f"nor a readable file: {exc.strerror or exc}"
+            f"security profile {shown(str(path))} is neither a built-in profile "
+            f"({', '.join(builtin_profiles())}) nor a readable file: {exc.strerror or exc}"
         ) from None
     if len(data) > MAX_PROFILE_FILE_BYTES:
         raise ProfileError(
-            f"security profile file {str(path)!r} is larger than {MAX_PROFILE_FILE_BYTES} bytes"
+            f"security profile file {shown(str(path))} is larger than {MAX_PROFILE_FILE_BYTES} bytes"
         )
-    return _json(data.decode("utf-8", errors="replace"), f"security profile file {str(path)!r}")
+    return _json(data.decode("utf-8", errors="replace"), f"security profile file {shown(str(path))}")
 
 
 def parse_profile(data: Any, default_name: str = "custom") -> Profile:
@@ -196,13 +208,13 @@ def parse_profile(data: Any, default_name: str = "custom") -> Profile:
             description = ""
         if not isinstance(data.get("behaviors"), list):
             raise ProfileError(
-                f"profile 'behaviors' must be a list of behaviors, not {json.dumps(data.get('behaviors'))}"
+                f"profile 'behaviors' must be a list of behaviors, not {shown(data.get('behaviors'))}"
             )
         raw_behaviors = data["behaviors"]
     else:
         raise ProfileError(f"a profile must be an object or a list of behaviors, not {type(data).__name__}")
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-        problems.append(f"profile name {json.dumps(name)} must be 1-128 characters of a-z A-Z 0-9 : _ -")
+        problems.append(f"profile name {shown(name)} must be 1-128 characters of a-z A-Z 0-9 : _ -")
         name = default_name
     if not raw_behaviors:
         problems.append("a profile needs at least one behavior")
@@ -215,7 +227,7 @@ def parse_profile(data: Any, default_name: str = "custom") -> Profile:
     for index, raw in enumerate(raw_behaviors):
         label = f"behavior #{index + 1}"
         if isinstance(raw, dict) and isinstance(raw.get("name"), str):
-            label = f"behavior {raw['name']!r}"
+            label = f"behavior {shorten(repr(raw['name']))}"
             if raw["name"] in seen:
                 problems.append(f"{label}: duplicate behavior name")
             seen.add(raw["name"])
@@ -223,7 +235,10 @@ def parse_profile(data: Any, default_name: str = "custom") -> Profile:
         if behavior is not None:
             behaviors.append(behavior)
     if problems:
-        raise ProfileError(f"security profile {name!r} is not valid: " + "; ".join(problems))
+        listed = [shorten(problem, 500) for problem in problems[:MAX_LISTED]]
+        if len(problems) > MAX_LISTED:
+            listed.append(f"and {len(problems) - MAX_LISTED} more problems")
+        raise ProfileError(f"security profile {name!r} is not valid: " + "; ".join(listed))
     warnings = tuple(
         f"behavior {b.name!r}: mlDetectionConfig is evaluated by Device Defender in the cloud only; "
         "the device skips it"
@@ -250,17 +265,17 @@ def _behavior(raw: Any, label: str, problems: list[str]) -> Optional[Behavior]:
         bad(f"unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(BEHAVIOR_KEYS))}")
     name = raw.get("name")
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-        bad(f"name {json.dumps(name)} must be 1-128 characters of a-z A-Z 0-9 : _ -")
+        bad(f"name {shown(name)} must be 1-128 characters of a-z A-Z 0-9 : _ -")
     for flag in ("suppressAlerts", "exportMetric"):
         if flag in raw and not isinstance(raw[flag], bool):
-            bad(f"{flag} must be true or false, not {json.dumps(raw[flag])}")
+            bad(f"{flag} must be true or false, not {shown(raw[flag])}")
     if "metricDimension" in raw:
         bad("metricDimension applies to cloud-side metrics only and cannot be evaluated on the device")
     metric = raw.get("metric")
     kind = METRICS[metric].kind if isinstance(metric, str) and metric in METRICS else None
     if kind is None:
         known = ", ".join(METRICS)
-        bad(f"unknown metric {json.dumps(metric)}; known metrics: {known}")
+        bad(f"unknown metric {shown(metric)}; known metrics: {known}")
     criteria_raw = raw.get("criteria")
     if not isinstance(criteria_raw, dict):
         bad("criteria must be an object (comparisonOperator and value or statisticalThreshold)")
@@ -290,12 +305,12 @@ def _criteria(raw: dict[str, Any], metric: str, kind: Optional[str], bad: Any) -
     duration = raw.get("durationSeconds")
     if duration is not None:
         if not _is_int(duration) or duration not in DURATIONS:
-            bad(f"durationSeconds {json.dumps(duration)} must be one of {_join(DURATIONS)}")
+            bad(f"durationSeconds {shown(duration)} must be one of {_join(DURATIONS)}")
         elif metric not in TIME_DIMENSION_METRICS:
             bad(f"durationSeconds needs a metric with a time dimension: {_join(TIME_DIMENSION_METRICS)}")
     operator = raw.get("comparisonOperator")
     if operator not in OPERATOR_VALUE_KINDS:
-        bad(f"comparisonOperator {json.dumps(operator)} must be one of {_join(OPERATOR_VALUE_KINDS)}")
+        bad(f"comparisonOperator {shown(operator)} must be one of {_join(OPERATOR_VALUE_KINDS)}")
         operator = None
     elif kind is not None and operator not in KIND_OPERATORS[kind]:
         allowed = _join(KIND_OPERATORS[kind])
@@ -332,7 +347,7 @@ def _ml_detection(raw: dict[str, Any], metric: str, kind: Optional[str], bad: An
     level = config.get("confidenceLevel") if isinstance(config, dict) else None
     if level not in CONFIDENCE_LEVELS:
         levels = ", ".join(CONFIDENCE_LEVELS)
-        bad(f"mlDetectionConfig.confidenceLevel {json.dumps(level)} must be one of {levels}")
+        bad(f"mlDetectionConfig.confidenceLevel {shown(level)} must be one of {levels}")
     others = sorted(set(raw) - {"mlDetectionConfig"})
     if others:
         bad(f"mlDetectionConfig cannot be combined with {', '.join(others)}")
@@ -346,7 +361,7 @@ def _statistic(
     statistic = raw.get("statistic") if isinstance(raw, dict) else None
     ok = True
     if statistic not in STATISTICS:
-        bad(f"statisticalThreshold.statistic {json.dumps(statistic)} must be one of {', '.join(STATISTICS)}")
+        bad(f"statisticalThreshold.statistic {shown(statistic)} must be one of {', '.join(STATISTICS)}")
         ok = False
     if has_value:
         bad("statisticalThreshold and value cannot be used together")
@@ -363,7 +378,7 @@ def _statistic(
 def _consecutive(raw: dict[str, Any], key: str, bad: Any) -> int:
     value = raw.get(key, 1)
     if not _is_int(value) or not 1 <= value <= 10:
-        bad(f"{key} {json.dumps(value)} must be a whole number from 1 to 10")
+        bad(f"{key} {shown(value)} must be a whole number from 1 to 10")
         return 1
     return int(value)
 
@@ -392,22 +407,22 @@ def _value(
     )
     kinds = [k for k in VALUE_KINDS if isinstance(raw, dict) and k in raw]
     if not isinstance(raw, dict) or len(kinds) != 1 or len(raw) != 1:
-        bad(f"value {json.dumps(raw)} must hold exactly one of {', '.join(VALUE_KINDS)}")
+        bad(f"value {shown(raw)} must hold exactly one of {', '.join(VALUE_KINDS)}")
         return nothing
     kind = kinds[0]
     item = raw[kind]
     if kind == "count":
         if not _is_int(item) or item < 0:
-            bad(f"value.count {json.dumps(item)} must be a whole number >= 0")
+            bad(f"value.count {shown(item)} must be a whole number >= 0")
             return nothing
         return kind, float(item), frozenset(), ()
     if kind == "number":
         if not _is_number(item):
-            bad(f"value.number {json.dumps(item)} must be a finite number")
+            bad(f"value.number {shown(item)} must be a finite number")
             return nothing
         return kind, float(item), frozenset(), ()
     if not isinstance(item, list):
-        bad(f"value.{kind} must be a list, not {json.dumps(item)}")
+        bad(f"value.{kind} must be a list, not {shown(item)}")
         return nothing
     if kind == "numbers" and all(_is_number(v) for v in item):
         return kind, None, frozenset(float(v) for v in item), ()
@@ -427,5 +442,5 @@ def _value(
         "strings": "strings",
         "cidrs": "CIDR strings",
     }
-    bad(f"value.{kind} must be a list of {expected[kind]}, not {json.dumps(item)}")
+    bad(f"value.{kind} must be a list of {expected[kind]}, not {shown(item)}")
     return nothing

@@ -8,7 +8,7 @@ import threading
 from typing import Optional
 
 from ddcustom.agent import Agent
-from ddcustom.config import ConfigError, Settings
+from ddcustom.config import ConfigError, Settings, shorten
 from ddcustom.greengrass.sink import GreengrassSink
 from ddcustom.runtime import install_stop_handlers, setup_logging
 from ddcustom.sink import SinkError
@@ -58,8 +58,8 @@ def _apply_update(sink: GreengrassSink, agent: Agent) -> None:
     sink.config_changed.clear()
     try:
         new = sink.read_settings()
-    except ConfigError as exc:
-        log.error("configuration update refused, the previous settings stay: %s", exc)
+    except ConfigError as exc:  # every problem, each value cut short; the line is cut at 4000 all the same
+        log.error("configuration update refused, the previous settings stay: %s", shorten(str(exc), 4000))
         return
     except SinkError as exc:
         sink.config_changed.set()  # try again next cycle
