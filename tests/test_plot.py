@@ -307,7 +307,9 @@ def test_draw_puts_thresholds_and_alarms_on_each_metrics_subplot() -> None:
     assert bytes_out.get_ylim()[1] < 1000
     assert bytes_out.get_title(loc="left") == "aws:all-bytes-out (per report interval)"
     assert load.get_title(loc="left") == "gpu_load_per_inference"
-    title = load.figure.get_suptitle()
+    figure = load.figure
+    assert figure is not None
+    title = figure.get_suptitle()
     assert title.startswith("t1: 13 reports, 5 alarms, ")
     assert "thresholds of security profile 'crypto-mining'" in title
     assert "alarms on metrics not shown: avg-inference-time (avg_inference_time)" in title
