@@ -31,7 +31,7 @@ lint: $(DEV_STAMP)
 	$(BIN)/vermin --target=3.9- --no-tips --eval-annotations --violations -q src tests bench
 
 typecheck: $(DEV_STAMP)
-	$(BIN)/mypy
+	$(BIN)/mypy --cache-dir $(VENV)/.mypy_cache
 
 pytest: $(DEV_STAMP)
 	$(BIN)/pytest -q
