@@ -462,8 +462,8 @@ def test_cli_without_matplotlib_says_how_to_install_it(
         monkeypatch.setitem(sys.modules, module, None)  # None in sys.modules: the import fails
     assert plot(str(write(tmp_path, record())), "-o", str(tmp_path / "out.png")) == 2
     assert (
-        capsys.readouterr().err
-        == "ddcustom plot: matplotlib is not installed: pip install 'ddcustom[plot]'\n"
+        capsys.readouterr().err == "ddcustom plot: matplotlib is not installed: pip install matplotlib "
+        "(in the ddcustom repository: pip install '.[plot]')\n"
     )
 
 
