@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+INHERITED = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "PYTHON", "VENV"}
 
 
 def plan(folder: Path, *args: str) -> str:
@@ -15,8 +17,15 @@ def plan(folder: Path, *args: str) -> str:
     for name in ("Makefile", "pyproject.toml"):
         if not (folder / name).exists():
             shutil.copy(ROOT / name, folder / name)
+    # Not what an outer make passes down (`make test PYTHON=...` exports PYTHON through MAKEFLAGS).
+    env = {k: v for k, v in os.environ.items() if k not in INHERITED}
     done = subprocess.run(
-        ["make", "-n", "-C", str(folder), *args], capture_output=True, text=True, timeout=30, check=True
+        ["make", "-n", "-C", str(folder), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+        env=env,
     )
     return done.stdout
 
