@@ -1,44 +1,54 @@
-# The two commands a new user needs: `make demo` and `make test`. Both create .venv when missing.
+# The two commands a new user needs: `make demo` and `make test`. Both create the virtual environment
+# when missing. Another interpreter gets its own: `make test PYTHON=python3.9` uses .venv-python3.9.
 PYTHON ?= python3
-VENV := .venv
+VENV ?= $(if $(filter python3,$(PYTHON)),.venv,.venv-$(notdir $(PYTHON)))
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# What `make test` needs (the package, its dev and bench extras) and what `make demo` needs (the package
+# alone): separate stamps, so a demo first does not make `make test` skip the dev tools.
+DEV_STAMP := $(VENV)/.installed-dev
+DEMO_STAMP := $(VENV)/.installed-demo
 
 .PHONY: test lint typecheck pytest demo docs bench build clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
-	touch $(STAMP)
+	touch $(DEV_STAMP) $(DEMO_STAMP)
+
+$(DEMO_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(DEMO_STAMP)
 
 test: lint typecheck pytest
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests bench tools
 	$(BIN)/ruff format --check src tests bench tools
 	# devices run old distributions: the component must work on Python 3.9
 	$(BIN)/vermin --target=3.9- --no-tips --eval-annotations --violations -q src tests bench tools
 
-typecheck: $(STAMP)
-	$(BIN)/mypy
+typecheck: $(DEV_STAMP)
+	$(BIN)/mypy --cache-dir $(VENV)/.mypy_cache
 
-pytest: $(STAMP)
+pytest: $(DEV_STAMP)
 	$(BIN)/pytest -q
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/python -m ddcustom.demo
 
 # README.md's metric and configuration tables, from metrics.py and config.py
-docs: $(STAMP)
+docs: $(DEMO_STAMP)
 	$(BIN)/python tools/docs_tables.py
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python bench/collect_cost.py
 	$(BIN)/python bench/detect_latency.py
 	$(BIN)/python bench/gpu_scenarios.py --quick
 
-build: $(STAMP)
+build: $(DEV_STAMP)
 	$(BIN)/python -m ddcustom.build
 
 clean:

@@ -76,8 +76,11 @@ class Account:
     """Service key -> client: moto for iam/sns/sts/iot, Stubber for iot-detect and greengrassv2."""
 
     def __init__(self) -> None:
-        self.moto: dict[str, Any] = {
-            name: boto3.client(name, region_name=REGION) for name in ("iam", "sns", "sts", "iot")
+        self.moto: dict[str, Any] = {  # each name written out: boto3-stubs types client() per literal name
+            "iam": boto3.client("iam", region_name=REGION),
+            "sns": boto3.client("sns", region_name=REGION),
+            "sts": boto3.client("sts", region_name=REGION),
+            "iot": boto3.client("iot", region_name=REGION),
         }
         self.detect_client = boto3.client("iot", region_name=REGION)
         self.greengrass_client = boto3.client("greengrassv2", region_name=REGION)

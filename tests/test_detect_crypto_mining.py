@@ -180,7 +180,7 @@ def test_a_second_process_under_the_applications_name_alarms_at_once() -> None:
     ]
 
 
-# docs/device-defender.md section 6 (H100, ~49 inferences/s of 0.83 ms): what the inference meter would
+# docs/device-defender.md, "Measured on an H100" (~49 inferences/s of 0.83 ms): what the inference meter would
 # write with a miner inside the application's own process. It adds no process, and its load per inference
 # and latency stay far under the article's bounds; only the GPU busy % outside inferences shows it.
 IN_PROCESS_MINER_25: dict[str, Any] = {"load": 0.45, "latency": 1.08, "busy_outside": 22.0 - 49.3 * 0.108}

@@ -121,3 +121,21 @@ def test_devnucleus_dev_ends_with_the_component_and_reports_its_failure() -> Non
             process.wait(WAIT)
     assert process.returncode == 1
     assert "the component exited with status 1" in err
+
+
+def test_devnucleus_dev_exits_1_when_the_component_reports_errored() -> None:
+    # An invalid merge: the component reports ERRORED and waits for a corrected configuration.
+    process = dev("--thing", THING, "--merge", '{"DetectIntervalSeconds": -1}', "--seconds", "300")
+    assert process.stderr is not None and process.stdin is not None
+    stderr = Lines(process.stderr)
+    try:
+        while "the component reported ERRORED" not in stderr.next():
+            pass
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(WAIT) == 1
+        while not any("ddcustom dev: the component reported ERRORED: exit 1" in line for line in stderr.seen):
+            stderr.next()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(WAIT)

@@ -14,6 +14,12 @@ environment (tests/wheelhouse.py), so the component is installed with exactly th
 the suite tested, and the test needs no package index. On an online device Install runs the same
 command without those two options. The install happens once per module; each run test starts a fresh
 process.
+
+The interpreter: Install creates the venv with the first ``python3`` on the PATH (then python3.13 ...
+python3.9), as a device's own Python. The wheels here are for the Python running the tests, which need
+not be the first ``python3`` of this machine (``make test PYTHON=python3.9``), so the device's PATH
+starts with a folder whose ``python3`` is the tests' interpreter: the device's Python is the one its
+wheels were made for, as docs/packaging.md asks of a device without internet.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ MINING_VALUES = {"gpu_load_per_inference": 85, "avg_inference_time": 180}
 
 @dataclass(frozen=True)
 class Deployment:
+    device_bin: Path  # first on the PATH of every lifecycle step: its python3 is the tests' Python
     recipe_path: Path
     recipe: dict[str, Any]
     artifacts_path: Path
@@ -76,23 +83,35 @@ class Deployment:
         )
 
 
-def nucleus_environment(step: LifecycleStep, extra: dict[str, str] | None = None) -> dict[str, str]:
+def device_bin(folder: Path) -> Path:
+    """A folder whose ``python3`` is the base interpreter of the Python running the tests (not its venv)."""
+    base = Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    assert base.is_file(), f"the tests' base interpreter is not at {base}"
+    folder.mkdir()
+    (folder / "python3").symlink_to(base)
+    return folder
+
+
+def nucleus_environment(
+    deployment: Deployment, step: LifecycleStep, extra: dict[str, str] | None = None
+) -> dict[str, str]:
     """The environment a nucleus gives a lifecycle script: its own (here: the test's, less anything that
-    would let the component run from the test's virtual environment or source tree) plus the step's."""
+    would let the component run from the test's virtual environment or source tree) plus the step's;
+    the device's python3 first on the PATH."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != "VIRTUAL_ENV"}
     env.pop("SVCUID", None)
-    if sys.prefix != sys.base_prefix:  # running from a venv: keep its bin/ off the PATH
-        venv_bin = os.path.join(sys.prefix, "bin")
-        env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != venv_bin)
+    venv_bin = os.path.join(sys.prefix, "bin") if sys.prefix != sys.base_prefix else None
+    path = [p for p in env.get("PATH", "").split(os.pathsep) if p and p != venv_bin]
+    env["PATH"] = os.pathsep.join([str(deployment.device_bin), *path])
     return {**env, **step.setenv, **(extra or {})}
 
 
-def run_step(step: LifecycleStep, work_path: Path) -> subprocess.CompletedProcess[str]:
+def run_step(deployment: Deployment, step: LifecycleStep) -> subprocess.CompletedProcess[str]:
     assert step.timeout is not None
     return subprocess.run(
         ["sh", "-c", step.script],
-        cwd=work_path,
-        env=nucleus_environment(step),
+        cwd=deployment.work_path,
+        env=nucleus_environment(deployment, step),
         capture_output=True,
         text=True,
         timeout=min(step.timeout, INSTALL_TIMEOUT),
@@ -132,9 +151,11 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
     with zipfile.ZipFile(artifact) as archive:  # Unarchive: ZIP, into a folder named after the zip
         archive.extractall(decompressed_path / artifact.stem)
     recipe = yaml.safe_load(built.recipe.read_text(encoding="utf-8"))
-    placed = Deployment(built.recipe, recipe, artifacts_path, decompressed_path, work_path)
+    placed = Deployment(
+        device_bin(root / "bin"), built.recipe, recipe, artifacts_path, decompressed_path, work_path
+    )
 
-    install = run_step(placed.steps()["install"], work_path)
+    install = run_step(placed, placed.steps()["install"])
     assert install.returncode == 0, f"Install failed:\n{install.stdout[-3000:]}\n{install.stderr[-3000:]}"
     return placed
 
@@ -148,7 +169,7 @@ def component(deployment: Deployment, nucleus: DevNucleus, log: Path) -> Iterato
         process = subprocess.Popen(
             ["sh", "-c", run.script],
             cwd=deployment.work_path,
-            env=nucleus_environment(run, nucleus.env()),
+            env=nucleus_environment(deployment, run, nucleus.env()),
             stdout=output,
             stderr=subprocess.STDOUT,
         )
@@ -241,16 +262,18 @@ def mining_merge(tmp_path: Path) -> dict[str, Any]:
 def test_e2e_install_puts_the_artifact_in_the_work_venv_and_reruns_as_a_no_op(deployment: Deployment) -> None:
     python = deployment.work_path / "venv" / "bin" / "python"
     where = subprocess.run(
-        [str(python), "-c", "import ddcustom; print(ddcustom.__file__)"],
-        env=nucleus_environment(deployment.steps()["run"]),
+        [str(python), "-c", "import sys, ddcustom; print(ddcustom.__file__); print(*sys.version_info[:2])"],
+        env=nucleus_environment(deployment, deployment.steps()["run"]),
         capture_output=True,
         text=True,
         timeout=WAIT,
     )
     assert where.returncode == 0, where.stderr
-    assert Path(where.stdout.strip()).is_relative_to(deployment.work_path / "venv")
+    module, version = where.stdout.splitlines()
+    assert Path(module).is_relative_to(deployment.work_path / "venv")
+    assert version == f"{sys.version_info.major} {sys.version_info.minor}"  # the device's python3
 
-    again = run_step(deployment.steps()["install"], deployment.work_path)
+    again = run_step(deployment, deployment.steps()["install"])
     assert again.returncode == 0, again.stderr
     assert "already installed" in again.stdout
 

@@ -60,6 +60,10 @@ def test_packaging_dockerfile_instructions_are_valid(parsed: list[tuple[str, str
 
 def test_packaging_dockerfile_images_are_pinned(parsed: list[tuple[str, str]]) -> None:
     defaults: dict[str, str] = {}
+
+    def default_of(arg: re.Match[str]) -> str:
+        return defaults[arg.group(1)]
+
     images = []
     for keyword, args in parsed:
         if keyword == "ARG" and "=" in args:
@@ -67,7 +71,7 @@ def test_packaging_dockerfile_images_are_pinned(parsed: list[tuple[str, str]]) -
             defaults[name] = value
         elif keyword == "FROM":
             image = args.split()[0]
-            images.append(re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], image))
+            images.append(re.sub(r"\$\{(\w+)\}", default_of, image))
     assert images
     for image in images:
         name, _, tag = image.partition(":")

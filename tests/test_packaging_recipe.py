@@ -196,8 +196,9 @@ def test_packaging_lifecycle_steps_configuration_variables() -> None:
     assert steps["run"].requires_privilege is True
 
 
-# SHA-256 of gdk v1.6.2's schema files as shipped in ../shared/schemas (taken from there, not from the
-# copies): the copies, which the build and these tests read, must stay those files.
+# SHA-256 of gdk v1.6.2's own schema files (aws-greengrass-gdk-cli, commit a662a92,
+# gdk/static/config_schema.json and gdk/static/recipe_schema.json), not computed from the copies: the copies
+# must stay those files (docs/greengrass.md, "Building like gdk").
 GDK_SCHEMA_SHA256 = {
     "gdk-config.schema.json": "ed3cf5fcdeaeeebc63606a694215effded889df25f00c0ededfad9af2b9fa66c",
     "greengrass-recipe.schema.json": "59442b74dddf0fc66b2b8da46d96429e30d5c94323f74e8bf10314cca4f403ff",

@@ -313,7 +313,9 @@ def test_draw_puts_thresholds_and_alarms_on_each_metrics_subplot() -> None:
     assert bytes_out.get_ylim()[1] < 1000
     assert bytes_out.get_title(loc="left") == "aws:all-bytes-out (per report interval)"
     assert load.get_title(loc="left") == "gpu_load_per_inference"
-    title = load.figure.get_suptitle()
+    figure = load.figure
+    assert figure is not None
+    title = figure.get_suptitle()
     assert title.startswith("t1: 13 reports, 5 alarms, ")
     assert "thresholds of security profile 'crypto-mining'" in title
     assert "alarms on metrics not shown: avg-inference-time (avg_inference_time)" in title
@@ -467,8 +469,8 @@ def test_cli_without_matplotlib_says_how_to_install_it(
         monkeypatch.setitem(sys.modules, module, None)  # None in sys.modules: the import fails
     assert plot(str(write(tmp_path, record())), "-o", str(tmp_path / "out.png")) == 2
     assert (
-        capsys.readouterr().err
-        == "ddcustom plot: matplotlib is not installed: pip install 'ddcustom[plot]'\n"
+        capsys.readouterr().err == "ddcustom plot: matplotlib is not installed: pip install matplotlib "
+        "(in the ddcustom repository: pip install '.[plot]')\n"
     )
 
 

@@ -1,7 +1,7 @@
 """Build the Greengrass component without gdk: the layout `gdk component build` (zip build system) makes.
 
 ``python -m ddcustom.build [--project-dir DIR]`` (``make build``) follows gdk 1.6.2 step by step
-(docs/greengrass.md section 5): read gdk-config.json and the one recipe; recreate
+(docs/greengrass.md, "Building like gdk"): read gdk-config.json and the one recipe; recreate
 ``greengrass-build/recipes`` and ``greengrass-build/artifacts/<name>/<version>``; copy the project into
 ``zip-build/<project dir name>/`` leaving out gdk-config.json, greengrass-build, the recipe and the
 ``options.excludes`` globs (matched from the project root, ``**/`` for any depth); zip it into

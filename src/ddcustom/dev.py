@@ -4,11 +4,14 @@ The nucleus serves the recipe's configuration (with ``--merge`` applied as a dep
 enforces its accessControl, so a topic the recipe does not grant fails here as it would on a device.
 The component runs as a child process in a temporary work folder, as Greengrass runs it. Each line of
 JSON typed on stdin is merged into the configuration while it runs, as a new deployment would be.
+Each state the component reports is printed when it arrives. The exit status is 1 when the component
+reported ERRORED (as a device's deployment would fail) or exited with a non-zero status.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -16,11 +19,13 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from typing import Any, Optional, TextIO
 
 from ddcustom.devnucleus import DevNucleus, Published, RecipeError
 
 STOP_TIMEOUT = 10.0  # seconds the component gets to stop on SIGTERM before it is killed
+POLL = 0.2  # seconds between looks at the component and the states it reported
 
 
 def _show(published: Published) -> None:
@@ -64,11 +69,26 @@ def _raise_keyboard_interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _wait(child: subprocess.Popen[bytes], seconds: Optional[float]) -> int:
-    """Wait for the component for ``seconds`` (None: until it ends or Ctrl-C), then stop it; its status."""
-    try:
-        child.wait(timeout=seconds)
-    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+def _print_new_states(nucleus: DevNucleus, shown: int) -> int:
+    """Print the states reported since the first ``shown``; how many are shown now."""
+    states = nucleus.states
+    for state in states[shown:]:
+        print(f"ddcustom dev: the component reported {state}", file=sys.stderr, flush=True)
+    return len(states)
+
+
+def _wait(child: subprocess.Popen[bytes], nucleus: DevNucleus, seconds: Optional[float]) -> int:
+    """Wait for the component for ``seconds`` (None: until it ends or Ctrl-C), printing the states it
+    reports, then stop it; its exit status."""
+    deadline = None if seconds is None else time.monotonic() + seconds
+    shown = 0
+    with contextlib.suppress(KeyboardInterrupt):
+        while child.poll() is None and (deadline is None or time.monotonic() < deadline):
+            shown = _print_new_states(nucleus, shown)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=POLL)
+    _print_new_states(nucleus, shown)
+    if child.poll() is None:
         child.terminate()
     try:
         return child.wait(timeout=STOP_TIMEOUT)
@@ -100,11 +120,13 @@ def run_dev(args: argparse.Namespace) -> int:
         )
         if _stdin_is_ours():
             threading.Thread(target=_apply_typed_merges, args=(sys.stdin, nucleus), daemon=True).start()
-        status = _wait(child, args.seconds if args.seconds > 0 else None)
-        print(
-            f"states reported: {nucleus.states}; {len(nucleus.published)} messages published", file=sys.stderr
-        )
+        status = _wait(child, nucleus, args.seconds if args.seconds > 0 else None)
+        states = nucleus.states
+        print(f"states reported: {states}; {len(nucleus.published)} messages published", file=sys.stderr)
     if status != 0:
         print(f"ddcustom dev: the component exited with status {status}", file=sys.stderr)
+        return 1
+    if "ERRORED" in states:
+        print("ddcustom dev: the component reported ERRORED: exit 1", file=sys.stderr)
         return 1
     return 0

@@ -345,7 +345,10 @@ def draw(history: History, profile: Profile, metrics: Sequence[str]) -> Figure:
         from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
         from matplotlib.figure import Figure
     except ImportError:
-        raise PlotError("matplotlib is not installed: pip install 'ddcustom[plot]'") from None
+        raise PlotError(
+            "matplotlib is not installed: pip install matplotlib "
+            "(in the ddcustom repository: pip install '.[plot]')"
+        ) from None
 
     def local(seconds: float) -> datetime:
         # naive local wall-clock times: matplotlib shows them as they are, DST included

@@ -1,4 +1,4 @@
-"""The Device Defender metrics report, version 1.0 (docs/device-defender.md section 2).
+"""The Device Defender metrics report, version 1.0 (docs/device-defender.md, "The metrics report").
 
 Pure: a Sample (and the previously *reported* Sample, for the network_stats deltas) in, a JSON-ready dict
 out. Long names by default, short names on request (every key, value keys excepted). Lists are capped at

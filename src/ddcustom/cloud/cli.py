@@ -148,7 +148,11 @@ def run_cloud(
     try:
         import botocore.exceptions as boto_errors
     except ImportError:
-        print("ddcustom cloud needs boto3: pip install 'ddcustom[cloud]'", file=err)
+        print(
+            "ddcustom cloud needs boto3: pip install boto3 "
+            "(in the ddcustom repository: pip install '.[cloud]')",
+            file=err,
+        )
         return 2
     from ddcustom.cloud import runner
     from ddcustom.cloud.steps import error_code
