@@ -441,7 +441,7 @@ def test_cloud_setup_twice_then_teardown(aws: None) -> None:
     code, out, err = cloud(account, "setup", "--email", "ops@example.com")
     assert (code, err) == (0, "")
     assert "created " not in out
-    assert "setup complete: 0 created" in out
+    assert "setup complete: 0 made" in out
     account.all_stubs_used()
     assert account.snapshot() == after_setup
 
