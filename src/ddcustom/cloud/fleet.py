@@ -250,7 +250,7 @@ class IndexingStep(Step):
     def remove(self, aws: Clients) -> list[Call]:
         config = self._configuration(aws)
         new, done, kept = restored(config, self.record or {})
-        summary = "; ".join(done) if done else "nothing of ours left in it"
+        summary = ("took away " + "; ".join(done)) if done else "nothing of ours left in it"
         if kept:
             summary += "; kept " + "; kept ".join(kept)
         self.label = f"{self.base_label} ({summary})"

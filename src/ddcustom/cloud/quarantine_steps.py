@@ -240,7 +240,11 @@ class IotPolicyStep(Step):
     def remove(self, aws: Clients) -> list[Call]:
         iot = aws("iot")
         targets = iot.list_targets_for_policy(policyName=self.name).get("targets", [])
-        calls = [Call("iot", "DetachPolicy", {"policyName": self.name, "target": t}) for t in targets]
+        # A target deleted by hand (the quarantine group) may still be listed: nothing to detach there.
+        calls = [
+            Call("iot", "DetachPolicy", {"policyName": self.name, "target": t}, tolerate=NOT_FOUND)
+            for t in targets
+        ]
         calls += [
             Call("iot", "DeletePolicyVersion", {"policyName": self.name, "policyVersionId": v["versionId"]})
             for v in iot.list_policy_versions(policyName=self.name).get("policyVersions", [])

@@ -114,8 +114,12 @@ def _make(
     for call in calls:
         if dry_run:
             print(f"would call {call.describe()}", file=out)
-        else:
+            continue
+        try:
             invoke(aws, call, sleep)
+        except ClientError as exc:
+            if error_code(exc) not in call.tolerate:
+                raise
 
 
 def setup(

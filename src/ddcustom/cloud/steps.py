@@ -42,6 +42,7 @@ class Call:
     service: str
     operation: str
     params: dict[str, Any]
+    tolerate: frozenset[str] = frozenset()  # error codes that mean "already done"
 
     def describe(self) -> str:
         service = "iot" if self.service in ("iot-detect", "iot-fleet") else self.service
