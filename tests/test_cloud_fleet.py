@@ -623,8 +623,8 @@ def test_cloud_a_tolerated_error_means_already_done() -> None:
     client = boto3.client("iot", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x")
     detach = {"policyName": "p", "target": QUARANTINE_GROUP_ARN}
     with Stubber(client) as stub:
-        stub.add_client_error("detach_policy", NOT_FOUND, expected_params=detach)
-        stub.add_client_error("detach_policy", NOT_FOUND, expected_params=detach)
+        stub.add_client_error("detach_policy", "ResourceNotFoundException", expected_params=detach)
+        stub.add_client_error("detach_policy", "ResourceNotFoundException", expected_params=detach)
         runner._make(
             [Call("iot", "DetachPolicy", detach, tolerate=NOT_FOUND)],
             lambda _: client,
@@ -632,5 +632,5 @@ def test_cloud_a_tolerated_error_means_already_done() -> None:
             False,
             print,
         )
-        with pytest.raises(Exception, match=NOT_FOUND):
+        with pytest.raises(Exception, match="ResourceNotFoundException"):
             runner._make([Call("iot", "DetachPolicy", detach)], lambda _: client, io.StringIO(), False, print)
