@@ -80,7 +80,10 @@ class Account:
     in part."""
 
     def __init__(self) -> None:
-        self.moto: dict[str, Any] = {name: boto3.client(name, region_name=REGION) for name in MOTO_SERVICES}
+        self.moto: dict[str, Any] = {
+            name: boto3.client(name, region_name=REGION)  # type: ignore[call-overload]
+            for name in MOTO_SERVICES
+        }
         self.detect_client = boto3.client("iot", region_name=REGION)
         self.greengrass_client = boto3.client("greengrassv2", region_name=REGION)
         self.fleet_client = boto3.client("iot", region_name=REGION)

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 from botocore.stub import ANY, Stubber
+
 from cloud_account import (
     ACCOUNT,
     EXISTING_COMPONENTS,
     GROUP,
-    GROUP_ARN,
     KEPT_COMPONENTS,
     REGION,
     TAGS,
@@ -28,7 +28,6 @@ from cloud_account import (
     mocked_account,
     would_call,
 )
-
 from ddcustom.cloud.fleet import additions, merged, restored
 from ddcustom.cloud.quarantine import ATTRIBUTE
 from ddcustom.cloud.quarantine_steps import quarantine_package
@@ -408,7 +407,7 @@ def test_cloud_lambda_refused_says_what_was_made_and_teardown_removes_it(aws: No
     account.lambda_stub.deactivate()
     expect_latest_deployment(account, "d-quickstart", EXISTING_COMPONENTS, {})
     expect_metrics_missing(account, list(reversed(METRICS)))
-    code, out, err = cloud(account, *TEARDOWN)
+    code, _, err = cloud(account, *TEARDOWN)
     assert (code, err) == (0, "")
     account.all_stubs_used()
     assert account.snapshot() == before
@@ -527,7 +526,7 @@ def test_cloud_fleet_alarm_threshold_refused(aws: None, threshold: str) -> None:
 
 
 def test_cloud_fleet_indexing_merge_keeps_a_higher_mode_and_everything_else() -> None:
-    theirs = {
+    theirs: dict[str, Any] = {
         "thingIndexingMode": "REGISTRY_AND_SHADOW",
         "namedShadowIndexingMode": "ON",
         "filter": {

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from botocore.stub import ANY
+
 from cloud_account import (
     ACCOUNT,
     ACTION_ARN,
@@ -45,10 +46,8 @@ from cloud_account import (
     mocked_account,
     would_call,
 )
-
 from ddcustom.cloud.cli import add_cloud_parser, run_cloud
 from ddcustom.metrics import CUSTOM_METRICS
-
 
 # These tests are about the alert routing, Detect and the deployment; the quarantine function and the
 # fleet views have their own (test_cloud_fleet.py).

@@ -57,7 +57,7 @@ def search(query: str, token: Any = None) -> dict[str, Any]:
     return params
 
 
-def statistics(query: str) -> dict[str, Any]:
+def statistics(query: Any) -> dict[str, Any]:
     return {
         "indexName": "AWS_Things",
         "queryString": query,

@@ -69,8 +69,9 @@ def _quarantine(iot: Any, alert: Any, group: str, behaviors: set[str]) -> tuple[
         log.warning("ignored an event that is not a JSON object: %.200r", alert)
         return "ignored", ""
     thing, topic_thing = alert.get("thingName"), alert.get("topicThing")
-    behavior = alert.get("behavior") if isinstance(alert.get("behavior"), dict) else {}
-    behavior_name = behavior.get("name") if isinstance(behavior.get("name"), str) else ""
+    behavior = alert.get("behavior")
+    name = behavior.get("name") if isinstance(behavior, dict) else None
+    behavior_name = name if isinstance(name, str) else ""
     if not isinstance(thing, str) or not thing or alert.get("violationEventType") != IN_ALARM:
         return "ignored", str(thing)[:_LOG_MAX]
     if topic_thing != thing:
