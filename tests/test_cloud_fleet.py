@@ -5,7 +5,9 @@ Stubber for fleet indexing and fleet metrics, which moto lacks or models only in
 from __future__ import annotations
 
 import copy
+import io
 import json
+import zipfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -633,3 +635,75 @@ def test_cloud_a_tolerated_error_means_already_done() -> None:
         )
         with pytest.raises(Exception, match="ResourceNotFoundException"):
             runner._make([Call("iot", "DetachPolicy", detach)], lambda _: client, io.StringIO(), False, print)
+
+
+def quarantine_only(account: Account, *argv: str) -> tuple[int, str, str]:
+    """A setup with the quarantine function only (no Detect, no fleet views) of a quick-start fleet."""
+    expect_component_published(account)
+    expect_latest_deployment(account, "d-quickstart", EXISTING_COMPONENTS, {})
+    account.greengrass.add_response("create_deployment", {"deploymentId": "d-ddcustom"}, None)
+    return cloud(account, "setup", "--no-detect", "--fleet", "off", *argv)
+
+
+def test_cloud_quarantine_settings_and_handler_are_updated_in_place(aws: None) -> None:
+    account = fleet()
+    assert quarantine_only(account)[:3:2] == (0, "")
+    lam, iot = account.moto["lambda"], account.moto["iot"]
+    # an older handler deployed by an earlier ddcustom
+    old = io.BytesIO()
+    with zipfile.ZipFile(old, "w") as archive:
+        archive.writestr("quarantine.py", "def handler(event, context):\n    return None\n")
+    lam.update_function_code(FunctionName="ddcustom-quarantine", ZipFile=old.getvalue())
+
+    code, out, err = quarantine_only(account, "--quarantine-behaviors", "miner-processes")
+    assert (code, err) == (0, "")
+    assert "updated  Lambda function ddcustom-quarantine" in out
+    assert "updated  IoT topic rule ddcustom_quarantine" in out
+    config = lam.get_function(FunctionName="ddcustom-quarantine")["Configuration"]
+    assert config["CodeSha256"] == code_sha256(quarantine_package())
+    assert config["Environment"]["Variables"]["QUARANTINE_BEHAVIORS"] == "miner-processes"
+    assert iot.get_topic_rule(ruleName="ddcustom_quarantine")["rule"]["sql"].endswith(
+        "AND (behavior.name = 'miner-processes')"
+    )
+
+
+def test_cloud_quarantine_function_of_another_role_is_a_conflict(aws: None) -> None:
+    account = fleet()
+    assert quarantine_only(account)[0] == 0
+    lam = account.moto["lambda"]
+    other = account.moto["iam"].create_role(RoleName="other", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    lam.update_function_configuration(FunctionName="ddcustom-quarantine", Role=other)
+    expect_component_published(account)
+    expect_latest_deployment(account, "d-ddcustom", DEPLOYED, {"ddcustom:stack": "ddcustom"})
+    code, out, _ = cloud(account, "setup", "--no-detect", "--fleet", "off")
+    assert code == 2
+    assert "Lambda function ddcustom-quarantine exists with another role, runtime or handler" in out
+
+
+def test_cloud_indexing_update_refused_leaves_a_tagged_record_teardown_removes(aws: None) -> None:
+    account = fleet()
+    before = account.snapshot()
+    expect_indexing(account, THEIRS)
+    expect_metrics_missing(account, list(METRICS))
+    expect_component_published(account)
+    expect_latest_deployment(account, "d-quickstart", EXISTING_COMPONENTS, {})
+    account.fleet.add_client_error(
+        "update_indexing_configuration",
+        "UnauthorizedException",
+        "not authorized to perform: iot:UpdateIndexingConfiguration",
+    )
+    code, _, err = cloud(account, "setup", "--no-detect", "--quarantine", "off")
+    assert code == 1
+    assert "fleet indexing of named shadow ddcustom" in err
+    assert "UpdateIndexingConfiguration: UnauthorizedException" in err
+    tags = account.moto["ssm"].list_tags_for_resource(ResourceType="Parameter", ResourceId=RECORD)["TagList"]
+    assert tags == TAGS
+    # teardown: the configuration never changed, so only the record goes
+    expect_latest_deployment(account, "d-quickstart", EXISTING_COMPONENTS, {})
+    expect_metrics_missing(account, list(reversed(METRICS)))
+    expect_indexing(account, THEIRS)
+    code, out, err = cloud(account, *TEARDOWN)
+    assert (code, err) == (0, "")
+    account.all_stubs_used()
+    assert "removed  fleet indexing of named shadow ddcustom (nothing of ours left in it)" in out
+    assert account.snapshot() == before

@@ -133,7 +133,9 @@ def restored(config: dict[str, Any], record: dict[str, Any]) -> tuple[dict[str, 
         done.append("custom fields " + ", ".join(removed))
     if "namedShadowIndexingMode" in record:
         before, ours_value = record["namedShadowIndexingMode"]
-        if new.get("namedShadowIndexingMode") != ours_value:
+        if new.get("namedShadowIndexingMode", "OFF") == before:
+            pass  # never set, or already set back
+        elif new.get("namedShadowIndexingMode") != ours_value:
             kept.append(f"namedShadowIndexingMode {new.get('namedShadowIndexingMode')} (changed since setup)")
         elif names:
             kept.append(f"namedShadowIndexingMode ON (still indexes {', '.join(names)})")
@@ -143,7 +145,9 @@ def restored(config: dict[str, Any], record: dict[str, Any]) -> tuple[dict[str, 
     if "thingIndexingMode" in record:
         before, ours_value = record["thingIndexingMode"]
         users = _index_users(new)
-        if new.get("thingIndexingMode") != ours_value:
+        if new.get("thingIndexingMode") == before:
+            pass  # never set, or already set back
+        elif new.get("thingIndexingMode") != ours_value:
             kept.append(f"thingIndexingMode {new.get('thingIndexingMode')} (changed since setup)")
         elif users:
             kept.append(f"thingIndexingMode {ours_value} (still used by {', '.join(users)})")

@@ -95,8 +95,8 @@ class LogGroupStep(Step):
 
 
 class LambdaFunctionStep(Step):
-    """The quarantine handler as a function. Another handler (a newer ddcustom) is updated in place;
-    another role, runtime or group is a conflict."""
+    """The quarantine handler as a function. Another handler (a newer ddcustom) or other quarantine
+    settings are updated in place; another role, runtime or handler name is a conflict."""
 
     def __init__(self, opts: CloudOptions, role_arn: str) -> None:
         self.opts, self.role_arn = opts, role_arn
@@ -107,39 +107,47 @@ class LambdaFunctionStep(Step):
             "QUARANTINE_BEHAVIORS": ",".join(opts.quarantine_behaviors),
         }
         self.label = f"Lambda function {self.name}"
-        self.update_code = False  # set by check(): ours, with another handler
+        self.updates: list[Call] = []  # set by check(): what an existing function of ours lacks
 
     def _function(self, aws: Clients) -> Optional[dict[str, Any]]:
         return _or_none(lambda: aws("lambda").get_function(FunctionName=self.name))
 
     def check(self, aws: Clients) -> Status:
+        self.updates = []
         found = self._function(aws)
         if found is None:
             return Status.MISSING
         if found.get("Tags", {}).get(TAG_KEY) != self.opts.stack:
             raise _not_ours(self.label, self.opts)
         config = found.get("Configuration", {})
-        wanted = (self.role_arn, RUNTIME, HANDLER, self.environment)
-        actual = (
-            config.get("Role"),
-            config.get("Runtime"),
-            config.get("Handler"),
-            config.get("Environment", {}).get("Variables", {}),
-        )
-        if actual != wanted:
-            raise _changed(self.label, "another role, runtime or environment (--quarantine-*?)", self.opts)
-        self.update_code = config.get("CodeSha256") != code_sha256(self.package)
-        return Status.CHANGED if self.update_code else Status.OWNED
+        if (config.get("Role"), config.get("Runtime"), config.get("Handler")) != (
+            self.role_arn,
+            RUNTIME,
+            HANDLER,
+        ):
+            raise _changed(self.label, "another role, runtime or handler", self.opts)
+        if config.get("Environment", {}).get("Variables", {}) != self.environment:
+            environment = {"Variables": self.environment}
+            self.updates.append(
+                Call(
+                    "lambda",
+                    "UpdateFunctionConfiguration",
+                    {"FunctionName": self.name, "Environment": environment},
+                )
+            )
+        if config.get("CodeSha256") != code_sha256(self.package):
+            self.updates.append(
+                Call("lambda", "UpdateFunctionCode", {"FunctionName": self.name, "ZipFile": self.package})
+            )
+        return Status.CHANGED if self.updates else Status.OWNED
 
     def owned(self, aws: Clients) -> bool:
         found = self._function(aws)
         return found is not None and found.get("Tags", {}).get(TAG_KEY) == self.opts.stack
 
     def create(self) -> list[Call]:
-        if self.update_code:
-            return [
-                Call("lambda", "UpdateFunctionCode", {"FunctionName": self.name, "ZipFile": self.package})
-            ]
+        if self.updates:
+            return list(self.updates)
         params = {
             "FunctionName": self.name,
             "Runtime": RUNTIME,

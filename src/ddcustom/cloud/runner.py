@@ -104,6 +104,8 @@ def _wait_for(exc: ClientError) -> float:
         return ROLE_WAIT_SECONDS
     if error_code(exc) == "IndexNotReadyException":
         return INDEX_WAIT_SECONDS
+    if error_code(exc) == "ResourceConflictException" and "in progress" in message:
+        return ROLE_WAIT_SECONDS  # a Lambda function still applying the previous update
     return 0.0
 
 
