@@ -169,3 +169,19 @@ def test_cloud_status_command_prints_json() -> None:
     status = json.loads(out)
     assert status["totals"]["reporting"] == 9
     assert status["devices"][0]["alarms"] == reported["alarms"]
+
+
+def test_cloud_status_without_a_fleet_index_says_what_to_do() -> None:
+    from cloud_account import cloud
+
+    client, stub = stubbed()
+    with stub:
+        stub.add_client_error(
+            "search_index",
+            "InvalidRequestException",
+            "Query includes one or more constraints for Shadow attribute, but Shadow indexing is not enabled",
+        )
+        code, out, err = cloud(lambda _: client, "status")  # type: ignore[arg-type]
+    assert (code, out) == (2, "")
+    assert "SearchIndex: InvalidRequestException" in err
+    assert "`ddcustom cloud setup` turns it on (--fleet on)" in err

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from ddcustom.detect.profile import Profile
 
 PLAN_ACCOUNT = "<account-id>"  # what --plan shows in place of the account id
+# What SearchIndex answers where fleet indexing (or the shadow's fields) is off or still building.
+NO_INDEX = frozenset({"ResourceNotFoundException", "InvalidRequestException", "IndexNotReadyException"})
 
 
 def add_cloud_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -293,9 +295,21 @@ def _run(
         return runner.plan(steps, out)
     aws = clients or client_factory(opts.region)
     if args.cloud_command == "status":
-        from ddcustom.cloud.status import fleet_status, print_status
+        from botocore.exceptions import ClientError
 
-        print_status(fleet_status(aws, args.thing_group, args.behavior, time.time()), out, args.json)
+        from ddcustom.cloud.status import fleet_status, print_status
+        from ddcustom.cloud.steps import error_code
+
+        try:
+            status = fleet_status(aws, args.thing_group, args.behavior, time.time())
+        except ClientError as exc:
+            if error_code(exc) not in NO_INDEX:
+                raise
+            raise OptionError(
+                f"{runner.explain(exc)}; the fleet index of the named shadow ddcustom is not there or not "
+                "ready: `ddcustom cloud setup` turns it on (--fleet on), and a new index takes minutes"
+            ) from None
+        print_status(status, out, args.json)
         return 0
     if args.cloud_command == "release":
         from ddcustom.cloud.release import release
