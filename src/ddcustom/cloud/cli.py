@@ -213,7 +213,7 @@ def run_cloud(
     out: Optional[TextIO] = None,
     err: Optional[TextIO] = None,
 ) -> int:
-    """Runs ``cloud setup`` or ``cloud teardown``; ``clients`` (service key -> client) is for tests."""
+    """Runs ``cloud setup|teardown|status|release``; ``clients`` (service key -> client) is for tests."""
     out = out or sys.stdout
     err = err or sys.stderr
     try:
