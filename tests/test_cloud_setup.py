@@ -10,150 +10,60 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from botocore.stub import ANY, Stubber
-from moto import mock_aws
+from botocore.stub import ANY
 
+from cloud_account import (
+    ACCOUNT,
+    ACTION_ARN,
+    COMPONENT,
+    COMPONENT_ARN,
+    DEPLOYED_COMPONENTS,
+    EXISTING_COMPONENTS,
+    GROUP,
+    GROUP_ARN,
+    HAND_MADE_METRIC,
+    INTERPOLATE,
+    IOT_ROLE_ARN,
+    KEPT_COMPONENTS,
+    MITIGATION_ROLE_ARN,
+    NOT_FOUND,
+    POLICY_ARN,
+    PROFILE_ARN,
+    PROFILE_BEHAVIORS,
+    QUARANTINE_PARAMS,
+    REGION,
+    TAGS,
+    TOPIC_ARN,
+    Account,
+    cloud,
+    expect_component_published,
+    expect_latest_deployment,
+    expect_no_deployment,
+    expect_no_fleet_metrics,
+    expect_nucleus,
+    fleet,
+    mocked_account,
+    would_call,
+)
 from ddcustom.cloud.cli import add_cloud_parser, run_cloud
 from ddcustom.metrics import CUSTOM_METRICS
 
-REGION = "us-east-1"
-ACCOUNT = "123456789012"  # moto's account
-TAGS = [{"Key": "ddcustom:stack", "Value": "ddcustom"}]
-COMPONENT = "com.awsiotblog.DeviceDefenderCustom"
-GROUP = "GreengrassQuickStartGroup"
-GROUP_ARN = f"arn:aws:iot:{REGION}:{ACCOUNT}:thinggroup/{GROUP}"
-TOPIC_ARN = f"arn:aws:sns:{REGION}:{ACCOUNT}:ddcustom-alerts"
-IOT_ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/ddcustom-iot-alerts"
-MITIGATION_ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/ddcustom-quarantine-action"
-POLICY_ARN = f"arn:aws:iam::{ACCOUNT}:policy/ddcustom-artifact-access"
-COMPONENT_ARN = f"arn:aws:greengrass:{REGION}:{ACCOUNT}:components:{COMPONENT}:versions:1.0.0"
-NUCLEUS_ARN = f"arn:aws:greengrass:{REGION}:aws:components:aws.greengrass.Nucleus"
-PROFILE_ARN = f"arn:aws:iot:{REGION}:{ACCOUNT}:securityprofile/ddcustom-crypto-mining"
-ACTION_ARN = f"arn:aws:iot:{REGION}:{ACCOUNT}:mitigationaction/ddcustom-quarantine"
-PROFILE_BEHAVIORS = json.loads(
-    (Path(__file__).parents[1] / "src/ddcustom/profiles/crypto-mining.json").read_text(encoding="utf-8")
-)["behaviors"]
-HAND_MADE_METRIC = "gpu_load_per_inference"  # made by hand as the article does: used, never removed
+# These tests are about the alert routing, Detect and the deployment; the quarantine function and the
+# fleet views have their own (test_cloud_fleet.py).
+PARTS_OFF = ("--quarantine", "off", "--fleet", "off")
 METRIC_NAMES = [m.name for m in CUSTOM_METRICS]
 # CreateCustomMetric's types for the list metrics; the other custom metrics are numbers
 LIST_METRIC_TYPES = {"mining_pool_addresses": "ip-address-list", "gpu_process_names": "string-list"}
-QUARANTINE_PARAMS = {
-    "addThingsToThingGroupParams": {
-        "thingGroupNames": ["ddcustom-quarantine"],
-        "overrideDynamicGroups": False,
-    }
-}
-# The group already runs a deployment (as after the Greengrass quick start): setup adds to it.
-EXISTING_COMPONENTS = {
-    "aws.greengrass.Nucleus": {"componentVersion": "2.13.0"},
-    "aws.greengrass.Cli": {"componentVersion": "2.13.0"},
-}
-INTERPOLATE = {"merge": '{"interpolateComponentConfiguration": true}'}
-KEPT_COMPONENTS = {  # what teardown leaves: the nucleus keeps the option it needs for 2.6+ recipes
-    "aws.greengrass.Nucleus": {"componentVersion": "2.13.0", "configurationUpdate": INTERPOLATE},
-    "aws.greengrass.Cli": {"componentVersion": "2.13.0"},
-}
-DEPLOYED_COMPONENTS = {
-    **KEPT_COMPONENTS,
-    COMPONENT: {"componentVersion": "1.0.0", "configurationUpdate": {"merge": '{"EnableGPUMetrics": true}'}},
-}
-NOT_FOUND = "ResourceNotFoundException"
 
 
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        monkeypatch.setenv(key, "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    with mock_aws():
+    with mocked_account(monkeypatch):
         yield
 
 
-class Account:
-    """Service key -> client: moto for iam/sns/sts/iot, Stubber for iot-detect and greengrassv2."""
-
-    def __init__(self) -> None:
-        self.moto: dict[str, Any] = {  # each name written out: boto3-stubs types client() per literal name
-            "iam": boto3.client("iam", region_name=REGION),
-            "sns": boto3.client("sns", region_name=REGION),
-            "sts": boto3.client("sts", region_name=REGION),
-            "iot": boto3.client("iot", region_name=REGION),
-        }
-        self.detect_client = boto3.client("iot", region_name=REGION)
-        self.greengrass_client = boto3.client("greengrassv2", region_name=REGION)
-        self.detect = Stubber(self.detect_client)
-        self.greengrass = Stubber(self.greengrass_client)
-        self.detect.activate()
-        self.greengrass.activate()
-
-    def __call__(self, service: str) -> Any:
-        if service == "iot-detect":
-            return self.detect_client
-        if service == "greengrassv2":
-            return self.greengrass_client
-        return self.moto[service]
-
-    def all_stubs_used(self) -> None:
-        self.detect.assert_no_pending_responses()
-        self.greengrass.assert_no_pending_responses()
-
-    def snapshot(self) -> dict[str, Any]:
-        """What exists in the moto-backed services."""
-        iam, sns, iot = self.moto["iam"], self.moto["sns"], self.moto["iot"]
-        topics = sorted(t["TopicArn"] for t in sns.list_topics()["Topics"])
-        return {
-            "topics": topics,
-            "subscriptions": sorted(
-                s["Endpoint"]
-                for t in topics
-                for s in sns.list_subscriptions_by_topic(TopicArn=t)["Subscriptions"]
-            ),
-            "roles": sorted(r["RoleName"] for r in iam.list_roles()["Roles"]),
-            "policies": sorted(p["PolicyName"] for p in iam.list_policies(Scope="Local")["Policies"]),
-            "tes_policies": sorted(
-                p["PolicyName"]
-                for p in iam.list_attached_role_policies(RoleName="GreengrassV2TokenExchangeRole")[
-                    "AttachedPolicies"
-                ]
-            ),
-            "rules": sorted(r["ruleName"] for r in iot.list_topic_rules()["rules"]),
-            "groups": sorted(g["groupName"] for g in iot.list_thing_groups()["thingGroups"]),
-        }
-
-
-def fleet() -> Account:
-    """An account after the Greengrass quick start: token exchange role, thing group with a device."""
-    account = Account()
-    trust = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": {"Service": "credentials.iot.amazonaws.com"},
-                "Action": "sts:AssumeRole",
-            }
-        ],
-    }
-    account.moto["iam"].create_role(
-        RoleName="GreengrassV2TokenExchangeRole", AssumeRolePolicyDocument=json.dumps(trust)
-    )
-    account.moto["iot"].create_thing_group(thingGroupName=GROUP)
-    account.moto["iot"].create_thing(thingName="gpu-edge-07")
-    account.moto["iot"].add_thing_to_thing_group(thingGroupName=GROUP, thingName="gpu-edge-07")
-    return account
-
-
-def cloud(account: Account, *argv: str) -> tuple[int, str, str]:
-    parser = argparse.ArgumentParser(prog="ddcustom")
-    add_cloud_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["cloud", *argv, "--region", REGION])
-    out, err = io.StringIO(), io.StringIO()
-    code = run_cloud(args, clients=account, out=out, err=err)
-    return code, out.getvalue(), err.getvalue()
-
+# ---- what the stubbed services expect and answer ----
 
 # ---- what the stubbed services expect and answer ----
 
@@ -209,51 +119,6 @@ def expect_action_found(account: Account) -> None:
     }
     account.detect.add_response("describe_mitigation_action", found, {"actionName": "ddcustom-quarantine"})
     account.detect.add_response("list_tags_for_resource", {"tags": TAGS}, {"resourceArn": ACTION_ARN})
-
-
-LATEST = {"targetArn": GROUP_ARN, "historyFilter": "LATEST_ONLY"}
-
-
-def expect_latest_deployment(
-    account: Account, deployment_id: str, components: dict, tags: dict, **extra: Any
-) -> None:
-    """The group's latest deployment; ``extra``: more of its fields (deploymentPolicies, ...)."""
-    account.greengrass.add_response(
-        "list_deployments",
-        {"deployments": [{"deploymentId": deployment_id, "targetArn": GROUP_ARN, "isLatestForTarget": True}]},
-        LATEST,
-    )
-    found = {
-        "deploymentId": deployment_id,
-        "targetArn": GROUP_ARN,
-        "components": components,
-        "tags": tags,
-        **extra,
-    }
-    account.greengrass.add_response("get_deployment", found, {"deploymentId": deployment_id})
-
-
-def expect_no_deployment(account: Account) -> None:
-    account.greengrass.add_response("list_deployments", {"deployments": []}, LATEST)
-
-
-def expect_nucleus(account: Account, version: str) -> None:
-    """The newest aws.greengrass.Nucleus, asked for where the group has no deployment yet."""
-    found = {
-        "componentVersions": [
-            {
-                "componentName": "aws.greengrass.Nucleus",
-                "componentVersion": version,
-                "arn": f"{NUCLEUS_ARN}:versions:{version}",
-            }
-        ]
-    }
-    account.greengrass.add_response("list_component_versions", found, {"arn": NUCLEUS_ARN, "maxResults": 1})
-
-
-def expect_component_published(account: Account) -> None:
-    found = {"arn": COMPONENT_ARN, "componentName": COMPONENT, "componentVersion": "1.0.0"}
-    account.greengrass.add_response("describe_component", found, {"arn": COMPONENT_ARN})
 
 
 def expect_first_checks(account: Account) -> None:
@@ -334,16 +199,6 @@ def expect_deployment_created(account: Account) -> None:
     )
 
 
-def would_call(out: str) -> list[tuple[str, str, dict[str, Any]]]:
-    """What a --dry-run printed it would call: (service, operation, parameters), in order."""
-    calls = []
-    for line in out.splitlines():
-        if line.startswith("would call "):
-            service, operation, params = line[len("would call ") :].split(" ", 2)
-            calls.append((service, operation, json.loads(params)))
-    return calls
-
-
 def expect_second_setup(account: Account) -> None:
     expect_metric_lookups(account, created=True, order=METRIC_NAMES)
     expect_profile_found(account)
@@ -387,7 +242,7 @@ def test_cloud_setup_twice_then_teardown(aws: None) -> None:
     before = account.snapshot()
 
     expect_first_setup(account)
-    code, out, err = cloud(account, "setup", "--email", "ops@example.com")
+    code, out, err = cloud(account, "setup", *PARTS_OFF, "--email", "ops@example.com")
     assert (code, err) == (0, "")
     account.all_stubs_used()
     after_setup = account.snapshot()
@@ -399,6 +254,11 @@ def test_cloud_setup_twice_then_teardown(aws: None) -> None:
         "tes_policies": ["ddcustom-artifact-access"],
         "rules": ["ddcustom_alerts"],
         "groups": [GROUP, "ddcustom-quarantine"],
+        "functions": [],
+        "log_groups": [],
+        "alarms": [],
+        "parameters": [],
+        "iot_policies": [],
     }
     assert "created  Greengrass deployment" in out
 
@@ -450,15 +310,16 @@ def test_cloud_setup_twice_then_teardown(aws: None) -> None:
 
     # second run: nothing new (the stubs hold no create call; an unexpected call fails)
     expect_second_setup(account)
-    code, out, err = cloud(account, "setup", "--email", "ops@example.com")
+    code, out, err = cloud(account, "setup", *PARTS_OFF, "--email", "ops@example.com")
     assert (code, err) == (0, "")
     assert "created " not in out
-    assert "setup complete: 0 created" in out
+    assert "setup complete: 0 made" in out
     account.all_stubs_used()
     assert account.snapshot() == after_setup
 
     # teardown: back to the account as it was; the group, its device and the hand-made metric stay
     expect_teardown(account)
+    expect_no_fleet_metrics(account)
     code, out, err = cloud(account, "teardown")
     assert (code, err) == (0, "")
     account.all_stubs_used()
@@ -490,6 +351,7 @@ def test_cloud_teardown_leaves_untagged_lookalikes(aws: None) -> None:
     lookalikes(account)
     before = account.snapshot()
     expect_no_deployment(account)
+    expect_no_fleet_metrics(account)
     code, out, err = cloud(account, "teardown", "--no-detect")
     assert (code, err) == (0, "")
     account.all_stubs_used()
@@ -503,7 +365,7 @@ def test_cloud_setup_stops_on_lookalikes_before_changing_anything(aws: None) -> 
     before = account.snapshot()
     expect_component_published(account)
     expect_latest_deployment(account, "d-quickstart", EXISTING_COMPONENTS, {})
-    code, out, _ = cloud(account, "setup", "--no-detect")
+    code, out, _ = cloud(account, "setup", *PARTS_OFF, "--no-detect")
     assert code == 2
     assert "setup stopped before changing anything" in out
     assert "SNS topic ddcustom-alerts already exists and is not tagged ddcustom:stack=ddcustom" in out
@@ -523,7 +385,7 @@ def test_cloud_setup_without_detect_access_carries_on(aws: None) -> None:
     expect_component_published(account)
     expect_latest_deployment(account, "d-quickstart", EXISTING_COMPONENTS, {})
     account.greengrass.add_response("create_deployment", {"deploymentId": "d-ddcustom"}, None)
-    code, out, err = cloud(account, "setup")
+    code, out, err = cloud(account, "setup", *PARTS_OFF)
     assert (code, err) == (0, "")
     account.all_stubs_used()  # no other Detect call was made
     assert "Device Defender Detect refused (DescribeCustomMetric: AccessDeniedException" in out
@@ -545,7 +407,7 @@ def test_cloud_setup_detect_refused_at_creation_carries_on(aws: None) -> None:
         expected_params={"metricName": first_created, "displayName": ANY, "metricType": ANY, "tags": TAGS},
     )
     expect_deployment_created(account)
-    code, out, err = cloud(account, "setup")
+    code, out, err = cloud(account, "setup", *PARTS_OFF)
     assert (code, err) == (0, "")
     account.all_stubs_used()  # no other Detect call was made
     assert "Device Defender Detect refused (CreateCustomMetric: AccessDeniedException" in out
@@ -565,6 +427,7 @@ def test_cloud_teardown_without_detect_access_carries_on(aws: None) -> None:
         "Device Defender Detect is not available to new customers",
         expected_params={"actionName": "ddcustom-quarantine"},
     )
+    expect_no_fleet_metrics(account)
     code, out, err = cloud(account, "teardown")
     assert (code, err) == (0, "")
     account.all_stubs_used()  # no other Detect call was made
@@ -580,7 +443,7 @@ def test_cloud_setup_dry_run_prints_calls_and_changes_nothing(aws: None) -> None
     expect_no_deployment(account)
     expect_nucleus(account, "2.14.3")
     code, out, err = cloud(
-        account, "setup", "--no-detect", "--dry-run", "--merge-config", '{"LogLevel": "DEBUG"}'
+        account, "setup", *PARTS_OFF, "--no-detect", "--dry-run", "--merge-config", '{"LogLevel": "DEBUG"}'
     )
     assert (code, err) == (0, "")
     account.all_stubs_used()
@@ -609,7 +472,7 @@ def test_cloud_setup_unpublished_component_is_refused_first(aws: None) -> None:
     account.greengrass.add_client_error(
         "describe_component", NOT_FOUND, expected_params={"arn": COMPONENT_ARN}
     )
-    code, out, _ = cloud(account, "setup", "--no-detect")
+    code, out, _ = cloud(account, "setup", *PARTS_OFF, "--no-detect")
     assert code == 2
     assert "component com.awsiotblog.DeviceDefenderCustom 1.0.0 is not published in us-east-1" in out
     assert account.snapshot() == before
@@ -620,7 +483,7 @@ def test_cloud_setup_missing_token_exchange_role(aws: None) -> None:
     expect_component_published(account)
     expect_no_deployment(account)
     expect_nucleus(account, "2.14.3")  # its params are checked now too
-    code, out, _ = cloud(account, "setup", "--no-detect")
+    code, out, _ = cloud(account, "setup", *PARTS_OFF, "--no-detect")
     assert code == 2
     assert "IAM role GreengrassV2TokenExchangeRole does not exist" in out
     assert account.moto["iam"].list_roles()["Roles"] == []
@@ -633,7 +496,7 @@ def test_cloud_throttled_midway_says_what_was_created(aws: None) -> None:
     account = fleet()
     expect_first_checks(account)  # now with the Detect look-ups' params checked too
     account.detect.add_client_error("create_custom_metric", "ThrottlingException", "Rate exceeded")
-    code, _, err = cloud(account, "setup")
+    code, _, err = cloud(account, "setup", *PARTS_OFF)
     assert code == 1
     assert "Traceback" not in err
     assert "AWS throttled the requests even after retries" in err
@@ -648,7 +511,7 @@ def test_cloud_throttled_during_checks_changes_nothing(aws: None) -> None:
     account = fleet()
     before = account.snapshot()
     account.greengrass.add_client_error("describe_component", "ThrottlingException", "Rate exceeded")
-    code, _, err = cloud(account, "setup", "--no-detect")
+    code, _, err = cloud(account, "setup", *PARTS_OFF, "--no-detect")
     assert code == 1
     assert err.startswith("ddcustom cloud: AWS throttled the requests even after retries (DescribeComponent")
     assert "Nothing was changed." in err
@@ -661,7 +524,7 @@ def test_cloud_refused_credentials_change_nothing(aws: None) -> None:
     account.greengrass.add_client_error(
         "describe_component", "ExpiredTokenException", "The security token included in the request is expired"
     )
-    code, _, err = cloud(account, "setup", "--no-detect")
+    code, _, err = cloud(account, "setup", *PARTS_OFF, "--no-detect")
     assert code == 2
     assert err.startswith(
         "ddcustom cloud: the AWS credentials were refused (DescribeComponent: ExpiredTokenException"
@@ -698,7 +561,7 @@ def test_cloud_wrong_region(region: str) -> None:
 
 
 def test_cloud_bad_merge_config_is_refused(aws: None) -> None:
-    code, _, err = cloud(Account(), "setup", "--merge-config", '{"EnableGPUMetrics": "yes"}')
+    code, _, err = cloud(Account(), "setup", *PARTS_OFF, "--merge-config", '{"EnableGPUMetrics": "yes"}')
     assert code == 2
     assert "EnableGPUMetrics" in err and "expected true or false" in err
 
@@ -726,7 +589,7 @@ def test_cloud_setup_refuses_a_nucleus_too_old_for_the_recipe(aws: None) -> None
     expect_component_published(account)
     old = {"aws.greengrass.Nucleus": {"componentVersion": "2.5.6"}}
     expect_latest_deployment(account, "d-old", old, {})
-    code, out, _ = cloud(account, "setup", "--no-detect")
+    code, out, _ = cloud(account, "setup", *PARTS_OFF, "--no-detect")
     assert code == 2
     assert "aws.greengrass.Nucleus 2.5.6 (the group's) is older than 2.6.0" in out
 
@@ -738,7 +601,7 @@ def dry_run(account: Account, *argv: str) -> tuple[int, str, dict[str, dict[str,
     """A --no-detect --dry-run setup of a quick-start fleet; the parameters it would send, by operation."""
     expect_component_published(account)
     expect_latest_deployment(account, "d-quickstart", EXISTING_COMPONENTS, {})
-    code, out, err = cloud(account, "setup", "--no-detect", "--dry-run", *argv)
+    code, out, err = cloud(account, "setup", *PARTS_OFF, "--no-detect", "--dry-run", *argv)
     return code, err, {operation: params for _, operation, params in would_call(out)}
 
 
@@ -772,7 +635,9 @@ def test_cloud_profile_in_the_merge_configuration_names_the_cloud_profile(aws: N
 
 def test_cloud_profile_name_and_merge_configuration_must_agree(aws: None) -> None:
     merge = json.dumps({"SecurityProfile": "crypto-mining", "EnableGPUMetrics": False})
-    code, _, err = cloud(Account(), "setup", "--profile-name", "other.json", "--merge-config", merge)
+    code, _, err = cloud(
+        Account(), "setup", *PARTS_OFF, "--profile-name", "other.json", "--merge-config", merge
+    )
     assert code == 2
     assert "--profile-name 'other.json' differs from SecurityProfile in --merge-config" in err
 
@@ -795,7 +660,7 @@ def test_cloud_deployment_keeps_the_groups_deployment_policies(aws: None) -> Non
     expect_latest_deployment(
         account, "d-own", EXISTING_COMPONENTS, {}, deploymentPolicies=policies, iotJobConfiguration=job
     )
-    code, out, err = cloud(account, "setup", "--no-detect", "--dry-run")
+    code, out, err = cloud(account, "setup", *PARTS_OFF, "--no-detect", "--dry-run")
     assert (code, err) == (0, "")
     account.all_stubs_used()
     [deployment] = [params for _, operation, params in would_call(out) if operation == "CreateDeployment"]

@@ -1,4 +1,4 @@
-"""``ddcustom cloud setup|teardown``: the command line of the cloud side.
+"""``ddcustom cloud setup|teardown|status|release``: the command line of the cloud side.
 
 This module is imported by the main CLI on devices too, so boto3 is imported only inside run_cloud.
 Exit codes: 0 done, 1 an AWS call failed (the message says what was already done), 2 nothing was
@@ -10,12 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import TYPE_CHECKING, Any, Optional, TextIO
 
 from ddcustom.cloud.options import (
     DEFAULT_BUCKET,
+    DEFAULT_FLEET_ALARM_THRESHOLD,
     DEFAULT_MERGE_CONFIGURATION,
     DEFAULT_PROFILE,
+    DEFAULT_QUARANTINE_BEHAVIORS,
     DEFAULT_STACK,
     DEFAULT_THING_GROUP,
     DEFAULT_TOKEN_EXCHANGE_ROLE,
@@ -29,32 +32,41 @@ from ddcustom.cloud.options import (
 if TYPE_CHECKING:
     from ddcustom.detect.profile import Profile
 
+PLAN_ACCOUNT = "<account-id>"  # what --plan shows in place of the account id
+# What SearchIndex answers where fleet indexing (or the shadow's fields) is off or still building.
+NO_INDEX = frozenset({"ResourceNotFoundException", "InvalidRequestException", "IndexNotReadyException"})
+
 
 def add_cloud_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Adds ``cloud setup`` and ``cloud teardown`` to the main parser's subparsers."""
+    """Adds ``cloud setup|teardown|status|release`` to the main parser's subparsers."""
     from ddcustom import COMPONENT_NAME, __version__
 
     parser = subparsers.add_parser(
         "cloud",
-        help="provision or remove the cloud side (alerts, quarantine, Device Defender, deployment)",
-        description="Provision (setup) or remove (teardown) the cloud side of ddcustom. Both are safe to "
-        f"run twice; teardown removes only what carries the tag {TAG_KEY}=<stack>.",
+        help="provision or remove the cloud side (alerts, quarantine, fleet views, deployment)",
+        description="Provision (setup) or remove (teardown) the cloud side of ddcustom, see the fleet "
+        "(status), take a device out of quarantine (release). Setup and teardown are safe to run twice; "
+        f"teardown removes only what carries the tag {TAG_KEY}=<stack>.",
     )
-    actions = parser.add_subparsers(dest="cloud_command", metavar="{setup,teardown}")
+    actions = parser.add_subparsers(dest="cloud_command", metavar="{setup,teardown,status,release}")
     actions.required = True
     setup = actions.add_parser("setup", help="create what is missing (idempotent)")
     teardown = actions.add_parser("teardown", help="remove what setup created (tagged with the stack)")
-    for sub in (setup, teardown):
+    status = actions.add_parser("status", help="devices in alarm now and fleet totals (fleet index)")
+    release = actions.add_parser("release", help="take a device out of the quarantine group")
+    for sub in (setup, teardown, status, release):
         sub.add_argument(
             "--region", help="AWS region (default: AWS_REGION, AWS_DEFAULT_REGION, config, us-east-1)"
         )
+    for sub in (setup, teardown, release):
         sub.add_argument(
             "--stack", default=DEFAULT_STACK, help=f"stack name, prefix and tag value ({DEFAULT_STACK})"
         )
+        sub.add_argument("--quarantine-group", default="", help="quarantine thing group (<stack>-quarantine)")
+    for sub in (setup, teardown):
         sub.add_argument(
             "--thing-group", default=DEFAULT_THING_GROUP, help=f"devices to deploy to ({DEFAULT_THING_GROUP})"
         )
-        sub.add_argument("--quarantine-group", default="", help="quarantine thing group (<stack>-quarantine)")
         sub.add_argument("--component", default=COMPONENT_NAME, help=f"component name ({COMPONENT_NAME})")
         sub.add_argument(
             "--component-version", default=__version__, help=f"version to deploy ({__version__})"
@@ -78,6 +90,11 @@ def add_cloud_parser(subparsers: Any) -> argparse.ArgumentParser:
         sub.add_argument(
             "--dry-run", action="store_true", help="print the calls that change things; make none"
         )
+    setup.add_argument(
+        "--plan",
+        action="store_true",
+        help="print what setup would create in an empty account; needs no credentials, calls nothing",
+    )
     setup.add_argument("--email", help="subscribe this address to the alerts topic")
     setup.add_argument(
         "--merge-config",
@@ -87,6 +104,41 @@ def add_cloud_parser(subparsers: Any) -> argparse.ArgumentParser:
     setup.add_argument(
         "--nucleus-version", help="aws.greengrass.Nucleus version (default: the group's, else newest)"
     )
+    setup.add_argument(
+        "--quarantine",
+        choices=("on", "off"),
+        default="on",
+        help="a Lambda function that moves a device into the quarantine group on an in-alarm alert of "
+        "--quarantine-behaviors (default on; docs/deploying.md says why)",
+    )
+    setup.add_argument(
+        "--quarantine-behaviors",
+        default=",".join(DEFAULT_QUARANTINE_BEHAVIORS),
+        help=f"comma-separated behaviors that quarantine ({','.join(DEFAULT_QUARANTINE_BEHAVIORS)})",
+    )
+    setup.add_argument(
+        "--quarantine-policy",
+        action="store_true",
+        help="attach an IoT policy to the quarantine group that denies the devices' publishes except "
+        "their own $aws/things/<thing>/ topics and their alert topic",
+    )
+    setup.add_argument(
+        "--fleet",
+        choices=("on", "off"),
+        default="on",
+        help="fleet indexing of the named shadow ddcustom (merged into the account's), fleet metrics and "
+        "the fleet alarm (default on)",
+    )
+    setup.add_argument(
+        "--fleet-alarm-threshold",
+        default=DEFAULT_FLEET_ALARM_THRESHOLD,
+        help="alarm to the SNS topic when more than this many devices, or N%% of the reporting devices, "
+        f"are in alarm at once ({DEFAULT_FLEET_ALARM_THRESHOLD})",
+    )
+    status.add_argument("--thing-group", help="only devices in this thing group")
+    status.add_argument("--behavior", help="only devices with this behavior in alarm")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    release.add_argument("thing", help="the thing name of the device")
     parser.set_defaults(func=run_cloud)
     return parser
 
@@ -110,8 +162,27 @@ def options_from_args(args: argparse.Namespace) -> tuple[CloudOptions, Profile]:
         nucleus_version=getattr(args, "nucleus_version", None),
         email=getattr(args, "email", None),
         detect=not args.no_detect,
+        # Teardown takes every optional part into account, so that it removes what any setup made.
+        quarantine=getattr(args, "quarantine", "on") == "on",
+        quarantine_behaviors=tuple(
+            b.strip()
+            for b in getattr(args, "quarantine_behaviors", ",".join(DEFAULT_QUARANTINE_BEHAVIORS)).split(",")
+            if b.strip()
+        ),
+        quarantine_policy=getattr(args, "quarantine_policy", True),
+        fleet=getattr(args, "fleet", "on") == "on",
+        fleet_alarm_threshold=getattr(args, "fleet_alarm_threshold", DEFAULT_FLEET_ALARM_THRESHOLD),
     )
     return opts, profile
+
+
+def _simple_options(args: argparse.Namespace) -> CloudOptions:
+    """The options of ``status`` and ``release``: no profile, no deployment."""
+    return CloudOptions(
+        region=args.region or default_region(),
+        stack=getattr(args, "stack", DEFAULT_STACK),
+        quarantine_group=getattr(args, "quarantine_group", ""),
+    )
 
 
 def _device_profile(option: Optional[str], merge: dict[str, Any]) -> tuple[Profile, dict[str, Any]]:
@@ -142,7 +213,7 @@ def run_cloud(
     out: Optional[TextIO] = None,
     err: Optional[TextIO] = None,
 ) -> int:
-    """Runs ``cloud setup`` or ``cloud teardown``; ``clients`` (service key -> client) is for tests."""
+    """Runs ``cloud setup|teardown|status|release``; ``clients`` (service key -> client) is for tests."""
     out = out or sys.stdout
     err = err or sys.stderr
     try:
@@ -158,8 +229,13 @@ def run_cloud(
     from ddcustom.cloud.steps import error_code
 
     try:
-        opts, profile = options_from_args(args)
+        if args.cloud_command in ("status", "release"):
+            opts, profile = _simple_options(args), None
+        else:
+            opts, profile = options_from_args(args)
         _check_region(opts.region)
+        if getattr(args, "plan", False) and args.dry_run:
+            raise OptionError("--plan and --dry-run: give one (--plan needs no credentials)")
     except OptionError as exc:
         print(f"ddcustom cloud: {exc}", file=err)
         return 2
@@ -199,14 +275,51 @@ def run_cloud(
 
 
 def _run(
-    args: argparse.Namespace, opts: CloudOptions, profile: Profile, clients: Optional[Any], out: TextIO
+    args: argparse.Namespace,
+    opts: CloudOptions,
+    profile: Optional[Profile],
+    clients: Optional[Any],
+    out: TextIO,
 ) -> int:
     from ddcustom.cloud import runner
     from ddcustom.cloud.clients import client_factory
     from ddcustom.cloud.plan import build_steps
     from ddcustom.cloud.steps import Env
 
+    if getattr(args, "plan", False) and profile is not None:
+        env = Env(account=PLAN_ACCOUNT, region=opts.region, partition=_partition(opts.region))
+        steps, notes = build_steps(opts, env, profile)
+        for note in notes:
+            print(f"note     {note}", file=out)
+        print(
+            f"plan of setup for stack {opts.stack!r} in an empty account ({PLAN_ACCOUNT}), region "
+            f"{env.region}; nothing was called. An account without Device Defender Detect skips its steps.",
+            file=out,
+        )
+        return runner.plan(steps, out)
     aws = clients or client_factory(opts.region)
+    if args.cloud_command == "status":
+        from botocore.exceptions import ClientError
+
+        from ddcustom.cloud.status import fleet_status, print_status
+        from ddcustom.cloud.steps import error_code
+
+        try:
+            status = fleet_status(aws, args.thing_group, args.behavior, time.time())
+        except ClientError as exc:
+            if error_code(exc) not in NO_INDEX:
+                raise
+            raise OptionError(
+                f"{runner.explain(exc)}; the fleet index of the named shadow ddcustom is not there or not "
+                "ready: `ddcustom cloud setup` turns it on (--fleet on), and a new index takes minutes"
+            ) from None
+        print_status(status, out, args.json)
+        return 0
+    if args.cloud_command == "release":
+        from ddcustom.cloud.release import release
+
+        return release(aws, opts, args.thing, out)
+    assert profile is not None
     identity = aws("sts").get_caller_identity()
     env = Env(account=identity["Account"], region=opts.region, partition=identity["Arn"].split(":")[1])
     steps, notes = build_steps(opts, env, profile)
@@ -218,6 +331,12 @@ def _run(
     if args.cloud_command == "teardown":
         return runner.teardown(steps, aws, out, dry_run=args.dry_run)
     return runner.setup(steps, aws, out, dry_run=args.dry_run)
+
+
+def _partition(region: str) -> str:
+    import boto3
+
+    return str(boto3.Session().get_partition_for_region(region))
 
 
 def _check_region(region: str) -> None:

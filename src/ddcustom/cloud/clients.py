@@ -10,7 +10,8 @@ MAX_ATTEMPTS = 8
 
 
 def client_factory(region: str) -> Clients:
-    """Service key -> cached client. "iot-detect" is an iot client for the Device Defender calls."""
+    """Service key -> cached client. "iot-detect" and "iot-fleet" are iot clients for the Device Defender
+    calls and for the fleet indexing, fleet metric and search calls (tests stub those apart)."""
     import boto3
     from botocore.config import Config
 
@@ -20,7 +21,7 @@ def client_factory(region: str) -> Clients:
 
     def get(service: str) -> Any:
         if service not in cache:
-            name = "iot" if service == "iot-detect" else service
+            name = "iot" if service in ("iot-detect", "iot-fleet") else service
             cache[service] = session.client(name, config=config)  # type: ignore[call-overload]
         return cache[service]
 

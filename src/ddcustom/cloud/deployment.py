@@ -69,21 +69,31 @@ class DeploymentStep(Step):
                 f"{NUCLEUS} {version} (the group's) is older than 2.6.0, which the component's access "
                 "control needs; pass --nucleus-version"
             )
+        self.components = self._wanted(current, version)
+        if latest is None or current != self.components:
+            return Status.MISSING
+        return Status.OWNED if latest.get("tags", {}).get(TAG_KEY) == self.opts.stack else Status.PRESENT
+
+    def _wanted(self, current: dict[str, Any], nucleus_version: str) -> dict[str, Any]:
+        """The group's components with this one added and the nucleus option it needs."""
+        nucleus = current.get(NUCLEUS, {})
         nucleus_update = dict(nucleus.get("configurationUpdate", {}))
         nucleus_merge = {**json.loads(nucleus_update.get("merge") or "{}"), **NUCLEUS_MERGE}
         nucleus_update["merge"] = json.dumps(nucleus_merge, sort_keys=True)
         merge = json.dumps(self.opts.merge_configuration, sort_keys=True)
-        self.components = {
+        return {
             **current,
-            NUCLEUS: {**nucleus, "componentVersion": version, "configurationUpdate": nucleus_update},
+            NUCLEUS: {**nucleus, "componentVersion": nucleus_version, "configurationUpdate": nucleus_update},
             self.opts.component: {
                 "componentVersion": self.opts.component_version,
                 "configurationUpdate": {"merge": merge},
             },
         }
-        if latest is None or current != self.components:
-            return Status.MISSING
-        return Status.OWNED if latest.get("tags", {}).get(TAG_KEY) == self.opts.stack else Status.PRESENT
+
+    def planned(self) -> list[Call]:
+        """A group without a deployment; the nucleus version is looked up at setup time."""
+        self.components = self._wanted({}, self.opts.nucleus_version or "<newest>")
+        return self.create()
 
     def create(self) -> list[Call]:
         if self.components is None:

@@ -19,9 +19,19 @@ DEFAULT_PROFILE = "crypto-mining"
 DEFAULT_MERGE_CONFIGURATION: dict[str, Any] = {"EnableGPUMetrics": True}
 FALLBACK_REGION = "us-east-1"
 MAX_NAME = 128  # security profile names
+# Behaviors that move a device into quarantine on their first in-alarm event: each fires on something
+# with no legitimate reason to be on a GPU inference device (a known miner binary, a connection to a
+# known pool, a CUDA context neither the application nor allowed). The others measure load or process
+# structure, which a new model, a traffic peak or an operator's second instance also move: they alert,
+# a person decides. docs/deploying.md says the same.
+DEFAULT_QUARANTINE_BEHAVIORS = ("miner-processes", "mining-pool-connections", "gpu-unknown-processes")
+DEFAULT_FLEET_ALARM_THRESHOLD = "5"  # devices in alarm at once; "N%" for a share of the reporting fleet
+FLEET_SHADOW = "ddcustom"  # the named shadow the component keeps current (docs/fleet.md)
 
 _STACK_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,31}$")
 _GROUP_RE = re.compile(r"^[a-zA-Z0-9:_-]{1,128}$")
+_BEHAVIOR_RE = re.compile(r"^[a-zA-Z0-9:_-]{1,128}$")  # Device Defender's behavior name pattern
+_THRESHOLD_RE = re.compile(r"^(\d+(?:\.\d+)?)(%?)$")
 
 
 class OptionError(ValueError):
@@ -43,6 +53,11 @@ class CloudOptions:
     nucleus_version: Optional[str] = None  # None: keep the group's, else the newest
     email: Optional[str] = None
     detect: bool = True  # False: skip Device Defender Detect entirely
+    quarantine: bool = True  # the quarantine function and its rule (docs/deploying.md says why on)
+    quarantine_behaviors: tuple[str, ...] = DEFAULT_QUARANTINE_BEHAVIORS
+    quarantine_policy: bool = False  # the IoT policy on the quarantine group
+    fleet: bool = True  # fleet indexing of the named shadow, fleet metrics, the fleet alarm
+    fleet_alarm_threshold: str = DEFAULT_FLEET_ALARM_THRESHOLD
 
     def __post_init__(self) -> None:
         if not _STACK_RE.match(self.stack):
@@ -62,6 +77,16 @@ class CloudOptions:
             )
         if not isinstance(self.merge_configuration, dict):
             raise OptionError("--merge-config: expected a JSON object")
+        if self.quarantine and not self.quarantine_behaviors:
+            raise OptionError("--quarantine-behaviors: name at least one behavior, or use --quarantine off")
+        for behavior in self.quarantine_behaviors:
+            if not _BEHAVIOR_RE.match(behavior):
+                raise OptionError(
+                    f"--quarantine-behaviors {behavior!r}: expected 1-128 of letters, digits, ':', '_', '-'"
+                )
+        self.fleet_threshold()  # refuses a bad value now, before any call
+        if self.quarantine:
+            self.alert_topic_thing_level()
 
     # ---- names derived from the stack (teardown finds them again from the same options) ----
     @property
@@ -102,8 +127,70 @@ class CloudOptions:
         return f"{self.stack}-{self.component}"
 
     @property
+    def quarantine_function(self) -> str:
+        return f"{self.stack}-quarantine"
+
+    @property
+    def quarantine_function_role(self) -> str:
+        return f"{self.stack}-quarantine-function"
+
+    @property
+    def quarantine_log_group(self) -> str:
+        return f"/aws/lambda/{self.quarantine_function}"
+
+    @property
+    def quarantine_rule(self) -> str:
+        return self.stack.replace("-", "_") + "_quarantine"
+
+    @property
+    def quarantine_iot_policy(self) -> str:
+        return f"{self.stack}-quarantine-policy"
+
+    @property
+    def fleet_metric_in_alarm(self) -> str:
+        return f"{self.stack}-devices-in-alarm"
+
+    @property
+    def fleet_metric_reporting(self) -> str:
+        return f"{self.stack}-devices-reporting"
+
+    @property
+    def fleet_alarm(self) -> str:
+        return f"{self.stack}-fleet-in-alarm"
+
+    @property
+    def indexing_record(self) -> str:
+        """SSM parameter that records what setup added to the account's fleet indexing configuration."""
+        return f"/ddcustom/{self.stack}/fleet-indexing-added"
+
+    @property
     def tags(self) -> dict[str, str]:
         return {TAG_KEY: self.stack}
+
+    def fleet_threshold(self) -> tuple[float, bool]:
+        """``--fleet-alarm-threshold``: (value, is a percentage of the reporting devices)."""
+        match = _THRESHOLD_RE.match(self.fleet_alarm_threshold.strip())
+        value = float(match.group(1)) if match else -1.0
+        percent = bool(match and match.group(2))
+        if not match or (percent and value >= 100):
+            raise OptionError(
+                f"--fleet-alarm-threshold {self.fleet_alarm_threshold!r}: expected a number of devices "
+                "(e.g. 5) or a share of the reporting devices below 100% (e.g. 2%)"
+            )
+        return value, percent
+
+    def alert_topic_thing_level(self) -> int:
+        """The 1-based level of ``{thingName}`` in the alert topic: the rule passes ``topic(level)`` to the
+        quarantine function, which checks it against the alert's thingName."""
+        topic = str(self.merge_configuration.get("AlertTopic", "ddcustom/{thingName}/alerts"))
+        levels = topic.split("/")
+        if "{thingName}" not in levels:
+            raise OptionError(
+                f"AlertTopic {topic!r}: quarantine needs {{thingName}} as a whole topic level (as in "
+                "ddcustom/{thingName}/alerts) to check an alert against the thing that sent it; "
+                "change AlertTopic or use --quarantine off"
+            )
+        return levels.index("{thingName}") + 1
 
     def alert_topic_filter(self) -> str:
         """The MQTT filter matching every device's alert topic (``{thingName}`` becomes ``+``)."""

@@ -1,76 +1,143 @@
-"""Quarantine handler: puts the thing of an alarm into the quarantine thing group.
+"""Quarantine handler: puts the thing of an in-alarm alert into the quarantine thing group.
 
-Deployable as an AWS Lambda function on its own (this file, handler ``quarantine.handler``; it needs
-only boto3, which Lambda provides). It takes a Device Defender violation event or an on-device
-ddcustom alert (the same fields: thingName, violationEventType, violationId...), as they are or
-wrapped in SNS notifications (``Records[].Sns.Message``), or a list of them. Only ``in-alarm`` events
-act: ``alarm-cleared``, ``alarm-invalidated`` and messages without an event type are ignored; a thing
-already in the group is left as it is.
+``ddcustom cloud setup`` deploys this file alone as an AWS Lambda function (handler
+``quarantine.handler``; it needs only the standard library and boto3, which Lambda provides) behind an
+IoT rule on the alert topic (``ddcustom/+/alerts``). The rule selects the in-alarm alerts of the
+quarantine behaviors and adds ``topicThing``: the thing named by the MQTT topic, which the device's IoT
+policy ties to its own identity. The alert itself is today's alert JSON (Device Defender violation
+fields: violationId, thingName, behavior{name,...}, metricValue, violationEventType,
+violationEventTime, source); keys it does not know (``evidence``...) are ignored.
 
-Environment: QUARANTINE_GROUP (default ddcustom-quarantine).
+The handler
+- refuses an alert whose ``thingName`` is not the thing in the topic (one device naming another);
+- acts on ``in-alarm`` only, and, where QUARANTINE_BEHAVIORS is set, on those behaviors only;
+- is idempotent: a thing already in the group is left as it is, its first record kept;
+- records why and when on the thing, in one attribute (things without a thing type have few
+  attributes to spare), then adds it to the group.
+
+Environment: QUARANTINE_GROUP (default ddcustom-quarantine), QUARANTINE_BEHAVIORS (comma-separated;
+empty: any behavior the rule passes).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import re
+import time
 from typing import Any, Optional
 
 DEFAULT_GROUP = "ddcustom-quarantine"
 IN_ALARM = "in-alarm"
+# One thing attribute holds the record: "at=<UTC time>,behavior=<name>,violation=<violationId>".
+ATTRIBUTE = "ddcustomQuarantine"
+ATTRIBUTE_MAX = 800  # IoT's limit on an attribute value
+_NOT_IN_ATTRIBUTE = re.compile(r"[^a-zA-Z0-9_.@/:#\[\]-]")  # IoT's value pattern, less "," and "="
+_FIELD_MAX = 200
+_LOG_MAX = 200
 
 log = logging.getLogger("ddcustom.quarantine")
 log.setLevel(logging.INFO)
 
 
-def alarms(event: Any) -> list[dict[str, Any]]:
-    """The alarm objects inside an event, unwrapping SNS records and JSON text."""
-    if isinstance(event, str):
-        try:
-            event = json.loads(event)
-        except ValueError:
-            log.warning("ignored a message that is not JSON: %.200s", event)
-            return []
-    if isinstance(event, list):
-        return [alarm for item in event for alarm in alarms(item)]
-    if not isinstance(event, dict):
-        return []
-    if isinstance(event.get("Records"), list):
-        return [
-            alarm for record in event["Records"] for alarm in alarms(record.get("Sns", {}).get("Message"))
-        ]
-    return [event]
+class QuarantineError(Exception):
+    """The quarantine could not be done; Lambda records the failure and IoT's retries try again."""
 
 
 def handler(event: Any, context: Any = None, iot: Optional[Any] = None) -> dict[str, list[str]]:
-    """Quarantines the things of in-alarm events; returns what it did, by thing name."""
+    """Quarantines the thing of an in-alarm alert (or of each alert in a list); returns what it did."""
     group = os.environ.get("QUARANTINE_GROUP", DEFAULT_GROUP)
+    behaviors = {b for b in os.environ.get("QUARANTINE_BEHAVIORS", "").split(",") if b}
     if iot is None:
         import boto3
 
         iot = boto3.client("iot")
-    result: dict[str, list[str]] = {"quarantined": [], "already_quarantined": [], "ignored": []}
-    for alarm in alarms(event):
-        thing = alarm.get("thingName")
-        if not isinstance(thing, str) or not thing or alarm.get("violationEventType") != IN_ALARM:
-            result["ignored"].append(str(thing))
-            continue
-        if thing in result["quarantined"] or _in_group(iot, thing, group):
-            result["already_quarantined"].append(thing)
-            continue
-        iot.add_thing_to_thing_group(thingGroupName=group, thingName=thing)
-        log.info(
-            "quarantined %s in %s (violation %s, behavior %s)",
-            thing,
-            group,
-            alarm.get("violationId"),
-            (alarm.get("behavior") or {}).get("name"),
-        )
-        result["quarantined"].append(thing)
+    result: dict[str, list[str]] = {
+        "quarantined": [],
+        "already_quarantined": [],
+        "ignored": [],
+        "refused": [],
+    }
+    for alert in event if isinstance(event, list) else [event]:
+        outcome, thing = _quarantine(iot, alert, group, behaviors)
+        result[outcome].append(thing)
     return result
+
+
+def _quarantine(iot: Any, alert: Any, group: str, behaviors: set[str]) -> tuple[str, str]:
+    if not isinstance(alert, dict):
+        log.warning("ignored an event that is not a JSON object: %.200r", alert)
+        return "ignored", ""
+    thing, topic_thing = alert.get("thingName"), alert.get("topicThing")
+    behavior = alert.get("behavior")
+    name = behavior.get("name") if isinstance(behavior, dict) else None
+    behavior_name = name if isinstance(name, str) else ""
+    if not isinstance(thing, str) or not thing or alert.get("violationEventType") != IN_ALARM:
+        return "ignored", str(thing)[:_LOG_MAX]
+    if topic_thing != thing:
+        # Not from the quarantine rule (no topic), or a device naming another thing than itself.
+        log.warning(
+            "refused: alert names thing %.200r but came on the topic of %.200r (violation %.200r)",
+            thing,
+            topic_thing,
+            alert.get("violationId"),
+        )
+        return "refused", thing
+    if behaviors and behavior_name not in behaviors:
+        return "ignored", thing
+    try:
+        if _in_group(iot, thing, group):
+            return "already_quarantined", thing
+        _record(iot, thing, behavior_name, alert.get("violationId"))
+    except Exception as exc:
+        raise QuarantineError(f"cannot quarantine {thing}: {exc}") from exc
+    try:
+        iot.add_thing_to_thing_group(thingGroupName=group, thingName=thing)
+    except Exception as exc:
+        if _code(exc) == "ResourceNotFoundException":
+            message = (
+                f"cannot quarantine {thing}: the thing group {group} does not exist (deleted by hand?); "
+                "run `ddcustom cloud setup` again to recreate it"
+            )
+            raise QuarantineError(message) from exc
+        raise QuarantineError(f"cannot quarantine {thing} in {group}: {exc}") from exc
+    log.info(
+        "quarantined %s in %s (behavior %.200r, violation %.200r)",
+        thing,
+        group,
+        behavior_name,
+        alert.get("violationId"),
+    )
+    return "quarantined", thing
 
 
 def _in_group(iot: Any, thing: str, group: str) -> bool:
     pages = iot.get_paginator("list_thing_groups_for_thing").paginate(thingName=thing)
     return any(g.get("groupName") == group for page in pages for g in page.get("thingGroups", []))
+
+
+def record_value(now: float, behavior: str, violation: Any) -> str:
+    """The attribute value: IoT allows only [a-zA-Z0-9_.,@/:#=[]-] and 800 characters."""
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+    fields = {"at": at, "behavior": behavior, "violation": "" if violation is None else str(violation)}
+    value = ",".join(f"{k}={_NOT_IN_ATTRIBUTE.sub('_', v)[:_FIELD_MAX]}" for k, v in fields.items())
+    return value[:ATTRIBUTE_MAX]
+
+
+def _record(iot: Any, thing: str, behavior: str, violation: Any) -> None:
+    """Records why and when before the thing joins the group: a retry after a failure in between finds
+    it outside the group and records again, so a quarantined thing always carries its record."""
+    payload = {"attributes": {ATTRIBUTE: record_value(time.time(), behavior, violation)}, "merge": True}
+    try:
+        iot.update_thing(thingName=thing, attributePayload=payload)
+    except Exception as exc:
+        if _code(exc) != "InvalidRequestException":
+            raise
+        # e.g. a thing without a thing type that already has its maximum of attributes: quarantine it
+        # all the same; the log keeps the reason.
+        log.warning("could not record the quarantine on %s (%s); quarantining it all the same", thing, exc)
+
+
+def _code(exc: Exception) -> str:
+    response = getattr(exc, "response", None)
+    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""

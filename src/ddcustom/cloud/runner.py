@@ -28,9 +28,12 @@ CREDENTIALS = frozenset(
         "InvalidSignatureException",
     }
 )
+ACCESS_DENIED = frozenset({"AccessDeniedException", "AccessDenied", "UnauthorizedException"})
 # A role just created takes a few seconds before IoT or Lambda may assume it.
 ROLE_WAIT_SECONDS = 3.0
 ROLE_WAIT_TRIES = 10
+# A fleet index being (re)built after a configuration change refuses fleet metrics for a while.
+INDEX_WAIT_SECONDS = 30.0
 
 
 class StepFailed(Exception):
@@ -50,6 +53,11 @@ def explain(exc: Exception) -> str:
             return f"AWS throttled the requests even after retries ({where}); wait a minute and run again"
         if code in CREDENTIALS:
             return f"the AWS credentials were refused ({where}); check AWS_PROFILE or `aws configure`"
+        if code in ACCESS_DENIED:
+            return (
+                f"{where}. These credentials may not make this call: grant it, or leave that part out "
+                "(--quarantine off, --fleet off)"
+            )
         return where
     return str(exc)
 
@@ -76,17 +84,29 @@ def _detect_refused(step: Step, exc: ClientError, out: TextIO) -> bool:
 
 
 def invoke(aws: Clients, call: Call, sleep: Callable[[float], None] = time.sleep) -> Any:
+    """Makes the call; waits and tries again while a new role or a rebuilt index is not usable yet."""
     method = getattr(aws(call.service), xform_name(call.operation))
     for attempt in range(1, ROLE_WAIT_TRIES + 1):
         try:
             return method(**call.params)
         except ClientError as exc:
-            message = error_message(exc).lower()
-            if attempt < ROLE_WAIT_TRIES and "assume" in message and "role" in message:
-                sleep(ROLE_WAIT_SECONDS)
+            wait = _wait_for(exc)
+            if attempt < ROLE_WAIT_TRIES and wait:
+                sleep(wait)
                 continue
             raise
     raise AssertionError("unreachable")
+
+
+def _wait_for(exc: ClientError) -> float:
+    message = error_message(exc).lower()
+    if "assume" in message and "role" in message:
+        return ROLE_WAIT_SECONDS
+    if error_code(exc) == "IndexNotReadyException":
+        return INDEX_WAIT_SECONDS
+    if error_code(exc) == "ResourceConflictException" and "in progress" in message:
+        return ROLE_WAIT_SECONDS  # a Lambda function still applying the previous update
+    return 0.0
 
 
 def _make(
@@ -96,8 +116,12 @@ def _make(
     for call in calls:
         if dry_run:
             print(f"would call {call.describe()}", file=out)
-        else:
+            continue
+        try:
             invoke(aws, call, sleep)
+        except ClientError as exc:
+            if error_code(exc) not in call.tolerate:
+                raise
 
 
 def setup(
@@ -108,7 +132,7 @@ def setup(
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
     """0 when done (or planned), 2 when a check found a conflict (nothing changed). Raises StepFailed."""
-    pending: list[Step] = []
+    pending: list[tuple[Step, Status]] = []
     problems: list[str] = []
     detect_refused = False
     for step in steps:
@@ -125,15 +149,15 @@ def setup(
             detect_refused = True
             continue
         print(f"{status.value:8} {step.label}", file=out)
-        if status is Status.MISSING:
-            pending.append(step)
+        if status in (Status.MISSING, Status.CHANGED):
+            pending.append((step, status))
     if problems:
         print("setup stopped before changing anything:", file=out)
         for problem in problems:
             print(f"  - {problem}", file=out)
         return 2
     done: list[str] = []
-    for step in pending:
+    for step, status in pending:
         if step.detect and detect_refused:
             continue
         try:
@@ -148,9 +172,19 @@ def setup(
         if dry_run:
             continue
         done.append(step.label)
-        print(f"created  {step.label}", file=out)
+        print(f"{'created ' if status is Status.MISSING else 'updated '} {step.label}", file=out)
     if not dry_run:
-        print(f"setup complete: {len(done)} created, {len(steps) - len(pending)} already in place", file=out)
+        print(f"setup complete: {len(done)} made, {len(steps) - len(pending)} already in place", file=out)
+    return 0
+
+
+def plan(steps: list[Step], out: TextIO) -> int:
+    """Prints what setup would call in an empty account, in order; calls nothing."""
+    for step in steps:
+        calls = step.planned()  # may complete the label (the indexing change)
+        print(f"would make {step.label}", file=out)
+        for call in calls:
+            print(f"would call {call.describe()}", file=out)
     return 0
 
 

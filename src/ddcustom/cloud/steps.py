@@ -7,6 +7,8 @@ stack is never changed or removed.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import urllib.parse
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ NOT_FOUND = frozenset({"ResourceNotFoundException", "NoSuchEntity", "NotFound", 
 
 class Status(Enum):
     MISSING = "missing"  # setup creates it
+    CHANGED = "changed"  # ours (or an account setting) but not as these options want it: setup updates it
     OWNED = "owned"  # exists and carries this stack's tag: setup keeps it, teardown removes it
     PRESENT = "present"  # exists, not this stack's (or goes with its parent): used as is, never removed
 
@@ -39,10 +42,23 @@ class Call:
     service: str
     operation: str
     params: dict[str, Any]
+    tolerate: frozenset[str] = frozenset()  # error codes that mean "already done"
 
     def describe(self) -> str:
-        service = "iot" if self.service == "iot-detect" else self.service
-        return f"{service} {self.operation} {json.dumps(self.params, sort_keys=True, default=str)}"
+        service = "iot" if self.service in ("iot-detect", "iot-fleet") else self.service
+        return f"{service} {self.operation} {json.dumps(self.params, sort_keys=True, default=_printable)}"
+
+
+def _printable(value: Any) -> str:
+    """A zip archive is printed as its size and hash (what CodeSha256 will be), not as bytes."""
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes, sha256 {code_sha256(value)}>"
+    return str(value)
+
+
+def code_sha256(data: bytes) -> str:
+    """Lambda's CodeSha256: the base64 SHA-256 of the deployment package."""
+    return base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
 
 
 @dataclass(frozen=True)
@@ -72,7 +88,12 @@ class Step:
         return False
 
     def create(self) -> list[Call]:
+        """The calls that make it (after check() said MISSING or CHANGED)."""
         raise NotImplementedError
+
+    def planned(self) -> list[Call]:
+        """The calls that would make it in an empty account, without any look-up (``setup --plan``)."""
+        return self.create()
 
     def remove(self, aws: Clients) -> list[Call]:
         return []
@@ -383,20 +404,24 @@ class RolePolicyAttachmentStep(Step):
 
 
 class TopicRuleStep(Step):
-    def __init__(self, opts: CloudOptions, topic_arn: str, role_arn: str) -> None:
-        self.opts = opts
+    """An IoT topic rule; its description carries the owner mark. A rule of ours with another SQL or
+    actions (another AlertTopic, other quarantine behaviors) is replaced."""
+
+    def __init__(self, opts: CloudOptions, name: str, sql: str, actions: list[dict], purpose: str) -> None:
+        self.opts, self.name = opts, name
         self.payload = {
-            "sql": f"SELECT * FROM '{opts.alert_topic_filter()}'",
-            "description": f"{TAG_KEY}={opts.stack}: on-device ddcustom alerts to SNS",
-            "actions": [{"sns": {"targetArn": topic_arn, "roleArn": role_arn, "messageFormat": "RAW"}}],
+            "sql": sql,
+            "description": f"{TAG_KEY}={opts.stack}: {purpose}",
+            "actions": actions,
             "ruleDisabled": False,
             "awsIotSqlVersion": "2016-03-23",
         }
-        self.label = f"IoT topic rule {opts.topic_rule}"
+        self.label = f"IoT topic rule {name}"
+        self.replace = False  # set by check(): ours, with another SQL or actions
 
     def _rule(self, aws: Clients) -> Optional[dict[str, Any]]:
         return _or_none(
-            lambda: aws("iot").get_topic_rule(ruleName=self.opts.topic_rule)["rule"],
+            lambda: aws("iot").get_topic_rule(ruleName=self.name)["rule"],
             also=frozenset({"UnauthorizedException"}),  # IoT answers it too for a missing rule
         )
 
@@ -411,20 +436,25 @@ class TopicRuleStep(Step):
             return Status.MISSING
         if rule.get("description") != self.payload["description"]:
             raise _not_ours(self.label, self.opts)
-        if rule.get("sql") != self.payload["sql"] or rule.get("actions") != self.payload["actions"]:
-            raise _changed(self.label, "another SQL or action (another AlertTopic?)", self.opts)
-        return Status.OWNED
+        self.replace = (
+            rule.get("sql") != self.payload["sql"] or rule.get("actions") != self.payload["actions"]
+        )
+        return Status.CHANGED if self.replace else Status.OWNED
 
     def create(self) -> list[Call]:
+        if self.replace:
+            return [
+                Call("iot", "ReplaceTopicRule", {"ruleName": self.name, "topicRulePayload": self.payload})
+            ]
         params = {
-            "ruleName": self.opts.topic_rule,
+            "ruleName": self.name,
             "topicRulePayload": self.payload,
             "tags": urllib.parse.urlencode(self.opts.tags),
         }
         return [Call("iot", "CreateTopicRule", params)]
 
     def remove(self, aws: Clients) -> list[Call]:
-        return [Call("iot", "DeleteTopicRule", {"ruleName": self.opts.topic_rule})]
+        return [Call("iot", "DeleteTopicRule", {"ruleName": self.name})]
 
 
 # ---- Device Defender Detect ----
