@@ -1,14 +1,15 @@
 """GPU scenarios: does the component catch GPU miners, how fast, and does it stay quiet otherwise?
 
 Each scenario runs the component (``python -m ddcustom run``, DetectIntervalSeconds 5, the default
-security profile, EnableGPUMetrics true, WatchedProcesses [inference-app]) next to a benign ML inference
-application (8 fp16 2048x2048 layers, batch 64, --rate inferences/s, steady or in bursts) that wraps each
-inference in ddcustom.feedback's InferenceMeter. After --warmup-seconds a miner simulation (64-bit integer
-hashing on the GPU, on its own CUDA stream) starts, in a separate process at 100/25/10 % duty, renamed
-like the application, as a thread inside the application's process, or renamed like the application
-after the application was stopped (at least 60 s for that one), and runs --phase-seconds. The
-component's alerts are read from its stdout JSON lines. Per scenario: detected or not, seconds from the
-miner's first GPU call to the first alert, and false alarms (alerts before the miner started).
+security profile or the --behaviors of it, EnableGPUMetrics true, WatchedProcesses [inference-app or
+--app-name]) next to a benign ML inference application (8 fp16 2048x2048 layers, batch 64, --rate
+inferences/s, steady or in bursts) that wraps each inference in ddcustom.feedback's InferenceMeter. After
+--warmup-seconds a miner simulation (64-bit integer hashing on the GPU, on its own CUDA stream) starts,
+in a separate process at 100/25/10 % duty, renamed like the application, as a thread inside the
+application's process, or renamed like the application after the application was stopped (at least 60 s
+for that one), and runs --phase-seconds. The component's alerts are read from its stdout JSON lines. Per
+scenario: detected or not, seconds from the miner's first GPU call to the first alert, and false alarms
+(alerts before the miner started).
 
 Needs an NVIDIA GPU (driver with NVML) and PyTorch or CuPy with CUDA. Without them it says what is
 missing, runs a short end-to-end check instead (the component with GPU metrics on, next to a CPU
@@ -41,6 +42,7 @@ from typing import IO, Any, Callable, Optional
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "bench" / "results" / "gpu_scenarios.json"
+BUILT_IN_PROFILE = json.loads((REPO / "src" / "ddcustom" / "profiles" / "crypto-mining.json").read_text())
 APP_NAME = "inference-app"  # the watched application's process name (comm)
 MINER_NAME = "svc-helper"  # a neutral name: the known-miner-name rule must not be what catches it
 DETECT_INTERVAL = 5
@@ -247,7 +249,7 @@ def app_main(args: argparse.Namespace) -> int:
     """The benign application: paced inferences in the InferenceMeter (and maybe a miner thread)."""
     from ddcustom.feedback import InferenceMeter
 
-    set_process_name(APP_NAME)
+    set_process_name(args.name)
     meter = InferenceMeter(  # before loading the model, as docs/gpu.md advises
         load_file=args.load_file,
         time_file=args.time_file,
@@ -305,7 +307,14 @@ def miner_main(args: argparse.Namespace) -> int:
 class Component:
     """``python -m ddcustom run`` with a temporary configuration; collects in-alarm events and reports."""
 
-    def __init__(self, workdir: Path, log: IO[str], report_seconds: int = 300) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        log: IO[str],
+        report_seconds: int = 300,
+        behaviors: Optional[list[str]] = None,
+        app_name: str = APP_NAME,
+    ) -> None:
         self.alarms: list[tuple[float, str]] = []  # (monotonic time seen, behavior name)
         self.reported_metrics: set[str] = set()  # custom metric names seen in reports
         config = {
@@ -316,10 +325,13 @@ class Component:
             "GpuLoadFeedbackFile": str(workdir / "gpu_load_fb"),
             "InferenceTimeFeedbackFile": str(workdir / "gpu_inference_fb"),
             "GpuBusyOutsideFeedbackFile": str(workdir / "gpu_busy_outside_fb"),
-            "WatchedProcesses": [APP_NAME],
+            "WatchedProcesses": [app_name],
             "StateDirectory": str(workdir / "state"),
             "LogLevel": "INFO",
         }
+        if behaviors:  # only these of the default profile's rules
+            kept = [b for b in BUILT_IN_PROFILE["behaviors"] if b["name"] in behaviors]
+            config["SecurityProfile"] = {**BUILT_IN_PROFILE, "behaviors": kept}
         config_file = workdir / "config.json"
         config_file.write_text(json.dumps(config, indent=2))
         command = [sys.executable, "-m", "ddcustom", "run", "--config", str(config_file), "--thing", "bench"]
@@ -418,15 +430,18 @@ def feedback_options(workdir: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def run_scenario(s: Scenario, backend: str, times: Timing, workdir: Path, log: IO[str]) -> Result:
+def run_scenario(
+    s: Scenario, backend: str, times: Timing, workdir: Path, log: IO[str], args: argparse.Namespace
+) -> Result:
     benign_seconds = times.benign_bursty if s.bursty else times.benign_steady
     miner_at = times.warmup
     phase = max(times.phase, REPLACES_APP_MIN_PHASE_SECONDS) if s.replaces_app else times.phase
     total = (benign_seconds if not s.miner else times.warmup + phase) + APP_MARGIN_SECONDS
     result = Result(s.name, s.description, target_of(s, times), status="")
-    component = Component(workdir, log)
+    component = Component(workdir, log, behaviors=args.behaviors, app_name=args.app_name)
     app_options = [
         "--backend", backend, "--seconds", str(total), "--rate", str(times.rate), *feedback_options(workdir),
+        "--name", args.app_name,
     ]  # fmt: skip
     if s.bursty:
         app_options.append("--bursty")
@@ -447,7 +462,7 @@ def run_scenario(s: Scenario, backend: str, times: Timing, workdir: Path, log: I
             if s.replaces_app:
                 stop_process(app)
             miner_options = ["--backend", backend, "--duty", str(s.duty), "--seconds", str(phase)]
-            miner_options += ["--name", APP_NAME if s.renamed else MINER_NAME]
+            miner_options += ["--name", args.app_name if s.renamed else MINER_NAME]
             miner = start_helper("miner", miner_options, log)
             starting_at = wait_for_line(miner, "miner-starting", 120)
             started_at = wait_for_line(miner, "miner-started", 120) if starting_at is not None else None
@@ -501,6 +516,7 @@ def run_smoke(seconds: float, workdir: Path, log: IO[str]) -> Result:
     component = Component(workdir, log, report_seconds=DETECT_INTERVAL)
     app_options = [
         "--backend", "cpu", "--seconds", str(seconds + 5), "--rate", "10", *feedback_options(workdir),
+        "--name", APP_NAME,
     ]  # fmt: skip
     app = start_helper("app", app_options, log)
     try:
@@ -572,6 +588,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--warmup-seconds", type=float, help="benign seconds before a miner starts (default 30, quick 15)")
     add("--benign-seconds", type=float, help="length of the bursty benign run (default 300, quick 60)")
     add("--rate", type=float, default=20.0, help="inferences per second of the application (default 20)")
+    add(
+        "--behaviors",
+        type=lambda text: text.split(","),
+        help="comma-separated behaviors of the default profile to evaluate (default: all)",
+    )
+    add(
+        "--app-name",
+        default=APP_NAME,
+        help=f"the application's process name, 15 characters at most ({APP_NAME})",
+    )
     add("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
     add(
         "--cpu-rehearsal",
@@ -587,6 +613,7 @@ def parse_helper_args(role: str, argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=f"gpu_scenarios.py {role}")
     parser.add_argument("--backend", required=True)
     parser.add_argument("--seconds", type=float, required=True)
+    parser.add_argument("--name", required=True)
     if role == "app":
         parser.add_argument("--rate", type=float, required=True)
         parser.add_argument("--load-file", required=True)
@@ -597,7 +624,6 @@ def parse_helper_args(role: str, argv: list[str]) -> argparse.Namespace:
         parser.add_argument("--thread-miner-after", type=float, default=0.0)
     else:
         parser.add_argument("--duty", type=float, required=True)
-        parser.add_argument("--name", required=True)
     return parser.parse_args(argv)
 
 
@@ -623,6 +649,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(s.name for s in SCENARIOS)}")
         return 2
     chosen = [s for s in SCENARIOS if s.name in names]
+    unknown = sorted(set(args.behaviors or ()) - {b["name"] for b in BUILT_IN_PROFILE["behaviors"]})
+    if unknown:
+        print(f"unknown behavior(s) {', '.join(unknown)} of the default profile")
+        return 2
+    if len(args.app_name) > 15:  # the kernel keeps 15 characters of a process name
+        print(f"--app-name {args.app_name!r} is longer than 15 characters")
+        return 2
     times = timing_of(args)
     backend, notes, facts = probe_gpu() if not args.cpu_rehearsal else ("cpu", ["CPU rehearsal"], {})
     for note in notes:
@@ -656,7 +689,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     workdir = Path(tmp) / s.name
                     workdir.mkdir()
                     print(f"running {s.name}: {s.description} ...", flush=True)
-                    result = run_scenario(s, backend, times, workdir, log)
+                    result = run_scenario(s, backend, times, workdir, log, args)
                     if backend == "cpu":
                         result.status = REHEARSAL + result.status
                         result.target_met = None

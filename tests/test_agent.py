@@ -11,8 +11,9 @@ import pytest
 
 from ddcustom.agent import Agent
 from ddcustom.alerts.event import ViolationEvent
-from ddcustom.config import Settings, parse_settings
+from ddcustom.config import Settings
 from ddcustom.sink import SinkError
+from helpers import MINING_RULES, settings
 
 
 class RecordingSink:
@@ -46,6 +47,7 @@ class RecordingSink:
 
 
 def settings_for(tmp_path: Path, **keys: Any) -> Settings:
+    """The article's two rules, on feedback files under ``tmp_path``: the host trips none of them."""
     base = {
         "EnableGPUMetrics": True,
         "EnableDeviceDefenderReport": False,
@@ -56,7 +58,7 @@ def settings_for(tmp_path: Path, **keys: Any) -> Settings:
         "GpuBusyOutsideFeedbackFile": str(tmp_path / "outside"),
         "StateDirectory": str(tmp_path / "state"),
     }
-    return parse_settings({**base, **keys})[0]
+    return settings(*MINING_RULES, **{**base, **keys})
 
 
 def feedback(tmp_path: Path, load: float, latency: float) -> None:

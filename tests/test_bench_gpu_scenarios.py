@@ -9,6 +9,7 @@ miners is measured on a GPU (``make bench``), never here.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,10 @@ def test_a_renamed_miner_scenario_runs_end_to_end_and_is_reported(tmp_path: Path
         "3",
         "--phase-seconds",
         "12",  # detection within one 5 s interval, with room for a loaded machine
+        "--behaviors",
+        "watched-app-instances",  # the rule under test: the host's load and processes trip no other
+        "--app-name",
+        f"ddt-app-{os.getpid()}",  # not the name of an application running elsewhere on this host
     ]
     done = subprocess.run(
         [sys.executable, str(BENCH), *options, "--out", str(out)],
@@ -45,9 +50,16 @@ def test_a_renamed_miner_scenario_runs_end_to_end_and_is_reported(tmp_path: Path
     assert result["false_alarms"] == 0 and result["target_met"] is None
 
 
-def test_unknown_scenarios_are_refused_with_the_known_ones() -> None:
+def test_unknown_scenarios_and_behaviors_are_refused() -> None:
     done = subprocess.run(
         [sys.executable, str(BENCH), "--scenarios", "miner-42"], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 2
     assert "unknown scenario(s) miner-42" in done.stdout and "miner-in-process" in done.stdout
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--behaviors", "cpu-usage,cpu-use"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "unknown behavior(s) cpu-use of the default profile" in done.stdout

@@ -17,8 +17,8 @@ from ddcustom.sample import (
     ListeningPort,
     NetCounters,
     NetworkStats,
-    Sample,
 )
+from helpers import sample
 
 T0 = 1_800_000_000.0
 
@@ -32,10 +32,6 @@ def net(
         established_tcp=tuple(Connection(ip, 443, 50000 + i, "eth0") for i, ip in enumerate(peers)),
         counters=NetCounters(bytes_in=bytes_in, bytes_out=bytes_out, packets_in=0, packets_out=0),
     )
-
-
-def sample(t: float, **parts: Any) -> Sample:
-    return Sample(time=T0 + t, monotonic=1000.0 + t, **parts)
 
 
 def gpu(*names: str) -> GpuStats:
@@ -56,7 +52,8 @@ def engine_for(criteria: dict[str, Any], metric: str = "cpu_usage", **extra: Any
 def run(engine: Engine, values: list[Optional[float]], step: float = 10.0) -> list[list[str]]:
     """Evaluate cpu_usage values (None: not measured); the event types per evaluation."""
     return [
-        [e.event_type for e in engine.evaluate(sample(i * step, cpu_percent=v))] for i, v in enumerate(values)
+        [e.event_type for e in engine.evaluate(sample(T0 + i * step, cpu_percent=v))]
+        for i, v in enumerate(values)
     ]
 
 
@@ -82,8 +79,8 @@ def test_numeric_operators_describe_normal(
 
 def test_event_carries_device_defender_violation_fields() -> None:
     engine = engine_for({"comparisonOperator": "less-than", "value": {"number": 90}})
-    alarm = engine.evaluate(sample(0, cpu_percent=95.5))[0]
-    cleared = engine.evaluate(sample(10, cpu_percent=20.0))[0]
+    alarm = engine.evaluate(sample(T0, cpu_percent=95.5))[0]
+    cleared = engine.evaluate(sample(T0 + 10, cpu_percent=20.0))[0]
     assert alarm.event_type == "in-alarm" and cleared.event_type == "alarm-cleared"
     assert alarm.violation_id == cleared.violation_id
     uuid.UUID(alarm.violation_id)
@@ -97,7 +94,7 @@ def test_event_carries_device_defender_violation_fields() -> None:
     assert alarm.metric_value == {"number": 95.5} and cleared.metric_value == {"number": 20.0}
     assert alarm.event_time == int(T0) and cleared.event_time == int(T0) + 10
     assert alarm.source == "device"
-    second = engine.evaluate(sample(20, cpu_percent=99.0))[0]
+    second = engine.evaluate(sample(T0 + 20, cpu_percent=99.0))[0]
     assert second.violation_id != alarm.violation_id
 
 
@@ -139,14 +136,14 @@ def test_missing_metric_neither_advances_nor_clears() -> None:
 
 def test_active_alarms_and_suppressed_alerts() -> None:
     engine = engine_for({"comparisonOperator": "less-than", "value": {"number": 90}}, suppressAlerts=True)
-    assert engine.evaluate(sample(0, cpu_percent=99.0)) == []
+    assert engine.evaluate(sample(T0, cpu_percent=99.0)) == []
     active = engine.active_alarms()
     assert len(active) == 1
     assert active[0].behavior_name == "b" and active[0].behavior["suppressAlerts"] is True
     assert active[0].metric_value == {"number": 99.0} and active[0].since == T0
-    engine.evaluate(sample(10, cpu_percent=98.0))
+    engine.evaluate(sample(T0 + 10, cpu_percent=98.0))
     assert engine.active_alarms()[0].metric_value == {"number": 98.0}
-    assert engine.evaluate(sample(20, cpu_percent=10.0)) == []
+    assert engine.evaluate(sample(T0 + 20, cpu_percent=10.0)) == []
     assert engine.active_alarms() == []
 
 
@@ -154,9 +151,9 @@ def test_repeated_sample_gives_no_datapoint() -> None:
     engine = engine_for(
         {"comparisonOperator": "less-than", "value": {"number": 90}, "consecutiveDatapointsToAlarm": 2}
     )
-    s = sample(0, cpu_percent=99.0)
+    s = sample(T0, cpu_percent=99.0)
     assert engine.evaluate(s) == [] and engine.evaluate(s) == []
-    assert len(engine.evaluate(sample(5, cpu_percent=99.0))) == 1
+    assert len(engine.evaluate(sample(T0 + 5, cpu_percent=99.0))) == 1
 
 
 @pytest.mark.parametrize(
@@ -173,7 +170,7 @@ def test_string_set_operators(operator: str, members: list[str], names: list[str
     engine = engine_for(
         {"comparisonOperator": operator, "value": {"strings": members}}, metric="gpu_process_names"
     )
-    events = engine.evaluate(sample(0, gpu=gpu(*names)))
+    events = engine.evaluate(sample(T0, gpu=gpu(*names)))
     assert bool(events) == violates
     if events:
         assert events[0].metric_value == {"strings": sorted(set(names))}
@@ -193,7 +190,7 @@ def test_cidr_set_operators(operator: str, cidrs: list[str], peers: list[str], v
     engine = engine_for(
         {"comparisonOperator": operator, "value": {"cidrs": cidrs}}, metric="aws:destination-ip-addresses"
     )
-    events = engine.evaluate(sample(0, network=net(peers=tuple(peers))))
+    events = engine.evaluate(sample(T0, network=net(peers=tuple(peers))))
     assert bool(events) == violates
     if events:
         assert events[0].metric_value == {"cidrs": sorted(set(peers))}
@@ -212,7 +209,7 @@ def test_port_set_operators(operator: str, ports: list[int], listening: list[int
     engine = engine_for(
         {"comparisonOperator": operator, "value": {"ports": ports}}, metric="aws:listening-tcp-ports"
     )
-    events = engine.evaluate(sample(0, network=net(tcp_ports=tuple(listening))))
+    events = engine.evaluate(sample(T0, network=net(tcp_ports=tuple(listening))))
     assert bool(events) == violates
     if events:
         assert events[0].metric_value == {"ports": sorted(listening)}
@@ -222,9 +219,11 @@ def test_standard_count_metric_reports_count_and_first_sample_has_no_byte_delta(
     engine = engine_for(
         {"comparisonOperator": "less-than", "value": {"count": 1000}}, metric="aws:all-bytes-out"
     )
-    assert engine.evaluate(sample(0, network=net(bytes_out=10_000_000))) == []  # no previous sample: no delta
-    assert engine.evaluate(sample(10, network=net(bytes_out=10_000_500))) == []
-    alarm = engine.evaluate(sample(20, network=net(bytes_out=10_002_000)))
+    assert (
+        engine.evaluate(sample(T0, network=net(bytes_out=10_000_000))) == []
+    )  # no previous sample: no delta
+    assert engine.evaluate(sample(T0 + 10, network=net(bytes_out=10_000_500))) == []
+    alarm = engine.evaluate(sample(T0 + 20, network=net(bytes_out=10_002_000)))
     assert alarm[0].metric_value == {"count": 1500}
 
 
@@ -238,7 +237,7 @@ def test_duration_seconds_sums_bytes_over_the_window() -> None:
     # one sample a minute: 100 bytes/min for 6 min, 300 bytes/min for 3 min, then nothing
     for minute, per_minute in enumerate([0] + [100] * 6 + [300] * 3 + [0] * 6):
         sent += per_minute
-        events = engine.evaluate(sample(minute * 60.0, network=net(bytes_out=sent)))
+        events = engine.evaluate(sample(T0 + minute * 60.0, network=net(bytes_out=sent)))
         kinds.append([f"{e.event_type}:{e.metric_value['count']}" for e in events])
     # the datapoint at minute m is the sum of the deltas of minutes m-4..m (the last 300 s)
     assert kinds[:9] == [[]] * 9  # sums 100, 200, ..., 500, 500, 700, 900
@@ -253,8 +252,8 @@ def test_partial_duration_window_alarms_early_on_an_upper_bound() -> None:
         {"comparisonOperator": "less-than", "value": {"count": 1000}, "durationSeconds": 300},
         metric="aws:all-bytes-out",
     )
-    engine.evaluate(sample(0, network=net(bytes_out=0)))
-    events = engine.evaluate(sample(10, network=net(bytes_out=5000)))
+    engine.evaluate(sample(T0, network=net(bytes_out=0)))
+    events = engine.evaluate(sample(T0 + 10, network=net(bytes_out=5000)))
     assert [e.event_type for e in events] == ["in-alarm"]
 
 
@@ -268,7 +267,7 @@ def test_partial_duration_window_does_not_alarm_on_a_lower_bound_too_early() -> 
     for step in range(12):  # 50 bytes per 30 s: 500 per full window, which violates greater-than 500
         received += 50
         kinds.append(
-            [e.event_type for e in engine.evaluate(sample(step * 30.0, network=net(bytes_in=received)))]
+            [e.event_type for e in engine.evaluate(sample(T0 + step * 30.0, network=net(bytes_in=received)))]
         )
     assert kinds[:10] == [[]] * 10  # the first delta starts at t=0; the window is full at t=300
     assert kinds[10] == ["in-alarm"]
@@ -336,7 +335,7 @@ def test_a_new_profile_keeps_unchanged_behaviors_and_invalidates_alarms_of_chang
         "criteria": {"comparisonOperator": "less-than", "value": {"number": 50}},
     }
     engine = Engine(load_profile({"name": "p", "behaviors": [cpu, mem]}), "thing-1")
-    raised = engine.evaluate(sample(0, cpu_percent=99.0, memory_percent=80.0))
+    raised = engine.evaluate(sample(T0, cpu_percent=99.0, memory_percent=80.0))
     assert [e.behavior_name for e in raised] == ["cpu", "mem"]
     stricter_mem = {**mem, "criteria": {"comparisonOperator": "less-than", "value": {"number": 90}}}
     invalidated = engine.replace_profile(
@@ -346,7 +345,7 @@ def test_a_new_profile_keeps_unchanged_behaviors_and_invalidates_alarms_of_chang
         (mem, "alarm-invalidated", raised[1].violation_id)
     ]
     assert invalidated[0].event_time == int(T0) + 5
-    cleared = engine.evaluate(sample(10, cpu_percent=10.0, memory_percent=80.0))
+    cleared = engine.evaluate(sample(T0 + 10, cpu_percent=10.0, memory_percent=80.0))
     # the unchanged cpu behavior clears the alarm it raised; the changed mem behavior starts afresh
     assert [(e.behavior_name, e.event_type, e.violation_id) for e in cleared] == [
         ("cpu", "alarm-cleared", raised[0].violation_id)

@@ -3,68 +3,45 @@
 from __future__ import annotations
 
 import json
-import queue
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import Any, Callable
 
 import jsonschema
 import psutil
 
+from helpers import REPORT_SCHEMA, WAIT, Lines, reap, start
+
 ROOT = Path(__file__).resolve().parents[1]
 THING = "dev-test"
 REPORT_TOPIC = f"$aws/things/{THING}/defender/metrics/json"
-SCHEMA = json.loads((ROOT / "src/ddcustom/schemas/report.schema.json").read_text(encoding="utf-8"))
-WAIT = 30.0  # bound on every wait; the component usually answers within a second or two
 
 
-class Lines:
-    """A child's output read on a thread, so that every read here has a bound."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.seen: list[str] = []
-        self._queue: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
-
-    def _pump(self, stream: IO[str]) -> None:
-        for line in stream:
-            self._queue.put(line)
-
-    def next(self) -> str:
-        try:
-            line = self._queue.get(timeout=WAIT)
-        except queue.Empty:
-            raise AssertionError(f"no output within {WAIT} s after: {self.seen[-20:]}") from None
-        self.seen.append(line)
-        return line
-
-    def published(self, wanted: Callable[[str, Any], bool]) -> Any:
-        """The body of the first printed message (``--> where topic`` then indented JSON) that is wanted."""
+def published(lines: Lines, wanted: Callable[[str, Any], bool]) -> Any:
+    """The body of the first printed message (``--> where topic`` then indented JSON) that is wanted."""
+    while True:
+        header = lines.next()
+        if not header.startswith("--> "):
+            continue
+        topic = header.split()[-1]
+        text = ""
         while True:
-            header = self.next()
-            if not header.startswith("--> "):
+            text += lines.next()
+            try:
+                body = json.loads(text)
+                break
+            except ValueError:
                 continue
-            topic = header.split()[-1]
-            text = ""
-            while True:
-                text += self.next()
-                try:
-                    body = json.loads(text)
-                    break
-                except ValueError:
-                    continue
-            if wanted(topic, body):
-                return body
+        if wanted(topic, body):
+            return body
 
 
 def dev(*args: str) -> subprocess.Popen[str]:
+    """``ddcustom dev`` in a process group of its own: helpers.reap ends it with the component."""
     command = [sys.executable, "-m", "ddcustom", "dev", "--recipe", str(ROOT / "recipe.yaml"), *args]
-    return subprocess.Popen(
-        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    return start(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def is_report(topic: str, _body: Any) -> bool:
@@ -78,8 +55,8 @@ def test_devnucleus_dev_prints_reports_takes_typed_merges_and_stops_on_sigterm(t
     assert process.stdin is not None and process.stdout is not None and process.stderr is not None
     stdout, stderr = Lines(process.stdout), Lines(process.stderr)
     try:
-        first = stdout.published(is_report)
-        jsonschema.validate(first, SCHEMA)
+        first = published(stdout, is_report)
+        jsonschema.validate(first, REPORT_SCHEMA)
         assert "gpu_load_per_inference" not in first.get("custom_metrics", {})  # off by default
 
         merge = {
@@ -90,8 +67,9 @@ def test_devnucleus_dev_prints_reports_takes_typed_merges_and_stops_on_sigterm(t
         }
         process.stdin.write(json.dumps(merge) + "\n")
         process.stdin.flush()
-        with_gpu = stdout.published(
-            lambda topic, body: is_report(topic, body) and "gpu_load_per_inference" in body["custom_metrics"]
+        with_gpu = published(
+            stdout,
+            lambda topic, body: is_report(topic, body) and "gpu_load_per_inference" in body["custom_metrics"],
         )
         assert with_gpu["custom_metrics"]["gpu_load_per_inference"] == [{"number": 85}]
         assert with_gpu["header"]["report_id"] > first["header"]["report_id"]
@@ -105,9 +83,7 @@ def test_devnucleus_dev_prints_reports_takes_typed_merges_and_stops_on_sigterm(t
         while not any("states reported: ['RUNNING']" in line for line in stderr.seen):
             stderr.next()
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(WAIT)
+        reap(process)
 
 
 def test_devnucleus_dev_ends_with_the_component_and_reports_its_failure() -> None:
@@ -116,9 +92,7 @@ def test_devnucleus_dev_ends_with_the_component_and_reports_its_failure() -> Non
     try:
         _out, err = process.communicate(timeout=WAIT)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(WAIT)
+        reap(process)
     assert process.returncode == 1
     assert "the component exited with status 1" in err
 

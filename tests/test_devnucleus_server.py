@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import queue
 import re
 import socket
 import subprocess
@@ -13,7 +12,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 from awsiot.eventstreamrpc import AccessDeniedError, LifecycleHandler
@@ -25,6 +24,7 @@ from ddcustom.devnucleus import DevNucleus, RecipeError
 from ddcustom.devnucleus.__main__ import main as devnucleus_main
 from ddcustom.devnucleus.codec import Header, Message, encode, read_message
 from ddcustom.devnucleus.server import CONNECT, CONNECT_ACK, PING, PING_RESPONSE, PROTOCOL_ERROR
+from helpers import Lines, reap, start
 
 REPORT_TOPIC = "$aws/things/test-thing/defender/metrics/json"  # the thing of the nucleus fixture
 COMPONENT = "com.awsiotblog.DeviceDefenderCustom"
@@ -47,19 +47,6 @@ def client(nucleus: DevNucleus) -> Iterator[GreengrassCoreIPCClientV2]:
     ipc = GreengrassCoreIPCClientV2()
     yield ipc
     ipc.close(executor_wait=False)
-
-
-def lines_of(stream: IO[str]) -> queue.Queue[str]:
-    """The stream's lines, read on a thread so that each wait for one has a bound; "" at its end."""
-    lines: queue.Queue[str] = queue.Queue()
-
-    def pump() -> None:
-        for line in stream:
-            lines.put(line)
-        lines.put("")
-
-    threading.Thread(target=pump, daemon=True).start()
-    return lines
 
 
 def _raw_connect(nucleus: DevNucleus, token: str) -> socket.socket:
@@ -329,7 +316,7 @@ def test_devnucleus_cli_serves_and_prints_published(
 ) -> None:
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps(test_recipe))
-    process = subprocess.Popen(
+    process = start(
         [sys.executable, "-m", "ddcustom.devnucleus", "--recipe", str(recipe), "--thing", "test-thing"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -337,11 +324,10 @@ def test_devnucleus_cli_serves_and_prints_published(
     )
     try:
         assert process.stderr is not None and process.stdout is not None
-        stdout, stderr = lines_of(process.stdout), lines_of(process.stderr)
+        stdout, stderr = Lines(process.stdout), Lines(process.stderr)
         env: dict[str, str] = {}
         while len(env) < 3:
-            line = stderr.get(timeout=WAIT)  # queue.Empty: nothing printed for WAIT seconds
-            assert line, "the CLI ended before printing its environment"
+            line = stderr.next(WAIT)
             if line.startswith("export "):
                 name, _, value = line[len("export ") :].strip().partition("=")
                 env[name] = value
@@ -350,11 +336,10 @@ def test_devnucleus_cli_serves_and_prints_published(
         ipc = GreengrassCoreIPCClientV2()
         result(ipc.publish_to_iot_core_async(topic_name=REPORT_TOPIC, qos="1", payload=b'{"ok": true}'))
         ipc.close(executor_wait=False)
-        printed = json.loads(stdout.get(timeout=WAIT))
+        printed = stdout.next_json(WAIT)
         assert printed == {"service": "iot", "topic": REPORT_TOPIC, "qos": 1, "payload": '{"ok": true}'}
     finally:
-        process.terminate()
-        process.wait(WAIT)
+        reap(process)
 
 
 def test_devnucleus_cli_rejects_a_bad_merge_file(

@@ -46,10 +46,10 @@ import yaml
 from ddcustom.build import GG_BUILD_DIR, ZIP_BUILD_DIR, build
 from ddcustom.devnucleus import DevNucleus
 from ddcustom.devnucleus.lifecycle import LifecycleStep, lifecycle_steps
+from helpers import MINING_RULES, REPORT_SCHEMA, profile, reap, start
 from wheelhouse import build_wheelhouse
 
 REPO = Path(__file__).resolve().parent.parent
-REPORT_SCHEMA = json.loads((REPO / "src/ddcustom/schemas/report.schema.json").read_text(encoding="utf-8"))
 THING = "e2e-thing"
 REPORT_TOPIC = f"$aws/things/{THING}/defender/metrics/json"
 ALERT_TOPIC = f"ddcustom/{THING}/alerts"
@@ -61,6 +61,8 @@ INSTALL_TIMEOUT = 300  # the recipe allows 900 s; an install here takes seconds
 STOP_TIMEOUT = 20.0
 # The article's mining scenario: GPU load per inference 85 % (normal < 40), inference 180 ms (normal < 100).
 MINING_VALUES = {"gpu_load_per_inference": 85, "avg_inference_time": 180}
+# Deployed with the article's two rules only: the host's load and processes raise no alert here.
+ONLY_MINING_RULES = {"SecurityProfile": profile(*MINING_RULES)}
 
 
 @dataclass(frozen=True)
@@ -166,7 +168,7 @@ def component(deployment: Deployment, nucleus: DevNucleus, log: Path) -> Iterato
     shutil.rmtree(deployment.work_path / "state", ignore_errors=True)  # report_id and spool: a new device
     run = deployment.steps(nucleus.configuration)["run"]
     with log.open("wb") as output:
-        process = subprocess.Popen(
+        process = start(
             ["sh", "-c", run.script],
             cwd=deployment.work_path,
             env=nucleus_environment(deployment, run, nucleus.env()),
@@ -176,9 +178,7 @@ def component(deployment: Deployment, nucleus: DevNucleus, log: Path) -> Iterato
     try:
         yield process
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(STOP_TIMEOUT)
+        reap(process)  # with whatever the script started
 
 
 def stop_cleanly(process: subprocess.Popen[bytes], log: Path) -> None:
@@ -283,7 +283,7 @@ def test_e2e_reports_then_applies_a_merge_without_restart_and_alerts(
 ) -> None:
     log = tmp_path / "component.log"
     with (
-        DevNucleus(deployment.recipe_path, thing_name=THING) as nucleus,
+        DevNucleus(deployment.recipe_path, THING, ONLY_MINING_RULES) as nucleus,
         component(deployment, nucleus, log) as process,
     ):
         first = next_report(nucleus, log, after=0)
@@ -321,7 +321,7 @@ def test_e2e_a_topic_the_recipe_does_not_grant_is_refused_and_the_component_goes
 ) -> None:
     log = tmp_path / "component.log"
     with (
-        DevNucleus(deployment.recipe_path, thing_name=THING) as nucleus,
+        DevNucleus(deployment.recipe_path, THING, ONLY_MINING_RULES) as nucleus,
         component(deployment, nucleus, log) as process,
     ):
         next_report(nucleus, log, after=0)

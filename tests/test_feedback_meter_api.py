@@ -15,6 +15,7 @@ import pytest
 
 from ddcustom.feedback import GpuBusyReader, InferenceMeter
 from fakenvml import FakeGpu, FakeNvml
+from helpers import poll
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gpu"
 
@@ -291,11 +292,14 @@ def test_the_daemon_thread_samples_and_writes(tmp_path: Path, monkeypatch: pytes
         return flush()
 
     monkeypatch.setattr(meter, "flush", counted_flush)
+
+    def infer_then_look() -> bool:
+        with meter:
+            time.sleep(0.002)
+        return (tmp_path / "load").exists() and busy.calls >= 5
+
     try:
-        deadline = time.monotonic() + 20
-        while not ((tmp_path / "load").exists() and busy.calls >= 5) and time.monotonic() < deadline:
-            with meter:
-                time.sleep(0.002)
+        poll(infer_then_look, "the daemon thread to sample and write the files", timeout=20)
     finally:
         meter.close()
 

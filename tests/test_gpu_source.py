@@ -4,32 +4,19 @@ import ctypes
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import pynvml
 import pytest
 
-from ddcustom.config import Settings, parse_settings
 from ddcustom.metrics import METRICS
-from ddcustom.sample import GpuProcess, Sample
+from ddcustom.sample import GpuProcess
 from ddcustom.sources.gpu import GpuSource, parse_jetson_load
 from fakenvml import FIELDS, FakeGpu, FakeNvml
+from helpers import sample, settings
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gpu"
 NO_SYSFS = FIXTURES / "no-such-sysfs"  # no Jetson GPU there
 GIB = 2**30
-MINIMAL_PROFILE = [
-    {
-        "name": "cpu",
-        "metric": "cpu_usage",
-        "criteria": {"comparisonOperator": "less-than", "value": {"number": 99}},
-    }
-]
-
-
-def settings(**raw: Any) -> Settings:
-    parsed, _ = parse_settings({"SecurityProfile": MINIMAL_PROFILE, "EnableGPUMetrics": True, **raw})
-    return parsed
 
 
 def make_proc(root: Path, pid: int, comm: str | None = None, exe: str | None = None) -> None:
@@ -253,15 +240,14 @@ def test_an_unreadable_process_list_is_not_reported_as_zero_unknown_processes(tm
     )
     stats = source.read(frozenset())
     assert stats is not None and not stats.processes_measured
-    sample = Sample(time=0.0, monotonic=0.0, gpu=stats)
-    assert METRICS["gpu_unknown_processes"].read(sample, None) is None
-    assert METRICS["gpu_process_names"].read(sample, None) is None
-    assert METRICS["gpu_utilization"].read(sample, None) == 6.0  # the rest of the GPU metrics stay
+    assert METRICS["gpu_unknown_processes"].read(sample(gpu=stats), None) is None
+    assert METRICS["gpu_process_names"].read(sample(gpu=stats), None) is None
+    assert METRICS["gpu_utilization"].read(sample(gpu=stats), None) == 6.0  # the rest of the GPU metrics stay
 
     whole = GpuSource(settings(), nvml=FakeNvml([healthy]), sysfs_root=str(NO_SYSFS), proc_root=str(tmp_path))
     measured = whole.read(frozenset())
     assert measured is not None and measured.processes_measured
-    assert METRICS["gpu_unknown_processes"].read(Sample(time=0.0, monotonic=0.0, gpu=measured), None) == 1.0
+    assert METRICS["gpu_unknown_processes"].read(sample(gpu=measured), None) == 1.0
 
 
 def test_process_utilization_not_found_means_no_process_was_active(tmp_path: Path) -> None:

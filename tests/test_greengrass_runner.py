@@ -20,20 +20,14 @@ import pytest
 from ddcustom.devnucleus import DevNucleus, Published
 from ddcustom.greengrass.runner import serve
 from ddcustom.greengrass.sink import GreengrassSink
+from helpers import MINING_RULES, REPORT_SCHEMA, poll, profile
 
 ROOT = Path(__file__).resolve().parents[1]
 THING = "cam-42"
 REPORT_TOPIC = f"$aws/things/{THING}/defender/metrics/json"
 ALERT_TOPIC = f"ddcustom/{THING}/alerts"
-SCHEMA = json.loads((ROOT / "src/ddcustom/schemas/report.schema.json").read_text())
-
-
-def poll(condition: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+# The article's two rules only: the host's load and processes raise no alert here.
+BASE = {"DetectIntervalSeconds": 0.5, "SecurityProfile": profile(*MINING_RULES)}
 
 
 def reports(nucleus: DevNucleus) -> list[dict[str, Any]]:
@@ -46,8 +40,8 @@ def is_report(p: Published) -> bool:
 
 class Component:
     def __init__(self, tmp: Path, merge: dict[str, Any]) -> None:
-        base = {"DetectIntervalSeconds": 0.5, "StateDirectory": str(tmp / "state")}
-        self.nucleus = DevNucleus(ROOT / "recipe.yaml", THING, {**base, **merge}).start()
+        merge = {**BASE, "StateDirectory": str(tmp / "state"), **merge}
+        self.nucleus = DevNucleus(ROOT / "recipe.yaml", THING, merge).start()
         self.conn = GreengrassSink(
             THING,
             timeout=3.0,
@@ -98,7 +92,7 @@ def feedback(tmp_path: Path) -> Callable[[float, float], dict[str, Any]]:
 def test_first_report_goes_out_at_start_without_network_stats(start: Callable[..., Component]) -> None:
     c = start()
     first = json.loads(c.nucleus.wait_for(is_report, timeout=15).payload)
-    jsonschema.validate(first, SCHEMA)
+    jsonschema.validate(first, REPORT_SCHEMA)
     assert "network_stats" not in first.get("metrics", {})  # deltas need two samples
     assert 0 < first["custom_metrics"]["memory_usage"][0]["number"] <= 100
     assert "cpu_usage" not in first["custom_metrics"]  # CPU use needs two readings, too
@@ -298,9 +292,7 @@ def test_short_names_report_once_and_persist_its_id(start: Callable[..., Compone
 def test_answer_subscriptions_without_an_answer_are_made_again_later(tmp_path: Path) -> None:
     # SubscribeToIoTCore can wait on the cloud: the component starts and reports without it, and
     # subscribes to Device Defender's answers once the nucleus answers.
-    nucleus = DevNucleus(
-        ROOT / "recipe.yaml", THING, {"DetectIntervalSeconds": 0.5, "StateDirectory": str(tmp_path)}
-    )
+    nucleus = DevNucleus(ROOT / "recipe.yaml", THING, {**BASE, "StateDirectory": str(tmp_path)})
     nucleus.start()
     nucleus.delay(5.0, "aws.greengrass#SubscribeToIoTCore")
     conn = GreengrassSink(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from importlib import resources
 from typing import Any
 
 import jsonschema
@@ -13,7 +12,7 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from ddcustom.config import MAX_REPORT_LIST_SIZE, ConfigError, Settings, parse_settings
+from ddcustom.config import MAX_REPORT_LIST_SIZE, ConfigError
 from ddcustom.report import SHORT_NAMES, ReportBuilder
 from ddcustom.sample import (
     Connection,
@@ -25,25 +24,12 @@ from ddcustom.sample import (
     NetCounters,
     NetworkStats,
     ProcessStats,
-    Sample,
 )
 from ddcustom.sink import serialise
 from ddcustom.sources.collect import Collector
+from helpers import REPORT_SCHEMA, sample, settings
 
-PROFILE = [
-    {
-        "name": "cpu",
-        "metric": "cpu_usage",
-        "criteria": {"comparisonOperator": "less-than", "value": {"number": 90}},
-    }
-]
-SCHEMA = json.loads((resources.files("ddcustom") / "schemas" / "report.schema.json").read_text())
-VALIDATOR = jsonschema.Draft7Validator(SCHEMA)
-
-
-def settings(**raw: Any) -> Settings:
-    parsed, _ = parse_settings({"SecurityProfile": PROFILE, **raw})
-    return parsed
+VALIDATOR = jsonschema.Draft7Validator(REPORT_SCHEMA)
 
 
 def network(
@@ -58,10 +44,6 @@ def network(
         ),
         counters=NetCounters(bytes_in, bytes_out, packets_in, packets_out),
     )
-
-
-def sample(time: float = 1_700_000_000.0, **parts: Any) -> Sample:
-    return Sample(time=time, monotonic=time, **parts)
 
 
 FULL = sample(

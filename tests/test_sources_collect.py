@@ -7,29 +7,15 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from ddcustom.config import Settings, parse_settings
 from ddcustom.sample import Connection, Feedback
 from ddcustom.sources.collect import Collector
 from fakenvml import FakeGpu, FakeNvml
+from helpers import settings
 
 FIXTURES = Path(__file__).parent / "fixtures" / "proc"
-# A one-behavior profile keeps these tests independent of the built-in profiles' contents.
-PROFILE = [
-    {
-        "name": "cpu",
-        "metric": "cpu_usage",
-        "criteria": {"comparisonOperator": "less-than", "value": {"number": 90}},
-    }
-]
-
-
-def settings(**raw: Any) -> Settings:
-    parsed, _ = parse_settings({"SecurityProfile": PROFILE, **raw})
-    return parsed
 
 
 def test_sample_of_this_machine() -> None:

@@ -7,10 +7,9 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import pytest
 
@@ -29,6 +28,7 @@ from ddcustom.sources.processes import (
     parse_stat,
     read_process_table,
 )
+from helpers import poll, reap, start
 
 TREE = Path(__file__).parent / "fixtures" / "proc" / "tree"
 WATCHED = ("inference_app", "long_name_inference_service")
@@ -149,22 +149,13 @@ def test_a_process_started_elsewhere_under_the_apps_name_is_a_second_instance() 
 # ---- real processes --------------------------------------------------------------------------------
 
 
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
-
-
 @pytest.fixture
 def started() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes the test starts (helpers.start); each is reaped with all it started."""
     procs: list[subprocess.Popen[bytes]] = []
     yield procs
     for proc in procs:
-        proc.kill()
-        proc.wait()
+        reap(proc)
 
 
 def test_real_renamed_miner_and_stratum_command_line(
@@ -174,9 +165,9 @@ def test_real_renamed_miner_and_stratum_command_line(
     assert sleep is not None
     xmrig = tmp_path / "xmrig"
     shutil.copy(sleep, xmrig)
-    started.append(subprocess.Popen([str(xmrig), "30"]))
+    started.append(start([str(xmrig), "30"]))
     started.append(
-        subprocess.Popen(
+        start(
             [sys.executable, "-c", "import time; time.sleep(30)", "-o", "stratum+tcp://pool.example.com:3333"]
         )
     )
@@ -187,7 +178,7 @@ def test_real_renamed_miner_and_stratum_command_line(
         found = {m.pid: m for m in source.scan(()).stats.miners}
         return miner_pid in found and stratum_pid in found
 
-    wait_for(both_found, "the miner processes to show up")
+    poll(both_found, "the miner processes to show up")
     found = {m.pid: m for m in source.scan(()).stats.miners}
     assert found[miner_pid] == MinerProcess(miner_pid, "xmrig", "name")
     assert found[stratum_pid].reason == "stratum"
@@ -202,19 +193,19 @@ def test_real_watched_application_tree(tmp_path: Path, started: list[subprocess.
         "subprocess.Popen(['sh', '-c', 'sleep 30; true'])\n"
         "time.sleep(30)\n"
     )
-    started.append(subprocess.Popen([str(app), "-c", script]))
+    started.append(start([str(app), "-c", script]))
     app_pid = started[0].pid
     source = ProcessSource(("ddtest_app",), (), frozenset())
     # the app, its sleep and sh children, and sh's own sleep child
-    wait_for(lambda: source.scan(()).stats.child_processes == 3, "the application's 3 descendants")
+    poll(lambda: source.scan(()).stats.child_processes == 3, "the application's 3 descendants")
     scan = source.scan(())
     assert app_pid in scan.watched_pids
     assert len(scan.watched_pids) == 4
     assert os.getpid() not in scan.watched_pids
     assert scan.stats.watched_instances == 1
     # a second process under the application's name, started from elsewhere
-    started.append(subprocess.Popen([str(app), "-c", "import time; time.sleep(30)"]))
-    wait_for(lambda: source.scan(()).stats.watched_instances == 2, "the second instance")
+    started.append(start([str(app), "-c", "import time; time.sleep(30)"]))
+    poll(lambda: source.scan(()).stats.watched_instances == 2, "the second instance")
 
 
 def test_real_pool_connection_from_network_source() -> None:

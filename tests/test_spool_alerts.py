@@ -145,9 +145,10 @@ def test_file_corrupted_while_running_is_set_aside_at_replay(tmp_path: Path) -> 
     assert len(spool) == 1
 
 
-def test_complete_interrupted_write_is_kept(tmp_path: Path) -> None:
+@pytest.mark.parametrize("temp", [".{key}.k2x_9q.tmp", ".{key}.tmp"])  # fileio's name; earlier versions'
+def test_complete_interrupted_write_is_kept(tmp_path: Path, temp: str) -> None:
     # The process died between fsync of the temporary file and its rename.
-    tmp_path.joinpath(f".{4:016d}.alert.json.tmp").write_text(json.dumps(alert(4).to_json()))
+    tmp_path.joinpath(temp.format(key=f"{4:016d}.alert.json")).write_text(json.dumps(alert(4).to_json()))
     spool = AlertSpool(tmp_path, 1_000_000)
     assert list(spool.pending()) == [(f"{4:016d}.alert.json", alert(4))]
     assert spool.append(alert(5)) == f"{5:016d}.alert.json"

@@ -21,6 +21,7 @@ from ddcustom.alerts.event import ViolationEvent
 from ddcustom.alerts.spool import AlertSpool, SpoolError
 from ddcustom.config import Settings
 from ddcustom.detect.engine import Engine
+from ddcustom.fileio import read_bounded, write_atomic
 from ddcustom.fleet_state import FleetShadow, reported_state
 from ddcustom.report import ReportBuilder
 from ddcustom.runtime import backoff_delays
@@ -63,7 +64,11 @@ class Agent:
         self.counters = AgentCounters()
         self._clock = clock
         self._collector = collector or Collector(settings)
-        self._builder = ReportBuilder(settings, last_report_id=_read_int(settings.report_id_file))
+        try:
+            last_id: Optional[int] = int(read_bounded(settings.report_id_file, 32))
+        except (OSError, ValueError):  # none yet, or unreadable: ids go on from the clock
+            last_id = None
+        self._builder = ReportBuilder(settings, last_report_id=last_id)
         self._engine = Engine(settings.security_profile, thing_name)
         self._spool = spool or AlertSpool(settings.alert_spool_dir, settings.alert_spool_max_bytes)
         resumed = load_open_alarms(settings.alarm_state_file)
@@ -165,9 +170,17 @@ class Agent:
         if sent:
             self._last_reported = sample
             self.counters.reports_sent += 1
-            interval = self.settings.report_interval_seconds
-            log.info("report %s sent; the next in %d s", self._builder.last_report_id, interval)
-            _write_int(self.settings.report_id_file, self._builder.last_report_id)
+            path = self.settings.report_id_file
+            log.info(
+                "report %s sent; the next in %d s",
+                self._builder.last_report_id,
+                self.settings.report_interval_seconds,
+            )
+            try:
+                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+                write_atomic(path, str(self._builder.last_report_id).encode(), durable=True)
+            except OSError as exc:
+                log.warning("cannot persist the last report_id in %s: %s", path, exc)
 
     def _flush_alerts(self) -> None:
         """Send spooled alerts in order; stop at the first failure so order is kept.
@@ -257,22 +270,3 @@ def _next_tick(previous: float, interval: float, now: float) -> float:
     if previous <= 0 or previous + interval <= now:
         return now + interval
     return previous + interval
-
-
-def _read_int(path: str) -> Optional[int]:
-    try:
-        with open(path, encoding="ascii") as f:
-            return int(f.read(32).strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _write_int(path: str, value: int) -> None:
-    try:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="ascii") as f:
-            f.write(str(value))
-        os.replace(tmp, path)
-    except OSError as exc:
-        log.warning("cannot persist the last report_id in %s: %s", path, exc)

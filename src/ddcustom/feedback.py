@@ -10,8 +10,8 @@ window, and writes the three feedback files the component reads (docs/gpu.md):
   near 0 whatever its rate or model; a miner hidden in the application's own process raises it by about
   its duty cycle, and no process list can show that miner.
 
-Files are replaced atomically (temp file in the same directory, fsync, ``os.replace``), so a reader sees the
-old value or the new one, never a partial file. Writing and GPU sampling happen on a small daemon thread;
+Files are replaced atomically (``fileio.write_atomic``), so a reader sees the old value or the new one,
+never a partial file. Writing and GPU sampling happen on a small daemon thread;
 the inference path only takes a lock and appends to a deque.
 
 An inference whose block raises is not counted: a failure is not an inference, and fast failures would
@@ -20,14 +20,12 @@ hide the slowdown a miner causes. The exception goes on to the caller unchanged.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import itertools
 import logging
 import math
 import os
-import tempfile
 import threading
 import time
 from collections import deque
@@ -38,6 +36,7 @@ from types import TracebackType
 from typing import Any, Callable, Optional, TypeVar, Union, cast
 
 from ddcustom.config import DEFAULTS, busy_outside_file_next_to
+from ddcustom.fileio import write_atomic
 from ddcustom.sources.gpu import ComputeProcesses, find_jetson_load_file, read_jetson_load, start_nvml
 
 log = logging.getLogger(__name__)
@@ -64,19 +63,8 @@ def write_feedback_value(path: str, value: float) -> None:
             f"feedback value must be a finite number from 0 to {MAX_FEEDBACK_VALUE:g}, not {value!r}"
         )
     text = f"{value:.3f}".rstrip("0").rstrip(".") + "\n"
-    directory, name = os.path.split(os.path.abspath(path))
-    fd, temp_path = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(text)
-            f.flush()
-            os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; the component may run as another user
-            os.fsync(f.fileno())
-        os.replace(temp_path, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp_path)
-        raise
+    # 0644: the component may run as another user; not durable: rewritten every few seconds (fileio)
+    write_atomic(path, text.encode("ascii"), durable=False, mode=0o644)
 
 
 @dataclass(frozen=True)

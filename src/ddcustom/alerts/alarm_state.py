@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Any
 
 from ddcustom.detect.engine import OpenAlarm
@@ -47,6 +48,7 @@ def save_open_alarms(path: str, alarms: list[OpenAlarm]) -> None:
         ]
     }
     try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         write_atomic(path, json.dumps(document, sort_keys=True).encode(), durable=True)
     except OSError as exc:
         log.warning("cannot persist the open alarms in %s: %s", path, exc)

@@ -1,4 +1,4 @@
-"""Durable alert spool: every alert is on disk (fsynced) before it is sent, and removed once acknowledged.
+"""Durable alert spool: every alert is on disk (fileio, durable) before it is sent, and removed once acked.
 
 One file per alert, named by a sequence number that only grows, so replay after a restart or reconnect
 is in order. When the spool would exceed its size bound the OLDEST alerts are dropped (and logged at
@@ -12,7 +12,6 @@ crash after the send but before the ack replays that alert again: receivers reco
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -23,12 +22,14 @@ from pathlib import Path
 from typing import Optional, Union
 
 from ddcustom.alerts.event import ViolationEvent
+from ddcustom.fileio import fsync_directory, read_bounded, write_atomic
 
 log = logging.getLogger(__name__)
 
 SUFFIX = ".alert.json"
 NAME = re.compile(r"(\d{16})" + re.escape(SUFFIX))
-TEMP = re.compile(r"\.(\d{16}" + re.escape(SUFFIX) + r")\.tmp")
+# An interrupted write: fileio's temporary file, or .<key>.tmp as earlier versions named it.
+TEMP = re.compile(r"\.(\d{16}" + re.escape(SUFFIX) + r")\.(?:\w+\.)?tmp")
 CORRUPT_DIR = "corrupt"
 
 
@@ -143,7 +144,7 @@ class AlertSpool:
     def _make_directory(self) -> None:
         if not self.directory.is_dir():
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            _fsync_dir(self.directory.parent)  # the new directory's entry must survive a power loss too
+            fsync_directory(self.directory.parent)  # the new directory's entry must survive a power loss too
 
     def _recover(self) -> None:
         """Index the files left by an earlier run; finish or set aside interrupted writes."""
@@ -154,7 +155,7 @@ class AlertSpool:
                 if self._parse(path) is not None:
                     try:
                         os.replace(path, self.directory / temp.group(1))
-                        _fsync_dir(self.directory)
+                        fsync_directory(self.directory)
                     except OSError as exc:  # a read-only disk: finished at the next start
                         log.warning("alert spool: cannot finish the interrupted write %s: %s", path.name, exc)
                 else:
@@ -179,7 +180,8 @@ class AlertSpool:
         """Write the alerts held in memory, oldest first; on failure keep them in memory."""
         for key, data in list(self._in_memory.items()):
             try:
-                self._write(key, data)
+                self._make_directory()
+                write_atomic(self.directory / key, data, durable=True)
             except OSError as exc:
                 log.error(
                     "ALERT SPOOL %s CANNOT BE WRITTEN (%s): %d alert(s) kept in memory only, lost if the "
@@ -190,25 +192,6 @@ class AlertSpool:
                 )
                 return
             del self._in_memory[key]
-
-    def _write(self, key: str, data: bytes) -> None:
-        self._make_directory()
-        temp = self.directory / f".{key}.tmp"
-        try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temp, self.directory / key)
-            _fsync_dir(self.directory)
-        except OSError:
-            with contextlib.suppress(OSError):
-                temp.unlink()
-            raise
 
     def _load(self, key: str) -> Optional[ViolationEvent]:
         if key in self._in_memory:
@@ -224,8 +207,7 @@ class AlertSpool:
 
     def _parse(self, path: Path) -> Optional[ViolationEvent]:
         try:
-            with path.open("rb") as f:
-                data = f.read(self.max_bytes + 1)
+            data = read_bounded(path, self.max_bytes + 1)
             if len(data) > self.max_bytes:
                 raise ValueError(f"larger than the spool ({self.max_bytes} bytes)")
             return ViolationEvent.from_json(json.loads(data))
@@ -262,12 +244,3 @@ class AlertSpool:
         identity = self._identity_of.pop(key, None)
         if identity is not None:
             del self._identities[identity]
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename or new file in ``directory`` survive a power loss."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -1,11 +1,10 @@
 """Feedback files: numbers the device's ML application writes (GPU load per inference, inference time,
 GPU busy % outside inferences).
 
-Each file holds one non-negative number as text. Reading never blocks and never reads much: the path is
-checked with ``stat`` before it is opened (a FIFO, a device such as /dev/zero, a directory are refused
-without opening them), opened with O_NONBLOCK, checked again with ``fstat`` on the open descriptor (so a
-file swapped in between is caught), and at most MAX_FEEDBACK_BYTES are read. A symlink to a regular file
-is followed: applications commonly point the configured path at a file in their own directory.
+Each file holds one non-negative number as text. Reading never blocks and never reads much
+(``fileio.read_regular``: a FIFO, a device such as /dev/zero, a directory are refused without opening
+them). A symlink to a regular file is followed: applications commonly point the configured path at a file
+in their own directory.
 
 A missing or invalid value leaves that metric out (None) and logs a warning once per distinct problem;
 a change of problem is logged again, and so is the recovery.
@@ -15,11 +14,10 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import stat
 import time
 from typing import Callable, NamedTuple, Optional
 
+from ddcustom.fileio import NotRegularFile, read_regular
 from ddcustom.sample import Feedback
 
 log = logging.getLogger(__name__)
@@ -53,20 +51,6 @@ def parse_feedback_number(text: str) -> float:
     return value
 
 
-def _refuse_non_regular(mode: int) -> None:
-    if stat.S_ISREG(mode):
-        return
-    kinds = (
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    )
-    kind = next((text for test, text in kinds if test(mode)), "not a regular file")
-    raise FeedbackProblem("not a regular file", kind)
-
-
 class FeedbackRead(NamedTuple):
     value: float
     version: tuple[int, int]  # (inode, mtime in ns): changes with every write, atomic replaces included
@@ -75,22 +59,15 @@ class FeedbackRead(NamedTuple):
 def read_feedback_file(path: str) -> FeedbackRead:
     """Read one feedback file; raises FeedbackProblem saying why there is no value."""
     try:
-        _refuse_non_regular(os.stat(path).st_mode)
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        data, info = read_regular(path, MAX_FEEDBACK_BYTES + 1)
     except FileNotFoundError:
         raise FeedbackProblem("missing", "") from None
+    except NotRegularFile as exc:
+        raise FeedbackProblem("not a regular file", str(exc)) from None
     except OSError as exc:
         raise FeedbackProblem("unreadable", exc.strerror or str(exc)) from None
-    try:
-        info = os.fstat(fd)
-        _refuse_non_regular(info.st_mode)
-        if info.st_size > MAX_FEEDBACK_BYTES:
-            raise FeedbackProblem("too large", f"{info.st_size} bytes, at most {MAX_FEEDBACK_BYTES}")
-        data = os.read(fd, MAX_FEEDBACK_BYTES + 1)
-    except OSError as exc:
-        raise FeedbackProblem("unreadable", exc.strerror or str(exc)) from None
-    finally:
-        os.close(fd)
+    if info.st_size > MAX_FEEDBACK_BYTES:
+        raise FeedbackProblem("too large", f"{info.st_size} bytes, at most {MAX_FEEDBACK_BYTES}")
     if len(data) > MAX_FEEDBACK_BYTES:  # grew after fstat
         raise FeedbackProblem("too large", f"more than {MAX_FEEDBACK_BYTES} bytes")
     try:

@@ -13,6 +13,7 @@ process tree), "allowed" (its name is in AllowedGpuProcesses) or "unknown".
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
 from ddcustom.config import Settings
+from ddcustom.fileio import read_text
 from ddcustom.sample import GpuProcess, GpuStats
 
 log = logging.getLogger(__name__)
@@ -236,10 +238,11 @@ class GpuSource:
         NVML gives host pids. A pid that /proc does not show (the process ended, or lives in another
         PID namespace, e.g. a container) is named "pid:<n>" and can only be "watched" or "unknown".
         """
-        comm = read_bounded(self._proc_root / str(pid) / "comm", MAX_COMM_BYTES)
-        names = set()
-        if comm is not None and comm.strip():
-            names.add(comm.strip())
+        try:
+            comm = read_text(self._proc_root / str(pid) / "comm", MAX_COMM_BYTES).strip()
+        except OSError:  # gone
+            comm = ""
+        names = {comm} if comm else set()
         try:
             exe = os.readlink(self._proc_root / str(pid) / "exe")
         except OSError:  # gone, or another user's process without ptrace rights
@@ -248,8 +251,7 @@ class GpuSource:
             names.add(os.path.basename(exe.removesuffix(" (deleted)")))
         if not names:
             return f"pid:{pid}", frozenset()
-        shown = comm.strip() if comm is not None and comm.strip() else next(iter(names))
-        return shown, frozenset(names)
+        return comm or next(iter(names)), frozenset(names)
 
     # ---- Jetson --------------------------------------------------------------------------------------
 
@@ -318,8 +320,10 @@ class ComputeProcesses:
 
 def read_jetson_load(path: Path) -> Optional[float]:
     """The Jetson GPU load in percent from its sysfs file; None when unreadable or not per-mille."""
-    text = read_bounded(path, MAX_SYSFS_BYTES)
-    return parse_jetson_load(text) if text is not None else None
+    try:
+        return parse_jetson_load(read_text(path, MAX_SYSFS_BYTES))
+    except OSError:
+        return None
 
 
 def find_jetson_load_file(sysfs_root: Path) -> Optional[Path]:
@@ -334,12 +338,12 @@ def find_jetson_load_file(sysfs_root: Path) -> Optional[Path]:
     except OSError:
         return None
     for node in nodes:
-        name = read_bounded(node / "device" / "of_node" / "name", MAX_SYSFS_BYTES)
-        # Device-tree strings end with a NUL byte.
-        if name is not None and name.strip("\x00 \n") in JETSON_GPU_NAMES:
-            load = node / "device" / "load"
-            if load.is_file():
-                return load
+        with contextlib.suppress(OSError):  # not a device-tree device
+            name = read_text(node / "device" / "of_node" / "name", MAX_SYSFS_BYTES)
+            if name.strip("\x00 \n") in JETSON_GPU_NAMES:  # device-tree strings end with a NUL byte
+                load = node / "device" / "load"
+                if load.is_file():
+                    return load
     return None
 
 
@@ -352,12 +356,3 @@ def parse_jetson_load(text: str) -> Optional[float]:
     if not 0 <= per_mille <= 1000:
         return None
     return per_mille / 10.0
-
-
-def read_bounded(path: Path, limit: int) -> Optional[str]:
-    """At most ``limit`` bytes of a small /proc or /sys file as text, or None when it cannot be read."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(limit).decode("utf-8", errors="replace")
-    except OSError:
-        return None

@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional
 
 import psutil
 
+from ddcustom.fileio import read_bounded
 from ddcustom.sample import Connection, ListeningPort, NetCounters, NetworkStats
 
 log = logging.getLogger(__name__)
@@ -274,20 +275,8 @@ def _ports(keys: Iterable[tuple[int, Optional[str]]]) -> tuple[ListeningPort, ..
 
 def read_proc_text(path: str, limit: int) -> str:
     """Read at most ``limit`` bytes of a /proc text file (a partial last line is dropped)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        chunks: list[bytes] = []
-        size = 0
-        while size < limit:
-            chunk = os.read(fd, min(1 << 20, limit - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    finally:
-        os.close(fd)
-    data = b"".join(chunks)
-    if size >= limit:
+    data = read_bounded(path, limit)
+    if len(data) >= limit:
         data = data[: data.rfind(b"\n") + 1]
     return data.decode("ascii", "replace")
 

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
+from ddcustom.fileio import read_bounded, read_text
 from ddcustom.sample import Connection, MinerProcess, ProcessStats
 
 STAT_BYTES = 4096
@@ -97,14 +98,6 @@ def parse_cmdline(raw: bytes) -> list[str]:
     return [arg.decode("utf-8", "replace") for arg in raw.rstrip(b"\0").split(b"\0")] if raw else []
 
 
-def _read_bounded(path: str, limit: int) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.read(fd, limit)
-    finally:
-        os.close(fd)
-
-
 def read_process_table(proc_root: str = "/proc") -> dict[int, ProcessInfo]:
     """All processes under ``proc_root`` by pid; processes that vanish while being read are skipped."""
     table: dict[int, ProcessInfo] = {}
@@ -113,8 +106,8 @@ def read_process_table(proc_root: str = "/proc") -> dict[int, ProcessInfo]:
             continue
         base = f"{proc_root}/{name}/"
         try:
-            stat = parse_stat(_read_bounded(base + "stat", STAT_BYTES).decode("utf-8", "replace"))
-            argv = parse_cmdline(_read_bounded(base + "cmdline", CMDLINE_BYTES))
+            stat = parse_stat(read_text(base + "stat", STAT_BYTES))
+            argv = parse_cmdline(read_bounded(base + "cmdline", CMDLINE_BYTES))
         except (OSError, ValueError, IndexError):  # exited mid-scan, or not readable
             continue
         argv0_name = argv[0].rpartition("/")[2] if argv else ""

@@ -6,6 +6,8 @@ import contextlib
 import os
 from typing import Optional
 
+from ddcustom.fileio import read_text
+
 MAX_STAT_BYTES = 1024 * 1024
 MIN_CPU_SPAN_SECONDS = 0.5
 
@@ -53,14 +55,6 @@ def parse_memory_percent(meminfo_text: str) -> float:
     return round(100.0 * (total - min(available, total)) / total, 1)
 
 
-def _read_text(path: str) -> str:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.read(fd, MAX_STAT_BYTES).decode("ascii", "replace")
-    finally:
-        os.close(fd)
-
-
 class SystemSource:
     """CPU and memory use. CPU is measured since the previous call (the first since construction)."""
 
@@ -71,7 +65,7 @@ class SystemSource:
         # /proc/stat totals are summed over all CPUs, in USER_HZ ticks
         self._min_span_jiffies = MIN_CPU_SPAN_SECONDS * os.sysconf("SC_CLK_TCK") * (os.cpu_count() or 1)
         with contextlib.suppress(OSError, ValueError):  # read_cpu_percent reports it on its first call
-            self._last_cpu = parse_cpu_times(_read_text(self._stat_path))
+            self._last_cpu = parse_cpu_times(read_text(self._stat_path, MAX_STAT_BYTES))
 
     def read_cpu_percent(self) -> Optional[float]:
         """None until at least MIN_CPU_SPAN_SECONDS passed since the baseline reading.
@@ -79,7 +73,7 @@ class SystemSource:
         Counters tick in 10 ms jiffies: over a few milliseconds 2 busy of 2 total reads as 100 %,
         which a one-datapoint CPU rule would take for a miner. A short call keeps the old baseline.
         """
-        now = parse_cpu_times(_read_text(self._stat_path))
+        now = parse_cpu_times(read_text(self._stat_path, MAX_STAT_BYTES))
         before = self._last_cpu
         if before is not None and now[1] - before[1] < self._min_span_jiffies:
             return None
@@ -87,4 +81,4 @@ class SystemSource:
         return None if before is None else cpu_percent_between(before, now)
 
     def read_memory_percent(self) -> float:
-        return parse_memory_percent(_read_text(self._meminfo_path))
+        return parse_memory_percent(read_text(self._meminfo_path, MAX_STAT_BYTES))
