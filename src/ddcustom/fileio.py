@@ -7,9 +7,10 @@ never ends), it is opened with O_NONBLOCK and checked again once open (a file sw
 Writes replace the file by a temporary one from the same directory: readers see the old content or the
 new, never a part. Durability rule: what must survive a power loss is written ``durable=True``, with the
 file fsynced before the rename and its directory after: the alerts in the spool (never lost), the open
-alarms (each one ends after a restart) and the last report id (ids only grow, even when the clock steps back). Values rewritten every few seconds that only
-describe the present (the meter's feedback files) are not: their writer stops with the power too, and an
-fsync every few seconds would wear an edge device's flash storage for nothing.
+alarms (each one ends after a restart) and the last report id (ids only grow, even when the clock steps
+back). Values rewritten every few seconds that only describe the present (the meter's feedback files) are
+not: their writer stops with the power too, and an fsync every few seconds would wear an edge device's
+flash storage for nothing.
 """
 
 from __future__ import annotations
