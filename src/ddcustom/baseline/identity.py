@@ -344,6 +344,16 @@ class IdentityReader:
                 self._identities.popitem(last=False)
         return identity
 
+    def read_file(self, path: str) -> ExecutableIdentity:
+        """The identity a process running the file at ``path`` (no script) would have: the resolved
+        path (as /proc/PID/exe shows it) and its SHA-256."""
+        resolved = os.path.realpath(path)
+        signature = _signature(resolved)
+        if signature is None:
+            return ExecutableIdentity(path=resolved, sha256="", reason_unknowable=UNREADABLE)
+        sha, reason = self._hash(resolved, signature)
+        return ExecutableIdentity(path=resolved, sha256=sha, reason_unknowable=reason)
+
     def _script(self, base: str, exe_path: str, cmdline: list[str]) -> str:
         if os.path.basename(exe_path) == "java":
             form, value = java_argument(cmdline)

@@ -80,6 +80,7 @@ from ddcustom.baseline.storage import (
 
 log = logging.getLogger(__name__)
 
+FILE_NAME = "baseline.json"  # under StateDirectory
 DEFAULT_LEARNING_SECONDS = 86400
 DEFAULT_FORGET_SECONDS = 90 * 86400
 DEFAULT_MAX_ENTRIES = 10_000  # per kind
