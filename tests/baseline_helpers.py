@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -77,3 +78,26 @@ def fake_process(
     (base / "fd").mkdir()
     for fd, target in (fds or {}).items():
         os.symlink(target, base / "fd" / str(fd))
+
+
+def read_baseline_file(path: Path) -> dict[str, Any]:
+    """The baseline file as one mapping: its header, and entries and tombstones by kind and key (read
+    here, independently of the code under test, from the format storage.py documents)."""
+    header, *items = [json.loads(line) for line in path.read_text().splitlines()]
+    kinds = ("executable", "gpu_executable", "endpoint", "listening")
+    entries: dict[str, dict[str, Any]] = {kind: {} for kind in kinds}
+    forgotten: dict[str, dict[str, float]] = {kind: {} for kind in kinds}
+    for item in items:
+        if item[0] == "forgotten":
+            forgotten[item[1]][item[2]] = item[3]
+        else:
+            kind, key, first_seen, last_seen, origin, details = item
+            entries[kind][key] = {
+                "first_seen": first_seen,
+                "last_seen": last_seen,
+                "origin": origin,
+                "details": details,
+            }
+    assert header["entries"] == sum(map(len, entries.values()))
+    assert header["forgotten"] == sum(map(len, forgotten.values()))
+    return {**header, "entries": entries, "forgotten": forgotten}

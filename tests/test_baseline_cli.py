@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from baseline_helpers import Spawn, spawn, wait_for_exec
+from baseline_helpers import Spawn, read_baseline_file, spawn, wait_for_exec
 from ddcustom.baseline.identity import IdentityReader
 from ddcustom.baseline.keys import ENDPOINT, EXECUTABLE, GPU_EXECUTABLE, LISTENING
 from ddcustom.baseline.store import BaselineStore
@@ -33,7 +33,7 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 
 def saved(state: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((state / "baseline.json").read_text())["entries"]
+    data: dict[str, Any] = read_baseline_file(state / "baseline.json")["entries"]
     return data
 
 
@@ -212,7 +212,7 @@ def test_a_corrupt_baseline_is_reported_and_left_alone(
 ) -> None:
     (tmp_path / "baseline.json").write_text("not json")
     code, _, err = run(capsys, "approve", "listen:tcp:22", "--state-dir", str(tmp_path))
-    assert code == 2 and "does not parse as JSON" in err
+    assert code == 2 and "is not a baseline file" in err
     assert (tmp_path / "baseline.json").read_text() == "not json"
 
 

@@ -3,7 +3,6 @@ with SIGKILL in the middle of their writes."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from baseline_helpers import Spawn, spawn, wait_until
+from baseline_helpers import Spawn, read_baseline_file, spawn, wait_until
 from ddcustom.baseline.keys import ENDPOINT, LISTENING
 from ddcustom.baseline.storage import APPROVED, BaselineFile
 from ddcustom.baseline.store import BaselineStore
@@ -72,17 +71,20 @@ while True:
 # file, just before the rename, or just after it (before the directory's fsync).
 CRASHING_WRITER = """
 import os, signal, sys, time
+from ddcustom.baseline import storage
 from ddcustom.baseline.store import BaselineStore
 path, point = sys.argv[1], sys.argv[2]
 store = BaselineStore(path, now=time.time(), learning_seconds=10**9, flush_seconds=0)
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
 for first in (10, 11):
     if first == 11:
-        real_write, real_fsync = os.write, os.fsync
+        real_lines, real_fsync = storage.BaselineData.lines, os.fsync
         fsyncs = []
-        def die():
-            os.kill(os.getpid(), signal.SIGKILL)
-        def half_write(fd, data):
-            real_write(fd, bytes(data[: len(data) // 2]))
+        def half_then_die(data):
+            lines = list(real_lines(data))
+            yield from lines[: len(lines) // 2]
+            yield "x" * 300000  # past the write buffer: part of the file reaches the disk
             die()
         def second_fsync(fd):
             fsyncs.append(fd)
@@ -90,7 +92,7 @@ for first in (10, 11):
                 die()
             real_fsync(fd)
         if point == "write":
-            os.write = half_write
+            storage.BaselineData.lines = half_then_die
         elif point == "rename":
             os.replace = lambda source, target: die()
         else:
@@ -109,14 +111,13 @@ def test_operator_and_component_writing_at_once_lose_nothing(tmp_path: Path, spa
     operator = spawn([sys.executable, "-c", OPERATOR, str(path), str(go), str(OPERATIONS)])
     reads = 0
     while component.poll() is None or operator.poll() is None:
-        with open(path, "rb") as handle:
-            json.loads(handle.read())  # every version a reader meets parses
+        read_baseline_file(path)  # every version a reader meets parses, whole
         reads += 1
         time.sleep(0.002)
     assert component.returncode == 0 and operator.returncode == 0
     assert reads > 0
 
-    saved = json.loads(path.read_text())["entries"]
+    saved = read_baseline_file(path)["entries"]
     forgotten = {f"tcp:{port}" for port in range(3, OPERATIONS + 1, 3)}
     # tcp:1 was both learned by the component and approved by the operator: approved wins
     assert set(saved[LISTENING]) == {f"tcp:{port}" for port in range(1, OPERATIONS + 1)} - forgotten
@@ -162,5 +163,5 @@ def test_a_writer_killed_mid_write_leaves_a_baseline_that_parses(tmp_path: Path,
     store = BaselineStore(path, now=time.time(), learning_seconds=10**9)
     store.observe_listening("tcp", 22, time.time())
     store.flush(time.time())
-    assert "tcp:22" in json.loads(path.read_text())["entries"][LISTENING]
+    assert "tcp:22" in read_baseline_file(path)["entries"][LISTENING]
     assert not [name for name in os.listdir(tmp_path) if "corrupt" in name]

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from baseline_helpers import read_baseline_file
 from ddcustom.baseline.approvals import Approvals
 from ddcustom.baseline.deployment import DeploymentTrust
 from ddcustom.baseline.identity import DELETED, MEMFD, ExecutableIdentity
@@ -47,8 +48,7 @@ def operator(path: Path, now: float) -> BaselineStore:
 
 
 def on_disk(path: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
+    return read_baseline_file(path)
 
 
 def disk_keys(path: Path, kind: str) -> set[str]:
@@ -332,28 +332,46 @@ def test_entries_that_do_not_fit_the_format_are_dropped_and_the_rest_kept(
     path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path.parent.mkdir()
-    good = {"first_seen": T0, "last_seen": T0, "origin": "learned", "details": {"path": "/x"}}
-    path.write_text(
-        json.dumps(
-            {
-                "format": 1,
-                "learning_started": T0,
-                "entries": {
-                    "executable": {
-                        "good": good,
-                        "bad-origin": {**good, "origin": "trusted"},
-                        "bad-time": {**good, "last_seen": "yesterday"},
-                        "bad-details": {**good, "details": {"path": ["/x"]}},
-                    },
-                    "unknown-kind": {"k": good},
-                },
-            }
-        )
-    )
+    good = [EXECUTABLE, "good", T0, T0, "learned", {"path": "/x"}]
+    lines = [
+        {"format": 1, "learning_started": T0, "epoch": 0, "entries": 6, "forgotten": 2},
+        good,
+        [EXECUTABLE, "bad-origin", T0, T0, "trusted", {}],
+        [EXECUTABLE, "bad-time", T0, "yesterday", "learned", {}],
+        [EXECUTABLE, "bad-details", T0, T0, "learned", {"path": ["/x"]}],
+        ["unknown-kind", "k", T0, T0, "learned", {}],
+        [EXECUTABLE, "too-short"],
+        ["forgotten", EXECUTABLE, "gone", T0],
+        ["forgotten", "unknown-kind", "gone", T0],
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     with caplog.at_level(logging.WARNING):
         store = operator(path, T0)
     assert set(store.entries(EXECUTABLE)) == {"good"}
-    assert any("4 entries" in record.getMessage() for record in caplog.records)
+    assert any("5 entries" in record.getMessage() for record in caplog.records)
+
+
+def test_a_file_cut_short_is_corrupt(path: Path) -> None:
+    store = component(path)
+    store.observe_listening("tcp", 22, T0 + 1)
+    store.observe_listening("tcp", 23, T0 + 1)
+    store.flush(T0 + 1)
+    whole = path.read_text()
+    path.write_text(whole[: whole.rindex("[")])  # the last entry lost
+    with pytest.raises(BaselineCorrupt, match="cut short: 1 entries"):
+        operator(path, T0 + 2)
+
+
+def test_paths_that_are_not_utf8_are_kept(path: Path) -> None:
+    odd = os.fsdecode(b"/opt/\xff\xfe name/bin")
+    identity = ExecutableIdentity(path=odd, sha256="e" * 64)
+    assert identity.key == "e" * 64 + " /opt/%FF%FE%20name/bin"
+    store = component(path)
+    store.observe_executable(identity, T0 + 1)
+    store.close(T0 + 2)
+    restarted = component(path, now=T0 + 3)
+    assert restarted.entries(EXECUTABLE)[identity.key].details["path"] == odd
+    assert restarted.observe_executable(identity, T0 + DAY)
 
 
 # ---- the component and the command line writing together -----------------------------------------

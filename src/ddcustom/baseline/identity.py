@@ -110,13 +110,18 @@ class ExecutableIdentity:
 def identity_key(path: str, sha256: str, script: str = "", script_sha256: str = "") -> str:
     """``<sha256> <path>`` or ``<sha256> <path> <script sha256 or -> <script>``.
 
-    Paths are percent-quoted (space, %, control and non-ASCII characters), so the space-separated key is
+    Paths are percent-quoted (space, %, control and non-ASCII bytes), so the space-separated key is
     unambiguous whatever a path holds; ordinary paths read as they are.
     """
-    key = f"{sha256 or '-'} {quote(path, safe=_KEY_SAFE)}"
+    key = f"{sha256 or '-'} {_quoted(path)}"
     if script:
-        key += f" {script_sha256 or '-'} {quote(script, safe=_KEY_SAFE)}"
+        key += f" {script_sha256 or '-'} {_quoted(script)}"
     return key
+
+
+def _quoted(path: str) -> str:
+    # names that are not UTF-8 come from the kernel as surrogates: quote their original bytes
+    return quote(path, safe=_KEY_SAFE, errors="surrogateescape")
 
 
 # ---- interpreters ---------------------------------------------------------------------------------

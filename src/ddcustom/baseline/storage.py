@@ -1,16 +1,19 @@
-"""The baseline file: its JSON format, the advisory lock, and atomic writes.
+"""The baseline file: its format, the advisory lock, and atomic writes.
 
-Format (one JSON object; ``format`` is bumped on any change an older reader would get wrong, and a
-file with a newer format is refused, never overwritten)::
+Format: JSON Lines, so that neither writing nor reading ever holds the whole document in memory (a
+baseline of 10 000 entries per kind is several MB of text, and json.loads of that is many times more).
+The first line is a header; ``format`` is bumped on any change an older reader would get wrong, and a
+file with a newer format is refused, never overwritten::
 
-    {"format": 1,
-     "revision": "<random hex, new on every write>",
-     "learning_started": 1800000000.0,            # null: the component has not started learning yet
-     "epoch": 0,                                   # bumped by relearn
-     "entries": {"executable": {"<key>": {"first_seen": 1800000000, "last_seen": 1800003600,
-                                          "origin": "learned", "details": {"path": ..., "sha256": ...}}},
-                 "gpu_executable": {...}, "endpoint": {...}, "listening": {...}},
-     "forgotten": {"<kind>": {"<key>": 1800000500.0}}}   # tombstones: when an operator forgot a key
+    {"format": 1, "revision": "<random hex, new on every write>", "learning_started": 1800000000.0,
+     "epoch": 0, "entries": 2, "forgotten": 1}
+    ["executable", "<key>", 1800000000, 1800003600, "learned", {"path": "...", "sha256": "..."}]
+    ["endpoint", "203.0.113.0/24:443", 1800000000, 1800000000, "approved", {"pattern": "..."}]
+    ["forgotten", "executable", "<key>", 1800000500.0]
+
+``learning_started`` is null until the component first runs; ``epoch`` is bumped by relearn; entry lines
+are [kind, key, first_seen, last_seen, origin, details]; "forgotten" lines are tombstones (when an operator
+forgot a key). The header's counts make a truncated file detectable.
 
 Writers hold ``baseline.lock`` (``fcntl.flock``, next to the file) around read-modify-write, write a
 temporary file, fsync it, rename it over the file and fsync the directory: a reader (locked or not)
@@ -26,13 +29,12 @@ import json
 import logging
 import math
 import os
-import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, BinaryIO, Optional, Union
 
 from ddcustom.baseline.keys import KINDS
 
@@ -44,15 +46,21 @@ DEPLOYMENT = "deployment"
 APPROVED = "approved"
 ORIGINS = (LEARNED, DEPLOYMENT, APPROVED)  # in rising precedence when two writers disagree
 _RANK = {origin: rank for rank, origin in enumerate(ORIGINS)}
+TOMBSTONE = "forgotten"
 
 LOCK_NAME = "baseline.lock"
 MAX_KEY_CHARS = 4096 + 200  # a PATH_MAX path, its hash and a script
 MAX_DETAIL_CHARS = 4096
 MAX_DETAILS = 8
+MAX_LINE_BYTES = 64 * 1024
 MAX_READ_BYTES = 256 * 1024 * 1024  # refuse to read a file far beyond any bound we write
-_REVISION = re.compile(rb'\{"format":\s*(\d+),\s*"revision":\s*"([0-9a-f]+)"')
 
 FileSignature = tuple[int, int, int]  # st_ino, st_mtime_ns, st_size
+
+
+def compact_json(value: Any) -> str:
+    """One-line JSON; ASCII, so paths that are not UTF-8 (kept as surrogates) survive the round trip."""
+    return json.dumps(value, separators=(",", ":"))
 
 
 class BaselineError(Exception):
@@ -68,16 +76,25 @@ class BaselineFull(BaselineError):
 
 
 class Entry:
-    """One baseline entry; ``stored_seen`` is the last_seen the file holds (in memory only)."""
+    """One baseline entry. Details are kept as their JSON text: a third of the memory of a dict of
+    strings, and they are only read to show or merge them. ``stored_seen`` is the last_seen the file
+    holds (in memory only)."""
 
-    __slots__ = ("details", "first_seen", "last_seen", "origin", "stored_seen")
+    __slots__ = ("details_text", "first_seen", "last_seen", "origin", "stored_seen")
 
-    def __init__(self, first_seen: float, last_seen: float, origin: str, details: dict[str, Any]) -> None:
+    def __init__(
+        self, first_seen: float, last_seen: float, origin: str, details: Union[Mapping[str, Any], str]
+    ) -> None:
         self.first_seen = first_seen
         self.last_seen = last_seen
         self.origin = origin
-        self.details = details
+        self.details_text = details if isinstance(details, str) else compact_json(dict(details))
         self.stored_seen = last_seen
+
+    @property
+    def details(self) -> dict[str, Any]:
+        details: dict[str, Any] = json.loads(self.details_text)
+        return details
 
     def merge(self, other: Entry) -> None:
         """Take in what another writer knows of the same key."""
@@ -85,7 +102,7 @@ class Entry:
         self.last_seen = max(self.last_seen, other.last_seen)
         if _RANK[other.origin] > _RANK[self.origin]:
             self.origin = other.origin
-            self.details = other.details
+            self.details_text = other.details_text
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -94,6 +111,12 @@ class Entry:
             "origin": self.origin,
             "details": self.details,
         }
+
+    def line(self, kind: str, key: str) -> str:
+        return (
+            f'["{kind}",{json.dumps(key)},{int(self.first_seen)},{int(self.last_seen)},'
+            f'"{self.origin}",{self.details_text}]\n'
+        )
 
 
 @dataclass
@@ -104,18 +127,27 @@ class BaselineData:
     entries: dict[str, dict[str, Entry]] = field(default_factory=lambda: {kind: {} for kind in KINDS})
     forgotten: dict[str, dict[str, float]] = field(default_factory=lambda: {kind: {} for kind in KINDS})
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
-            "revision": self.revision,
-            "learning_started": self.learning_started,
-            "epoch": self.epoch,
-            "entries": {
-                kind: {key: entry.to_json() for key, entry in entries.items()}
-                for kind, entries in self.entries.items()
-            },
-            "forgotten": {kind: dict(tombstones) for kind, tombstones in self.forgotten.items()},
-        }
+    def lines(self) -> Iterator[str]:
+        """The file's lines (header, entries, tombstones), one at a time."""
+        yield (
+            compact_json(
+                {
+                    "format": FORMAT,
+                    "revision": self.revision,
+                    "learning_started": self.learning_started,
+                    "epoch": self.epoch,
+                    "entries": sum(len(entries) for entries in self.entries.values()),
+                    "forgotten": sum(len(tombstones) for tombstones in self.forgotten.values()),
+                }
+            )
+            + "\n"
+        )
+        for kind, entries in self.entries.items():
+            for key, entry in entries.items():
+                yield entry.line(kind, key)
+        for kind, tombstones in self.forgotten.items():
+            for key, at in tombstones.items():
+                yield f'["{TOMBSTONE}","{kind}",{json.dumps(key)},{at!r}]\n'
 
 
 def _number(value: Any) -> bool:
@@ -134,51 +166,71 @@ def _valid_details(details: Any) -> bool:
     )
 
 
-def parse_baseline(obj: Any, where: str) -> BaselineData:
-    """BaselineData of a parsed file; entries that do not fit the format are dropped with a warning."""
-    if not isinstance(obj, dict) or not isinstance(obj.get("format"), int) or obj["format"] < 1:
+def _header(line: bytes, where: str) -> dict[str, Any]:
+    try:
+        header = json.loads(line)
+    except ValueError:
+        header = None
+    if not isinstance(header, dict) or not isinstance(header.get("format"), int) or header["format"] < 1:
         raise BaselineCorrupt(f"{where} is not a baseline file (no format number)")
-    if obj["format"] > FORMAT:
+    if header["format"] > FORMAT:
         raise BaselineError(
-            f"{where} has format {obj['format']}, written by a newer ddcustom (this one reads format "
+            f"{where} has format {header['format']}, written by a newer ddcustom (this one reads format "
             f"{FORMAT}); it is left as it is"
         )
-    started = obj.get("learning_started")
-    epoch = obj.get("epoch", 0)
-    entries_obj = obj.get("entries", {})
-    forgotten_obj = obj.get("forgotten", {})
+    return header
+
+
+def _entry(item: Any) -> Optional[tuple[str, str, Entry]]:
+    """(kind, key, entry) of an entry line, None when it does not fit the format."""
+    if not (isinstance(item, list) and len(item) == 6):
+        return None
+    kind, key, first_seen, last_seen, origin, details = item
     if (
-        not (started is None or _number(started))
-        or not isinstance(epoch, int)
-        or not isinstance(entries_obj, dict)
-        or not isinstance(forgotten_obj, dict)
+        kind in KINDS
+        and isinstance(key, str)
+        and len(key) <= MAX_KEY_CHARS
+        and _number(first_seen)
+        and _number(last_seen)
+        and origin in _RANK
+        and _valid_details(details)
     ):
-        raise BaselineCorrupt(f"{where} is not a baseline file (bad learning_started, epoch or sections)")
-    data = BaselineData(learning_started=started, epoch=epoch, revision=str(obj.get("revision", "")))
-    dropped = 0
-    for kind, entries in entries_obj.items():
-        if kind not in data.entries or not isinstance(entries, dict):
-            dropped += len(entries) if isinstance(entries, dict) else 1
+        return kind, key, Entry(first_seen, last_seen, origin, details)
+    return None
+
+
+def parse_baseline(handle: BinaryIO, where: str) -> BaselineData:
+    """BaselineData of a file read line by line; entries that do not fit the format are dropped with a
+    warning. BaselineCorrupt for a file that is not a baseline or was cut short."""
+    header = _header(handle.readline(MAX_LINE_BYTES), where)
+    started = header.get("learning_started")
+    epoch = header.get("epoch", 0)
+    counts = (header.get("entries"), header.get("forgotten"))
+    if not (started is None or _number(started)) or not isinstance(epoch, int):
+        raise BaselineCorrupt(f"{where} is not a baseline file (bad learning_started or epoch)")
+    data = BaselineData(learning_started=started, epoch=epoch, revision=str(header.get("revision", "")))
+    entry_lines = tombstone_lines = dropped = 0
+    for line in handle:
+        try:
+            item = json.loads(line)
+        except ValueError:
+            raise BaselineCorrupt(f"{where}: line {entry_lines + tombstone_lines + 2} is not JSON") from None
+        if isinstance(item, list) and item[:1] == [TOMBSTONE]:
+            tombstone_lines += 1
+            if len(item) == 4 and item[1] in KINDS and isinstance(item[2], str) and _number(item[3]):
+                data.forgotten[item[1]][item[2]] = float(item[3])
             continue
-        for key, raw in entries.items():
-            if (
-                len(key) <= MAX_KEY_CHARS
-                and isinstance(raw, dict)
-                and _number(raw.get("first_seen"))
-                and _number(raw.get("last_seen"))
-                and raw.get("origin") in _RANK
-                and _valid_details(raw.get("details", {}))
-            ):
-                data.entries[kind][key] = Entry(
-                    raw["first_seen"], raw["last_seen"], raw["origin"], raw.get("details", {})
-                )
-            else:
-                dropped += 1
-    for kind, tombstones in forgotten_obj.items():
-        if kind in data.forgotten and isinstance(tombstones, dict):
-            data.forgotten[kind] = {
-                key: float(at) for key, at in tombstones.items() if isinstance(key, str) and _number(at)
-            }
+        entry_lines += 1
+        parsed = _entry(item)
+        if parsed is None:
+            dropped += 1
+        else:
+            data.entries[parsed[0]][parsed[1]] = parsed[2]
+    if counts != (entry_lines, tombstone_lines):
+        raise BaselineCorrupt(
+            f"{where} is cut short: {entry_lines} entries and {tombstone_lines} tombstones instead of "
+            f"{counts[0]} and {counts[1]}"
+        )
     if dropped:
         log.warning("%s: %d entries that do not fit the baseline format were dropped", where, dropped)
     return data
@@ -227,48 +279,48 @@ class BaselineFile:
             os.close(fd)  # closing the descriptor releases the lock
 
     def read_revision(self) -> Optional[str]:
-        """The revision token at the head of the file (without parsing it); None when unreadable."""
+        """The revision in the file's header (without reading the rest); None when unreadable."""
         try:
             with open(self.path, "rb") as handle:
-                head = handle.read(128)
-        except OSError:
+                header = json.loads(handle.readline(MAX_LINE_BYTES))
+        except (OSError, ValueError):
             return None
-        match = _REVISION.match(head)
-        return match.group(2).decode() if match else None
+        return header.get("revision") if isinstance(header, dict) else None
 
     def read(self) -> Optional[BaselineData]:
         """The file's content, None when there is none. BaselineCorrupt / BaselineError otherwise."""
         try:
             with open(self.path, "rb") as handle:
-                raw = handle.read(MAX_READ_BYTES + 1)
+                if os.fstat(handle.fileno()).st_size > MAX_READ_BYTES:
+                    raise BaselineCorrupt(f"{self.path} is larger than {MAX_READ_BYTES} bytes")
+                return parse_baseline(handle, str(self.path))
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise BaselineError(f"cannot read baseline {self.path}: {exc.strerror or exc}") from None
-        if len(raw) > MAX_READ_BYTES:
-            raise BaselineCorrupt(f"{self.path} is larger than {MAX_READ_BYTES} bytes")
-        try:
-            obj = json.loads(raw)
-        except ValueError as exc:
-            raise BaselineCorrupt(f"{self.path} does not parse as JSON: {exc}") from None
-        return parse_baseline(obj, str(self.path))
 
-    def serialize(self, data: BaselineData) -> bytes:
-        """The file's bytes for ``data``, under a new revision token (set on ``data``)."""
+    def write_temporary(self, data: BaselineData) -> int:
+        """Write ``data`` under a new revision token into the temporary file, synced; returns its size.
+        ``commit`` then puts it in place. Caller holds the lock."""
         data.revision = secrets.token_hex(8)
-        return json.dumps(data.to_json(), separators=(",", ":"), ensure_ascii=False).encode()
+        return self._write_lines(data.lines())
 
-    def write(self, payload: bytes) -> None:
-        """Replace the file atomically (caller holds the lock)."""
+    def _write_lines(self, lines: Iterable[str]) -> int:
+        size = 0
         try:
-            fd = os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                view = memoryview(payload)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            with open(self.temp_path, "wb", buffering=256 * 1024) as handle:
+                os.fchmod(handle.fileno(), 0o600)
+                for line in lines:
+                    size += handle.write(line.encode())
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            raise BaselineError(f"cannot write baseline {self.temp_path}: {exc.strerror or exc}") from None
+        return size
+
+    def commit(self) -> None:
+        """Rename the temporary file over the baseline and sync the directory."""
+        try:
             os.replace(self.temp_path, self.path)
             directory = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:

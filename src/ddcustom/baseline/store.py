@@ -76,6 +76,7 @@ from ddcustom.baseline.storage import (
     BaselineFull,
     Entry,
     FileSignature,
+    compact_json,
 )
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ SEEN_RESOLUTION = 3600.0  # last_seen moves smaller than this are not worth a wr
 MAINTENANCE_SECONDS = 3600.0  # forget old entries at least this often
 TOMBSTONE_SECONDS = 86400.0
 EVICT_FRACTION = 0.1  # a full kind evicts this share at once, so eviction is not a scan per add
-_ENDPOINT_CACHE_SIZE = 16384
+_ENDPOINT_CACHE_SIZE = 4096  # (address, port) -> key: the connections of a few cycles
 
 Operation = Callable[[BaselineData], Any]
 
@@ -235,7 +236,7 @@ class BaselineStore:
             self._evict(kind, max(1, int(self.max_entries * EVICT_FRACTION)))
             if len(entries) >= self.max_entries:
                 return  # all approved: nothing to make room with
-        entries[key] = Entry(now, now, origin, dict(details))
+        entries[key] = Entry(now, now, origin, details)
         self._added.add((kind, key))
 
     def _evict(self, kind: str, count: int) -> None:
@@ -302,7 +303,7 @@ class BaselineStore:
                 write = True
             write = self._prune(data, now) or write
             if write:
-                self.file.write(self._bounded_payload(data))
+                self._write_bounded(data)
             self._signature = self.file.signature()
         self._adopt(data)
         self._last_sync = now
@@ -370,10 +371,11 @@ class BaselineStore:
             removed = removed or bool(old or stale or excess > 0)
         return removed
 
-    def _bounded_payload(self, data: BaselineData) -> bytes:
-        """The file's bytes, after dropping the least recently seen unapproved entries until they fit."""
-        payload = self.file.serialize(data)
-        while len(payload) > self.max_bytes:
+    def _write_bounded(self, data: BaselineData) -> None:
+        """Write ``data``, first dropping the least recently seen unapproved entries until it fits in
+        ``max_bytes``."""
+        size = self.file.write_temporary(data)
+        while size > self.max_bytes:
             candidates = sorted(
                 (entry.last_seen, kind, key)
                 for kind in KINDS
@@ -382,16 +384,15 @@ class BaselineStore:
             )
             if not candidates:
                 raise BaselineFull(
-                    f"operator approvals alone take {len(payload)} bytes, more than the baseline's "
-                    f"{self.max_bytes}"
+                    f"operator approvals alone take {size} bytes, more than the baseline's {self.max_bytes}"
                 )
             total = sum(len(entries) for entries in data.entries.values())
-            share = (len(payload) - self.max_bytes) / len(payload)
+            share = (size - self.max_bytes) / size
             count = min(len(candidates), max(1, math.ceil(total * share * 1.05)))
             for _, kind, key in candidates[:count]:
                 del data.entries[kind][key]
-            payload = self.file.serialize(data)
-        return payload
+            size = self.file.write_temporary(data)
+        self.file.commit()
 
     def _adopt(self, data: BaselineData) -> None:
         """Make ``data`` (as written or read) this process's baseline."""
@@ -424,10 +425,10 @@ class BaselineStore:
                 approved = sum(1 for e in entries.values() if e.origin == APPROVED)
                 if approved >= self.max_entries:
                     raise BaselineFull(f"the baseline holds {approved} approved {kind} entries already")
-                entries[key] = Entry(now, now, APPROVED, dict(details))
+                entries[key] = Entry(now, now, APPROVED, details)
             else:
                 entry.origin = APPROVED
-                entry.details = {**entry.details, **details}
+                entry.details_text = compact_json({**entry.details, **details})
             data.forgotten[kind].pop(key, None)
 
         self._sync(now, operation)
