@@ -6,15 +6,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
 import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import ddcustom
 from baseline_helpers import Spawn, read_baseline_file, spawn, wait_for_exec
 from ddcustom.baseline.identity import IdentityReader
 from ddcustom.baseline.keys import ENDPOINT, EXECUTABLE, GPU_EXECUTABLE, LISTENING
@@ -247,3 +251,42 @@ def test_commands_in_other_processes_reach_a_running_component(tmp_path: Path, s
     assert not store.observe_executable(identity, time.time())
     store.close(time.time())
     assert saved(tmp_path)[EXECUTABLE] == {}
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not os.access("/usr/bin/python3", os.X_OK),
+    reason="needs root and a system python3: an operator's sudo next to a component user",
+)
+def test_an_operator_running_as_root_leaves_the_files_to_the_component_user(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    nobody = pwd.getpwnam("nobody")
+    with tempfile.TemporaryDirectory() as top:  # not under pytest's root-only tmp_path: nobody must reach it
+        os.chmod(top, 0o711)
+        state = Path(top) / "state"
+        state.mkdir(mode=0o700)
+        os.chown(state, nobody.pw_uid, nobody.pw_gid)
+        assert run(capsys, "approve", "listen:tcp:22", "--state-dir", str(state))[0] == 0
+        for name in ("baseline.json", "baseline.lock"):
+            info = (state / name).stat()
+            assert (info.st_uid, info.st_gid) == (nobody.pw_uid, nobody.pw_gid)
+            assert stat.S_IMODE(info.st_mode) == 0o600
+        # the component's user can still lock, read and write it
+        probe = (
+            "import time; from ddcustom.baseline.store import BaselineStore; "
+            f"s = BaselineStore({str(state / 'baseline.json')!r}, now=time.time()); "
+            "s.observe_listening('udp', 53, time.time()); s.flush(time.time()); "
+            "print(sorted(s.entries('listening')))"
+        )
+        source = str(Path(ddcustom.__file__).resolve().parents[1])
+        result = subprocess.run(
+            ["/usr/bin/python3", "-c", probe],
+            user="nobody",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": source},
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "['tcp:22', 'udp:53']"

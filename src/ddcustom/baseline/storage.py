@@ -259,6 +259,7 @@ class BaselineFile:
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._keep_owner(fd, self.path.parent)
         except OSError as exc:
             raise BaselineError(f"cannot open {self.lock_path}: {exc.strerror or exc}") from None
         try:
@@ -277,6 +278,17 @@ class BaselineFile:
             yield
         finally:
             os.close(fd)  # closing the descriptor releases the lock
+
+    @staticmethod
+    def _keep_owner(fd: int, like: Path) -> None:
+        """Root (an operator's sudo) gives what it creates to the owner of ``like`` (the baseline file,
+        else the state directory), so the component, running as its own user, can still read and lock it."""
+        if os.geteuid() != 0:
+            return
+        owner = os.stat(like)
+        current = os.fstat(fd)
+        if (current.st_uid, current.st_gid) != (owner.st_uid, owner.st_gid):
+            os.fchown(fd, owner.st_uid, owner.st_gid)
 
     def read_revision(self) -> Optional[str]:
         """The revision in the file's header (without reading the rest); None when unreadable."""
@@ -310,6 +322,7 @@ class BaselineFile:
         try:
             with open(self.temp_path, "wb", buffering=256 * 1024) as handle:
                 os.fchmod(handle.fileno(), 0o600)
+                self._keep_owner(handle.fileno(), self.path if self.path.exists() else self.path.parent)
                 for line in lines:
                     size += handle.write(line.encode())
                 handle.flush()
