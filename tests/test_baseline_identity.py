@@ -328,7 +328,7 @@ def test_each_file_is_hashed_once_until_it_changes(tmp_path: Path) -> None:
     proc = tmp_path / "proc"
     fake_process(proc, 30, str(exe), ["app"])
     fake_process(proc, 31, str(exe), ["app", "--other"])
-    reader = IdentityReader(proc_root=str(proc))
+    reader = IdentityReader(proc_root=str(proc), recheck_seconds=0)
     first = reader.read(30)
     for _ in range(5):
         assert reader.read(30) == first
@@ -340,6 +340,32 @@ def test_each_file_is_hashed_once_until_it_changes(tmp_path: Path) -> None:
     assert reader.files_hashed == 2
     assert changed is not None and changed.sha256 == hashlib.sha256(b"\x7fELF version 2, longer").hexdigest()
     assert changed.key != first.key
+
+
+def test_a_process_is_looked_at_again_after_recheck_seconds_or_at_once_when_it_execs(tmp_path: Path) -> None:
+    app, other = tmp_path / "app", tmp_path / "other"
+    app.write_bytes(b"version 1")
+    other.write_bytes(b"another program")
+    interpreter = tmp_path / "python3"
+    interpreter.write_bytes(b"an interpreter")
+    proc = tmp_path / "proc"
+    fake_process(proc, 90, str(app), ["app"])
+    fake_process(proc, 91, str(interpreter), ["python3", "/srv/a.py"])
+    now = [1000.0]
+    reader = IdentityReader(proc_root=str(proc), recheck_seconds=60, clock=lambda: now[0])
+    first = reader.read(90)
+    script = reader.read(91)
+    assert first is not None and script is not None
+    app.write_bytes(b"version 2, changed in place")
+    now[0] += 59
+    assert reader.read(90) == first  # not looked at again yet
+    assert reader.read(91, cmdline=["python3", "/srv/b.py"]) != script  # another command line: at once
+    now[0] += 2
+    assert reader.read(90) != first
+    os.remove(proc / "90" / "exe")
+    os.symlink(other, proc / "90" / "exe")  # the process execs another file
+    switched = reader.read(90)
+    assert switched is not None and switched.path == str(other)
 
 
 def test_the_caches_are_bounded(tmp_path: Path) -> None:

@@ -18,9 +18,10 @@ An executable that is deleted (the exe link ends with `` (deleted)``: replaced o
 started), runs from a memfd (``/memfd:``: never was a file), is over MAX_HASH_BYTES, or cannot be read is
 never "known": ``reason_unknowable`` says why and the store never learns or matches it.
 
-Hashes are computed once per (st_dev, st_ino, st_size, st_mtime_ns) and kept in a bounded LRU cache;
-per cycle a process costs a readlink and a stat of its exe link (plus, for interpreters, reading its
-cmdline when the caller does not pass it, and a stat of the script). The file is read through
+Hashes are computed once per (st_dev, st_ino, st_size, st_mtime_ns) and kept in a bounded LRU cache.
+Per cycle a process costs one readlink of its exe link (plus, for interpreters, reading its cmdline
+when the caller does not pass it); its files are stat'ed again every RECHECK_SECONDS, or at once when
+the link or an interpreter's command line changes (an exec). The file is read through
 ``/proc/PID/exe`` and scripts through ``/proc/PID/root``, so processes in containers are hashed right.
 
 Usage::
@@ -40,7 +41,7 @@ import stat
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 from urllib.parse import quote
 
 MAX_HASH_BYTES = 512 * 1024 * 1024
@@ -48,6 +49,10 @@ MAX_HASH_SECONDS = 30.0  # a file slower than this to read (a stuck network moun
 HASH_CHUNK = 1024 * 1024
 CMDLINE_BYTES = 4096
 CACHE_SIZE = 4096
+# A process whose exe link and command line are unchanged keeps its identity this long before its files
+# are looked at again (stat): only a process that execs a file replaced at the same path goes unseen
+# that long. Hashes themselves are per file version, never per cycle.
+RECHECK_SECONDS = 60.0
 
 # Why an identity can never be known.
 DELETED = "deleted"
@@ -289,13 +294,20 @@ class IdentityReader:
         cache_size: int = CACHE_SIZE,
         max_hash_bytes: int = MAX_HASH_BYTES,
         max_hash_seconds: float = MAX_HASH_SECONDS,
+        recheck_seconds: float = RECHECK_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.proc_root = proc_root
         self.cache_size = cache_size
         self.max_hash_bytes = max_hash_bytes
         self.max_hash_seconds = max_hash_seconds
+        self.recheck_seconds = recheck_seconds
+        self._clock = clock
         self._hashes: OrderedDict[FileSignature, str] = OrderedDict()  # "" for too large / too slow
         self._identities: OrderedDict[tuple[object, ...], ExecutableIdentity] = OrderedDict()
+        # (pid, exe link, command line of an interpreter) -> (monotonic time checked, identity)
+        self._processes: OrderedDict[tuple[object, ...], tuple[float, ExecutableIdentity]] = OrderedDict()
+        self._scripted: dict[str, bool] = {}  # exe path -> whether it runs scripts
         self.files_hashed = 0  # files read in full so far: tests check the cache with it
 
     def read(self, pid: int, cmdline: Optional[list[str]] = None) -> Optional[ExecutableIdentity]:
@@ -314,6 +326,30 @@ class IdentityReader:
             return ExecutableIdentity(path=link[: -len(DELETED_SUFFIX)], sha256="", reason_unknowable=DELETED)
         if not link.startswith("/"):
             return ExecutableIdentity(path=link, sha256="", reason_unknowable=NOT_A_FILE)
+        scripted = self._scripted.get(link)
+        if scripted is None:
+            if len(self._scripted) >= self.cache_size:
+                self._scripted.clear()
+            scripted = self._scripted[link] = runs_scripts(link)
+        if scripted and cmdline is None:
+            cmdline = _read_cmdline(f"{base}/cmdline")
+        process_key = (pid, link, tuple(cmdline) if scripted and cmdline else ())
+        now = self._clock()
+        seen = self._processes.get(process_key)
+        if seen is not None and now - seen[0] < self.recheck_seconds:
+            self._processes.move_to_end(process_key)
+            return seen[1]
+        identity = self._identify(base, link, cmdline if scripted else None)
+        if identity is not None and identity.reason_unknowable != UNREADABLE:
+            self._processes[process_key] = (now, identity)
+            self._processes.move_to_end(process_key)
+            while len(self._processes) > self.cache_size:
+                self._processes.popitem(last=False)
+        return identity
+
+    def _identify(self, base: str, link: str, cmdline: Optional[list[str]]) -> Optional[ExecutableIdentity]:
+        """The identity of the process at ``base`` running ``link``: its files' signatures, and their
+        hashes from the cache or read now."""
         exe_signature = _signature(f"{base}/exe")
         if exe_signature is None:
             if not os.path.isdir(base):
@@ -322,13 +358,10 @@ class IdentityReader:
 
         script = script_sha = ""
         script_signature: Optional[FileSignature] = None
-        if cmdline is None and runs_scripts(link):
-            cmdline = _read_cmdline(f"{base}/cmdline")
         if cmdline:
             script = self._script(base, link, cmdline)
             if script.startswith("/"):
-                script_file = self._script_file(base, script)
-                script_signature = _signature(script_file)
+                script_signature = _signature(self._script_file(base, script))
         cache_key = (link, exe_signature, script, script_signature)
         cached = self._identities.get(cache_key)
         if cached is not None:
