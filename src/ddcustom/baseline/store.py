@@ -17,6 +17,16 @@ Integration (the detection loop, one thread)::
     store.close(now)                                     # on stop
     # configuration update: store.approvals = Approvals.parse(...); store.learning_seconds = ...
 
+    store.entries(kind)[key] -> Entry (first_seen, last_seen, origin, details)   # evidence for alerts
+    store.show(now)                                      # everything, JSON-ready (``baseline show --json``)
+    store.approve(kind, key, details, now); store.forget([(kind, key)], now); store.relearn(now)
+                                                         # operator operations, written at once
+
+The constructor reads (and, the first time, creates) the file under the lock; it raises BaselineError
+when the file cannot be read or locked, or has a newer format (left untouched): run without the baseline
+rules then, and say so. ``flush``, ``approve``, ``forget`` and ``relearn`` raise BaselineError too;
+``tick`` and ``close`` log instead.
+
 ``observe*`` answers whether the item is known (in the baseline, approved by the operator or the fleet
 configuration) with dict lookups and no file I/O. While learning, an unknown item is added (origin
 ``learned``) and counts as known; after learning it is *not* added (it is new, every cycle, until it is
