@@ -264,7 +264,7 @@ def add_baseline_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "baseline",
         help="show or edit the learned baseline (safe while the component runs)",
-        description="The baseline of what runs and talks on this device. " + ITEM_HELP,
+        description="The baseline of what runs and talks on this device.\n\n" + ITEM_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = parser.add_subparsers(dest="action", required=True)
