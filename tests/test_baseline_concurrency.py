@@ -30,7 +30,7 @@ path, go, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 while not os.path.exists(go):
     time.sleep(0.001)
 for port in range(1, count + 1):
-    cli = BaselineStore(path, now=time.time(), start_learning=False, replace_corrupt=False, lock_timeout=60)
+    cli = BaselineStore(path, now=time.time(), operator=True, lock_timeout=60)
     cli.approve("listening", f"tcp:{port}", {"protocol": "tcp", "port": port}, time.time())
     if port % 3 == 0:
         cli.forget([("listening", f"tcp:{port}")], time.time())
@@ -157,7 +157,7 @@ def test_a_writer_killed_mid_write_leaves_a_baseline_that_parses(tmp_path: Path,
         writer.wait()
         data = file.read()
         assert data is not None and len(data.entries[ENDPOINT]) >= 2000
-        reopened = BaselineStore(path, now=time.time(), start_learning=False, replace_corrupt=False)
+        reopened = BaselineStore(path, now=time.time(), operator=True)
         assert len(reopened.entries(ENDPOINT)) == len(data.entries[ENDPOINT])
     # a temporary file left by a killed writer does not stop the next one
     store = BaselineStore(path, now=time.time(), learning_seconds=10**9)

@@ -44,7 +44,7 @@ def component(path: Path, now: float = T0, **kwargs: Any) -> BaselineStore:
 
 def operator(path: Path, now: float) -> BaselineStore:
     """The store as the command line opens it."""
-    return BaselineStore(path, now=now, start_learning=False, replace_corrupt=False)
+    return BaselineStore(path, now=now, operator=True)
 
 
 def on_disk(path: Path) -> dict[str, Any]:
@@ -272,10 +272,25 @@ def test_approvals_beyond_the_bounds_are_refused(path: Path) -> None:
     with pytest.raises(BaselineFull):
         cli.approve(LISTENING, "tcp:4", {}, T0)
     assert disk_keys(path, LISTENING) == {"tcp:1", "tcp:2", "tcp:3"}
-    tiny = BaselineStore(path, now=T0, max_bytes=100, start_learning=False)
+    tiny = BaselineStore(path, now=T0, max_bytes=path.stat().st_size + 40)
     with pytest.raises(BaselineFull):
         tiny.approve(LISTENING, "tcp:5", {}, T0)
     assert disk_keys(path, LISTENING) == {"tcp:1", "tcp:2", "tcp:3"}
+
+
+def test_the_operator_view_leaves_forgetting_and_bounds_to_the_component(path: Path) -> None:
+    store = component(path, max_entries=50, forget_seconds=DAY)
+    for i in range(40):
+        store.observe_listening("tcp", 1000 + i, T0 + 1)
+    store.flush(T0 + 1)
+    revision = on_disk(path)["revision"]
+    late = T0 + 100 * DAY  # every learned entry is past the component's forget_seconds
+    cli = BaselineStore(path, now=late, operator=True, max_entries=10)
+    assert len(cli.entries(LISTENING)) == 40 and on_disk(path)["revision"] == revision  # nothing written
+    cli.approve(LISTENING, "tcp:22", {}, late)
+    assert len(disk_keys(path, LISTENING)) == 41
+    store.tick(late + 1)  # the component applies its own configuration
+    assert disk_keys(path, LISTENING) == {"tcp:22"}
 
 
 def test_overlong_keys_are_not_kept(path: Path) -> None:

@@ -184,8 +184,7 @@ def _open(args: argparse.Namespace, now: float) -> BaselineStore:
         baseline_path(args.state_dir, args.config),
         now=now,
         learning_seconds=DEFAULT_LEARNING_SECONDS,
-        start_learning=False,
-        replace_corrupt=False,
+        operator=True,
     )
 
 

@@ -109,10 +109,11 @@ Operation = Callable[[BaselineData], Any]
 class BaselineStore:
     """The baseline under ``path`` (e.g. ``<StateDirectory>/baseline.json``); see the module docstring.
 
-    ``start_learning``: set the learning start to ``now`` when the file has none (the component; the
-    command line passes False). ``replace_corrupt``: a file that is not a baseline is moved aside to
-    ``baseline.json.corrupt-<time>`` and a new one started (the component) instead of raising
-    BaselineCorrupt (the command line). A file of a newer format always raises BaselineError.
+    ``operator=True`` is the command line's view: it does not start the learning period, refuses a file
+    that is not a baseline (BaselineCorrupt) where the component moves it aside to
+    ``baseline.json.corrupt-<time>`` and starts a new one, and leaves forgetting and the bounds to the
+    component (they are the component's configuration). A file of a newer format always raises
+    BaselineError.
     """
 
     def __init__(
@@ -127,8 +128,7 @@ class BaselineStore:
         flush_seconds: float = DEFAULT_FLUSH_SECONDS,
         approvals: Optional[Approvals] = None,
         deployment: Optional[DeploymentTrust] = None,
-        start_learning: bool = True,
-        replace_corrupt: bool = True,
+        operator: bool = False,
         lock_timeout: float = 5.0,
     ) -> None:
         self.file = BaselineFile(path, lock_timeout)
@@ -139,8 +139,7 @@ class BaselineStore:
         self.flush_seconds = flush_seconds
         self.approvals = approvals if approvals is not None else Approvals()
         self.deployment = deployment
-        self._start_learning = start_learning
-        self._replace_corrupt = replace_corrupt
+        self.operator = operator
         self._data = BaselineData()
         self._added: set[tuple[str, str]] = set()  # (kind, key) added here since the last write
         self._refreshed: set[tuple[str, str]] = set()  # (kind, key) whose last_seen moved since then
@@ -305,14 +304,17 @@ class BaselineStore:
         with self.file.locked():
             data = self._merged_with_file(now)
             write = self.pending
-            if data.learning_started is None and self._start_learning:
+            if data.learning_started is None and not self.operator:
                 data.learning_started = now
                 write = True
             if operation is not None:
                 result = operation(data)
                 write = True
             write = self._prune(data, now) or write
-            if write:
+            if write and self.operator:
+                self.file.write_temporary(data)
+                self.file.commit()
+            elif write:
                 self._write_bounded(data)
             self._signature = self.file.signature()
         self._adopt(data)
@@ -327,7 +329,7 @@ class BaselineStore:
         try:
             disk = self.file.read()
         except BaselineCorrupt as exc:
-            if not self._replace_corrupt:
+            if self.operator:
                 raise
             moved = self.file.move_aside(now)
             log.error("baseline: %s; moved to %s, starting a new baseline", exc, moved)
@@ -357,12 +359,17 @@ class BaselineStore:
         return disk
 
     def _prune(self, data: BaselineData, now: float) -> bool:
-        """Forget entries not seen for forget_seconds, old tombstones, and entries beyond max_entries."""
+        """Forget old tombstones, and (the component) entries not seen for forget_seconds and entries
+        beyond max_entries."""
         removed = False
         oldest = now - self.forget_seconds
         for kind in KINDS:
             entries = data.entries[kind]
-            old = [key for key, e in entries.items() if e.origin != APPROVED and e.last_seen < oldest]
+            old = [
+                key
+                for key, e in entries.items()
+                if not self.operator and e.origin != APPROVED and e.last_seen < oldest
+            ]
             for key in old:
                 del entries[key]
             tombstones = data.forgotten[kind]
@@ -373,7 +380,7 @@ class BaselineStore:
                 by_age = sorted(tombstones, key=tombstones.__getitem__)
                 for key in by_age[: len(tombstones) - self.max_entries]:
                     del tombstones[key]
-            excess = len(entries) - self.max_entries
+            excess = 0 if self.operator else len(entries) - self.max_entries
             if excess > 0:
                 candidates = sorted((e.last_seen, key) for key, e in entries.items() if e.origin != APPROVED)
                 for _, key in candidates[:excess]:
