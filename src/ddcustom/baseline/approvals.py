@@ -23,13 +23,12 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ddcustom.baseline.identity import ExecutableIdentity
-from ddcustom.baseline.keys import SHA256_PREFIX, network_key, parse_endpoint_pattern
+from ddcustom.baseline.keys import SHA256_PREFIX, V4_MAPPED_PREFIX, network_key, parse_endpoint_pattern
 
 EXECUTABLES_KEY = "ApprovedExecutables"
 ENDPOINTS_KEY = "ApprovedEndpoints"
 
 SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
-_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 
 
 class ApprovalError(ValueError):
@@ -51,7 +50,7 @@ def address_int(ip: str) -> tuple[int, int]:
         packed = socket.inet_pton(family, ip)
     except OSError:
         raise ValueError(f"not an IP address: {ip!r}") from None
-    if family == socket.AF_INET6 and packed[:12] == _V4_MAPPED:
+    if family == socket.AF_INET6 and packed[:12] == V4_MAPPED_PREFIX:
         packed = packed[12:]
     return (4 if len(packed) == 4 else 6), int.from_bytes(packed, "big")
 

@@ -38,7 +38,7 @@ IPV6_GROUP_PREFIX = 64
 SHA256_PREFIX = "sha256:"
 PATH_PREFIX = "path:"
 
-_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
+V4_MAPPED_PREFIX = b"\0" * 10 + b"\xff\xff"  # ::ffff:a.b.c.d
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
@@ -53,7 +53,7 @@ def endpoint_group(ip: str) -> str:
             packed = socket.inet_pton(socket.AF_INET6, ip)
         except OSError:
             raise ValueError(f"not an IP address: {ip!r}") from None
-        if packed[:12] != _V4_MAPPED:
+        if packed[:12] != V4_MAPPED_PREFIX:
             network = socket.inet_ntop(socket.AF_INET6, packed[:8] + bytes(8))
             return f"{network}/{IPV6_GROUP_PREFIX}"
         packed = packed[12:]

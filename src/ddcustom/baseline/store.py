@@ -484,10 +484,6 @@ class BaselineStore:
 
     # ---- reading ------------------------------------------------------------------------------
 
-    def reload(self, now: float) -> None:
-        """Read the file again (merging this process's changes) without waiting for ``tick``."""
-        self._sync(now)
-
     def entries(self, kind: str) -> Mapping[str, Entry]:
         """The entries of ``kind`` by key (read-only view; do not keep it across ticks)."""
         return MappingProxyType(self._data.entries[kind])
