@@ -239,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thing", help="plot this thing's lines of a history that holds several things")
     p.set_defaults(func=cmd_plot)
 
+    from ddcustom.baseline.cli import add_baseline_parser
+
+    add_baseline_parser(sub)
+
     try:
         from ddcustom.cloud.cli import add_cloud_parser
     except ImportError:  # the cloud extra (boto3) is optional on devices
