@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Optional, Union
 
 from ddcustom.baseline.keys import KINDS
+from ddcustom.fileio import fsync_directory
 
 log = logging.getLogger(__name__)
 
@@ -335,11 +336,7 @@ class BaselineFile:
         """Rename the temporary file over the baseline and sync the directory."""
         try:
             os.replace(self.temp_path, self.path)
-            directory = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+            fsync_directory(self.path.parent)
         except OSError as exc:
             raise BaselineError(f"cannot write baseline {self.path}: {exc.strerror or exc}") from None
 
