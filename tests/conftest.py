@@ -64,3 +64,18 @@ def nucleus(monkeypatch: pytest.MonkeyPatch) -> Iterator[DevNucleus]:
         for name, value in running.env().items():
             monkeypatch.setenv(name, value)
         yield running
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _state_outside_the_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Settings without a StateDirectory keep their state (spool, baseline) in a folder of the test run,
+    never in the home of whoever runs the tests; child processes inherit it."""
+    import os
+
+    previous = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state-home"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = previous

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +41,16 @@ def test_the_wire_form_reads_back_into_the_same_event() -> None:
 
 
 def test_keys_of_another_version_are_kept_and_written_again() -> None:
-    data = {**json.loads(WIRE), "evidence": {"pid": 4242}}
+    data = {**json.loads(WIRE), "severity": {"level": 4}}
     event = ViolationEvent.from_json(data)
-    assert event.extra == {"evidence": {"pid": 4242}}
+    assert event.extra == {"severity": {"level": 4}}
     assert event.to_json() == data
+
+
+def test_evidence_follows_the_violation_fields_and_reads_back() -> None:
+    event = replace(EVENT, evidence={"processes": [{"pid": 4242}]})
+    assert serialise(event.to_json()) == WIRE[:-1] + ',"evidence":{"processes":[{"pid":4242}]}}'
+    assert ViolationEvent.from_json(event.to_json()) == event
 
 
 def test_a_cloud_event_without_source_reads_and_writes_without_one() -> None:

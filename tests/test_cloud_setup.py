@@ -54,7 +54,12 @@ from ddcustom.metrics import CUSTOM_METRICS
 PARTS_OFF = ("--quarantine", "off", "--fleet", "off")
 METRIC_NAMES = [m.name for m in CUSTOM_METRICS]
 # CreateCustomMetric's types for the list metrics; the other custom metrics are numbers
-LIST_METRIC_TYPES = {"mining_pool_addresses": "ip-address-list", "gpu_process_names": "string-list"}
+LIST_METRIC_TYPES = {
+    "mining_pool_addresses": "ip-address-list",
+    "gpu_process_names": "string-list",
+    "new_executable_paths": "string-list",
+    "new_endpoint_addresses": "string-list",
+}
 
 
 @pytest.fixture

@@ -273,14 +273,17 @@ def test_live_source_without_ipv6_tables(tmp_path: Path) -> None:
 # ---- sock_diag netlink: a hand-built buffer, and the live kernel against /proc/net/tcp -------------------
 
 
-def diag_record(family: int, state: int, sport: int, dport: int, src: bytes, dst: bytes) -> bytes:
+def diag_record(
+    family: int, state: int, sport: int, dport: int, src: bytes, dst: bytes, inode: int = 0
+) -> bytes:
     body = struct.pack("=BBBB", family, state, 0, 0) + struct.pack(">HH", sport, dport)
-    body += src.ljust(16, b"\0") + dst.ljust(16, b"\0") + b"\0" * 32  # interface, cookie, expires...
+    body += src.ljust(16, b"\0") + dst.ljust(16, b"\0") + b"\0" * 28  # interface, cookie, expires, ...uid
+    body += struct.pack("=I", inode)
     return struct.pack("=IHHII", 16 + len(body), 20, 2, 1, 0) + body
 
 
 def test_parse_sock_diag_by_hand() -> None:
-    data = diag_record(socket.AF_INET, 1, 50000, 3333, bytes([10, 0, 0, 2]), bytes([10, 0, 0, 1]))
+    data = diag_record(socket.AF_INET, 1, 50000, 3333, bytes([10, 0, 0, 2]), bytes([10, 0, 0, 1]), 987654)
     data += diag_record(socket.AF_INET6, 10, 80, 0, b"\0" * 16, b"\0" * 16)
     mapped = b"\0" * 10 + b"\xff\xff" + bytes([10, 0, 0, 2])
     data += diag_record(
@@ -289,9 +292,9 @@ def test_parse_sock_diag_by_hand() -> None:
     entries, done = parse_sock_diag(data, {})
     assert not done
     assert entries == [
-        (1, "10.0.0.2", 50000, "10.0.0.1", 3333),
-        (10, "::", 80, "::", 0),
-        (1, "10.0.0.2", 8080, "10.0.0.1", 4444),
+        (1, "10.0.0.2", 50000, "10.0.0.1", 3333, 987654),
+        (10, "::", 80, "::", 0, 0),
+        (1, "10.0.0.2", 8080, "10.0.0.1", 4444, 0),
     ]
     done_message = struct.pack("=IHHII", 20, 3, 2, 1, 0) + b"\0" * 4
     assert parse_sock_diag(done_message, {}) == ([], True)
@@ -331,6 +334,8 @@ def test_sock_diag_agrees_with_proc_net_tcp() -> None:
         # other tests run beside this one: compare only the sockets opened here
         mine = {s.getsockname()[1] for s in opened}
         assert sorted(e for e in by_netlink if e[2] in mine) == sorted(e for e in by_proc if e[2] in mine)
+        # and each entry carries its socket's inode, which tells the process that holds it
+        assert {os.fstat(sock.fileno()).st_ino for sock in opened} <= {e[5] for e in by_netlink}
     finally:
         for sock in opened:
             sock.close()

@@ -13,16 +13,17 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 from ddcustom.alerts.alarm_state import load_open_alarms, save_open_alarms
-from ddcustom.alerts.event import ViolationEvent
+from ddcustom.alerts.event import IN_ALARM, ViolationEvent
 from ddcustom.alerts.spool import AlertSpool, SpoolError
 from ddcustom.config import Settings
 from ddcustom.detect.engine import Engine
 from ddcustom.fileio import read_bounded, write_atomic
 from ddcustom.fleet_state import FleetShadow, reported_state
+from ddcustom.metrics import METRICS
 from ddcustom.report import ReportBuilder
 from ddcustom.runtime import backoff_delays
 from ddcustom.sample import Sample
@@ -117,7 +118,9 @@ class Agent:
         detect_due = self._next_detect <= now
         if detect_due or report_due:
             sample = self._collector.sample()
-            self._raise_alerts(self._engine.evaluate(sample))
+            self._raise_alerts(
+                [self._with_evidence(event, sample) for event in self._engine.evaluate(sample)]
+            )
             interval = settings.detect_interval_seconds
             self._next_detect = _next_tick(self._next_detect, interval, now) if detect_due else now + interval
             if report_due:
@@ -128,6 +131,13 @@ class Agent:
             self._update_shadow(now)
         self.counters.cycles += 1
         return min(self._next_detect, self._next_report)
+
+    def _with_evidence(self, event: ViolationEvent, sample: Sample) -> ViolationEvent:
+        """An in-alarm event with the evidence of what its metric points at, when it declares any."""
+        metric = METRICS.get(str(event.behavior.get("metric")))
+        if event.event_type != IN_ALARM or metric is None or metric.culprits is None:
+            return event
+        return replace(event, evidence=self._collector.evidence(sample, metric.culprits(sample)))
 
     def _raise_alerts(self, events: list[ViolationEvent], save: bool = False) -> None:
         """Persist the open alarms (when they changed), then spool and log the events."""

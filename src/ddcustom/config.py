@@ -99,6 +99,10 @@ class Settings:
     local_alert_topic: str
     state_directory: str
     fleet_shadow: bool
+    baseline_learning_seconds: int
+    baseline_forget_seconds: int
+    approved_executables: tuple[str, ...]
+    approved_endpoints: tuple[str, ...]
     alert_spool_max_bytes: int
     max_report_list_size: int
     log_level: str
@@ -114,6 +118,11 @@ class Settings:
     def alarm_state_file(self) -> str:
         """The alarms open now, so a restarted component ends them (clears or invalidates them)."""
         return os.path.join(resolve_state_directory(self.state_directory), "alarms.json")
+
+    @property
+    def baseline_file(self) -> str:
+        """The learned baseline of the device (ddcustom.baseline)."""
+        return os.path.join(resolve_state_directory(self.state_directory), "baseline.json")
 
     @property
     def report_id_file(self) -> str:
@@ -377,6 +386,17 @@ def _names(key: str, value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(v.strip() for v in value))
 
 
+def _approvals(key: str, value: Any) -> tuple[str, ...]:
+    from ddcustom.baseline.approvals import EXECUTABLES_KEY, ApprovalError, Approvals
+
+    names = _names(key, value)
+    try:
+        Approvals.parse(names, ()) if key == EXECUTABLES_KEY else Approvals.parse((), names)
+    except ApprovalError as exc:
+        raise ConfigError(shorten(str(exc), 400)) from None
+    return names
+
+
 def _ports(key: str, value: Any) -> frozenset[int]:
     if not isinstance(value, list):
         raise _fail(key, value, "expected a list of port numbers from 1 to 65535")
@@ -463,6 +483,16 @@ SCHEMA: dict[str, tuple[Any, _Parser, str, str]] = {
     "FleetShadow": (True, _bool, "fleet_shadow",
         "keep the thing's named shadow `ddcustom` current (its alarms now, on change and hourly), for fleet "
         "indexing and `ddcustom cloud status`"),
+    "BaselineLearningSeconds": (86400, _int_range(0, 366 * 86400), "baseline_learning_seconds",
+        "how long the device learns what it runs and talks to (its baseline) before what it has not seen "
+        "counts as new; restarts keep it, `ddcustom baseline relearn` starts it again"),
+    "BaselineForgetSeconds": (90 * 86400, _int_range(3600, 3660 * 86400), "baseline_forget_seconds",
+        "baseline entries not seen for this long are forgotten (operator approvals are kept)"),
+    "ApprovedExecutables": ([], _approvals, "approved_executables",
+        "executables (SHA-256, or absolute paths) approved on every device: never new. For an interpreter, "
+        "the script it runs"),
+    "ApprovedEndpoints": ([], _approvals, "approved_endpoints",
+        "remote endpoints approved on every device: `CIDR` or `CIDR:port` (`[v6 CIDR]:port`)"),
     "AlertSpoolMaxBytes": (10_000_000, _int_range(65536, 1_000_000_000), "alert_spool_max_bytes",
         "bound of the alert spool on disk"),
     "MaxReportListSize": (100, _int_range(1, MAX_REPORT_LIST_SIZE), "max_report_list_size",

@@ -7,14 +7,19 @@ source did not measure reads None and is left out, never 0.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
-from ddcustom.sample import GpuProcess, ListeningPort, NetCounters, Sample
+from ddcustom.sample import BaselineStats, Connection, GpuProcess, ListeningPort, NetCounters, Sample
 
 MetricValue = Union[float, list[float], list[str]]
 # A metric's value in ``sample``; ``previous`` (None at first) is the sample before, for deltas.
 Reader = Callable[[Sample, Optional[Sample]], Optional[MetricValue]]
+# What a violation of a metric points at in ``sample``: processes (pids), connections, other items
+# (listening ports); the alert's evidence describes them.
+Culprits = tuple[tuple[int, ...], tuple[Connection, ...], tuple[str, ...]]
+CulpritReader = Callable[[Sample], Culprits]
 # Device Defender's value key of each list kind: criteria value.numbers, a violation's metricValue.numbers...
 LIST_VALUE_KEYS = {"number_list": "numbers", "string_list": "strings", "ip_list": "cidrs", "ports": "ports"}
 
@@ -26,6 +31,7 @@ class Metric:
     unit: str
     description: str  # one line; a custom metric's displayName in the cloud
     read: Reader
+    culprits: Optional[CulpritReader] = None  # alerts on it carry evidence of these
 
     @property
     def standard(self) -> bool:
@@ -66,6 +72,27 @@ def _grown(counter: Callable[[NetCounters], int]) -> Reader:
     return read
 
 
+# A metric of the learned baseline: no value while it learns (its rules neither alarm nor clear).
+def _baseline(read: Callable[[BaselineStats], MetricValue]) -> Reader:
+    def reader(sample: Sample, _: Optional[Sample]) -> Optional[MetricValue]:
+        baseline = sample.baseline
+        return None if baseline is None or baseline.learning else read(baseline)
+
+    return reader
+
+
+def _pids(read: Callable[[Sample], Iterable[int]]) -> CulpritReader:
+    return lambda s: (tuple(read(s)), (), ())
+
+
+def _connections(read: Callable[[Sample], Iterable[Connection]]) -> CulpritReader:
+    return lambda s: ((), tuple(read(s)), ())
+
+
+def _new(s: Sample) -> BaselineStats:
+    return s.baseline or BaselineStats(learning=True)
+
+
 # Custom metrics first, in report order; then the standard ones the engine evaluates on the device.
 # fmt: off
 METRICS: dict[str, Metric] = {m.name: m for m in (
@@ -80,14 +107,18 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("cpu_usage", "number", "%", "CPU use in percent", lambda s, _: s.cpu_percent),
     Metric("memory_usage", "number", "%", "Memory use in percent", lambda s, _: s.memory_percent),
     Metric("child_processes", "number", "processes", "Descendant processes of the watched applications",
-           lambda s, _: float(s.processes.child_processes) if s.processes else None),
+           lambda s, _: float(s.processes.child_processes) if s.processes else None,
+           _pids(lambda s: s.processes.child_pids if s.processes else ())),
     Metric("watched_process_instances", "number", "processes",
            "Top-level processes under a watched app's name",
-           lambda s, _: _count(s.processes.watched_instances) if s.processes else None),
+           lambda s, _: _count(s.processes.watched_instances) if s.processes else None,
+           _pids(lambda s: s.processes.instance_pids if s.processes else ())),
     Metric("miner_processes", "number", "processes", "Processes named like miners or with stratum URLs",
-           lambda s, _: float(len(s.processes.miners)) if s.processes else None),
+           lambda s, _: float(len(s.processes.miners)) if s.processes else None,
+           _pids(lambda s: [m.pid for m in s.processes.miners] if s.processes else ())),
     Metric("mining_pool_connections", "number", "connections", "Established connections to mining-pool ports",
-           lambda s, _: float(len(s.processes.pool_connections)) if s.processes else None),
+           lambda s, _: float(len(s.processes.pool_connections)) if s.processes else None,
+           _connections(lambda s: s.processes.pool_connections if s.processes else ())),
     Metric("mining_pool_addresses", "ip_list", "IP addresses", "Remote IPs of mining-pool connections",
            lambda s, _: sorted({c.remote_ip for c in s.processes.pool_connections}) if s.processes else None),
     Metric("gpu_utilization", "number", "%", "GPU busy percent (NVML) or load (Jetson)",
@@ -97,9 +128,31 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("gpu_memory_used_percent", "number", "%", "GPU memory in use, percent",
            lambda s, _: s.gpu.memory_used_percent if s.gpu else None),
     Metric("gpu_unknown_processes", "number", "processes", "GPU compute processes not attributed to the app",
-           _nvml(lambda ps: float(sum(p.attribution == "unknown" for p in ps)))),
+           _nvml(lambda ps: float(sum(p.attribution == "unknown" for p in ps))),
+           _pids(lambda s: [p.pid for p in s.gpu.processes if p.attribution == "unknown"] if s.gpu else ())),
     Metric("gpu_process_names", "string_list", "names", "Names of all GPU compute processes",
            _nvml(lambda ps: sorted({p.name for p in ps}))),
+    Metric("new_executables", "number", "processes",
+           "Processes running an executable (or script) the device's learned baseline does not know",
+           _baseline(lambda b: float(len(b.new_processes))),
+           _pids(lambda s: [p.pid for p in _new(s).new_processes])),
+    Metric("new_executable_paths", "string_list", "paths", "What those processes run",
+           _baseline(lambda b: sorted({p.path for p in b.new_processes}))),
+    Metric("unknown_process_cpu", "number", "% of one core",
+           "CPU use of the busiest process neither watched, nor allowed, nor in the baseline",
+           _baseline(lambda b: b.busiest_new[1] if b.busiest_new else 0.0),
+           _pids(lambda s: [_new(s).busiest_new[0]] if _new(s).busiest_new else ())),  # type: ignore[index]
+    Metric("new_outbound_endpoints", "number", "connections",
+           "Connections the device opened to endpoints (/24 or /64 and port) its baseline does not know",
+           _baseline(lambda b: float(len(b.new_endpoints))), _connections(lambda s: _new(s).new_endpoints)),
+    Metric("new_endpoint_addresses", "string_list", "endpoints", "Those endpoints, as address:port",
+           _baseline(lambda b: sorted({c.remote_addr for c in b.new_endpoints}))),
+    Metric("new_listening_ports", "number", "ports", "Listening ports the baseline does not know",
+           _baseline(lambda b: float(len(b.new_listening))), lambda s: ((), (), _new(s).new_listening)),
+    Metric("new_gpu_executables", "number", "processes",
+           "GPU compute processes running an executable the baseline does not know (GPU metrics on)",
+           _baseline(lambda b: float(len(b.new_gpu_processes))),
+           _pids(lambda s: [p.pid for p in _new(s).new_gpu_processes])),
     Metric("aws:all-bytes-in", "number", "bytes", "Bytes received since the previous sample",
            _grown(lambda c: c.bytes_in)),
     Metric("aws:all-bytes-out", "number", "bytes", "Bytes sent since the previous sample",
@@ -124,3 +177,14 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
 )}
 # fmt: on
 CUSTOM_METRICS = [m for m in METRICS.values() if not m.standard]
+BASELINE_METRICS = frozenset(
+    {
+        "new_executables",
+        "new_executable_paths",
+        "unknown_process_cpu",
+        "new_outbound_endpoints",
+        "new_endpoint_addresses",
+        "new_listening_ports",
+        "new_gpu_executables",
+    }
+)

@@ -6,6 +6,7 @@ the detection engine leave such metrics out instead of inventing a zero.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -22,6 +23,7 @@ class Connection:
     remote_port: int
     local_port: int
     local_interface: Optional[str]
+    inode: int = field(default=0, compare=False)  # the socket's: finds the process holding it (0: unknown)
 
     @property
     def remote_addr(self) -> str:
@@ -82,6 +84,19 @@ class MinerProcess:
 
 
 @dataclass(frozen=True)
+class ProcessInfo:
+    """One process as the process source read it from /proc."""
+
+    pid: int
+    ppid: int
+    comm: str
+    argv0_name: str  # basename of argv[0]; "" for kernel threads
+    cmdline: str  # arguments joined with spaces (possibly cut at CMDLINE_BYTES)
+    cpu_ticks: int = 0  # user + system CPU time, in clock ticks
+    start_ticks: int = 0  # start time after boot, in clock ticks: tells a reused pid apart
+
+
+@dataclass(frozen=True)
 class ProcessStats:
     child_processes: int  # descendants of all WatchedProcesses, recursively
     miners: tuple[MinerProcess, ...]
@@ -89,6 +104,9 @@ class ProcessStats:
     # Top-level instances of the most-started WatchedProcesses name (a watched process with no watched
     # ancestor): a miner renamed like the application is a second one. None when nothing is watched.
     watched_instances: Optional[int] = None
+    child_pids: tuple[int, ...] = ()  # the descendants counted in child_processes
+    instance_pids: tuple[int, ...] = ()  # the top-level instances counted in watched_instances
+    table: Mapping[int, ProcessInfo] = field(default_factory=dict, compare=False, repr=False)  # for evidence
 
 
 @dataclass(frozen=True)
@@ -125,6 +143,30 @@ class Feedback:
 
 
 @dataclass(frozen=True)
+class NewProcess:
+    """A process whose executable the baseline does not know (or can never know: ``unknowable``)."""
+
+    pid: int
+    name: str  # comm
+    path: str  # what runs: the script of an interpreter running a file, else the executable
+    sha256: str  # of that file; "" when it cannot be read
+    unknowable: str = ""  # why it can never be known (deleted, memfd, ...); "" for a new executable
+
+
+@dataclass(frozen=True)
+class BaselineStats:
+    """What the learned baseline of the device does not know. Nothing is new while it learns."""
+
+    learning: bool
+    new_processes: tuple[NewProcess, ...] = ()
+    new_endpoints: tuple[Connection, ...] = ()  # connections the device opened to endpoints not known
+    new_listening: tuple[str, ...] = ()  # "tcp:8080"
+    new_gpu_processes: tuple[NewProcess, ...] = ()
+    # the busiest new process that is neither watched nor allowed: (pid, % of one core); None: none
+    busiest_new: Optional[tuple[int, float]] = None
+
+
+@dataclass(frozen=True)
 class Sample:
     time: float  # wall clock, seconds since the epoch
     monotonic: float  # time.monotonic() when taken: use for intervals, never `time`
@@ -134,4 +176,5 @@ class Sample:
     feedback: Optional[Feedback] = None
     processes: Optional[ProcessStats] = None
     gpu: Optional[GpuStats] = None
+    baseline: Optional[BaselineStats] = None
     errors: tuple[str, ...] = field(default=())  # sources that failed this cycle, for the logs/state

@@ -2,8 +2,9 @@
 
 Its wire form is the JSON of the events Device Defender Detect sends (violationId, thingName,
 securityProfileName, behavior, metricValue, violationEventType, violationEventTime) plus
-``"source": "device"``; every sink publishes ``to_json()``, the spool stores it, and ``from_json``
-reads it back (keys it does not know, from another version, are kept and written again unchanged).
+``"source": "device"`` and, on in-alarm events whose metric points at something, ``evidence``
+(sources/evidence.py). Every sink publishes ``to_json()``, the spool stores it, and ``from_json`` reads
+it back (keys it does not know, from another version, are kept and written again unchanged).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ _FIELDS = (
     ("violationEventType", "event_type"),
     ("violationEventTime", "event_time"),
     ("source", "source"),
+    ("evidence", "evidence"),
 )
+_TYPES = {"behavior": dict, "metricValue": dict, "violationEventTime": int, "evidence": dict}
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class ViolationEvent:
     event_type: str  # one of EVENT_TYPES
     event_time: int  # seconds since the epoch
     source: Optional[str] = "device"  # None: an event of Device Defender in the cloud, which has none
+    # what the datapoint points at on the device (processes, connections): sources/evidence.py; in-alarm only
+    evidence: Optional[dict[str, Any]] = None
     extra: dict[str, Any] = field(default_factory=dict)  # wire keys this version does not know
 
     @property
@@ -53,8 +58,9 @@ class ViolationEvent:
 
     def to_json(self) -> dict[str, Any]:
         data = {key: getattr(self, attribute) for key, attribute in _FIELDS}
-        if self.source is None:
-            del data["source"]
+        for optional in ("source", "evidence"):
+            if data[optional] is None:
+                del data[optional]
         data.update(self.extra)
         return data
 
@@ -66,9 +72,15 @@ class ViolationEvent:
         values: dict[str, Any] = {}
         for key, attribute in _FIELDS:
             value = data.get(key)
-            expected: Any = {"behavior": dict, "metricValue": dict, "violationEventTime": int}.get(key, str)
+            expected: Any = {
+                "behavior": dict,
+                "metricValue": dict,
+                "violationEventTime": int,
+                "evidence": dict,
+            }
+            expected = expected.get(key, str)
             wrong = not isinstance(value, expected) or isinstance(value, bool)
-            if wrong and not (key == "source" and value is None):
+            if wrong and not (key in ("source", "evidence") and value is None):
                 raise ValueError(f"alert field {key!r} must be {expected.__name__}, not {value!r:.80}")
             values[attribute] = value
         if values["event_type"] not in EVENT_TYPES:

@@ -10,8 +10,12 @@ import logging
 import time
 from typing import Any, Callable, Optional, TypeVar
 
+from ddcustom.baseline.identity import IdentityReader
 from ddcustom.config import Settings
-from ddcustom.sample import Connection, Feedback, GpuStats, NetworkStats, ProcessStats, Sample
+from ddcustom.metrics import BASELINE_METRICS, Culprits
+from ddcustom.sample import BaselineStats, Connection, Feedback, GpuStats, NetworkStats, ProcessStats, Sample
+from ddcustom.sources.baseline import BaselineSource
+from ddcustom.sources.evidence import EvidenceReader
 from ddcustom.sources.feedback_files import FeedbackReader
 from ddcustom.sources.gpu import GpuSource
 from ddcustom.sources.network import NetworkSource
@@ -40,6 +44,9 @@ class Collector:
         self._network = NetworkSource(settings.include_loopback, proc_root)
         self._last_error: dict[str, str] = {}  # source -> last error message logged
         self._gpu: Optional[GpuSource] = None  # created on the first GPU read
+        self._baseline: Optional[BaselineSource] = None  # while the profile uses a baseline metric
+        self._identities = IdentityReader(proc_root)  # what processes run: files hashed once, for both
+        self._evidence = EvidenceReader(self._identities.read, proc_root)
         self._feedback = FeedbackReader(*_feedback_paths(settings))  # configured by _configure
         self._errors: list[str] = []
         self.settings = settings
@@ -67,6 +74,20 @@ class Collector:
         if self._feedback.paths != paths:
             self._feedback = FeedbackReader(*paths)  # kept otherwise: it remembers what it has logged
         self._feedback.meter_stale_seconds = settings.meter_stale_seconds
+        uses_baseline = any(b.metric in BASELINE_METRICS for b in settings.security_profile.device_behaviors)
+        if uses_baseline:
+            self._configure_baseline(settings)
+        else:
+            self._close_baseline()
+
+    def _configure_baseline(self, settings: Settings) -> None:
+        """Open the baseline store of the state directory (again, when that changed); a store that cannot
+        be opened leaves the baseline metrics out, logged, and is tried again at the next change."""
+        if self._baseline is not None and self._baseline.path == settings.baseline_file:
+            self._baseline.apply_settings(settings)
+            return
+        self._close_baseline()
+        self._baseline = self._run("baseline", lambda: BaselineSource(settings, self._identities))
 
     def sample(self) -> Sample:
         self._errors = []
@@ -84,6 +105,13 @@ class Collector:
             gpu = self._run("gpu", lambda: self._read_gpu(watched))
             busiest = gpu.busiest_utilization_percent if gpu is not None else None
             feedback = self._run("feedback", lambda: self._feedback.read(busiest))
+        baseline: Optional[BaselineStats] = None
+        if self._baseline is not None and scan is not None:
+            source = self._baseline
+            baseline = self._run(
+                "baseline",
+                lambda: source.read(scan.stats.table, scan.cpu_percent, scan.watched_pids, network, gpu),
+            )
         return Sample(
             time=wall,
             monotonic=mono,
@@ -93,11 +121,26 @@ class Collector:
             feedback=feedback,
             processes=processes,
             gpu=gpu,
+            baseline=baseline,
             errors=tuple(self._errors),
         )
 
+    def evidence(self, sample: Sample, culprits: Culprits) -> Optional[dict[str, Any]]:
+        """What an alert raised on ``sample`` points at (see sources/evidence.py); never raises."""
+        try:
+            return self._evidence.describe(sample, culprits)
+        except Exception as exc:  # evidence is a help: its failure must not cost the alert
+            log.warning("alert evidence not collected: %s: %s", type(exc).__name__, exc)
+            return None
+
     def close(self) -> None:
         self._close_gpu()
+        self._close_baseline()
+
+    def _close_baseline(self) -> None:
+        baseline, self._baseline = self._baseline, None
+        if baseline is not None:
+            self._run("baseline", baseline.close)
 
     def _read_gpu(self, watched_pids: frozenset[int]) -> Optional[GpuStats]:
         if self._gpu is None:

@@ -41,8 +41,8 @@ MAX_DEV_BYTES = 1024 * 1024
 _WILDCARDS = frozenset({"0.0.0.0", "::"})
 _IPV4_MAPPED_PREFIX = b"\0" * 10 + b"\xff\xff"
 
-# (state, local_ip, local_port, remote_ip, remote_port)
-SocketEntry = tuple[int, str, int, str, int]
+# (state, local_ip, local_port, remote_ip, remote_port, inode)
+SocketEntry = tuple[int, str, int, str, int, int]
 
 
 def decode_address(hex_ip: str) -> str:
@@ -60,7 +60,9 @@ def parse_socket_table(text: str, states: Iterable[int]) -> list[SocketEntry]:
     decoded: dict[str, str] = {}  # many sockets share an address: decode each one once
     entries: list[SocketEntry] = []
     for line in text.splitlines()[1:]:
-        fields = line.split(None, 4)
+        fields = line.split(
+            None, 10
+        )  # sl, local, remote, st, queues, timer, retransmits, uid, timeout, inode
         if len(fields) < 4 or fields[3] not in wanted:
             continue
         local_hex, _, local_port = fields[1].partition(":")
@@ -71,8 +73,9 @@ def parse_socket_table(text: str, states: Iterable[int]) -> list[SocketEntry]:
         remote_ip = decoded.get(remote_hex)
         if remote_ip is None:
             remote_ip = decoded[remote_hex] = decode_address(remote_hex)
+        inode = int(fields[9]) if len(fields) > 9 else 0
         entries.append(
-            (_STATE_TEXT[fields[3]], local_ip, int(local_port, 16), remote_ip, int(remote_port, 16))
+            (_STATE_TEXT[fields[3]], local_ip, int(local_port, 16), remote_ip, int(remote_port, 16), inode)
         )
     return entries
 
@@ -159,14 +162,14 @@ def build_network_stats(
     listening_tcp: dict[tuple[int, Optional[str]], None] = {}
     listening_udp: dict[tuple[int, Optional[str]], None] = {}
     established: list[Connection] = []
-    for state, local_ip, local_port, remote_ip, remote_port in tcp:
+    for state, local_ip, local_port, remote_ip, remote_port, inode in tcp:
         if not include_loopback and is_loopback(local_ip):
             continue
         if state == TCP_LISTEN:
             listening_tcp[(local_port, interface_of(local_ip))] = None
         elif state == TCP_ESTABLISHED:
-            established.append(Connection(remote_ip, remote_port, local_port, interface_of(local_ip)))
-    for state, local_ip, local_port, remote_ip, remote_port in udp:
+            established.append(Connection(remote_ip, remote_port, local_port, interface_of(local_ip), inode))
+    for state, local_ip, local_port, remote_ip, remote_port, _ in udp:
         if state != UDP_UNCONNECTED or remote_port != 0 or remote_ip not in _WILDCARDS:
             continue
         if not include_loopback and is_loopback(local_ip):
@@ -204,6 +207,7 @@ _NLMSG_HEADER = struct.Struct("=IHHII")  # length, type, flags, sequence, port i
 _DIAG_REQUEST = struct.Struct("=BBBBI48x")  # family, protocol, extensions, pad, states, socket id (any)
 _DIAG_PORTS = struct.Struct(">HH")  # inet_diag_msg: family, state, timer, retrans, then sport, dport
 _DIAG_MSG_ADDRESSES_END = 40  # inet_diag_msg: 4 bytes, ports at 4, source at 8, destination at 24
+_DIAG_INODE = struct.Struct("=I")  # at 68, after the socket id, expires, queues and uid
 NETLINK_TIMEOUT_SECONDS = 2.0
 
 
@@ -231,7 +235,9 @@ def parse_sock_diag(data: bytes, decoded: dict[bytes, str]) -> tuple[list[Socket
         remote_raw = data[body + 24 : body + 24 + size]
         local_ip = decoded.get(local_raw) or decoded.setdefault(local_raw, _ip_text(local_raw))
         remote_ip = decoded.get(remote_raw) or decoded.setdefault(remote_raw, _ip_text(remote_raw))
-        entries.append((state, local_ip, local_port, remote_ip, remote_port))
+        has_inode = length >= _NLMSG_HEADER.size + 72
+        inode = _DIAG_INODE.unpack_from(data, body + 68)[0] if has_inode else 0
+        entries.append((state, local_ip, local_port, remote_ip, remote_port, inode))
         offset += (length + 3) & ~3
     return entries, False
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from ddcustom.fileio import read_bounded, read_text
-from ddcustom.sample import Connection, MinerProcess, ProcessStats
+from ddcustom.sample import Connection, MinerProcess, ProcessInfo, ProcessStats
 
 STAT_BYTES = 4096
 CMDLINE_BYTES = 4096
@@ -39,21 +39,9 @@ MINER_FLAG = re.compile(r"--donate-level\b")
 
 
 @dataclass(frozen=True)
-class ProcessInfo:
-    pid: int
-    ppid: int
-    comm: str
-    argv0_name: str  # basename of argv[0]; "" for kernel threads
-    cmdline: str  # arguments joined with spaces (possibly cut at CMDLINE_BYTES)
-    cpu_ticks: int = 0  # user + system CPU time, in clock ticks
-    start_ticks: int = 0  # start time after boot, in clock ticks: tells a reused pid apart
-
-
-@dataclass(frozen=True)
 class ProcessScan:
     stats: ProcessStats
     watched_pids: frozenset[int]  # the watched processes and their descendants (for GPU attribution)
-    table: Mapping[int, ProcessInfo] = field(default_factory=dict)
     cpu_percent: Mapping[int, float] = field(
         default_factory=dict
     )  # per pid, % of one core since the last scan
@@ -141,8 +129,8 @@ def watched_tree(table: Mapping[int, ProcessInfo], watched_names: Iterable[str])
 
 def watched_instances(
     table: Mapping[int, ProcessInfo], watched_names: Iterable[str], roots: set[int]
-) -> Optional[int]:
-    """Most top-level instances of any one watched name; None when no name is configured.
+) -> Optional[tuple[int, ...]]:
+    """The top-level instances of the watched name that has most; None when no name is configured.
 
     Top-level: no ancestor is itself watched, so an application's forked workers (which keep its
     name) count once, while a process started elsewhere under the application's name counts again.
@@ -160,7 +148,8 @@ def watched_instances(
         if parent not in roots:
             top.append(pid)
     per_name = (frozenset((name, name[:COMM_LENGTH])) for name in names)
-    return max(sum(1 for pid in top if _is_watched(table[pid], matches)) for matches in per_name)
+    instances = (tuple(sorted(p for p in top if _is_watched(table[p], matches))) for matches in per_name)
+    return max(instances, key=len)
 
 
 def miner_name_pattern(miner_names: Iterable[str]) -> re.Pattern[str]:
@@ -205,13 +194,18 @@ def build_process_scan(
 ) -> ProcessScan:
     watched_names = tuple(watched_names)
     roots, tree = watched_tree(table, watched_names)
+    children = tuple(sorted(tree - roots))
+    instances = watched_instances(table, watched_names, roots)
     stats = ProcessStats(
-        child_processes=len(tree - roots),
+        child_processes=len(children),
         miners=find_miners(table, miner_pattern),
         pool_connections=pool_connections(connections, pool_ports),
-        watched_instances=watched_instances(table, watched_names, roots),
+        watched_instances=None if instances is None else len(instances),
+        child_pids=children,
+        instance_pids=instances or (),
+        table=table,
     )
-    return ProcessScan(stats=stats, watched_pids=frozenset(tree), table=table)
+    return ProcessScan(stats=stats, watched_pids=frozenset(tree))
 
 
 class ProcessSource:
