@@ -52,6 +52,7 @@ from wheelhouse import build_wheelhouse
 REPO = Path(__file__).resolve().parent.parent
 THING = "e2e-thing"
 REPORT_TOPIC = f"$aws/things/{THING}/defender/metrics/json"
+SHADOW_TOPIC = f"$aws/things/{THING}/shadow/name/ddcustom/update"  # the fleet state, granted too
 ALERT_TOPIC = f"ddcustom/{THING}/alerts"
 LOCAL_ALERT_TOPIC = "ddcustom/alerts"
 FOREIGN_ALERT_TOPIC = "ddcustom/other-thing/alerts"
@@ -333,7 +334,7 @@ def test_e2e_a_topic_the_recipe_does_not_grant_is_refused_and_the_component_goes
         next_report(nucleus, log, reports_before, lambda r: "custom_metrics" in r)
         wait_for_log(log, ("alert", "not authorized", FOREIGN_ALERT_TOPIC))
         assert process.poll() is None
-        assert [p for p in nucleus.published if p.topic != REPORT_TOPIC] == []
+        assert [p for p in nucleus.published if p.topic not in (REPORT_TOPIC, SHADOW_TOPIC)] == []
 
         # Its own AlertTopic again: a report right away, and the refused alerts, kept, are delivered
         # to IoT Core; the local topic is still refused, which does not hold them back.
@@ -343,5 +344,5 @@ def test_e2e_a_topic_the_recipe_does_not_grant_is_refused_and_the_component_goes
         wanted = {"gpu-load-per-inference", "avg-inference-time"}
         wait_until(nucleus, log, "alerts", lambda: wanted <= set(alert_behaviors(nucleus, ALERT_TOPIC)))
         wait_for_log(log, ("not authorized", FOREIGN_LOCAL_TOPIC))
-        assert {p.topic for p in nucleus.published} == {REPORT_TOPIC, ALERT_TOPIC}
+        assert {p.topic for p in nucleus.published} == {REPORT_TOPIC, ALERT_TOPIC, SHADOW_TOPIC}
         stop_cleanly(process, log)
