@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/collect_cost.py
 	$(BIN)/python bench/detect_latency.py
 	$(BIN)/python bench/gpu_scenarios.py --quick
+	$(BIN)/python bench/evasion.py
 
 build: $(STAMP)
 	$(BIN)/python -m ddcustom.build
