@@ -12,6 +12,11 @@ The device
   false, WatchedProcesses [infer-app], BaselineLearningSeconds (the learning period), and IncludeLoopback
   true when the pool is on loopback.
 
+  Processes: as root, the benchmark runs in a PID namespace of its own (bench/evasion_pidns.py; not
+  with --share-pids), so the component sees the benchmark's processes only, not the host's other ones
+  (other tests' miners would raise alarms that are no scenario's doing). CPU use (cpu_usage, from
+  /proc/stat) is the host's either way: on a busy host, cpu-usage alarms are the host's load.
+
   Learning: the device runs the application alone for --learning-seconds plus one interval. Then each
   attack runs --attack-seconds (longer where a scenario needs it: see the list below), and after it
   stops the benchmark waits up to --clear-seconds for its alarms to clear (one interval at least: an
@@ -77,6 +82,7 @@ from typing import IO, Any, Optional
 
 import yaml
 
+import evasion_pidns
 from ddcustom.devnucleus import DevNucleus, Published
 from ddcustom.devnucleus.lifecycle import lifecycle_steps
 from evasion_pool import LOOPBACK, Namespace, NamespaceError, require_allowed
@@ -429,7 +435,7 @@ def open_network(
     else:
         namespace: Optional[Namespace] = None
         try:
-            namespace = Namespace.create(os.getpid())
+            namespace = Namespace.create(evasion_pidns.host_pid())
             network = Network("namespace", "", namespace.subnet, namespace.pool_address, 3333, 443, 80)
             start_pool(network, processes, namespace.exec_prefix(), lifetime)
             return network, namespace
@@ -558,7 +564,7 @@ done
 
 PIP_SCRIPT = """
 set -e
-"{python}" -m pip wheel --isolated --no-index --no-deps --no-build-isolation -q -w wheels project
+"{python}" -m pip wheel --isolated --no-index --no-deps --no-build-isolation -q -w wheels ./project
 end=$(( $(date +%s) + {seconds} ))
 while [ "$(date +%s)" -lt "$end" ]; do
   rm -rf venv
@@ -730,7 +736,7 @@ class Bench:
 
 
 def run(
-    args: argparse.Namespace, timing: Timing, attacks: list[Attack], benign: list[Benign]
+    args: argparse.Namespace, timing: Timing, attacks: list[Attack], benign: list[Benign], processes_seen: str
 ) -> dict[str, Any]:
     """Set everything up, run the scenarios, tear everything down; the results document."""
     total = estimate_seconds(timing, attacks, benign, baseline=not args.without_baseline)
@@ -742,6 +748,7 @@ def run(
         "load_average_at_start": os.getloadavg(),
         "detect_interval_s": INTERVAL,
         "profile": args.profile,
+        "processes_seen": processes_seen,
         "timing": asdict(timing),
         "attacks": [],
         "benign": [],
@@ -984,6 +991,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     add("--loopback", action="store_true", help="pool and proxy on loopback even as root (no namespace)")
     add(
+        "--share-pids",
+        action="store_true",
+        help="as root, stay in the host's PID namespace (default: a PID namespace of its own, see above)",
+    )
+    add(
         "--out",
         type=Path,
         default=DEFAULT_OUT,
@@ -1023,23 +1035,39 @@ def select_scenarios(text: str) -> tuple[list[Attack], list[Benign]]:
 
 
 def _interrupt(signum: int, _frame: Any) -> None:
+    for sig in evasion_pidns.STOP_SIGNALS:  # the first one starts the clean-up: no other cuts it short
+        signal.signal(sig, signal.SIG_IGN)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
     try:
         attacks, benign = select_scenarios(args.scenarios)
     except ValueError as exc:
         print(f"evasion.py: {exc}", file=sys.stderr)
         return 2
     timing = timing_of(args)
+    if evasion_pidns.inside():
+        status = evasion_pidns.run_as_init()
+        if status is not None:
+            return status
+        processes_seen = "the benchmark's only (own PID namespace)"
+    elif args.share_pids:
+        processes_seen = "all the host's (--share-pids)"
+    else:
+        status, why_not = evasion_pidns.enter(str(Path(__file__).resolve()), argv)
+        if status is not None:
+            return status
+        processes_seen = f"all the host's (no PID namespace: {why_not})"
     minutes = estimate_seconds(timing, attacks, benign, baseline=not args.without_baseline) / 60
     print(f"{len(attacks)} attack(s), {len(benign)} benign run(s): about {minutes:.0f} min", flush=True)
-    for sig in (signal.SIGTERM, signal.SIGHUP):  # clean up as on Ctrl-C
+    print(f"processes the component sees: {processes_seen}", flush=True)
+    for sig in evasion_pidns.STOP_SIGNALS:  # SIGTERM and SIGHUP clean up as Ctrl-C does
         signal.signal(sig, _interrupt)
     try:
-        document = run(args, timing, attacks, benign)
+        document = run(args, timing, attacks, benign, processes_seen)
     except KeyboardInterrupt:
         print("\ninterrupted: every process stopped, namespace deleted", file=sys.stderr)
         return 130
