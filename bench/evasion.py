@@ -116,9 +116,8 @@ class Attack:
     description: str
     process_name: str  # prctl name and argv[0]; its part before any "/" names the copied binary
     options: tuple[str, ...]  # miner options besides the pool's, --allow, --seconds and --name
-    pool: str = (
-        "config"  # how the pool is given: "stratum" (-o stratum+tcp://), "cmdline" (-o), "config" (-c)
-    )
+    # How the pool is given: "stratum" (-o stratum+tcp://...), "cmdline" (-o host:port), "config" (-c file).
+    pool: str = "config"
     port: str = "tls"  # "pool" (3333) or "tls" (443)
     via_proxy: bool = False
     launcher: str = "benchmark"  # "benchmark", "app" (a child of the watched application), "interpreter"
@@ -662,7 +661,7 @@ class Bench:
         elif not connected:
             status = "failed: the miner never reached its pool"
         first_alarm = min(first.values()) if first else None
-        clear_values = list(clears.values())
+        known_clears = [v for v in clears.values() if v is not None]
         return {
             "scenario": attack.name,
             "description": attack.description,
@@ -675,9 +674,7 @@ class Bench:
             "first_alarm_by_behavior_s": first,
             "in_alarm_events": len(raised),
             "within_two_intervals": first_alarm is not None and first_alarm <= 2 * INTERVAL,
-            "clear_s": None
-            if not clear_values or None in clear_values
-            else max(v for v in clear_values if v is not None),
+            "clear_s": max(known_clears) if known_clears and len(known_clears) == len(clears) else None,
             "clear_by_behavior_s": clears,
             "already_in_alarm": already,
         }
@@ -739,8 +736,10 @@ def run(
     args: argparse.Namespace, timing: Timing, attacks: list[Attack], benign: list[Benign], processes_seen: str
 ) -> dict[str, Any]:
     """Set everything up, run the scenarios, tear everything down; the results document."""
-    total = estimate_seconds(timing, attacks, benign, baseline=not args.without_baseline)
-    lifetime = total + 2 * LIFETIME_MARGIN  # the application and the pool end by themselves after this
+    # The application and the pool end by themselves after this.
+    lifetime = (
+        estimate_seconds(timing, attacks, benign, not args.without_baseline, worst=True) + LIFETIME_MARGIN
+    )
     document: dict[str, Any] = {
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
         "machine": f"{platform.machine()} {os.cpu_count()} cpu(s), {platform.platform()}, Python "
@@ -844,10 +843,13 @@ def place_shm_miner(folder: Path) -> tuple[Optional[Path], Path]:
     return shm, script
 
 
-def estimate_seconds(timing: Timing, attacks: list[Attack], benign: list[Benign], baseline: bool) -> float:
-    """Roughly how long a run takes: each run plus a settling interval and half the clear limit."""
+def estimate_seconds(
+    timing: Timing, attacks: list[Attack], benign: list[Benign], baseline: bool, worst: bool = False
+) -> float:
+    """How long the benchmark takes: roughly (each run, one interval after it and half the clear limit),
+    or at most (``worst``: each run may wait the clear limit before it starts and after it ends)."""
     learning = timing.learning + INTERVAL if baseline else 2 * INTERVAL
-    per_run = INTERVAL + timing.clear / 2
+    per_run = 2 * timing.clear + INTERVAL if worst else INTERVAL + timing.clear / 2
     return (
         learning
         + sum(max(timing.attack, a.min_seconds) + per_run for a in attacks)
@@ -861,6 +863,14 @@ def summary(result: dict[str, Any]) -> str:
     return (
         f"{result['status']}: caught after {result['first_alarm_s']:g} s by {', '.join(result['behaviors'])}"
     )
+
+
+def cleared_text(result: dict[str, Any], limit: float) -> str:
+    if not result["caught"]:
+        return "-"
+    if result["clear_s"] is None:
+        return f"not within {limit:g}"
+    return f"{result['clear_s']:g}" if result["clear_s"] > 0 else "before the stop"
 
 
 def markdown(document: dict[str, Any]) -> str:
@@ -888,15 +898,7 @@ def markdown(document: dict[str, Any]) -> str:
             )
             first = "-" if r["first_alarm_s"] is None else f"{r['first_alarm_s']:g}"
             within = "yes" if r["within_two_intervals"] else "**no**"
-            clear = (
-                "-"
-                if not r["caught"]
-                else (
-                    f"not within {document['timing']['clear']:g}"
-                    if r["clear_s"] is None
-                    else f"{r['clear_s']:g}"
-                )
-            )
+            clear = cleared_text(r, document["timing"]["clear"])
             cells = [
                 r["scenario"],
                 r["description"],
