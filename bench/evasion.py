@@ -407,11 +407,12 @@ class Device:
 
     def app_command(self, command: dict[str, Any]) -> None:
         stdin = self.app.process.stdin if self.app is not None else None
+        if stdin is None:
+            raise BenchError("the watched application was not started")
         try:
-            assert stdin is not None
             stdin.write(json.dumps(command) + "\n")
             stdin.flush()
-        except (OSError, AssertionError):
+        except OSError:
             raise BenchError("the watched application is gone") from None
 
     def close(self) -> None:
