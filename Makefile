@@ -47,6 +47,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python bench/collect_cost.py
 	$(BIN)/python bench/detect_latency.py
 	$(BIN)/python bench/gpu_scenarios.py --quick
+	$(BIN)/python bench/evasion.py
 
 build: $(DEV_STAMP)
 	$(BIN)/python -m ddcustom.build

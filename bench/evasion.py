@@ -1,0 +1,1088 @@
+"""Evasion benchmark: does the component catch a CPU miner that hides, and does it stay quiet otherwise?
+
+The device
+  A Greengrass core device in a temporary folder, laid out as the nucleus lays it out (packages/,
+  work/): the stand-in nucleus (src/ddcustom/devnucleus) serves this repository's recipe.yaml with a
+  deployment's merge configuration; the component runs as its recipe's Run does (``python -m ddcustom
+  run``, from the source tree) in work/com.awsiotblog.DeviceDefenderCustom; the watched application is a
+  Greengrass component too, com.example.InferApp (bench/evasion_app.py, named ``infer-app``, 10 % of one
+  core), started by its own recipe's Run step from packages/artifacts/com.example.InferApp/1.0.0/.
+  Alerts are what the component publishes to IoT Core through the nucleus. The configuration:
+  SecurityProfile (--profile, default crypto-mining), DetectIntervalSeconds 5, EnableDeviceDefenderReport
+  false, WatchedProcesses [infer-app], BaselineLearningSeconds (the learning period), and IncludeLoopback
+  true when the pool is on loopback.
+
+  Processes: as root, the benchmark runs in a PID namespace of its own (bench/evasion_pidns.py; not
+  with --share-pids), so the component sees the benchmark's processes only, not the host's other ones
+  (other tests' miners would raise alarms that are no scenario's doing). CPU use (cpu_usage, from
+  /proc/stat) is the host's either way: on a busy host, cpu-usage alarms are the host's load.
+
+  Learning: the device runs the application alone for --learning-seconds plus one interval. Then each
+  attack runs --attack-seconds (longer where a scenario needs it: see the list below), and after it
+  stops the benchmark waits up to --clear-seconds for its alarms to clear (one interval at least: an
+  alarm raised by the last sample counts). Then the benign runs, --benign-seconds each, the same way.
+
+Without a baseline
+  When the component does not know BaselineLearningSeconds (``ddcustom check`` answers "unknown
+  configuration key"), or with --without-baseline, the key is left out and the learning period shrinks
+  to two detection intervals: the table then shows what the profile catches without a baseline.
+
+The "remote" pool
+  As root: a network namespace ddc-evasion-<pid> joined by a veth pair in a /30 picked unused in
+  10.200.0.0/16 (checked against ``ip -4 addr`` and the routes); only that /30 is routed. The pool
+  (ports 3333 and 443) and the HTTP CONNECT proxy (port 80) run inside it (bench/evasion_pool.py).
+  Namespace and veth are deleted at the end, also on Ctrl-C, SIGTERM or an error. Otherwise (not root,
+  ``ip netns`` failing, or --loopback) they listen on 127.0.0.1 and IncludeLoopback is true, with ports
+  3333, 443 and 80 as root, 3333, 8443 and 8080 otherwise; the output says which and why. Every address
+  handed to a miner, the proxy or the pool is checked to be inside the /30 or loopback, by the benchmark
+  and again by the miners and the proxy, before anything connects; nothing is sent anywhere else (pip
+  runs with --no-index). Before the component starts, the benchmark checks once that the pool answers.
+
+Miners
+  bench/miner.c, compiled with cc at start into the temporary folder and copied under each scenario's
+  name: it burns CPU at a set duty cycle and keeps a stratum-like connection (mining.subscribe, then a
+  mining.submit JSON line every 3 s). The /dev/shm scenario runs bench/miner.py, copied there, with the
+  Python interpreter. Seconds to the first in-alarm count from the miner's start; seconds to clear from
+  its stop (0 or less: cleared before it stopped). Target: caught within 2 detection intervals.
+
+Benign runs
+  In-alarms are counted from the run's start to one interval after its end. Target: none.
+
+Output
+  A Markdown table on stdout, and JSON (--out, default bench/results/evasion.json). Exit status 0 when
+  everything ran (targets met or not: the table says), 1 when the component, the pool or a scenario
+  failed to run, 2 for bad options, 130 when interrupted. Every process started is in its own process
+  group, killed at the end, and ends by itself a little after its run in any case.
+
+    .venv/bin/python bench/evasion.py --quick
+    .venv/bin/python bench/evasion.py --quick --without-baseline --scenarios attacks
+    .venv/bin/python bench/evasion.py --scenarios kworker-443,build --learning-seconds 120
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any, Optional
+
+import yaml
+
+import evasion_pidns
+from ddcustom.devnucleus import DevNucleus, Published
+from ddcustom.devnucleus.lifecycle import lifecycle_steps
+from evasion_pool import LOOPBACK, Namespace, NamespaceError, require_allowed
+from gpu_scenarios import child_env
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+DEFAULT_OUT = BENCH / "results" / "evasion.json"
+INTERVAL = 5  # DetectIntervalSeconds
+THING = "evasion-bench"
+ALERT_TOPIC = f"ddcustom/{THING}/alerts"  # the recipe's AlertTopic for this thing
+APP_NAME = "infer-app"  # the watched application's process name
+APP_COMPONENT = "com.example.InferApp"
+BASELINE_KEY = "BaselineLearningSeconds"
+# The interpreter the application and the /dev/shm miner run with: the real binary, not a venv's link.
+INTERPRETER = os.path.realpath(sys.executable)
+LIFETIME_MARGIN = 120.0  # seconds every started process outlives its run by at most, even if we die
+STOP_GRACE = 5.0
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot go on: the component, the pool or a process it needs failed."""
+
+
+# ---- scenarios -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attack:
+    name: str
+    description: str
+    process_name: str  # prctl name and argv[0]; its part before any "/" names the copied binary
+    options: tuple[str, ...]  # miner options besides the pool's, --allow, --seconds and --name
+    # How the pool is given: "stratum" (-o stratum+tcp://...), "cmdline" (-o host:port), "config" (-c file).
+    pool: str = "config"
+    port: str = "tls"  # "pool" (3333) or "tls" (443)
+    via_proxy: bool = False
+    launcher: str = "benchmark"  # "benchmark", "app" (a child of the watched application), "interpreter"
+    min_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Benign:
+    name: str
+    description: str
+
+
+ATTACKS = (
+    Attack("xmrig-stratum", "`xmrig` with a stratum URL on the command line, pool port 3333, 2 cores busy",
+           "xmrig", ("-t", "2", "--duty", "100"), pool="stratum", port="pool"),
+    Attack("child-of-app", "miner started as a child of the watched application (45 % of a core, port 443)",
+           "infer-worker", ("--duty", "45"), launcher="app"),
+    Attack("app-namesake", "miner started elsewhere under the watched application's name (45 %, port 443)",
+           APP_NAME, ("--duty", "45")),
+    Attack("pool-1-in-7", "pool port 3333 connected only 1 s out of every 7 s (45 %, at least 21 s)",
+           "sync-agent", ("--duty", "45", "--connect", "1", "--every", "7"), pool="cmdline", port="pool",
+           min_seconds=21),
+    Attack("kworker-443", "binary renamed `kworker/0:2` (prctl + argv[0]), 45 % of one core, pool on port "
+           "443, pool address in a config file", "kworker/0:2", ("--duty", "45")),
+    Attack("kworker-proxy", "the same, reaching its pool through an HTTP CONNECT proxy on port 80",
+           "kworker/0:2", ("--duty", "45"), via_proxy=True),
+    Attack("python3-nice", "named `python3`, nice 19, 25 % of one core, port 443", "python3",
+           ("--duty", "25", "--nice", "19")),
+    Attack("on-off", "`kswapd0` mining 20 s on / 20 s off (100 % of a core and connected while on, port "
+           "443, at least 45 s)", "kswapd0", ("--duty", "100", "--on", "20", "--off", "20"), min_seconds=45),
+    Attack("shm-interpreter", "miner run by an interpreter from /dev/shm (`python3 /dev/shm/.../x.py`), "
+           "45 %, port 443", "python3", ("--duty", "45"), pool="cmdline", launcher="interpreter"),
+)  # fmt: skip
+
+BENIGN = (
+    Benign("build", "CPU-heavy build: cc -O2 of a generated C file, one job per CPU, over and over"),
+    Benign("pip-install", "pip install of this project's wheel (pip wheel --no-deps, built at the start of "
+           "the run) into a new venv, over and over; --no-index --find-links"),
+    Benign("app-bursty", "the watched application bursting to 100 % of a core for 2-6 s, 5-15 s apart"),
+    Benign("fork-storm", "an unrelated shell starting and reaping true(1), 50 at a time, non-stop"),
+    Benign("app-update", f"deployment of {APP_COMPONENT} 1.1.0: new artifact folder and script; the nucleus "
+           "stops 1.0.0 and runs 1.1.0's Run step (last: later runs would see 1.1.0)"),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Timing:
+    learning: float
+    attack: float
+    clear: float
+    benign: float
+
+
+@dataclass(frozen=True)
+class Network:
+    mode: str  # "namespace" or "loopback"
+    note: str  # why loopback, when it is
+    allowed: ipaddress.IPv4Network  # the private /30, or 127.0.0.0/8
+    pool_host: str
+    pool_port: int
+    tls_port: int
+    proxy_port: int
+
+
+# ---- processes and alerts --------------------------------------------------------------------------
+
+
+@dataclass
+class Started:
+    """A started process and, when its stdout is watched, its lines with the monotonic time seen."""
+
+    process: subprocess.Popen[str]
+    lines: list[tuple[float, str]] = field(default_factory=list)
+    reader: Optional[threading.Thread] = None
+
+    def first_line(self, text: str, after: float = 0.0, timeout: float = 0.0) -> Optional[float]:
+        """When ``text`` was first printed (at or after ``after``), waiting up to ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for at, line in list(self.lines):
+                if at >= after and line == text:
+                    return at
+            ended = self.reader is None or not self.reader.is_alive()
+            if ended or time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
+
+
+class Processes:
+    """Every process the benchmark starts, each in its own session (so its own process group); stop()
+    ends the whole group: SIGTERM, then SIGKILL after STOP_GRACE seconds."""
+
+    def __init__(self, log: IO[str]) -> None:
+        self.log = log
+        self.started: list[Started] = []
+        self._log_lock = threading.Lock()
+
+    def start(
+        self,
+        argv: list[str],
+        *,
+        executable: Optional[str] = None,
+        cwd: Optional[Path] = None,
+        env: Optional[dict[str, str]] = None,
+        stdin: Optional[int] = None,
+        watch: bool = False,
+    ) -> Started:
+        self.write_log(f"starting {argv}\n")
+        process = subprocess.Popen(
+            argv,
+            executable=executable,
+            cwd=cwd,
+            env=env,
+            stdin=stdin if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if watch else self.log,
+            stderr=self.log,
+            text=True,
+            start_new_session=True,
+        )
+        started = Started(process)
+        if watch:
+            started.reader = threading.Thread(target=self._read, args=(started, argv[0]), daemon=True)
+            started.reader.start()
+        self.started.append(started)
+        return started
+
+    def _read(self, started: Started, name: str) -> None:
+        assert started.process.stdout is not None
+        for line in started.process.stdout:
+            started.lines.append((time.monotonic(), line.strip()))
+            self.write_log(f"[{name} {started.process.pid}] {line}")
+
+    def write_log(self, text: str) -> None:
+        with self._log_lock:
+            self.log.write(text)
+            self.log.flush()
+
+    def stop(self, started: Started) -> None:
+        process = started.process
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, sig)
+            try:
+                process.wait(STOP_GRACE)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def stop_all(self) -> None:
+        for started in reversed(self.started):
+            self.stop(started)
+
+
+class Alarms:
+    """The component's alerts on its IoT Core alert topic: (monotonic time, behavior, event type)."""
+
+    def __init__(self) -> None:
+        self._events: list[tuple[float, str, str]] = []
+        self._lock = threading.Lock()
+
+    def record(self, published: Published) -> None:
+        if published.topic != ALERT_TOPIC:
+            return
+        try:
+            alert = json.loads(published.payload)
+            event = (time.monotonic(), str(alert["behavior"]["name"]), str(alert["violationEventType"]))
+        except (ValueError, KeyError, TypeError):
+            return
+        with self._lock:
+            self._events.append(event)
+
+    def raised(self, start: float, end: float) -> list[tuple[float, str]]:
+        """In-alarm events between ``start`` and ``end``: (time, behavior), in order."""
+        with self._lock:
+            return [(t, b) for t, b, kind in self._events if start <= t <= end and kind == "in-alarm"]
+
+    def active(self) -> dict[str, float]:
+        """Behaviors in alarm now, with the time their alarm was raised."""
+        state: dict[str, float] = {}
+        with self._lock:
+            for t, behavior, kind in self._events:
+                if kind == "in-alarm":
+                    state[behavior] = t
+                else:
+                    state.pop(behavior, None)
+        return state
+
+    def last_clear(self, behavior: str) -> Optional[float]:
+        with self._lock:
+            times = [t for t, b, kind in self._events if b == behavior and kind != "in-alarm"]
+        return times[-1] if times else None
+
+    def wait_quiet(self, behaviors: Optional[set[str]], limit: float) -> set[str]:
+        """Wait up to ``limit`` s until none of ``behaviors`` (None: any) is in alarm; those still are."""
+        deadline = time.monotonic() + limit
+        while True:
+            still = {b for b in self.active() if behaviors is None or b in behaviors}
+            if not still or time.monotonic() >= deadline:
+                return still
+            time.sleep(0.2)
+
+
+# ---- the device: nucleus, component, watched application ------------------------------------------
+
+
+def app_recipe(version: str, lifetime: float) -> dict[str, Any]:
+    run = f'exec "{INTERPRETER}" -u "{{artifacts:path}}/infer_app.py" --seconds {lifetime:.0f}'
+    return {
+        "RecipeFormatVersion": "2020-01-25",
+        "ComponentName": APP_COMPONENT,
+        "ComponentVersion": version,
+        "ComponentDescription": "The watched ML application of bench/evasion.py.",
+        "ComponentPublisher": "ddcustom bench",
+        "Manifests": [
+            {
+                "Platform": {"os": "linux"},
+                "Lifecycle": {"Run": {"Script": run}},
+                "Artifacts": [{"URI": f"s3://bench/{APP_COMPONENT}/{version}/infer_app.py"}],
+            }
+        ],
+    }
+
+
+class Device:
+    """A Greengrass core device in ``root``: the stand-in nucleus, the component, the watched app."""
+
+    def __init__(self, root: Path, processes: Processes, alarms: Alarms, lifetime: float) -> None:
+        self.root = root
+        self.processes = processes
+        self.alarms = alarms
+        self.lifetime = lifetime
+        self.nucleus: Optional[DevNucleus] = None
+        self.component: Optional[Started] = None
+        self.app: Optional[Started] = None
+
+    def start_component(self, configuration: dict[str, Any]) -> None:
+        self.nucleus = DevNucleus(REPO / "recipe.yaml", THING, configuration, on_publish=self.alarms.record)
+        self.nucleus.start()
+        work = self.root / "work" / self.nucleus.component_name
+        work.mkdir(parents=True)
+        env = {**child_env(), **self.nucleus.env()}
+        self.component = self.processes.start([sys.executable, "-m", "ddcustom", "run"], cwd=work, env=env)
+        nucleus, process = self.nucleus, self.component.process
+        try:
+            nucleus.wait_until(lambda: bool(nucleus.states) or process.poll() is not None, 60)
+        except TimeoutError:
+            raise BenchError("the component reported no state within 60 s") from None
+        if nucleus.states[-1:] != ["RUNNING"]:
+            raise BenchError(f"the component did not run: states {nucleus.states}, exit {process.poll()}")
+
+    def component_alive(self) -> None:
+        if self.component is not None and self.component.process.poll() is not None:
+            raise BenchError(f"the component exited with status {self.component.process.returncode}")
+
+    def deploy_app(self, version: str) -> None:
+        """As a deployment does: the version's artifact and recipe are placed, the running version is
+        stopped, the new one's Run step started (``sh -c`` in the component's work folder)."""
+        packages = self.root / "packages"
+        artifacts = packages / "artifacts" / APP_COMPONENT / version
+        artifacts.mkdir(parents=True)
+        source = (BENCH / "evasion_app.py").read_text(encoding="utf-8")
+        (artifacts / "infer_app.py").write_text(source.replace('VERSION = "1.0.0"', f'VERSION = "{version}"'))
+        recipe = app_recipe(version, self.lifetime)
+        (packages / "recipes").mkdir(exist_ok=True)
+        (packages / "recipes" / f"{APP_COMPONENT}-{version}.yaml").write_text(yaml.safe_dump(recipe))
+        work = self.root / "work" / APP_COMPONENT
+        work.mkdir(parents=True, exist_ok=True)
+        run = lifecycle_steps(
+            recipe,
+            artifacts_path=str(artifacts),
+            decompressed_path=str(packages / "artifacts-unarchived" / APP_COMPONENT / version),
+            work_path=str(work),
+            thing_name=THING,
+            kernel_root=str(self.root),
+        )["run"]
+        if self.app is not None:
+            self.processes.stop(self.app)
+        self.app = self.processes.start(
+            ["sh", "-c", run.script],
+            cwd=work,
+            env={**os.environ, **run.setenv},
+            stdin=subprocess.PIPE,
+            watch=True,
+        )
+        if self.app.first_line(f"infer-app {version} started", timeout=30) is None:
+            raise BenchError(f"{APP_COMPONENT} {version} did not start (see the log)")
+
+    def app_command(self, command: dict[str, Any]) -> None:
+        stdin = self.app.process.stdin if self.app is not None else None
+        if stdin is None:
+            raise BenchError("the watched application was not started")
+        try:
+            stdin.write(json.dumps(command) + "\n")
+            stdin.flush()
+        except OSError:
+            raise BenchError("the watched application is gone") from None
+
+    def close(self) -> None:
+        if self.nucleus is not None:
+            self.nucleus.stop()
+
+
+# ---- network ---------------------------------------------------------------------------------------
+
+
+def open_network(
+    want_namespace: bool, processes: Processes, lifetime: float
+) -> tuple[Network, Optional[Namespace]]:
+    """The pool and proxy running, in a namespace when wanted and possible, else on loopback."""
+    root = os.geteuid() == 0
+    if not root:
+        note = "not root: pool and proxy on loopback (ports 3333, 8443, 8080), IncludeLoopback true"
+    elif not want_namespace:
+        note = "--loopback: pool and proxy on loopback, IncludeLoopback true"
+    else:
+        namespace: Optional[Namespace] = None
+        try:
+            namespace = Namespace.create(evasion_pidns.host_pid())
+            network = Network("namespace", "", namespace.subnet, namespace.pool_address, 3333, 443, 80)
+            start_pool(network, processes, namespace.exec_prefix(), lifetime)
+            return network, namespace
+        except (NamespaceError, BenchError) as exc:
+            if namespace is not None:
+                namespace.delete()
+            note = f"network namespace not usable ({exc}): pool and proxy on loopback, IncludeLoopback true"
+    network = Network(
+        "loopback", note, LOOPBACK, "127.0.0.1", 3333, 443 if root else 8443, 80 if root else 8080
+    )
+    start_pool(network, processes, [], lifetime)
+    return network, None
+
+
+def start_pool(network: Network, processes: Processes, prefix: list[str], lifetime: float) -> None:
+    host = str(require_allowed(network.pool_host, network.allowed))
+    argv = [
+        *prefix, sys.executable, str(BENCH / "evasion_pool.py"), "--allow", str(network.allowed),
+        "--pool", f"{host}:{network.pool_port}", "--pool", f"{host}:{network.tls_port}",
+        "--proxy", f"{host}:{network.proxy_port}", "--seconds", f"{lifetime:.0f}",
+    ]  # fmt: skip
+    helper = processes.start(argv, watch=True)
+    if helper.first_line("ready", timeout=30) is None:
+        processes.stop(helper)
+        raise BenchError(f"the pool on {host} did not start (see the log)")
+    # Once, before the component runs: a probe it saw would be part of what it learned.
+    try:
+        with socket.create_connection((host, network.pool_port), timeout=5) as probe:
+            probe.sendall(b'{"id":0,"method":"mining.subscribe","params":[]}\n')
+            if b'"result": true' not in probe.recv(4096):
+                raise OSError("no answer")
+    except OSError as exc:
+        processes.stop(helper)
+        raise BenchError(f"the pool at {host}:{network.pool_port} does not answer: {exc}") from exc
+
+
+# ---- the benchmark ---------------------------------------------------------------------------------
+
+
+def compile_miner(folder: Path) -> Path:
+    cc = shutil.which("cc")
+    if cc is None:
+        raise BenchError("no C compiler (cc) to build bench/miner.c")
+    miner = folder / "miner"
+    done = subprocess.run(
+        [cc, "-O2", "-pthread", "-o", str(miner), str(BENCH / "miner.c")],
+        capture_output=True, text=True, timeout=120, start_new_session=True,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise BenchError(f"cc failed to build bench/miner.c:\n{done.stderr[-2000:]}")
+    return miner
+
+
+def check_configuration(configuration: dict[str, Any], folder: Path) -> Optional[str]:
+    """What ``ddcustom check`` says is wrong with the configuration, or None."""
+    path = folder / "configuration.json"
+    path.write_text(json.dumps(configuration, indent=2))
+    done = subprocess.run(
+        [sys.executable, "-m", "ddcustom", "check", "--config", str(path)],
+        capture_output=True, text=True, env=child_env(), timeout=120, start_new_session=True,
+    )  # fmt: skip
+    return None if done.returncode == 0 else (done.stderr + done.stdout).strip()
+
+
+def component_configuration(
+    args: argparse.Namespace, network: Network, timing: Timing, folder: Path
+) -> tuple[dict[str, Any], str]:
+    """The merge configuration, and why there is no baseline ("" when there is one)."""
+    configuration: dict[str, Any] = {
+        "SecurityProfile": args.profile,
+        "DetectIntervalSeconds": INTERVAL,
+        "EnableDeviceDefenderReport": False,
+        "WatchedProcesses": [APP_NAME],
+        "IncludeLoopback": network.mode == "loopback",
+        "LogLevel": "INFO",
+    }
+    if args.without_baseline:
+        why = "--without-baseline"
+    else:
+        with_baseline = {**configuration, BASELINE_KEY: timing.learning}
+        problem = check_configuration(with_baseline, folder)
+        if problem is None:
+            return with_baseline, ""
+        if "unknown configuration key" not in problem or BASELINE_KEY not in problem:
+            raise BenchError(f"the component refuses the configuration: {problem}")
+        why = f"this component does not know {BASELINE_KEY}"
+    problem = check_configuration(configuration, folder)
+    if problem is not None:
+        raise BenchError(f"the component refuses the configuration: {problem}")
+    return configuration, why
+
+
+def miner_command(
+    attack: Attack, network: Network, miner: Path, shm_script: Path, folder: Path, seconds: float
+) -> tuple[str, list[str]]:
+    """(executable, argv) of the attack's miner; every address in it checked to be allowed."""
+    host = str(require_allowed(network.pool_host, network.allowed))
+    port = network.pool_port if attack.port == "pool" else network.tls_port
+    common = ["--allow", str(network.allowed), "--seconds", f"{seconds + LIFETIME_MARGIN:.0f}"]
+    if attack.launcher == "interpreter":
+        argv = [attack.process_name, str(shm_script), "--pool", f"{host}:{port}", *attack.options, *common]
+        return INTERPRETER, argv
+    binary = folder / attack.process_name.split("/")[0]
+    shutil.copy2(miner, binary)
+    if attack.pool == "stratum":
+        pool = ["-o", f"stratum+tcp://{host}:{port}", "-u", "wallet", "-p", "x"]
+    elif attack.pool == "cmdline":
+        pool = ["-o", f"{host}:{port}"]
+    else:
+        config = folder / "config.json"
+        config.write_text(json.dumps({"pools": [{"url": f"{host}:{port}", "user": "wallet", "pass": "x"}]}))
+        pool = ["-c", str(config)]
+    if attack.via_proxy:
+        pool += ["-x", f"{host}:{network.proxy_port}"]
+    return str(binary), [attack.process_name, *pool, *attack.options, "--name", attack.process_name, *common]
+
+
+BUILD_SCRIPT = """
+end=$(( $(date +%s) + {seconds} ))
+while [ "$(date +%s)" -lt "$end" ]; do
+  i=0
+  while [ "$i" -lt {jobs} ]; do "{cc}" -O2 -c big.c -o "big$i.o" & i=$((i + 1)); done
+  wait
+done
+"""
+
+PIP_SCRIPT = """
+set -e
+"{python}" -m pip wheel --isolated --no-index --no-deps --no-build-isolation -q -w wheels ./project
+end=$(( $(date +%s) + {seconds} ))
+while [ "$(date +%s)" -lt "$end" ]; do
+  rm -rf venv
+  "{python}" -m venv venv
+  venv/bin/python -m pip install --isolated --no-index --find-links wheels --no-deps -q ddcustom
+done
+"""
+
+FORK_SCRIPT = """
+end=$(( $(date +%s) + {seconds} ))
+while [ "$(date +%s)" -lt "$end" ]; do
+  i=0
+  while [ "$i" -lt 50 ]; do "{true}" & i=$((i + 1)); done
+  wait
+done
+"""
+
+
+def build_source(functions: int = 400) -> str:
+    """A C file that takes cc -O2 a second or two."""
+    lines = ["#include <stdint.h>"]
+    for i in range(functions):
+        lines.append(
+            f"uint64_t f{i}(uint64_t x, int n) {{ for (int j = 0; j < n; j++) {{"
+            f" switch ((x >> {i % 11}) & 7) {{ case 0: x = x * {2 * i + 3}u + j; break;"
+            f" case 1: x ^= x >> {i % 13 + 1}; break;"
+            f" case 2: x -= {i * 7 + 1}u; break; default: x = (x << 1) | (x >> 63); }} }} return x; }}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+class Bench:
+    def __init__(
+        self, device: Device, processes: Processes, alarms: Alarms, network: Network, timing: Timing,
+        folder: Path, miner: Path, shm_script: Path,
+    ) -> None:  # fmt: skip
+        self.device = device
+        self.processes = processes
+        self.alarms = alarms
+        self.network = network
+        self.timing = timing
+        self.folder = folder
+        self.miner = miner
+        self.shm_script = shm_script
+
+    def sleep_until(self, end: float) -> None:
+        while time.monotonic() < end:
+            self.device.component_alive()
+            time.sleep(min(0.5, max(0.0, end - time.monotonic())))
+
+    def settle(
+        self, started: float, stopped: float
+    ) -> tuple[list[tuple[float, str]], dict[str, Optional[float]]]:
+        """After a run: its in-alarms (up to one interval after its end: the last sample may raise one)
+        and, per behavior raised, seconds from ``stopped`` to its clear (None: not within --clear-seconds)."""
+        self.sleep_until(stopped + INTERVAL)
+        raised = self.alarms.raised(started, time.monotonic())
+        behaviors = {b for _, b in raised}
+        still = self.alarms.wait_quiet(behaviors, max(0.0, self.timing.clear - INTERVAL))
+        clears: dict[str, Optional[float]] = {}
+        for behavior in sorted(behaviors):
+            cleared = self.alarms.last_clear(behavior)
+            clears[behavior] = None if behavior in still or cleared is None else round(cleared - stopped, 1)
+        return raised, clears
+
+    def run_attack(self, attack: Attack) -> dict[str, Any]:
+        already = sorted(self.alarms.wait_quiet(None, self.timing.clear))
+        seconds = max(self.timing.attack, attack.min_seconds)
+        folder = self.folder / "scenarios" / attack.name
+        folder.mkdir(parents=True)
+        executable, argv = miner_command(attack, self.network, self.miner, self.shm_script, folder, seconds)
+        started = time.monotonic()
+        miner: Optional[Started] = None
+        if attack.launcher == "app":
+            self.device.app_command({"start-child": {"executable": executable, "argv": argv}})
+        else:
+            miner = self.processes.start(argv, executable=executable, watch=True)
+        self.sleep_until(started + seconds)
+        stopped = time.monotonic()
+        exited = miner.process.poll() if miner is not None else None
+        if miner is not None:
+            self.processes.stop(miner)
+        else:
+            self.device.app_command({"stop-child": True})
+        output = miner if miner is not None else self.device.app
+        assert output is not None
+        connected = output.first_line("connected", after=started) is not None
+        raised, clears = self.settle(started, stopped)
+        first: dict[str, float] = {}
+        for t, behavior in raised:
+            first.setdefault(behavior, round(t - started, 1))
+        status = "ran"
+        if exited is not None:
+            status = f"failed: the miner exited early with status {exited}"
+        elif not connected:
+            status = "failed: the miner never reached its pool"
+        first_alarm = min(first.values()) if first else None
+        known_clears = [v for v in clears.values() if v is not None]
+        return {
+            "scenario": attack.name,
+            "description": attack.description,
+            "status": status,
+            "seconds": seconds,
+            "command": argv,
+            "caught": bool(raised),
+            "behaviors": sorted(first),
+            "first_alarm_s": first_alarm,
+            "first_alarm_by_behavior_s": first,
+            "in_alarm_events": len(raised),
+            "within_two_intervals": first_alarm is not None and first_alarm <= 2 * INTERVAL,
+            "clear_s": max(known_clears) if known_clears and len(known_clears) == len(clears) else None,
+            "clear_by_behavior_s": clears,
+            "already_in_alarm": already,
+        }
+
+    def start_benign(self, benign: Benign, seconds: float) -> Optional[Started]:
+        folder = self.folder / "benign" / benign.name
+        folder.mkdir(parents=True)
+        end = f"{seconds:.0f}"
+        if benign.name == "build":
+            (folder / "big.c").write_text(build_source())
+            cc = shutil.which("cc") or "cc"
+            script = BUILD_SCRIPT.format(seconds=end, jobs=os.cpu_count() or 2, cc=cc)
+        elif benign.name == "pip-install":
+            project = folder / "project"
+            project.mkdir()
+            for name in ("pyproject.toml", "README.md"):
+                shutil.copy2(REPO / name, project / name)
+            shutil.copytree(
+                REPO / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+            )
+            script = PIP_SCRIPT.format(python=sys.executable, seconds=end)
+        elif benign.name == "fork-storm":
+            script = FORK_SCRIPT.format(seconds=end, true=shutil.which("true") or "/bin/true")
+        elif benign.name == "app-bursty":
+            self.device.app_command({"load": "bursty"})
+            return None
+        else:  # app-update
+            self.device.deploy_app("1.1.0")
+            return None
+        return self.processes.start(["sh", "-c", script], cwd=folder)
+
+    def run_benign(self, benign: Benign) -> dict[str, Any]:
+        already = sorted(self.alarms.wait_quiet(None, self.timing.clear))
+        seconds = self.timing.benign
+        started = time.monotonic()
+        activity = self.start_benign(benign, seconds)
+        self.sleep_until(started + seconds)
+        stopped = time.monotonic()
+        exited = activity.process.poll() if activity is not None else None
+        if activity is not None:
+            self.processes.stop(activity)
+        elif benign.name == "app-bursty":
+            self.device.app_command({"load": "steady"})
+        raised, clears = self.settle(started, stopped)
+        return {
+            "scenario": benign.name,
+            "description": benign.description,
+            "status": "ran" if not exited else f"failed: exited early with status {exited} (see the log)",
+            "seconds": seconds,
+            "in_alarms": len(raised),
+            "behaviors": sorted({b for _, b in raised}),
+            "in_alarm_at_s": [(round(t - started, 1), b) for t, b in raised],
+            "clear_by_behavior_s": clears,
+            "already_in_alarm": already,
+        }
+
+
+def run(
+    args: argparse.Namespace, timing: Timing, attacks: list[Attack], benign: list[Benign], processes_seen: str
+) -> dict[str, Any]:
+    """Set everything up, run the scenarios, tear everything down; the results document."""
+    # The application and the pool end by themselves after this.
+    lifetime = (
+        estimate_seconds(timing, attacks, benign, not args.without_baseline, worst=True) + LIFETIME_MARGIN
+    )
+    document: dict[str, Any] = {
+        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "machine": f"{platform.machine()} {os.cpu_count()} cpu(s), {platform.platform()}, Python "
+        f"{platform.python_version()}",
+        "load_average_at_start": os.getloadavg(),
+        "detect_interval_s": INTERVAL,
+        "profile": args.profile,
+        "processes_seen": processes_seen,
+        "timing": asdict(timing),
+        "attacks": [],
+        "benign": [],
+        "failure": None,
+    }
+    with tempfile.TemporaryDirectory(prefix="ddc-evasion-") as tmp:
+        folder = Path(tmp)
+        log_path = folder / "processes.log"
+        with open(log_path, "w") as log:
+            processes = Processes(log)
+            alarms = Alarms()
+            device = Device(folder / "greengrass", processes, alarms, lifetime)
+            namespace: Optional[Namespace] = None
+            shm: Optional[Path] = None
+            try:
+                miner = compile_miner(folder)
+                network, namespace = open_network(not args.loopback, processes, lifetime)
+                document["network"] = {**asdict(network), "allowed": str(network.allowed)}
+                print(
+                    f"pool: {network.mode} {network.pool_host} ({network.allowed}) {network.note}", flush=True
+                )
+                shm, shm_script = place_shm_miner(folder)
+                document["shm_miner"] = str(shm_script)
+                configuration, why_no_baseline = component_configuration(args, network, timing, folder)
+                document["configuration"] = configuration
+                document["baseline"] = {"used": not why_no_baseline, "why_not": why_no_baseline}
+                device.deploy_app("1.0.0")
+                device.start_component(configuration)
+                learn = timing.learning + INTERVAL if not why_no_baseline else 2 * INTERVAL
+                print(
+                    f"baseline: learning for {learn:g} s" if not why_no_baseline
+                    else f"no baseline ({why_no_baseline}): settling for {learn:g} s", flush=True,
+                )  # fmt: skip
+                bench = Bench(device, processes, alarms, network, timing, folder, miner, shm_script)
+                learning_started = time.monotonic()
+                bench.sleep_until(learning_started + learn)
+                document["alarms_while_learning"] = [
+                    (round(t - learning_started, 1), b)
+                    for t, b in alarms.raised(learning_started, time.monotonic())
+                ]
+                for attack in attacks:
+                    print(f"attack {attack.name} ...", flush=True)
+                    result = bench.run_attack(attack)
+                    document["attacks"].append(result)
+                    print(f"  {summary(result)}", flush=True)
+                for run_ in benign:
+                    print(f"benign {run_.name} ({timing.benign:g} s) ...", flush=True)
+                    result = bench.run_benign(run_)
+                    document["benign"].append(result)
+                    print(
+                        f"  {result['status']}: {result['in_alarms']} in-alarm(s) {result['behaviors']}",
+                        flush=True,
+                    )
+            except BenchError as exc:
+                document["failure"] = str(exc)
+                print(f"\nfailed: {exc}\nlast lines of the log ({log_path}):", file=sys.stderr)
+                log.flush()
+                print("\n".join(log_path.read_text(errors="replace").splitlines()[-30:]), file=sys.stderr)
+            finally:
+                with signals_ignored():
+                    processes.stop_all()
+                    device.close()
+                    if namespace is not None:
+                        namespace.delete()
+                    if shm is not None:
+                        shutil.rmtree(shm, ignore_errors=True)
+    document["load_average_at_end"] = os.getloadavg()
+    return document
+
+
+@contextlib.contextmanager
+def signals_ignored() -> Iterator[None]:
+    """The clean-up runs to its end: a second Ctrl-C or SIGTERM does not cut it short."""
+    previous = {
+        sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def place_shm_miner(folder: Path) -> tuple[Optional[Path], Path]:
+    """bench/miner.py as x.py in a new folder under /dev/shm (or ``folder`` without /dev/shm)."""
+    try:
+        shm: Optional[Path] = Path(tempfile.mkdtemp(prefix="ddc-evasion-", dir="/dev/shm"))
+    except OSError:
+        print("no writable /dev/shm: the interpreted miner runs from the temporary folder", flush=True)
+        shm = None
+    script = (shm or folder) / "x.py"
+    shutil.copy2(BENCH / "miner.py", script)
+    return shm, script
+
+
+def estimate_seconds(
+    timing: Timing, attacks: list[Attack], benign: list[Benign], baseline: bool, worst: bool = False
+) -> float:
+    """How long the benchmark takes: roughly (each run, one interval after it and half the clear limit),
+    or at most (``worst``: each run may wait the clear limit before it starts and after it ends)."""
+    learning = timing.learning + INTERVAL if baseline else 2 * INTERVAL
+    per_run = 2 * timing.clear + INTERVAL if worst else INTERVAL + timing.clear / 2
+    return (
+        learning
+        + sum(max(timing.attack, a.min_seconds) + per_run for a in attacks)
+        + len(benign) * (timing.benign + per_run)
+    )
+
+
+def summary(result: dict[str, Any]) -> str:
+    if not result["caught"]:
+        return f"{result['status']}: not caught"
+    return (
+        f"{result['status']}: caught after {result['first_alarm_s']:g} s by {', '.join(result['behaviors'])}"
+    )
+
+
+def cleared_text(result: dict[str, Any], limit: float) -> str:
+    if not result["caught"]:
+        return "-"
+    if result["clear_s"] is None:
+        return f"not within {limit:g}"
+    return f"{result['clear_s']:g}" if result["clear_s"] > 0 else "before the stop"
+
+
+def markdown(document: dict[str, Any]) -> str:
+    lines: list[str] = []
+    baseline = document.get("baseline", {})
+    network = document.get("network", {})
+    if baseline:
+        learned = (
+            f"learned for {document['timing']['learning']:g} s"
+            if baseline["used"]
+            else f"none ({baseline['why_not']})"
+        )
+        lines.append(
+            f"DetectIntervalSeconds {INTERVAL}, profile {document['profile']}, baseline {learned}; pool: "
+            f"{network.get('mode')} {network.get('allowed')} {network.get('note', '')}\n"
+        )
+    if document["attacks"]:
+        lines.append(
+            "| scenario | what | caught | by | 1st in-alarm (s) | within 2 intervals | clear after stop (s) |"
+        )
+        lines.append("|---|---|---|---|---|---|---|")
+        for r in document["attacks"]:
+            caught = ("yes" if r["caught"] else "**no**") + (
+                "" if r["status"] == "ran" else f" ({r['status']})"
+            )
+            first = "-" if r["first_alarm_s"] is None else f"{r['first_alarm_s']:g}"
+            within = "yes" if r["within_two_intervals"] else "**no**"
+            clear = cleared_text(r, document["timing"]["clear"])
+            cells = [
+                r["scenario"],
+                r["description"],
+                caught,
+                ", ".join(r["behaviors"]) or "-",
+                first,
+                within,
+                clear,
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    if document["benign"]:
+        lines += ["| benign run | what | seconds | in-alarms | by |", "|---|---|---|---|---|"]
+        for r in document["benign"]:
+            count = str(r["in_alarms"]) + ("" if r["status"] == "ran" else f" ({r['status']})")
+            cells = [
+                r["scenario"],
+                r["description"],
+                f"{r['seconds']:g}",
+                count,
+                ", ".join(r["behaviors"]) or "-",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    for r in document["attacks"] + document["benign"]:
+        if r["already_in_alarm"]:
+            still = ", ".join(r["already_in_alarm"])
+            lines.append(f"{r['scenario']}: in alarm at its start, so not raised again: {still}")
+    if document.get("alarms_while_learning"):
+        lines.append(f"in-alarms while learning: {document['alarms_while_learning']}")
+    attacks = document["attacks"]
+    if attacks:
+        met = sum(1 for r in attacks if r["within_two_intervals"])
+        lines.append(f"targets: {met} of {len(attacks)} attacks caught within 2 intervals")
+    if document["benign"]:
+        count = sum(r["in_alarms"] for r in document["benign"])
+        lines.append(f"targets: {count} in-alarm(s) in the benign runs (target 0)")
+    if document["failure"]:
+        lines.append(f"FAILED: {document['failure']}")
+    return "\n".join(lines)
+
+
+# ---- command line ----------------------------------------------------------------------------------
+
+
+def positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    width = max(len(s.name) for s in (*ATTACKS, *BENIGN))
+    epilog = "attack scenarios:\n" + "\n".join(f"  {a.name:{width}}  {a.description}" for a in ATTACKS)
+    epilog += "\n\nbenign runs:\n" + "\n".join(f"  {b.name:{width}}  {b.description}" for b in BENIGN)
+    parser = argparse.ArgumentParser(
+        prog="evasion.py",
+        description=__doc__,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add = parser.add_argument
+    add(
+        "--quick",
+        action="store_true",
+        help="short runs, a few minutes in all: learning 30 s, attacks 20 s, clear wait 30 s, benign 30 s",
+    )
+    add(
+        "--scenarios",
+        default="all",
+        help="comma-separated scenario names, or the groups attacks, benign, all (default all)",
+    )
+    add(
+        "--learning-seconds",
+        type=positive,
+        help=f"learning period: {BASELINE_KEY}, and how long the device runs before the first scenario "
+        "(default 180, quick 30)",
+    )
+    add("--attack-seconds", type=positive, help="how long each miner runs, at least (default 60, quick 20)")
+    add(
+        "--clear-seconds",
+        type=positive,
+        help="how long to wait after a run for its alarms to clear (default 60, quick 30)",
+    )
+    add("--benign-seconds", type=positive, help="length of each benign run (default 300, quick 30)")
+    add("--profile", default="crypto-mining", help="SecurityProfile: a built-in name or a JSON file")
+    add(
+        "--without-baseline",
+        action="store_true",
+        help=f"leave {BASELINE_KEY} out (what the profile catches without a baseline)",
+    )
+    add("--loopback", action="store_true", help="pool and proxy on loopback even as root (no namespace)")
+    add(
+        "--share-pids",
+        action="store_true",
+        help="as root, stay in the host's PID namespace (default: a PID namespace of its own, see above)",
+    )
+    add(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help=f"JSON results (default {DEFAULT_OUT.relative_to(REPO)})",
+    )
+    return parser.parse_args(argv)  # fmt: skip
+
+
+def timing_of(args: argparse.Namespace) -> Timing:
+    def pick(given: Optional[float], full: float, quick: float) -> float:
+        return given if given is not None else (quick if args.quick else full)
+
+    return Timing(
+        learning=pick(args.learning_seconds, 180.0, 30.0),
+        attack=pick(args.attack_seconds, 60.0, 20.0),
+        clear=max(pick(args.clear_seconds, 60.0, 30.0), float(INTERVAL)),
+        benign=pick(args.benign_seconds, 300.0, 30.0),
+    )
+
+
+def select_scenarios(text: str) -> tuple[list[Attack], list[Benign]]:
+    """The attacks and benign runs named (in the benchmark's order); ValueError for an unknown name."""
+    groups = {"all": {s.name for s in (*ATTACKS, *BENIGN)}, "attacks": {a.name for a in ATTACKS},
+              "benign": {b.name for b in BENIGN}}  # fmt: skip
+    names: set[str] = set()
+    for name in (part.strip() for part in text.split(",") if part.strip()):
+        if name in groups:
+            names |= groups[name]
+        elif name in groups["all"]:
+            names.add(name)
+        else:
+            known = ", ".join(s.name for s in (*ATTACKS, *BENIGN))
+            raise ValueError(f"unknown scenario {name!r}; known: {known} (or attacks, benign, all)")
+    if not names:
+        raise ValueError("no scenario chosen")
+    return [a for a in ATTACKS if a.name in names], [b for b in BENIGN if b.name in names]
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    for sig in evasion_pidns.STOP_SIGNALS:  # the first one starts the clean-up: no other cuts it short
+        signal.signal(sig, signal.SIG_IGN)
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    try:
+        attacks, benign = select_scenarios(args.scenarios)
+    except ValueError as exc:
+        print(f"evasion.py: {exc}", file=sys.stderr)
+        return 2
+    timing = timing_of(args)
+    if evasion_pidns.inside():
+        status = evasion_pidns.run_as_init()
+        if status is not None:
+            return status
+        processes_seen = "the benchmark's only (own PID namespace)"
+    elif args.share_pids:
+        processes_seen = "all the host's (--share-pids)"
+    else:
+        status, why_not = evasion_pidns.enter(str(Path(__file__).resolve()), argv)
+        if status is not None:
+            return status
+        processes_seen = f"all the host's (no PID namespace: {why_not})"
+    minutes = estimate_seconds(timing, attacks, benign, baseline=not args.without_baseline) / 60
+    print(f"{len(attacks)} attack(s), {len(benign)} benign run(s): about {minutes:.0f} min", flush=True)
+    print(f"processes the component sees: {processes_seen}", flush=True)
+    for sig in evasion_pidns.STOP_SIGNALS:  # SIGTERM and SIGHUP clean up as Ctrl-C does
+        signal.signal(sig, _interrupt)
+    try:
+        document = run(args, timing, attacks, benign, processes_seen)
+    except KeyboardInterrupt:
+        print("\ninterrupted: every process stopped, namespace deleted", file=sys.stderr)
+        return 130
+    print("\n" + markdown(document))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"\nresults written to {args.out}")
+    failed = document["failure"] or any(
+        r["status"] != "ran" for r in document["attacks"] + document["benign"]
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
