@@ -17,7 +17,9 @@ The device
   (other tests' miners would raise alarms that are no scenario's doing). CPU use (cpu_usage, from
   /proc/stat) is the host's either way: on a busy host, cpu-usage alarms are the host's load.
 
-  Learning: the device runs the application alone for --learning-seconds plus one interval. Then each
+  Learning: the device runs for --learning-seconds plus one interval its ordinary work: the application,
+  and a short run of each benign activity below but the update (builds, pip installs, a burst, a fork
+  storm; the benign runs later do them again in new folders, with new processes). Then each
   attack runs --attack-seconds (longer where a scenario needs it: see the list below), and after it
   stops the benchmark waits up to --clear-seconds for its alarms to clear (one interval at least: an
   alarm raised by the last sample counts). Then the benign runs, --benign-seconds each, the same way.
@@ -680,8 +682,8 @@ class Bench:
             "already_in_alarm": already,
         }
 
-    def start_benign(self, benign: Benign, seconds: float) -> Optional[Started]:
-        folder = self.folder / "benign" / benign.name
+    def start_benign(self, benign: Benign, seconds: float, learning: bool = False) -> Optional[Started]:
+        folder = self.folder / ("learning" if learning else "benign") / benign.name
         folder.mkdir(parents=True)
         end = f"{seconds:.0f}"
         if benign.name == "build":
@@ -706,6 +708,23 @@ class Bench:
             self.device.deploy_app("1.1.0")
             return None
         return self.processes.start(["sh", "-c", script], cwd=folder)
+
+    def rehearse(self, benign: list[Benign], until: float) -> None:
+        """The learning period is the device's ordinary work: the application, and a short run of each
+        benign activity but the update (a deployment is trusted by where it puts its files, not learned)."""
+        activities = [b for b in benign if b.name != "app-update"]
+        for index, activity in enumerate(activities):
+            seconds = (until - time.monotonic() - INTERVAL) / (len(activities) - index)
+            if seconds < 1:
+                break
+            started = time.monotonic()
+            running = self.start_benign(activity, seconds, learning=True)
+            self.sleep_until(started + seconds)
+            if running is not None:
+                self.processes.stop(running)
+            elif activity.name == "app-bursty":
+                self.device.app_command({"load": "steady"})
+        self.sleep_until(until)
 
     def run_benign(self, benign: Benign) -> dict[str, Any]:
         already = sorted(self.alarms.wait_quiet(None, self.timing.clear))
@@ -784,7 +803,10 @@ def run(
                 )  # fmt: skip
                 bench = Bench(device, processes, alarms, network, timing, folder, miner, shm_script)
                 learning_started = time.monotonic()
-                bench.sleep_until(learning_started + learn)
+                if why_no_baseline:
+                    bench.sleep_until(learning_started + learn)
+                else:
+                    bench.rehearse(list(BENIGN), learning_started + learn)
                 document["alarms_while_learning"] = [
                     (round(t - learning_started, 1), b)
                     for t, b in alarms.raised(learning_started, time.monotonic())

@@ -47,6 +47,7 @@ def test_the_reported_state_names_each_alarm_and_leaves_suppressed_ones_out() ->
                 "metricValue": {"number": 85},
             }
         ],
+        "baseline": "off",
     }
     assert reported_state([], "p")["inAlarm"] is False
 
@@ -55,7 +56,8 @@ def test_the_document_stays_under_the_shadow_size_limit_and_keeps_every_name() -
     names = [f"process-{i:04d}-" + "x" * 100 for i in range(300)]
     alarms = [alarm(f"behavior-{i:03d}", {"strings": names}) for i in range(100)]
     state = reported_state(alarms, "p")
-    assert len(json.dumps(state)) <= MAX_DOCUMENT_BYTES
+    document = FleetShadow().update_document(state, 1764650000.0)
+    assert len(json.dumps(document)) <= MAX_DOCUMENT_BYTES
     assert state["alarmCount"] == 100 and state["alarmsTruncated"] is True
     assert state["behaviorsInAlarm"] == [a.behavior_name for a in alarms]
     assert all(len(entry["metricValue"]["strings"]) <= 10 for entry in state["alarms"])
@@ -136,3 +138,18 @@ def test_fleet_shadow_false_publishes_no_shadow(component: Callable[..., Compone
     c = component(85, FleetShadow=False)
     poll(lambda: any(p.topic.endswith("/alerts") for p in c.nucleus.published), what="the alert")
     assert shadows(c) == []
+
+
+def test_what_the_device_writes_is_what_cloud_status_reads() -> None:
+    from ddcustom.cloud.status import _device
+
+    state = reported_state([alarm("miner-processes", {"number": 2})], "crypto-mining", "active")
+    document = FleetShadow().update_document(state, 1764650300.0)
+    indexed = {"thingName": "cam-7", "shadow": json.dumps({"name": {"ddcustom": document["state"]}})}
+    device = _device(indexed)
+    assert (device.thing, device.behaviors, device.since, device.updated) == (
+        "cam-7",
+        ["miner-processes"],
+        1764650000,
+        1764650300,
+    )

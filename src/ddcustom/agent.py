@@ -78,6 +78,7 @@ class Agent:
         self._next_detect = 0.0
         self._next_report = 0.0  # 0: the first report goes out at once
         self._shadow = FleetShadow()
+        self._baseline_state = "off"  # of the last sample, for the fleet shadow
         self._shadow_failure: Optional[str] = None  # the last shadow error logged
         self._consecutive_failures = 0
         self._alert_failure: Optional[str] = None  # the last delivery error logged
@@ -118,6 +119,10 @@ class Agent:
         detect_due = self._next_detect <= now
         if detect_due or report_due:
             sample = self._collector.sample()
+            if sample.baseline is None:
+                self._baseline_state = "off"
+            else:
+                self._baseline_state = "learning" if sample.baseline.learning else "active"
             self._raise_alerts(
                 [self._with_evidence(event, sample) for event in self._engine.evaluate(sample)]
             )
@@ -216,7 +221,7 @@ class Agent:
 
     def _update_shadow(self, now: float) -> None:
         """The fleet shadow, when its state changed or the heartbeat is due; retried every cycle."""
-        state = reported_state(self._engine.active_alarms(), self._engine.profile.name)
+        state = reported_state(self._engine.active_alarms(), self._engine.profile.name, self._baseline_state)
         if not self._shadow.due(state, now):
             return
         try:

@@ -8,7 +8,7 @@ docs/fleet.md):
       "inAlarm": true, "alarmCount": 1, "behaviorsInAlarm": ["miner-processes"],
       "alarms": [{"behavior": "miner-processes", "metric": "miner_processes", "since": 1764650000,
                   "violationId": "...", "metricValue": {"number": 1}}],
-      "updated": 1764650000}}}
+      "baseline": "active", "updated": 1764650000}}}
 
 It is published when it changes (``updated`` aside) and at least once an hour as a heartbeat, never more
 often than it changes; a publish that fails is tried again every cycle, so the shadow is right again
@@ -35,8 +35,9 @@ def shadow_update_topic(thing_name: str) -> str:
     return f"$aws/things/{thing_name}/shadow/name/{SHADOW_NAME}/update"
 
 
-def reported_state(alarms: list[OpenAlarm], profile: str) -> dict[str, Any]:
-    """The reported state without its time, bounded to MAX_DOCUMENT_BYTES."""
+def reported_state(alarms: list[OpenAlarm], profile: str, baseline: str = "off") -> dict[str, Any]:
+    """The reported state without its time, bounded to MAX_DOCUMENT_BYTES. ``baseline``: "learning",
+    "active", or "off" (the profile uses no baseline metric, or its store cannot be used)."""
     shown = [a for a in alarms if not a.behavior.get("suppressAlerts", False)]
     entries = [
         {
@@ -56,10 +57,11 @@ def reported_state(alarms: list[OpenAlarm], profile: str) -> dict[str, Any]:
         "profile": profile,
         "inAlarm": bool(shown),
         "alarmCount": len(shown),
-        "behaviorsInAlarm": [a.behavior_name for a in shown],
+        "behaviorsInAlarm": sorted(a.behavior_name for a in shown),
         "alarms": entries,
+        "baseline": baseline,
     }
-    while entries and len(json.dumps(state)) > MAX_DOCUMENT_BYTES:
+    while entries and len(json.dumps(state)) > MAX_DOCUMENT_BYTES - 100:  # room for updated, truncated
         entries.pop()  # the names and the count stay complete; details of the last alarms go
         state["alarmsTruncated"] = True
     return state
