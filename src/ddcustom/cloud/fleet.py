@@ -50,10 +50,6 @@ def quoted(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def in_group(opts: CloudOptions, query: str) -> str:
-    return f"thingGroupNames:{quoted(opts.thing_group)} AND {query}"
-
-
 # ---- fleet indexing ----
 
 
@@ -290,7 +286,7 @@ class FleetMetricStep(OwnedStep):
         self.opts, self.name = opts, name
         self.params: dict[str, Any] = {
             "metricName": name,
-            "queryString": in_group(opts, query),
+            "queryString": f"thingGroupNames:{quoted(opts.thing_group)} AND {query}",
             "aggregationType": {"name": "Statistics", "values": ["count"]},
             "period": METRIC_PERIOD,
             "aggregationField": REPORTED + "alarmCount",
