@@ -37,7 +37,7 @@ from typing import Any, Callable, Optional, TypeVar, Union, cast
 
 from ddcustom.config import DEFAULTS, busy_outside_file_next_to
 from ddcustom.fileio import write_atomic
-from ddcustom.sources.gpu import ComputeProcesses, find_jetson_load_file, read_jetson_load, start_nvml
+from ddcustom.sources import gpu
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class GpuBusyReader:
         self._nvml = nvml
         self._sysfs_root = Path(sysfs_root)
         self._handles: Optional[list[Any]] = None  # None: not started yet; []: no NVML GPU
-        self._list_processes: Optional[ComputeProcesses] = None
+        self._list_processes: Optional[gpu.ComputeProcesses] = None
         self._jetson_load_file: Optional[Path] = None
         self._lock = threading.Lock()
 
@@ -106,9 +106,9 @@ class GpuBusyReader:
             if self._handles is None:
                 self._handles = self._start()
                 if not self._handles:
-                    self._jetson_load_file = find_jetson_load_file(self._sysfs_root)
+                    self._jetson_load_file = gpu.find_jetson_load_file(self._sysfs_root)
             if self._jetson_load_file is not None:
-                load = read_jetson_load(self._jetson_load_file)
+                load = gpu.read_jetson_load(self._jetson_load_file)
                 return [load] if load is not None else None
             if not self._handles or self._nvml is None:
                 return None
@@ -130,17 +130,14 @@ class GpuBusyReader:
 
     def close(self) -> None:
         with self._lock:
-            if self._handles and self._nvml is not None:
-                try:
-                    self._nvml.nvmlShutdown()
-                except self._nvml.NVMLError as exc:
-                    log.debug("nvmlShutdown failed: %s", exc)
+            if self._handles:
+                gpu.shutdown_nvml(self._nvml)
             self._handles = []
 
     def _start(self) -> list[Any]:
-        self._nvml, handles, problem = start_nvml(self._nvml)
+        self._nvml, handles, problem = gpu.start_nvml(self._nvml)
         if handles:
-            self._list_processes = ComputeProcesses(self._nvml)
+            self._list_processes = gpu.ComputeProcesses(self._nvml)
         else:
             log.info("%s: no NVML GPU busy reading", problem)
         return handles
