@@ -86,7 +86,12 @@ class GpuSource:
             if self._handles:
                 return self._read_nvml(watched_pids)
             if self._jetson_load_file is not None:
-                load = self._read_jetson_load()
+                load = read_jetson_load(self._jetson_load_file)
+                if load is None:
+                    raise _SourceGone(
+                        f"cannot read the Jetson GPU load {self._jetson_load_file}, or it is not a per-mille "
+                        "value (0-1000): GPU metrics left out"
+                    )
                 return GpuStats("jetson", load, None, None, None, busiest_utilization_percent=load)
         except _SourceGone as exc:
             self._warn_once(str(exc))
@@ -240,16 +245,6 @@ class GpuSource:
         return comm or next(iter(names)), frozenset(names)
 
     # ---- Jetson --------------------------------------------------------------------------------------
-
-    def _read_jetson_load(self) -> float:
-        assert self._jetson_load_file is not None
-        load = read_jetson_load(self._jetson_load_file)
-        if load is None:
-            raise _SourceGone(
-                f"cannot read the Jetson GPU load {self._jetson_load_file}, or it is not a per-mille value "
-                "(0-1000): GPU metrics left out"
-            )
-        return load
 
     def _warn_once(self, message: str, level: int = logging.WARNING) -> None:
         if message not in self._warned:
