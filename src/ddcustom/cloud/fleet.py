@@ -372,14 +372,8 @@ class FleetAlarmStep(OwnedStep):
                 },
             ]
         else:
-            metric = _fleet_metric(opts.fleet_metric_in_alarm)
-            self.params.update(
-                Namespace=METRIC_NAMESPACE,
-                MetricName=opts.fleet_metric_in_alarm,
-                Dimensions=metric["Metric"]["Dimensions"],
-                Statistic="Maximum",
-                Period=METRIC_PERIOD,
-            )
+            metric = _fleet_metric(opts.fleet_metric_in_alarm)["Metric"]  # Namespace, MetricName, Dimensions
+            self.params.update(metric, Statistic="Maximum", Period=METRIC_PERIOD)
         self.label = f"CloudWatch alarm {opts.fleet_alarm} (more than {what} in alarm)"
 
     def _find(self, aws: Clients) -> Optional[dict[str, Any]]:

@@ -67,13 +67,10 @@ class LogGroupStep(OwnedStep):
         return bool(tags.get(TAG_KEY) == self.opts.stack)
 
     def create(self) -> list[Call]:
+        retention = {"logGroupName": self.name, "retentionInDays": LOG_RETENTION_DAYS}
         return [
             Call("logs", "CreateLogGroup", {"logGroupName": self.name, "tags": dict(self.opts.tags)}),
-            Call(
-                "logs",
-                "PutRetentionPolicy",
-                {"logGroupName": self.name, "retentionInDays": LOG_RETENTION_DAYS},
-            ),
+            Call("logs", "PutRetentionPolicy", retention),
         ]
 
     def remove(self, aws: Clients) -> list[Call]:
@@ -227,10 +224,5 @@ class IotPolicyAttachmentStep(AttachmentStep):
         return self.group_arn in targets.get("targets", [])
 
     def create(self) -> list[Call]:
-        return [
-            Call(
-                "iot",
-                "AttachPolicy",
-                {"policyName": self.opts.quarantine_iot_policy, "target": self.group_arn},
-            )
-        ]
+        params = {"policyName": self.opts.quarantine_iot_policy, "target": self.group_arn}
+        return [Call("iot", "AttachPolicy", params)]

@@ -268,11 +268,8 @@ class EmailSubscriptionStep(AttachmentStep):
         return any(s.get("Protocol") == "email" and s.get("Endpoint") == self.email for s in subscriptions)
 
     def create(self) -> list[Call]:
-        return [
-            Call(
-                "sns", "Subscribe", {"TopicArn": self.topic_arn, "Protocol": "email", "Endpoint": self.email}
-            )
-        ]
+        params = {"TopicArn": self.topic_arn, "Protocol": "email", "Endpoint": self.email}
+        return [Call("sns", "Subscribe", params)]
 
 
 # ---- IAM ----
@@ -309,27 +306,18 @@ class RoleStep(OwnedStep):
         return Status.OWNED
 
     def create(self) -> list[Call]:
-        return [
-            Call(
-                "iam",
-                "CreateRole",
-                {
-                    "RoleName": self.name,
-                    "AssumeRolePolicyDocument": as_json(self.trust),
-                    "Description": f"ddcustom stack {self.opts.stack}: {self.policy_name}",
-                    "Tags": _tag_list(self.opts.tags),
-                },
-            ),
-            Call(
-                "iam",
-                "PutRolePolicy",
-                {
-                    "RoleName": self.name,
-                    "PolicyName": self.policy_name,
-                    "PolicyDocument": as_json(self.policy),
-                },
-            ),
-        ]
+        role = {
+            "RoleName": self.name,
+            "AssumeRolePolicyDocument": as_json(self.trust),
+            "Description": f"ddcustom stack {self.opts.stack}: {self.policy_name}",
+            "Tags": _tag_list(self.opts.tags),
+        }
+        policy = {
+            "RoleName": self.name,
+            "PolicyName": self.policy_name,
+            "PolicyDocument": as_json(self.policy),
+        }
+        return [Call("iam", "CreateRole", role), Call("iam", "PutRolePolicy", policy)]
 
     def remove(self, aws: Clients) -> list[Call]:
         iam = aws("iam")
@@ -561,11 +549,8 @@ class SecurityProfileStep(OwnedStep):
 
 
 def _profile_targets(aws: Clients, profile: str) -> list[str]:
-    pages = (
-        aws("iot-detect")
-        .get_paginator("list_targets_for_security_profile")
-        .paginate(securityProfileName=profile)
-    )
+    paginator = aws("iot-detect").get_paginator("list_targets_for_security_profile")
+    pages = paginator.paginate(securityProfileName=profile)
     return [t["arn"] for page in pages for t in page.get("securityProfileTargets", [])]
 
 
