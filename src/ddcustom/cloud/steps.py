@@ -100,9 +100,9 @@ class Step:
 
 
 class OwnedStep(Step):
-    """A resource that setup makes and marks as this stack's. ``_find`` reads it (None: not there),
-    ``_ours`` tells the mark; one without it is a conflict for setup and left alone by teardown.
-    ``_compare`` says what setup does with one of ours."""
+    """A resource setup makes and marks as this stack's (a tag, or a mark in its description).
+    ``_find`` reads it (None: not there), ``_ours`` looks for the mark: one without it is a conflict for
+    setup and is left alone by teardown. ``_compare`` says what setup does with one of ours."""
 
     opts: CloudOptions
 
