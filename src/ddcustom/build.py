@@ -97,17 +97,12 @@ def keys_to_lower(value: Any) -> Any:
     return value
 
 
-def load_schema(path: Path) -> dict[str, Any]:
-    try:
-        schema: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise BuildError(f"cannot read schema {path}: {exc}") from None
-    return schema
-
-
 def validate(instance: Any, schema_path: Path, what: str) -> None:
     """Validate ``instance`` against a draft-07 schema; raises BuildError naming the failing place."""
-    schema = load_schema(schema_path)
+    try:
+        schema = json.loads(schema_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BuildError(f"cannot read schema {schema_path}: {exc}") from None
     try:
         import jsonschema
     except ImportError:
@@ -195,24 +190,15 @@ def read_recipe(path: Path) -> dict[str, Any]:
 
 def exclude_patterns(project: ComponentProject, recipe_path: Path) -> list[str]:
     """gdk's ignore list: always its own files; then options.excludes, or the defaults without options."""
-    patterns = [GDK_CONFIG_FILE, GG_BUILD_DIR, recipe_path.name]
-    if project.build_options:
-        patterns.extend(project.build_options.get("excludes", []))
-    else:
-        patterns.extend(DEFAULT_EXCLUDES)
-    return patterns
-
-
-def excluded_paths(root: Path, patterns: list[str]) -> set[str]:
-    """Every path the globs match, each glob taken from the project root (as gdk's glob.glob call)."""
-    matched: set[str] = set()
-    for pattern in patterns:
-        matched.update(glob.glob(f"{root}{os.path.sep}{pattern}", recursive=True))
-    return matched
+    excludes = project.build_options.get("excludes", []) if project.build_options else DEFAULT_EXCLUDES
+    return [GDK_CONFIG_FILE, GG_BUILD_DIR, recipe_path.name, *excludes]
 
 
 def copy_project(root: Path, destination: Path, patterns: list[str]) -> None:
-    unwanted = excluded_paths(root, patterns)
+    # every path the globs match, each glob taken from the project root (as gdk's glob.glob call)
+    unwanted = {
+        path for pattern in patterns for path in glob.glob(f"{root}{os.path.sep}{pattern}", recursive=True)
+    }
 
     def ignore(directory: str, names: list[str]) -> set[str]:
         return {
@@ -315,10 +301,6 @@ def transform_recipe(
     return result
 
 
-def validate_recipe(recipe: Mapping[str, Any], what: str = "recipe") -> None:
-    validate(keys_to_lower(dict(recipe)), RECIPE_SCHEMA, what)
-
-
 def build(project_dir: Path) -> BuildResult:
     """Run the whole gdk zip build in ``project_dir``; returns where the recipe and artifacts are."""
     project_dir = project_dir.resolve()
@@ -335,7 +317,7 @@ def build(project_dir: Path) -> BuildResult:
 
     build_zip(project, project_dir, recipe_path)
     built = transform_recipe(recipe, project, project_dir / ZIP_BUILD_DIR, artifacts_dir)
-    validate_recipe(built, f"built recipe from {recipe_path.name}")
+    validate(keys_to_lower(built), RECIPE_SCHEMA, f"built recipe from {recipe_path.name}")
 
     out = recipes_dir / recipe_path.name
     if out.suffix == ".json":

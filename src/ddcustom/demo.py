@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ddcustom.detect.profile import load_profile
+from ddcustom.runtime import stop_child
 
 SHOWN = ("gpu_load_per_inference", "avg_inference_time", "cpu_usage", "memory_usage", "miner_processes")
 CHANGES = ("gpu_load_per_inference", "avg_inference_time", "miner_processes")  # CPU and memory always move
@@ -32,7 +33,6 @@ CHANGES = ("gpu_load_per_inference", "avg_inference_time", "miner_processes")  #
 DEMO_BEHAVIORS = ("gpu-load-per-inference", "avg-inference-time")
 PROFILE = "crypto-mining"
 SCENARIO_LOAD = {"mining": 85, "normal": 20}  # the GPU load per inference `ddcustom simulate` writes
-STOP_TIMEOUT = 10.0  # seconds the component gets to stop on SIGTERM before it is killed
 OPERATOR_WORDS = {
     "less-than": "must stay below",
     "less-than-equals": "must stay at or below",
@@ -183,21 +183,12 @@ def _summary(timeline: _Timeline, detect_interval: float, report_interval: int) 
             continue
         steps = [(written, f"{scenario} values written at {written:.1f} s")]
         if scenario in timeline.first_report:
-            steps.append(
-                (
-                    timeline.first_report[scenario],
-                    f"first report with them at {timeline.first_report[scenario]:.1f} s",
-                )
-            )
+            at = timeline.first_report[scenario]
+            steps.append((at, f"first report with them at {at:.1f} s"))
         if kind in timeline.first_event:
             at, need = timeline.first_event[kind], timeline.datapoints[kind]
-            steps.append(
-                (
-                    at,
-                    f"{what} at {at:.1f} s, {at - written:.1f} s after the write "
-                    f"({need} datapoint{'s' if need != 1 else ''} in a row, one every {detect_interval:g} s)",
-                )
-            )
+            rule = f"{need} datapoint{'s' if need != 1 else ''} in a row, one every {detect_interval:g} s"
+            steps.append((at, f"{what} at {at:.1f} s, {at - written:.1f} s after the write ({rule})"))
         else:
             steps.append((float("inf"), f"not {what} yet"))
         lines.append("; ".join(text for _at, text in sorted(steps)))
@@ -224,15 +215,6 @@ def _intro(seconds: float, detect_interval: float, report_interval: int, config:
                 f"datapoints in a row, cleared after {_datapoints(raw, 'alarm-cleared')}"
             )
     print("Other rules of the profile watch this machine's real processes, connections and CPU.", flush=True)
-
-
-def _stop(proc: subprocess.Popen[str]) -> int:
-    proc.terminate()
-    try:
-        return proc.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
 
 
 def _start_component(config_path: str, log: Any) -> subprocess.Popen[str]:
@@ -303,18 +285,20 @@ def run_demo(seconds: float, detect_interval: float, report_interval: int) -> in
             with open(log_path, "w") as log:
                 proc = _start_component(config_path, log)
             ran = _follow(proc, seconds, start, config_path, timeline)
-            status = _stop(proc)
+            status = stop_child(proc)
         except _Stopped as stopped:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan the component
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             what = (
-                "it had not started" if proc is None else f"the component stopped with status {_stop(proc)}"
+                "it had not started"
+                if proc is None
+                else f"the component stopped with status {stop_child(proc)}"
             )
             print(f"\nDemo stopped by {stopped} at {time.monotonic() - start:.1f} s; {what}.", flush=True)
             return 128 + stopped.signum
         finally:
             if proc is not None and proc.poll() is None:
-                _stop(proc)
+                stop_child(proc)
         if not ran:
             with open(log_path) as log_file:
                 tail = log_file.read()[-2000:]

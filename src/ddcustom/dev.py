@@ -23,8 +23,8 @@ import time
 from typing import Any, Optional, TextIO
 
 from ddcustom.devnucleus import DevNucleus, Published, RecipeError
+from ddcustom.runtime import stop_child
 
-STOP_TIMEOUT = 10.0  # seconds the component gets to stop on SIGTERM before it is killed
 POLL = 0.2  # seconds between looks at the component and the states it reported
 
 
@@ -88,13 +88,7 @@ def _wait(child: subprocess.Popen[bytes], nucleus: DevNucleus, seconds: Optional
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=POLL)
     _print_new_states(nucleus, shown)
-    if child.poll() is None:
-        child.terminate()
-    try:
-        return child.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        return child.wait()
+    return stop_child(child)
 
 
 def run_dev(args: argparse.Namespace) -> int:

@@ -37,7 +37,7 @@ from typing import Any, Callable, Optional, TypeVar, Union, cast
 
 from ddcustom.config import DEFAULTS, busy_outside_file_next_to
 from ddcustom.fileio import write_atomic
-from ddcustom.sources.gpu import ComputeProcesses, find_jetson_load_file, read_jetson_load, start_nvml
+from ddcustom.sources import gpu
 
 log = logging.getLogger(__name__)
 
@@ -94,23 +94,26 @@ class GpuBusyReader:
         self, nvml: Optional[Any] = None, sysfs_root: str = "/sys", pid: Optional[int] = None
     ) -> None:
         self._pid = os.getpid() if pid is None else pid
-        self._nvml = nvml
+        self._nvml: Any = nvml  # the module once started (None before, or without NVML)
         self._sysfs_root = Path(sysfs_root)
         self._handles: Optional[list[Any]] = None  # None: not started yet; []: no NVML GPU
-        self._list_processes: Optional[ComputeProcesses] = None
+        self._list_processes: Callable[[Any], list[Any]] = lambda _handle: []  # set once NVML starts
         self._jetson_load_file: Optional[Path] = None
         self._lock = threading.Lock()
 
     def __call__(self) -> Optional[list[float]]:
         with self._lock:
             if self._handles is None:
-                self._handles = self._start()
-                if not self._handles:
-                    self._jetson_load_file = find_jetson_load_file(self._sysfs_root)
+                self._nvml, self._handles, problem = gpu.start_nvml(self._nvml)
+                if self._handles:
+                    self._list_processes = gpu.ComputeProcesses(self._nvml)
+                else:
+                    log.info("%s: no NVML GPU busy reading", problem)
+                    self._jetson_load_file = gpu.find_jetson_load_file(self._sysfs_root)
             if self._jetson_load_file is not None:
-                load = read_jetson_load(self._jetson_load_file)
+                load = gpu.read_jetson_load(self._jetson_load_file)
                 return [load] if load is not None else None
-            if not self._handles or self._nvml is None:
+            if not self._handles:
                 return None
             try:
                 busy = [float(self._nvml.nvmlDeviceGetUtilizationRates(h).gpu) for h in self._handles]
@@ -121,7 +124,6 @@ class GpuBusyReader:
             return own or busy
 
     def _has_context(self, handle: Any) -> bool:
-        assert self._nvml is not None and self._list_processes is not None
         try:
             return any(p.pid == self._pid for p in self._list_processes(handle))
         except self._nvml.NVMLError as exc:
@@ -130,20 +132,9 @@ class GpuBusyReader:
 
     def close(self) -> None:
         with self._lock:
-            if self._handles and self._nvml is not None:
-                try:
-                    self._nvml.nvmlShutdown()
-                except self._nvml.NVMLError as exc:
-                    log.debug("nvmlShutdown failed: %s", exc)
+            if self._handles:
+                gpu.shutdown_nvml(self._nvml)
             self._handles = []
-
-    def _start(self) -> list[Any]:
-        self._nvml, handles, problem = start_nvml(self._nvml)
-        if handles:
-            self._list_processes = ComputeProcesses(self._nvml)
-        else:
-            log.info("%s: no NVML GPU busy reading", problem)
-        return handles
 
 
 class InferenceMeter:

@@ -285,8 +285,6 @@ def thresholds(profile: Profile) -> dict[str, list[Threshold]]:
         criteria = behavior.criteria
         if criteria is None or criteria.comparison_operator not in OPERATOR_SYMBOLS:
             continue
-        if criteria.threshold is None and criteria.statistic is None:
-            continue
         found.setdefault(behavior.metric, []).append(
             Threshold(
                 behavior.name,

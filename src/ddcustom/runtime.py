@@ -1,16 +1,20 @@
-"""Process plumbing shared by the local and the Greengrass run: logging, stop signals, retry backoff."""
+"""Process plumbing shared by the local and the Greengrass run (logging, stop signals, retry backoff),
+and by the commands that run the component as a child process (``dev``, the demo): stopping it."""
 
 from __future__ import annotations
 
 import logging
 import random
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from typing import Any, Optional, TextIO
 
 log = logging.getLogger("ddcustom")
+
+STOP_TIMEOUT = 10.0  # seconds a child component gets to stop on SIGTERM before it is killed
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -57,3 +61,13 @@ def backoff_delays(base: float, cap: float, rng: Optional[random.Random] = None)
     while True:
         yield rng.uniform(0.0, ceiling)
         ceiling = min(cap, ceiling * 2)
+
+
+def stop_child(child: subprocess.Popen[Any]) -> int:
+    """SIGTERM (unless it has ended), SIGKILL after STOP_TIMEOUT; its exit status."""
+    child.terminate()
+    try:
+        return child.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        return child.wait()

@@ -14,19 +14,18 @@ import copy
 import json
 from typing import Any, Optional
 
-from botocore.exceptions import ClientError
-
-from ddcustom.cloud.options import FLEET_SHADOW, TAG_KEY, CloudOptions
+from ddcustom.cloud.options import FLEET_SHADOW, CloudOptions
 from ddcustom.cloud.steps import (
-    NOT_FOUND,
     Call,
     Clients,
     Conflict,
+    OwnedStep,
     Status,
     Step,
+    _has_tag,
     _not_ours,
+    _or_none,
     _tag_list,
-    error_code,
 )
 
 REPORTED = f"shadow.name.{FLEET_SHADOW}.reported."
@@ -49,10 +48,6 @@ MODE_KEYS = ("thingIndexingMode", "namedShadowIndexingMode")
 def quoted(value: str) -> str:
     """A query value in double quotes (thing group names may hold ':')."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def in_group(opts: CloudOptions, query: str) -> str:
-    return f"thingGroupNames:{quoted(opts.thing_group)} AND {query}"
 
 
 # ---- fleet indexing ----
@@ -203,16 +198,16 @@ class IndexingStep(Step):
     def _record(self, aws: Clients) -> Optional[dict[str, Any]]:
         """The stack's record; Conflict where a parameter of that name is not this stack's."""
         ssm = aws("ssm")
-        try:
-            value = ssm.get_parameter(Name=self.opts.indexing_record)["Parameter"]["Value"]
-        except ClientError as exc:
-            if error_code(exc) in NOT_FOUND | {"ParameterNotFound"}:
-                return None
-            raise
-        tags = ssm.list_tags_for_resource(ResourceType="Parameter", ResourceId=self.opts.indexing_record)
-        if not any(t.get("Key") == TAG_KEY and t.get("Value") == self.opts.stack for t in tags["TagList"]):
-            raise _not_ours(f"SSM parameter {self.opts.indexing_record}", self.opts)
-        record: dict[str, Any] = json.loads(value)
+        name = self.opts.indexing_record
+        found = _or_none(
+            lambda: ssm.get_parameter(Name=name)["Parameter"], also=frozenset({"ParameterNotFound"})
+        )
+        if found is None:
+            return None
+        tags = ssm.list_tags_for_resource(ResourceType="Parameter", ResourceId=name)
+        if not _has_tag(tags["TagList"], self.opts):
+            raise _not_ours(f"SSM parameter {name}", self.opts)
+        record: dict[str, Any] = json.loads(found["Value"])
         return record
 
     def check(self, aws: Clients) -> Status:
@@ -283,7 +278,7 @@ def _union(record: dict[str, Any], added: dict[str, Any]) -> dict[str, Any]:
 # ---- fleet metrics and the alarm ----
 
 
-class FleetMetricStep(Step):
+class FleetMetricStep(OwnedStep):
     """A fleet metric: every METRIC_PERIOD seconds, the count of the stack's devices matching a query,
     to CloudWatch (namespace IoTFleetMetrics, dimension AggregationType=count)."""
 
@@ -291,7 +286,7 @@ class FleetMetricStep(Step):
         self.opts, self.name = opts, name
         self.params: dict[str, Any] = {
             "metricName": name,
-            "queryString": in_group(opts, query),
+            "queryString": f"thingGroupNames:{quoted(opts.thing_group)} AND {query}",
             "aggregationType": {"name": "Statistics", "values": ["count"]},
             "period": METRIC_PERIOD,
             "aggregationField": REPORTED + "alarmCount",
@@ -303,26 +298,17 @@ class FleetMetricStep(Step):
         self.label = f"fleet metric {name}"
         self.update = False  # set by check(): ours, with another query (another --thing-group)
 
-    def _metric(self, aws: Clients) -> Optional[dict[str, Any]]:
-        return _or_none_metric(aws, self.name)
+    def _find(self, aws: Clients) -> Optional[dict[str, Any]]:
+        return _or_none(lambda: aws("iot-fleet").describe_fleet_metric(metricName=self.name))
 
-    def _tagged(self, aws: Clients, arn: str) -> bool:
-        tags = aws("iot-fleet").list_tags_for_resource(resourceArn=arn).get("tags", [])
-        return any(t.get("Key") == TAG_KEY and t.get("Value") == self.opts.stack for t in tags)
+    def _ours(self, aws: Clients, found: Any) -> bool:
+        tags = aws("iot-fleet").list_tags_for_resource(resourceArn=found["metricArn"]).get("tags")
+        return _has_tag(tags, self.opts)
 
-    def check(self, aws: Clients) -> Status:
-        metric = self._metric(aws)
-        if metric is None:
-            return Status.MISSING
-        if not self._tagged(aws, metric["metricArn"]):
-            raise _not_ours(self.label, self.opts)
+    def _compare(self, aws: Clients, found: Any) -> Status:
         keys = ("queryString", "aggregationType", "period", "aggregationField", "indexName")
-        self.update = any(metric.get(key) != self.params[key] for key in keys)
+        self.update = any(found.get(key) != self.params[key] for key in keys)
         return Status.CHANGED if self.update else Status.OWNED
-
-    def owned(self, aws: Clients) -> bool:
-        metric = self._metric(aws)
-        return metric is not None and self._tagged(aws, metric["metricArn"])
 
     def create(self) -> list[Call]:
         if self.update:
@@ -331,15 +317,6 @@ class FleetMetricStep(Step):
 
     def remove(self, aws: Clients) -> list[Call]:
         return [Call("iot-fleet", "DeleteFleetMetric", {"metricName": self.name})]
-
-
-def _or_none_metric(aws: Clients, name: str) -> Optional[dict[str, Any]]:
-    try:
-        return dict(aws("iot-fleet").describe_fleet_metric(metricName=name))
-    except ClientError as exc:
-        if error_code(exc) in NOT_FOUND:
-            return None
-        raise
 
 
 def _fleet_metric(name: str, period: int = METRIC_PERIOD) -> dict[str, Any]:
@@ -354,7 +331,7 @@ def _fleet_metric(name: str, period: int = METRIC_PERIOD) -> dict[str, Any]:
     }
 
 
-class FleetAlarmStep(Step):
+class FleetAlarmStep(OwnedStep):
     """A CloudWatch alarm to the stack's SNS topic while more than --fleet-alarm-threshold devices (or
     that share of the reporting devices) are in alarm; and an OK message when it is over."""
 
@@ -395,38 +372,23 @@ class FleetAlarmStep(Step):
                 },
             ]
         else:
-            metric = _fleet_metric(opts.fleet_metric_in_alarm)
-            self.params.update(
-                Namespace=METRIC_NAMESPACE,
-                MetricName=opts.fleet_metric_in_alarm,
-                Dimensions=metric["Metric"]["Dimensions"],
-                Statistic="Maximum",
-                Period=METRIC_PERIOD,
-            )
+            metric = _fleet_metric(opts.fleet_metric_in_alarm)["Metric"]  # Namespace, MetricName, Dimensions
+            self.params.update(metric, Statistic="Maximum", Period=METRIC_PERIOD)
         self.label = f"CloudWatch alarm {opts.fleet_alarm} (more than {what} in alarm)"
 
-    def _alarm(self, aws: Clients) -> Optional[dict[str, Any]]:
+    def _find(self, aws: Clients) -> Optional[dict[str, Any]]:
         alarms = aws("cloudwatch").describe_alarms(AlarmNames=[self.opts.fleet_alarm]).get("MetricAlarms", [])
         return dict(alarms[0]) if alarms else None
 
-    def _tagged(self, aws: Clients, arn: str) -> bool:
-        tags = aws("cloudwatch").list_tags_for_resource(ResourceARN=arn).get("Tags", [])
-        return any(t.get("Key") == TAG_KEY and t.get("Value") == self.opts.stack for t in tags)
+    def _ours(self, aws: Clients, found: Any) -> bool:
+        tags = aws("cloudwatch").list_tags_for_resource(ResourceARN=found["AlarmArn"]).get("Tags")
+        return _has_tag(tags, self.opts)
 
-    def check(self, aws: Clients) -> Status:
-        alarm = self._alarm(aws)
-        if alarm is None:
-            return Status.MISSING
-        if not self._tagged(aws, alarm["AlarmArn"]):
-            raise _not_ours(self.label, self.opts)
-        same = all(alarm.get(key) == value for key, value in self.params.items() if key != "Metrics")
+    def _compare(self, aws: Clients, found: Any) -> Status:
+        same = all(found.get(key) == value for key, value in self.params.items() if key != "Metrics")
         if "Metrics" in self.params:
-            same = same and _metrics_match(alarm.get("Metrics", []), self.params["Metrics"])
+            same = same and _metrics_match(found.get("Metrics", []), self.params["Metrics"])
         return Status.OWNED if same else Status.CHANGED  # PutMetricAlarm replaces it
-
-    def owned(self, aws: Clients) -> bool:
-        alarm = self._alarm(aws)
-        return alarm is not None and self._tagged(aws, alarm["AlarmArn"])
 
     def create(self) -> list[Call]:
         return [Call("cloudwatch", "PutMetricAlarm", {**self.params, "Tags": _tag_list(self.opts.tags)})]

@@ -8,28 +8,16 @@ from typing import Any
 VERSION = "2012-10-17"
 
 
-def artifact_bucket(bucket: str, region: str, account: str) -> str:
-    """The bucket gdk publishes to: ``<bucket>-<region>-<account>``."""
-    return f"{bucket}-{region}-{account}"
-
-
-def artifact_statement(
-    bucket: str, region: str, account: str, component: str, partition: str = "aws"
-) -> dict:
-    """S3 read of the component's artifacts; component-artifact-policy.json holds the same statement."""
-    return {
+def artifact_policy(bucket: str, region: str, account: str, component: str, partition: str = "aws") -> dict:
+    """S3 read of the component's artifacts in the bucket gdk publishes to, ``<bucket>-<region>-<account>``;
+    component-artifact-policy.json holds the same statement."""
+    statement = {
         "Sid": "ReadDeviceDefenderCustomArtifacts",
         "Effect": "Allow",
         "Action": ["s3:GetObject"],
-        "Resource": [f"arn:{partition}:s3:::{artifact_bucket(bucket, region, account)}/{component}/*"],
+        "Resource": [f"arn:{partition}:s3:::{bucket}-{region}-{account}/{component}/*"],
     }
-
-
-def artifact_policy(bucket: str, region: str, account: str, component: str, partition: str = "aws") -> dict:
-    return {
-        "Version": VERSION,
-        "Statement": [artifact_statement(bucket, region, account, component, partition)],
-    }
+    return {"Version": VERSION, "Statement": [statement]}
 
 
 def trust_policy(service: str, account: str, source_arns: list[str]) -> dict:

@@ -86,7 +86,7 @@ def _quarantine(iot: Any, alert: Any, group: str, behaviors: set[str]) -> tuple[
     if behaviors and behavior_name not in behaviors:
         return "ignored", thing
     try:
-        if _in_group(iot, thing, group):
+        if in_group(iot, thing, group):
             return "already_quarantined", thing
         _record(iot, thing, behavior_name, alert.get("violationId"))
     except Exception as exc:
@@ -111,7 +111,7 @@ def _quarantine(iot: Any, alert: Any, group: str, behaviors: set[str]) -> tuple[
     return "quarantined", thing
 
 
-def _in_group(iot: Any, thing: str, group: str) -> bool:
+def in_group(iot: Any, thing: str, group: str) -> bool:
     pages = iot.get_paginator("list_thing_groups_for_thing").paginate(thingName=thing)
     return any(g.get("groupName") == group for page in pages for g in page.get("thingGroups", []))
 

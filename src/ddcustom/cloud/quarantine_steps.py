@@ -12,23 +12,20 @@ import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
-from botocore.exceptions import ClientError
-
 from ddcustom.cloud.options import TAG_KEY, CloudOptions
 from ddcustom.cloud.policies import as_json
 from ddcustom.cloud.steps import (
     NOT_FOUND,
+    AttachmentStep,
     Call,
     Clients,
     Env,
+    OwnedStep,
     Status,
-    Step,
     _changed,
-    _not_ours,
     _or_none,
     _tag_list,
     code_sha256,
-    error_code,
 )
 
 RUNTIME = "python3.13"  # a current Lambda Python runtime (supported into 2029)
@@ -51,7 +48,7 @@ def quarantine_package() -> bytes:
     return buffer.getvalue()
 
 
-class LogGroupStep(Step):
+class LogGroupStep(OwnedStep):
     """The function's log group, made by setup (tagged, with a retention) rather than by Lambda on its
     first run, so that teardown removes it and the function needs no logs:CreateLogGroup."""
 
@@ -61,40 +58,26 @@ class LogGroupStep(Step):
         self.arn = env.arn("logs", f"log-group:{self.name}")
         self.label = f"CloudWatch Logs log group {self.name}"
 
-    def _tagged(self, aws: Clients) -> Optional[bool]:
-        logs = aws("logs")
-        groups = logs.describe_log_groups(logGroupNamePrefix=self.name).get("logGroups", [])
-        if not any(group.get("logGroupName") == self.name for group in groups):
-            return None
-        tags = logs.list_tags_for_resource(resourceArn=self.arn).get("tags", {})
-        return tags.get(TAG_KEY) == self.opts.stack
+    def _find(self, aws: Clients) -> Optional[dict[str, Any]]:
+        groups = aws("logs").describe_log_groups(logGroupNamePrefix=self.name).get("logGroups", [])
+        return next((dict(group) for group in groups if group.get("logGroupName") == self.name), None)
 
-    def check(self, aws: Clients) -> Status:
-        tagged = self._tagged(aws)
-        if tagged is None:
-            return Status.MISSING
-        if not tagged:
-            raise _not_ours(self.label, self.opts)
-        return Status.OWNED
-
-    def owned(self, aws: Clients) -> bool:
-        return bool(self._tagged(aws))
+    def _ours(self, aws: Clients, found: Any) -> bool:
+        tags = aws("logs").list_tags_for_resource(resourceArn=self.arn).get("tags", {})
+        return bool(tags.get(TAG_KEY) == self.opts.stack)
 
     def create(self) -> list[Call]:
+        retention = {"logGroupName": self.name, "retentionInDays": LOG_RETENTION_DAYS}
         return [
             Call("logs", "CreateLogGroup", {"logGroupName": self.name, "tags": dict(self.opts.tags)}),
-            Call(
-                "logs",
-                "PutRetentionPolicy",
-                {"logGroupName": self.name, "retentionInDays": LOG_RETENTION_DAYS},
-            ),
+            Call("logs", "PutRetentionPolicy", retention),
         ]
 
     def remove(self, aws: Clients) -> list[Call]:
         return [Call("logs", "DeleteLogGroup", {"logGroupName": self.name})]
 
 
-class LambdaFunctionStep(Step):
+class LambdaFunctionStep(OwnedStep):
     """The quarantine handler as a function. Another handler (a newer ddcustom) or other quarantine
     settings are updated in place; another role, runtime or handler name is a conflict."""
 
@@ -109,41 +92,25 @@ class LambdaFunctionStep(Step):
         self.label = f"Lambda function {self.name}"
         self.updates: list[Call] = []  # set by check(): what an existing function of ours lacks
 
-    def _function(self, aws: Clients) -> Optional[dict[str, Any]]:
+    def _find(self, aws: Clients) -> Optional[dict[str, Any]]:
+        self.updates = []  # a new look: what an earlier one found to update no longer counts
         return _or_none(lambda: aws("lambda").get_function(FunctionName=self.name))
 
-    def check(self, aws: Clients) -> Status:
-        self.updates = []
-        found = self._function(aws)
-        if found is None:
-            return Status.MISSING
-        if found.get("Tags", {}).get(TAG_KEY) != self.opts.stack:
-            raise _not_ours(self.label, self.opts)
+    def _ours(self, aws: Clients, found: Any) -> bool:
+        return bool(found.get("Tags", {}).get(TAG_KEY) == self.opts.stack)
+
+    def _compare(self, aws: Clients, found: Any) -> Status:
         config = found.get("Configuration", {})
-        if (config.get("Role"), config.get("Runtime"), config.get("Handler")) != (
-            self.role_arn,
-            RUNTIME,
-            HANDLER,
-        ):
+        if [config.get(key) for key in ("Role", "Runtime", "Handler")] != [self.role_arn, RUNTIME, HANDLER]:
             raise _changed(self.label, "another role, runtime or handler", self.opts)
         if config.get("Environment", {}).get("Variables", {}) != self.environment:
-            environment = {"Variables": self.environment}
-            self.updates.append(
-                Call(
-                    "lambda",
-                    "UpdateFunctionConfiguration",
-                    {"FunctionName": self.name, "Environment": environment},
-                )
-            )
+            params = {"FunctionName": self.name, "Environment": {"Variables": self.environment}}
+            self.updates.append(Call("lambda", "UpdateFunctionConfiguration", params))
         if config.get("CodeSha256") != code_sha256(self.package):
             self.updates.append(
                 Call("lambda", "UpdateFunctionCode", {"FunctionName": self.name, "ZipFile": self.package})
             )
         return Status.CHANGED if self.updates else Status.OWNED
-
-    def owned(self, aws: Clients) -> bool:
-        found = self._function(aws)
-        return found is not None and found.get("Tags", {}).get(TAG_KEY) == self.opts.stack
 
     def create(self) -> list[Call]:
         if self.updates:
@@ -166,11 +133,9 @@ class LambdaFunctionStep(Step):
         return [Call("lambda", "DeleteFunction", {"FunctionName": self.name})]  # its permissions go with it
 
 
-class LambdaPermissionStep(Step):
+class LambdaPermissionStep(AttachmentStep):
     """Lets IoT invoke the function, only for this stack's rule in this account (aws:SourceArn and
     aws:SourceAccount, AWS's confused-deputy protection). Removed with the function."""
-
-    removed_with_parent = True
 
     def __init__(self, opts: CloudOptions, env: Env) -> None:
         self.opts = opts
@@ -179,16 +144,11 @@ class LambdaPermissionStep(Step):
         self.account = env.account
         self.label = f"permission for IoT rule {opts.quarantine_rule} to invoke {opts.quarantine_function}"
 
-    def check(self, aws: Clients) -> Status:
-        try:
-            policy = aws("lambda").get_policy(FunctionName=self.opts.quarantine_function)["Policy"]
-        except ClientError as exc:
-            if error_code(exc) in NOT_FOUND:  # no function yet, or a function without a policy
-                return Status.MISSING
-            raise
+    def _attached(self, aws: Clients) -> bool:
+        # NOT_FOUND: no function yet, or a function without a policy
+        policy = aws("lambda").get_policy(FunctionName=self.opts.quarantine_function)["Policy"]
         statements = json.loads(policy).get("Statement", [])
-        present = any(statement.get("Sid") == self.statement_id for statement in statements)
-        return Status.PRESENT if present else Status.MISSING
+        return any(statement.get("Sid") == self.statement_id for statement in statements)
 
     def create(self) -> list[Call]:
         params = {
@@ -207,7 +167,7 @@ def policy_owner_sid(opts: CloudOptions) -> str:
     return "ddcustomQuarantine" + "".join(c for c in opts.stack.title() if c.isalnum())
 
 
-class IotPolicyStep(Step):
+class IotPolicyStep(OwnedStep):
     """The IoT policy of the quarantine group (--quarantine-policy); detached everywhere on removal."""
 
     def __init__(self, opts: CloudOptions, document: dict) -> None:
@@ -215,27 +175,18 @@ class IotPolicyStep(Step):
         self.name = opts.quarantine_iot_policy
         self.label = f"IoT policy {self.name}"
 
-    def _document(self, aws: Clients) -> Optional[Any]:
+    def _find(self, aws: Clients) -> Optional[Any]:
         found = _or_none(lambda: aws("iot").get_policy(policyName=self.name))
         return None if found is None else json.loads(found["policyDocument"])
 
-    def _ours(self, document: Any) -> bool:
-        statements = document.get("Statement", []) if isinstance(document, dict) else []
+    def _ours(self, aws: Clients, found: Any) -> bool:
+        statements = found.get("Statement", []) if isinstance(found, dict) else []
         return any(s.get("Sid") == policy_owner_sid(self.opts) for s in statements if isinstance(s, dict))
 
-    def check(self, aws: Clients) -> Status:
-        document = self._document(aws)
-        if document is None:
-            return Status.MISSING
-        if not self._ours(document):
-            raise _not_ours(self.label, self.opts)
-        if document != self.document:
+    def _compare(self, aws: Clients, found: Any) -> Status:
+        if found != self.document:
             raise _changed(self.label, "another document (another AlertTopic?)", self.opts)
         return Status.OWNED
-
-    def owned(self, aws: Clients) -> bool:
-        document = self._document(aws)
-        return document is not None and self._ours(document)
 
     def create(self) -> list[Call]:
         params = {
@@ -261,29 +212,17 @@ class IotPolicyStep(Step):
         return [*calls, Call("iot", "DeletePolicy", {"policyName": self.name})]
 
 
-class IotPolicyAttachmentStep(Step):
+class IotPolicyAttachmentStep(AttachmentStep):
     """The quarantine policy on the quarantine group; detached by the policy's removal."""
-
-    removed_with_parent = True
 
     def __init__(self, opts: CloudOptions, group_arn: str) -> None:
         self.opts, self.group_arn = opts, group_arn
         self.label = f"IoT policy {opts.quarantine_iot_policy} on {opts.quarantine_group_name}"
 
-    def check(self, aws: Clients) -> Status:
-        try:
-            targets = aws("iot").list_targets_for_policy(policyName=self.opts.quarantine_iot_policy)
-        except ClientError as exc:
-            if error_code(exc) in NOT_FOUND:
-                return Status.MISSING
-            raise
-        return Status.PRESENT if self.group_arn in targets.get("targets", []) else Status.MISSING
+    def _attached(self, aws: Clients) -> bool:
+        targets = aws("iot").list_targets_for_policy(policyName=self.opts.quarantine_iot_policy)
+        return self.group_arn in targets.get("targets", [])
 
     def create(self) -> list[Call]:
-        return [
-            Call(
-                "iot",
-                "AttachPolicy",
-                {"policyName": self.opts.quarantine_iot_policy, "target": self.group_arn},
-            )
-        ]
+        params = {"policyName": self.opts.quarantine_iot_policy, "target": self.group_arn}
+        return [Call("iot", "AttachPolicy", params)]

@@ -4,27 +4,20 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from botocore.exceptions import ClientError
-
 from ddcustom.cloud.options import CloudOptions, OptionError
-from ddcustom.cloud.quarantine import ATTRIBUTE
-from ddcustom.cloud.steps import NOT_FOUND, Clients, error_code
+from ddcustom.cloud.quarantine import ATTRIBUTE, in_group
+from ddcustom.cloud.steps import Clients, _or_none
 
 
 def release(aws: Clients, opts: CloudOptions, thing: str, out: TextIO) -> int:
     """0 when the thing is out of the group and carries no record. OptionError for an unknown thing."""
     iot = aws("iot")
     group = opts.quarantine_group_name
-    try:
-        described = iot.describe_thing(thingName=thing)
-    except ClientError as exc:
-        if error_code(exc) in NOT_FOUND:
-            raise OptionError(f"no thing named {thing!r} in {opts.region}") from None
-        raise
+    described = _or_none(lambda: iot.describe_thing(thingName=thing))
+    if described is None:
+        raise OptionError(f"no thing named {thing!r} in {opts.region}")
     record = described.get("attributes", {}).get(ATTRIBUTE)
-    pages = iot.get_paginator("list_thing_groups_for_thing").paginate(thingName=thing)
-    member = any(g.get("groupName") == group for page in pages for g in page.get("thingGroups", []))
-    if member:
+    if in_group(iot, thing, group):
         iot.remove_thing_from_thing_group(thingGroupName=group, thingName=thing)
         print(f"removed  {thing} from {group}", file=out)
     else:

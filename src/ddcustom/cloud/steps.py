@@ -99,6 +99,55 @@ class Step:
         return []
 
 
+class OwnedStep(Step):
+    """A resource setup makes and marks as this stack's (a tag, or a mark in its description).
+    ``_find`` reads it (None: not there), ``_ours`` looks for the mark: one without it is a conflict for
+    setup and is left alone by teardown. ``_compare`` says what setup does with one of ours."""
+
+    opts: CloudOptions
+
+    def _find(self, aws: Clients) -> Any:
+        raise NotImplementedError
+
+    def _ours(self, aws: Clients, found: Any) -> bool:
+        raise NotImplementedError
+
+    def _compare(self, aws: Clients, found: Any) -> Status:
+        """OWNED when as these options want it, CHANGED when setup updates it; else raises Conflict."""
+        return Status.OWNED
+
+    def check(self, aws: Clients) -> Status:
+        found = self._find(aws)
+        if found is None:
+            return Status.MISSING
+        if not self._ours(aws, found):
+            raise _not_ours(self.label, self.opts)
+        return self._compare(aws, found)
+
+    def owned(self, aws: Clients) -> bool:
+        found = self._find(aws)
+        return found is not None and self._ours(aws, found)
+
+
+class AttachmentStep(Step):
+    """An attachment, subscription or permission: teardown of its parent removes it. ``_attached``
+    looks; a parent that is not there yet means it is missing too."""
+
+    removed_with_parent = True
+
+    def _attached(self, aws: Clients) -> bool:
+        raise NotImplementedError
+
+    def check(self, aws: Clients) -> Status:
+        try:
+            attached = self._attached(aws)
+        except ClientError as exc:
+            if error_code(exc) in NOT_FOUND:
+                return Status.MISSING
+            raise
+        return Status.PRESENT if attached else Status.MISSING
+
+
 def error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
@@ -187,28 +236,17 @@ class ThingGroupStep(Step):
 # ---- SNS ----
 
 
-class SnsTopicStep(Step):
+class SnsTopicStep(OwnedStep):
     def __init__(self, opts: CloudOptions, env: Env) -> None:
         self.opts = opts
         self.topic_arn = env.arn("sns", opts.sns_topic)
         self.label = f"SNS topic {opts.sns_topic}"
 
-    def _tagged(self, aws: Clients) -> Optional[bool]:
-        sns = aws("sns")
-        if _or_none(lambda: sns.get_topic_attributes(TopicArn=self.topic_arn)) is None:
-            return None
-        return _has_tag(sns.list_tags_for_resource(ResourceArn=self.topic_arn).get("Tags"), self.opts)
+    def _find(self, aws: Clients) -> Optional[dict[str, Any]]:
+        return _or_none(lambda: aws("sns").get_topic_attributes(TopicArn=self.topic_arn))
 
-    def check(self, aws: Clients) -> Status:
-        tagged = self._tagged(aws)
-        if tagged is None:
-            return Status.MISSING
-        if not tagged:
-            raise _not_ours(self.label, self.opts)
-        return Status.OWNED
-
-    def owned(self, aws: Clients) -> bool:
-        return bool(self._tagged(aws))
+    def _ours(self, aws: Clients, found: Any) -> bool:
+        return _has_tag(aws("sns").list_tags_for_resource(ResourceArn=self.topic_arn).get("Tags"), self.opts)
 
     def create(self) -> list[Call]:
         return [Call("sns", "CreateTopic", {"Name": self.opts.sns_topic, "Tags": _tag_list(self.opts.tags)})]
@@ -217,38 +255,27 @@ class SnsTopicStep(Step):
         return [Call("sns", "DeleteTopic", {"TopicArn": self.topic_arn})]  # its subscriptions go with it
 
 
-class EmailSubscriptionStep(Step):
+class EmailSubscriptionStep(AttachmentStep):
     """Removed together with the topic; SNS sends a confirmation e-mail first."""
-
-    removed_with_parent = True
 
     def __init__(self, topic_arn: str, email: str) -> None:
         self.topic_arn, self.email = topic_arn, email
         self.label = f"SNS e-mail subscription {email}"
 
-    def check(self, aws: Clients) -> Status:
-        try:
-            pages = aws("sns").get_paginator("list_subscriptions_by_topic").paginate(TopicArn=self.topic_arn)
-            subscriptions = [s for page in pages for s in page.get("Subscriptions", [])]
-        except ClientError as exc:
-            if error_code(exc) in NOT_FOUND:
-                return Status.MISSING
-            raise
-        present = any(s.get("Protocol") == "email" and s.get("Endpoint") == self.email for s in subscriptions)
-        return Status.PRESENT if present else Status.MISSING
+    def _attached(self, aws: Clients) -> bool:
+        pages = aws("sns").get_paginator("list_subscriptions_by_topic").paginate(TopicArn=self.topic_arn)
+        subscriptions = [s for page in pages for s in page.get("Subscriptions", [])]
+        return any(s.get("Protocol") == "email" and s.get("Endpoint") == self.email for s in subscriptions)
 
     def create(self) -> list[Call]:
-        return [
-            Call(
-                "sns", "Subscribe", {"TopicArn": self.topic_arn, "Protocol": "email", "Endpoint": self.email}
-            )
-        ]
+        params = {"TopicArn": self.topic_arn, "Protocol": "email", "Endpoint": self.email}
+        return [Call("sns", "Subscribe", params)]
 
 
 # ---- IAM ----
 
 
-class RoleStep(Step):
+class RoleStep(OwnedStep):
     """A role with a trust policy (one service principal) and one inline policy."""
 
     def __init__(
@@ -264,48 +291,33 @@ class RoleStep(Step):
         self.policy_name, self.policy, self.detect = policy_name, policy, detect
         self.label = f"IAM role {name}"
 
-    def _role(self, aws: Clients) -> Optional[dict[str, Any]]:
+    def _find(self, aws: Clients) -> Optional[dict[str, Any]]:
         return _or_none(lambda: aws("iam").get_role(RoleName=self.name)["Role"])
 
-    def check(self, aws: Clients) -> Status:
-        role = self._role(aws)
-        if role is None:
-            return Status.MISSING
-        if not _has_tag(role.get("Tags"), self.opts):
-            raise _not_ours(self.label, self.opts)
+    def _ours(self, aws: Clients, found: Any) -> bool:
+        return _has_tag(found.get("Tags"), self.opts)
+
+    def _compare(self, aws: Clients, found: Any) -> Status:
         inline = _or_none(lambda: aws("iam").get_role_policy(RoleName=self.name, PolicyName=self.policy_name))
-        trust = _document(role.get("AssumeRolePolicyDocument"))
+        trust = _document(found.get("AssumeRolePolicyDocument"))
         policy = None if inline is None else _document(inline["PolicyDocument"])
         if trust != self.trust or policy != self.policy:
             raise _changed(self.label, "another trust or permission policy", self.opts)
         return Status.OWNED
 
-    def owned(self, aws: Clients) -> bool:
-        role = self._role(aws)
-        return role is not None and _has_tag(role.get("Tags"), self.opts)
-
     def create(self) -> list[Call]:
-        return [
-            Call(
-                "iam",
-                "CreateRole",
-                {
-                    "RoleName": self.name,
-                    "AssumeRolePolicyDocument": as_json(self.trust),
-                    "Description": f"ddcustom stack {self.opts.stack}: {self.policy_name}",
-                    "Tags": _tag_list(self.opts.tags),
-                },
-            ),
-            Call(
-                "iam",
-                "PutRolePolicy",
-                {
-                    "RoleName": self.name,
-                    "PolicyName": self.policy_name,
-                    "PolicyDocument": as_json(self.policy),
-                },
-            ),
-        ]
+        role = {
+            "RoleName": self.name,
+            "AssumeRolePolicyDocument": as_json(self.trust),
+            "Description": f"ddcustom stack {self.opts.stack}: {self.policy_name}",
+            "Tags": _tag_list(self.opts.tags),
+        }
+        policy = {
+            "RoleName": self.name,
+            "PolicyName": self.policy_name,
+            "PolicyDocument": as_json(self.policy),
+        }
+        return [Call("iam", "CreateRole", role), Call("iam", "PutRolePolicy", policy)]
 
     def remove(self, aws: Clients) -> list[Call]:
         iam = aws("iam")
@@ -320,29 +332,23 @@ class RoleStep(Step):
         return [*calls, Call("iam", "DeleteRole", {"RoleName": self.name})]
 
 
-class ManagedPolicyStep(Step):
+class ManagedPolicyStep(OwnedStep):
     def __init__(self, opts: CloudOptions, env: Env, name: str, document: dict, description: str) -> None:
         self.opts, self.name, self.document, self.description = opts, name, document, description
         self.arn = env.arn("iam", f"policy/{name}", regional=False)
         self.label = f"IAM policy {name}"
 
-    def _policy(self, aws: Clients) -> Optional[dict[str, Any]]:
+    def _find(self, aws: Clients) -> Optional[dict[str, Any]]:
         return _or_none(lambda: aws("iam").get_policy(PolicyArn=self.arn)["Policy"])
 
-    def check(self, aws: Clients) -> Status:
-        policy = self._policy(aws)
-        if policy is None:
-            return Status.MISSING
-        if not _has_tag(policy.get("Tags"), self.opts):
-            raise _not_ours(self.label, self.opts)
-        version = aws("iam").get_policy_version(PolicyArn=self.arn, VersionId=policy["DefaultVersionId"])
+    def _ours(self, aws: Clients, found: Any) -> bool:
+        return _has_tag(found.get("Tags"), self.opts)
+
+    def _compare(self, aws: Clients, found: Any) -> Status:
+        version = aws("iam").get_policy_version(PolicyArn=self.arn, VersionId=found["DefaultVersionId"])
         if _document(version["PolicyVersion"]["Document"]) != self.document:
             raise _changed(self.label, "another document (another --bucket or --component?)", self.opts)
         return Status.OWNED
-
-    def owned(self, aws: Clients) -> bool:
-        policy = self._policy(aws)
-        return policy is not None and _has_tag(policy.get("Tags"), self.opts)
 
     def create(self) -> list[Call]:
         params = {
@@ -403,7 +409,7 @@ class RolePolicyAttachmentStep(Step):
 # ---- IoT topic rule ----
 
 
-class TopicRuleStep(Step):
+class TopicRuleStep(OwnedStep):
     """An IoT topic rule; its description carries the owner mark. A rule of ours with another SQL or
     actions (another AlertTopic, other quarantine behaviors) is replaced."""
 
@@ -419,25 +425,19 @@ class TopicRuleStep(Step):
         self.label = f"IoT topic rule {name}"
         self.replace = False  # set by check(): ours, with another SQL or actions
 
-    def _rule(self, aws: Clients) -> Optional[dict[str, Any]]:
+    def _find(self, aws: Clients) -> Optional[dict[str, Any]]:
         return _or_none(
             lambda: aws("iot").get_topic_rule(ruleName=self.name)["rule"],
             also=frozenset({"UnauthorizedException"}),  # IoT answers it too for a missing rule
         )
 
-    def owned(self, aws: Clients) -> bool:
+    def _ours(self, aws: Clients, found: Any) -> bool:
         # The owner mark is in the description, which GetTopicRule returns (the IoT tags are written too).
-        rule = self._rule(aws)
-        return rule is not None and rule.get("description") == self.payload["description"]
+        return bool(found.get("description") == self.payload["description"])
 
-    def check(self, aws: Clients) -> Status:
-        rule = self._rule(aws)
-        if rule is None:
-            return Status.MISSING
-        if rule.get("description") != self.payload["description"]:
-            raise _not_ours(self.label, self.opts)
+    def _compare(self, aws: Clients, found: Any) -> Status:
         self.replace = (
-            rule.get("sql") != self.payload["sql"] or rule.get("actions") != self.payload["actions"]
+            found.get("sql") != self.payload["sql"] or found.get("actions") != self.payload["actions"]
         )
         return Status.CHANGED if self.replace else Status.OWNED
 
@@ -505,7 +505,7 @@ class CustomMetricStep(Step):
         return [Call("iot-detect", "DeleteCustomMetric", {"metricName": self.name})]
 
 
-class SecurityProfileStep(Step):
+class SecurityProfileStep(OwnedStep):
     detect = True
 
     def __init__(self, opts: CloudOptions, behaviors: list[dict], topic_arn: str, role_arn: str) -> None:
@@ -513,26 +513,17 @@ class SecurityProfileStep(Step):
         self.alert_targets = {"SNS": {"alertTargetArn": topic_arn, "roleArn": role_arn}}
         self.label = f"Device Defender security profile {opts.security_profile}"
 
-    def _profile(self, aws: Clients) -> Optional[dict[str, Any]]:
+    def _find(self, aws: Clients) -> Optional[dict[str, Any]]:
         name = self.opts.security_profile
         return _or_none(lambda: aws("iot-detect").describe_security_profile(securityProfileName=name))
 
-    def check(self, aws: Clients) -> Status:
-        profile = self._profile(aws)
-        if profile is None:
-            return Status.MISSING
-        if not _iot_tagged(aws, profile["securityProfileArn"], self.opts):
-            raise _not_ours(self.label, self.opts)
-        if (
-            profile.get("behaviors", []) != self.behaviors
-            or profile.get("alertTargets") != self.alert_targets
-        ):
+    def _ours(self, aws: Clients, found: Any) -> bool:
+        return _iot_tagged(aws, found["securityProfileArn"], self.opts)
+
+    def _compare(self, aws: Clients, found: Any) -> Status:
+        if found.get("behaviors", []) != self.behaviors or found.get("alertTargets") != self.alert_targets:
             raise _changed(self.label, "other behaviors or alert target (profile edited since?)", self.opts)
         return Status.OWNED
-
-    def owned(self, aws: Clients) -> bool:
-        profile = self._profile(aws)
-        return profile is not None and _iot_tagged(aws, profile["securityProfileArn"], self.opts)
 
     def create(self) -> list[Call]:
         params = {
@@ -558,18 +549,13 @@ class SecurityProfileStep(Step):
 
 
 def _profile_targets(aws: Clients, profile: str) -> list[str]:
-    pages = (
-        aws("iot-detect")
-        .get_paginator("list_targets_for_security_profile")
-        .paginate(securityProfileName=profile)
-    )
+    paginator = aws("iot-detect").get_paginator("list_targets_for_security_profile")
+    pages = paginator.paginate(securityProfileName=profile)
     return [t["arn"] for page in pages for t in page.get("securityProfileTargets", [])]
 
 
-class SecurityProfileAttachmentStep(Step):
+class SecurityProfileAttachmentStep(AttachmentStep):
     """Detached by the security profile's removal."""
-
-    removed_with_parent = True
 
     detect = True
 
@@ -577,14 +563,8 @@ class SecurityProfileAttachmentStep(Step):
         self.opts, self.group_arn = opts, group_arn
         self.label = f"security profile {opts.security_profile} on {group_arn.rsplit('/', 1)[-1]}"
 
-    def check(self, aws: Clients) -> Status:
-        try:
-            targets = _profile_targets(aws, self.opts.security_profile)
-        except ClientError as exc:
-            if error_code(exc) in NOT_FOUND:
-                return Status.MISSING
-            raise
-        return Status.PRESENT if self.group_arn in targets else Status.MISSING
+    def _attached(self, aws: Clients) -> bool:
+        return self.group_arn in _profile_targets(aws, self.opts.security_profile)
 
     def create(self) -> list[Call]:
         params = {
@@ -594,7 +574,7 @@ class SecurityProfileAttachmentStep(Step):
         return [Call("iot-detect", "AttachSecurityProfile", params)]
 
 
-class MitigationActionStep(Step):
+class MitigationActionStep(OwnedStep):
     """ADD_THINGS_TO_THING_GROUP into the quarantine group, for Detect alarms (console or API)."""
 
     detect = True
@@ -609,24 +589,18 @@ class MitigationActionStep(Step):
         }
         self.label = f"Device Defender mitigation action {opts.mitigation_action}"
 
-    def _action(self, aws: Clients) -> Optional[dict[str, Any]]:
+    def _find(self, aws: Clients) -> Optional[dict[str, Any]]:
         return _or_none(
             lambda: aws("iot-detect").describe_mitigation_action(actionName=self.opts.mitigation_action)
         )
 
-    def check(self, aws: Clients) -> Status:
-        action = self._action(aws)
-        if action is None:
-            return Status.MISSING
-        if not _iot_tagged(aws, action["actionArn"], self.opts):
-            raise _not_ours(self.label, self.opts)
-        if action.get("actionParams") != self.params or action.get("roleArn") != self.role_arn:
+    def _ours(self, aws: Clients, found: Any) -> bool:
+        return _iot_tagged(aws, found["actionArn"], self.opts)
+
+    def _compare(self, aws: Clients, found: Any) -> Status:
+        if found.get("actionParams") != self.params or found.get("roleArn") != self.role_arn:
             raise _changed(self.label, "another group or role (another --quarantine-group?)", self.opts)
         return Status.OWNED
-
-    def owned(self, aws: Clients) -> bool:
-        action = self._action(aws)
-        return action is not None and _iot_tagged(aws, action["actionArn"], self.opts)
 
     def create(self) -> list[Call]:
         params = {

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from ddcustom.config import CONTROL_CHARACTERS, MAX_LISTED, load_json, plain_data_problem, shorten, shown
+from ddcustom.fileio import read_bounded
 from ddcustom.metrics import LIST_VALUE_KEYS, METRICS
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ CRITERIA_KEYS = frozenset(
 PROFILE_KEYS = frozenset({"name", "description", "behaviors"})
 
 IpNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+# criteria.value parsed: (kind, threshold, members, cidrs); kind None when invalid
+Value = tuple[Optional[str], Optional[float], frozenset[Union[float, str]], tuple[IpNetwork, ...]]
 
 
 class ProfileError(ValueError):
@@ -175,8 +178,7 @@ def _json(text: str, what: str) -> Any:
 
 def _read_file(path: Path) -> Any:
     try:
-        with path.open("rb") as f:
-            data = f.read(MAX_PROFILE_FILE_BYTES + 1)
+        data = read_bounded(path, MAX_PROFILE_FILE_BYTES + 1)
     except OSError as exc:
         raise ProfileError(
             f"security profile {shown(str(path))} is neither a built-in profile "
@@ -395,16 +397,9 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _value(
-    raw: Any, bad: Any
-) -> tuple[Optional[str], Optional[float], frozenset[Union[float, str]], tuple[IpNetwork, ...]]:
-    """Parse criteria.value: (kind, threshold, members, cidrs); kind None when invalid."""
-    nothing: tuple[None, None, frozenset[Union[float, str]], tuple[IpNetwork, ...]] = (
-        None,
-        None,
-        frozenset(),
-        (),
-    )
+def _value(raw: Any, bad: Any) -> Value:
+    """Parse criteria.value; each problem goes to ``bad``."""
+    nothing: Value = (None, None, frozenset(), ())
     kinds = [k for k in VALUE_KINDS if isinstance(raw, dict) and k in raw]
     if not isinstance(raw, dict) or len(kinds) != 1 or len(raw) != 1:
         bad(f"value {shown(raw)} must hold exactly one of {', '.join(VALUE_KINDS)}")

@@ -67,7 +67,7 @@ class GpuSource:
         proc_root: str = "/proc",
     ) -> None:
         self.allowed_names = frozenset(settings.allowed_gpu_processes)  # may change between reads
-        self._nvml: Optional[Any] = nvml
+        self._nvml: Any = nvml  # the module once started (None before, or without NVML)
         self._sysfs_root = Path(sysfs_root)
         self._proc_root = Path(proc_root)
         self._started = False
@@ -86,26 +86,30 @@ class GpuSource:
             if self._handles:
                 return self._read_nvml(watched_pids)
             if self._jetson_load_file is not None:
-                load = self._read_jetson_load()
+                load = read_jetson_load(self._jetson_load_file)
+                if load is None:
+                    raise _SourceGone(
+                        f"cannot read the Jetson GPU load {self._jetson_load_file}, or it is not a per-mille "
+                        "value (0-1000): GPU metrics left out"
+                    )
                 return GpuStats("jetson", load, None, None, None, busiest_utilization_percent=load)
         except _SourceGone as exc:
             self._warn_once(str(exc))
         return None
 
     def close(self) -> None:
-        if self._handles and self._nvml is not None:
+        if self._handles:
             self._handles = []
-            try:
-                self._nvml.nvmlShutdown()
-            except self._nvml.NVMLError as exc:
-                log.debug("nvmlShutdown failed: %s", exc)
+            shutdown_nvml(self._nvml)
         self._jetson_load_file = None
 
     # ---- start: NVML, else Jetson sysfs, else nothing ------------------------------------------------
 
     def _start(self) -> None:
-        nvml_problem = self._start_nvml()
+        self._nvml, self._handles, nvml_problem = start_nvml(self._nvml)
         if self._handles:
+            self._list_processes = ComputeProcesses(self._nvml)
+            log.info("GPU: reading %d NVIDIA GPU(s) through NVML", len(self._handles))
             return
         self._jetson_load_file = find_jetson_load_file(self._sysfs_root)
         if self._jetson_load_file is not None:
@@ -113,14 +117,6 @@ class GpuSource:
                      self._jetson_load_file)  # fmt: skip
             return
         self._warn_once(f"no GPU found ({nvml_problem}; no Jetson GPU in sysfs): GPU metrics left out")
-
-    def _start_nvml(self) -> str:
-        """Initialise NVML and take the device handles; returns why NVML cannot be used, or ''."""
-        self._nvml, self._handles, problem = start_nvml(self._nvml)
-        if self._handles:
-            self._list_processes = ComputeProcesses(self._nvml)
-            log.info("GPU: reading %d NVIDIA GPU(s) through NVML", len(self._handles))
-        return problem
 
     # ---- NVML ----------------------------------------------------------------------------------------
 
@@ -153,7 +149,6 @@ class GpuSource:
 
     def _read_device(self, index: int, handle: Any, watched_pids: frozenset[int]) -> _DeviceReading:
         nvml = self._nvml
-        assert nvml is not None
         utilization = self._field(index, "utilization", lambda: nvml.nvmlDeviceGetUtilizationRates(handle))
         power_mw = self._field(index, "power", lambda: nvml.nvmlDeviceGetPowerUsage(handle))
         sm_clock = self._field(
@@ -172,8 +167,6 @@ class GpuSource:
     def _read_processes(
         self, index: int, handle: Any, watched_pids: frozenset[int]
     ) -> Optional[tuple[GpuProcess, ...]]:
-        nvml = self._nvml
-        assert nvml is not None
         running = self._field(index, "compute processes", lambda: self._list_processes(handle))
         if running is None:
             return None
@@ -202,7 +195,6 @@ class GpuSource:
     def _read_process_sm(self, index: int, handle: Any) -> Optional[dict[int, float]]:
         """Mean SM % per pid since the last read; {} when no process was active; None when not offered."""
         nvml = self._nvml
-        assert nvml is not None
         last_seen = self._last_seen_us.get(index, 0)
         try:
             samples = nvml.nvmlDeviceGetProcessUtilization(handle, last_seen)
@@ -220,7 +212,6 @@ class GpuSource:
 
     def _field(self, index: int, what: str, call: Callable[[], T]) -> Optional[T]:
         nvml = self._nvml
-        assert nvml is not None
         try:
             return call()
         except (nvml.NVMLError, nvml.NVMLLibraryMismatchError) as exc:
@@ -229,7 +220,7 @@ class GpuSource:
 
     def _note_field_error(self, what: str, exc: Exception) -> None:
         # NOT_SUPPORTED is a property of the board, not a fault: said once, quietly
-        quiet = isinstance(exc, self._nvml.NVMLError_NotSupported)  # type: ignore[union-attr]
+        quiet = isinstance(exc, self._nvml.NVMLError_NotSupported)
         self._warn_once(f"{what} left out: {exc}", logging.INFO if quiet else logging.WARNING)
 
     def _process_names(self, pid: int) -> tuple[str, frozenset[str]]:
@@ -254,16 +245,6 @@ class GpuSource:
         return comm or next(iter(names)), frozenset(names)
 
     # ---- Jetson --------------------------------------------------------------------------------------
-
-    def _read_jetson_load(self) -> float:
-        assert self._jetson_load_file is not None
-        load = read_jetson_load(self._jetson_load_file)
-        if load is None:
-            raise _SourceGone(
-                f"cannot read the Jetson GPU load {self._jetson_load_file}, or it is not a per-mille value "
-                "(0-1000): GPU metrics left out"
-            )
-        return load
 
     def _warn_once(self, message: str, level: int = logging.WARNING) -> None:
         if message not in self._warned:
@@ -293,11 +274,15 @@ def start_nvml(nvml: Optional[Any] = None) -> tuple[Optional[Any], list[Any], st
     except nvml.NVMLError as exc:
         handles, problem = [], f"NVML device list: {exc}"
     if not handles:
-        try:
-            nvml.nvmlShutdown()
-        except nvml.NVMLError as exc:
-            log.debug("nvmlShutdown failed: %s", exc)
+        shutdown_nvml(nvml)
     return nvml, handles, problem
+
+
+def shutdown_nvml(nvml: Any) -> None:
+    try:
+        nvml.nvmlShutdown()
+    except nvml.NVMLError as exc:
+        log.debug("nvmlShutdown failed: %s", exc)
 
 
 class ComputeProcesses:

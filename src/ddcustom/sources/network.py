@@ -67,12 +67,8 @@ def parse_socket_table(text: str, states: Iterable[int]) -> list[SocketEntry]:
             continue
         local_hex, _, local_port = fields[1].partition(":")
         remote_hex, _, remote_port = fields[2].partition(":")
-        local_ip = decoded.get(local_hex)
-        if local_ip is None:
-            local_ip = decoded[local_hex] = decode_address(local_hex)
-        remote_ip = decoded.get(remote_hex)
-        if remote_ip is None:
-            remote_ip = decoded[remote_hex] = decode_address(remote_hex)
+        local_ip = decoded.get(local_hex) or decoded.setdefault(local_hex, decode_address(local_hex))
+        remote_ip = decoded.get(remote_hex) or decoded.setdefault(remote_hex, decode_address(remote_hex))
         inode = int(fields[9]) if len(fields) > 9 else 0
         entries.append(
             (_STATE_TEXT[fields[3]], local_ip, int(local_port, 16), remote_ip, int(remote_port, 16), inode)
