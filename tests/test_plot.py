@@ -48,12 +48,18 @@ def at(index: int) -> float:
     return float(START + index * STEP)
 
 
-def changed_profile() -> Profile:
+def scenario_profile(cpu_bound: float = 90) -> dict[str, Any]:
+    """The default profile with the CPU rule raising alerts (the default keeps it quiet), bound changed."""
     data: dict[str, Any] = load_profile("crypto-mining").to_json()
     for behavior in data["behaviors"]:
         if behavior["name"] == "cpu-usage":
-            behavior["criteria"]["value"] = {"number": 99}
-    return parse_profile(data)
+            behavior["suppressAlerts"] = False
+            behavior["criteria"]["value"] = {"number": cpu_bound}
+    return data
+
+
+def changed_profile() -> Profile:
+    return parse_profile(scenario_profile(cpu_bound=99))
 
 
 def network(index: int, connections: int) -> NetworkStats:
@@ -67,7 +73,7 @@ def network(index: int, connections: int) -> NetworkStats:
 
 def record(short_names: bool = False, thing: str = "t1") -> list[str]:
     """The JSON lines ``ddcustom run`` writes for SCENARIO, made by the component's own code."""
-    settings, _ = parse_settings({"UseShortNames": short_names})
+    settings, _ = parse_settings({"UseShortNames": short_names, "SecurityProfile": scenario_profile()})
     builder = ReportBuilder(settings)
     engine = Engine(settings.security_profile, thing)
     out = io.StringIO()
@@ -360,7 +366,7 @@ def test_a_single_report_gets_a_minute_either_side() -> None:
     (axes,) = draw(history, load_profile("crypto-mining"), ["cpu_usage"]).axes
     low, high = axes.get_xlim()  # matplotlib date numbers: days
     assert round((high - low) * 86400) == 120
-    assert legend_texts(axes) == ["cpu-usage: normal < 90"]  # within 3 x the value (30): drawn
+    assert legend_texts(axes) == ["cpu-usage: normal < 90, alerts suppressed"]  # within 3 x the value: drawn
 
 
 def test_render_writes_png_and_svg(tmp_path: Path) -> None:
