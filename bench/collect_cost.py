@@ -221,9 +221,8 @@ def profile_without_baseline() -> dict[str, Any]:
     return profile
 
 
-LEARNING_SECONDS = (
-    2  # BaselineLearningSeconds here: a few cycles learn the host, the connections, the listener
-)
+# BaselineLearningSeconds of the baseline cycle: a few cycles learn the host, the connections, the listener
+LEARNING_SECONDS = 2
 
 
 def measure_baseline(connections: int, processes: int, cycles: int, profile_count: int) -> dict[str, Any]:
