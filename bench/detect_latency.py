@@ -5,7 +5,8 @@ Runs ``python -m ddcustom run`` locally (DetectIntervalSeconds 5) and, once it h
 - a hashing process named ``xmrig`` (comm set with prctl) as a child of a watched process ``infer-app``,
   connected to a listener on 127.0.0.1:3333 (a mining-pool port);
 - a second hashing process with an innocent name.
-Signals: miner-processes, mining-pool-connections, child-processes, cpu-usage. Target: each alarm
+Signals: miner-processes, mining-pool-connections, child-processes, cpu-usage (the default profile's
+rules on these four metrics, with cpu-usage raising alerts, which the default keeps quiet). Target: each alarm
 within two detection intervals. Only loopback; every process it starts ends by itself within
 CHILD_LIFETIME seconds even if this script dies, and is killed on exit. Takes about two minutes.
 
@@ -127,6 +128,14 @@ class AlertLog:
         return sorted(b for b, kind in state.items() if kind == "in-alarm")
 
 
+def latency_profile() -> dict[str, object]:
+    """The default profile's rules on the four signals measured here, each raising alerts."""
+    from ddcustom.detect.profile import load_profile
+
+    behaviors = [b for b in load_profile("crypto-mining").to_json()["behaviors"] if b["name"] in EXPECTED]
+    return {"name": "crypto-mining", "behaviors": [{**b, "suppressAlerts": False} for b in behaviors]}
+
+
 def stop(proc: Optional[subprocess.Popen[Any]], grace: float = 10.0) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -166,6 +175,7 @@ def main() -> int:
                     "WatchedProcesses": ["infer-app"],
                     "StateDirectory": state,
                     "LogLevel": "WARNING",
+                    "SecurityProfile": latency_profile(),
                 }
             )
         )
