@@ -2,46 +2,34 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
 
+from helpers import poll, reap, start
+
 Spawn = Callable[..., "subprocess.Popen[bytes]"]
 
 
 @pytest.fixture
 def spawn() -> Iterator[Spawn]:
-    """Start a process in its own session; its whole group is killed and reaped at teardown."""
+    """Start a process in its own session (output discarded); its whole group is reaped at teardown."""
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    def run(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
         kwargs.setdefault("stdout", subprocess.DEVNULL)
         kwargs.setdefault("stderr", subprocess.DEVNULL)
-        process = subprocess.Popen(args, start_new_session=True, **kwargs)
-        started.append(process)
-        return process
+        started.append(start(args, **kwargs))
+        return started[-1]
 
-    yield start
+    yield run
     for process in started:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+        reap(process)
 
 
 def cmdline_of(pid: int) -> list[str]:
@@ -55,7 +43,7 @@ def cmdline_of(pid: int) -> list[str]:
 
 def wait_for_exec(pid: int, args: list[str]) -> None:
     """Wait until process ``pid`` runs ``args`` (Popen returns before the child's exec)."""
-    wait_until(lambda: cmdline_of(pid) == args, f"pid {pid} to exec {args}")
+    poll(lambda: cmdline_of(pid) == args, f"pid {pid} to exec {args}")
 
 
 def fake_process(

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from baseline_helpers import Spawn, read_baseline_file, spawn, wait_until
+from baseline_helpers import Spawn, read_baseline_file, spawn
 from ddcustom.baseline.keys import ENDPOINT, LISTENING
 from ddcustom.baseline.storage import APPROVED, BaselineFile
 from ddcustom.baseline.store import BaselineStore
+from helpers import poll
 
 __all__ = ["spawn"]  # the fixture, imported for the tests below
 
@@ -107,7 +108,7 @@ def test_operator_and_component_writing_at_once_lose_nothing(tmp_path: Path, spa
     path = tmp_path / "baseline.json"
     go = tmp_path / "go"
     component = spawn([sys.executable, "-c", COMPONENT, str(path), str(go), str(OBSERVATIONS)])
-    wait_until(go.exists, "the component to start")
+    poll(go.exists, "the component to start")
     operator = spawn([sys.executable, "-c", OPERATOR, str(path), str(go), str(OPERATIONS)])
     reads = 0
     while component.poll() is None or operator.poll() is None:

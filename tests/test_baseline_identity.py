@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import ddcustom
-from baseline_helpers import Spawn, fake_process, spawn, wait_for_exec, wait_until
+from baseline_helpers import Spawn, fake_process, spawn, wait_for_exec
 from ddcustom.baseline.identity import (
     _PERL,
     _PYTHON,
@@ -32,6 +32,7 @@ from ddcustom.baseline.identity import (
     java_argument,
     script_argument,
 )
+from helpers import poll
 
 __all__ = ["spawn"]  # the fixture, imported for the tests below
 
@@ -247,7 +248,7 @@ def test_a_memfd_executable_is_never_knowable(spawn: Spawn) -> None:
         with open(SLEEP, "rb") as handle:
             os.write(fd, handle.read())
         process = spawn([f"/proc/self/fd/{fd}", "120"], pass_fds=(fd,))
-        wait_until(lambda: os.readlink(f"/proc/{process.pid}/exe").startswith("/memfd:"), "exec from memfd")
+        poll(lambda: os.readlink(f"/proc/{process.pid}/exe").startswith("/memfd:"), "exec from memfd")
     finally:
         os.close(fd)
     identity = IdentityReader().read(process.pid)

@@ -86,3 +86,18 @@ def test_an_update_out_of_bounds_is_refused_in_one_short_line(
     assert len(refusals) == 1
     assert expected in refusals[0]
     assert len(refusals[0]) < 4200 and "\n" not in refusals[0]
+
+
+def test_a_refused_configuration_read_again_after_a_reconnect_is_logged_once(
+    component: tuple[DevNucleus, GreengrassSink], caplog: pytest.LogCaptureFixture
+) -> None:
+    nucleus, conn = component
+    with caplog.at_level(logging.INFO, logger="ddcustom"):
+        nucleus.update_configuration({"DetectIntervalSeconds": "often"})
+        poll(lambda: REFUSED in caplog.text, "the refusal logged")
+        connects = conn.connects
+        nucleus.drop_connections()  # the reconnect reads the configuration again: the same refusal
+        poll(lambda: conn.connects > connects, "the reconnect")
+        nucleus.update_configuration({"DetectIntervalSeconds": 2})
+        poll(lambda: conn.settings is not None and conn.settings.detect_interval_seconds == 2, "the fix")
+    assert sum(REFUSED in r.getMessage() for r in caplog.records) == 1

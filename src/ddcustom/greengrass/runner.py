@@ -39,13 +39,15 @@ def serve(sink: GreengrassSink, stop: threading.Event) -> None:
     setup_logging(settings.log_level)
     sink.settings = settings
     agent = Agent(settings, sink.thing_name, sink)
+    refused = ""  # the last configuration refused, logged once however many update events it sends
 
     def before_cycle() -> None:
+        nonlocal refused
         sink.keep_connected()
         if sink.connected:
             sink.update_state("RUNNING")  # sent once per connection (update_state skips repeats)
         if sink.config_changed.is_set():
-            _apply_update(sink, agent)
+            refused = _apply_update(sink, agent, refused)
 
     try:
         agent.run_forever(stop, sink.wake, before_cycle, sink.seconds_to_next_attempt)
@@ -54,22 +56,26 @@ def serve(sink: GreengrassSink, stop: threading.Event) -> None:
         sink.close()
 
 
-def _apply_update(sink: GreengrassSink, agent: Agent) -> None:
+def _apply_update(sink: GreengrassSink, agent: Agent, refused: str) -> str:
+    """Apply the deployed configuration; returns the refusal of an invalid one ("" when none)."""
     sink.config_changed.clear()
     try:
         new = sink.read_settings()
     except ConfigError as exc:  # every problem, each value cut short; the line is cut at 4000 all the same
-        log.error("configuration update refused, the previous settings stay: %s", shorten(str(exc), 4000))
-        return
+        refusal = shorten(str(exc), 4000)
+        if refusal != refused:
+            log.error("configuration update refused, the previous settings stay: %s", refusal)
+        return refusal
     except SinkError as exc:
         sink.config_changed.set()  # try again next cycle
         log.warning("cannot read the configuration update yet: %s", exc)
-        return
+        return refused
     if new != sink.settings:
         log.info("configuration updated; applying without a restart")
         setup_logging(new.log_level)
         sink.settings = new
         agent.apply_settings(new)
+    return ""
 
 
 def _first_settings(sink: GreengrassSink, stop: threading.Event) -> Optional[Settings]:
