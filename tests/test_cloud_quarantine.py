@@ -98,7 +98,7 @@ def test_cloud_quarantine_refuses_an_alert_without_its_topic(iot: Any) -> None:
     topic to check it against."""
     assert handler(device_alert())["refused"] == ["gpu-edge-12"]
     wrapped = {"Records": [{"Sns": {"Message": json.dumps(device_alert())}}]}
-    assert handler(wrapped)["ignored"] == ["None"]
+    assert handler(wrapped)["ignored"] == [""]  # an SNS record is no alert: it names no thing
     assert members(iot) == []
 
 
@@ -142,7 +142,7 @@ def test_cloud_quarantine_skips_what_is_not_an_alert(iot: Any) -> None:
     assert result == {
         "quarantined": [],
         "already_quarantined": [],
-        "ignored": ["", "", "None"],
+        "ignored": ["", "", ""],
         "refused": [],
     }
     assert members(iot) == []
@@ -197,15 +197,21 @@ def test_cloud_quarantine_record_is_a_valid_attribute_value(behavior: str, viola
     assert value.startswith("at=2025-12-02T04:33:20Z,behavior=")
 
 
-def test_cloud_quarantine_package_is_the_handler_alone(tmp_path: Path) -> None:
-    """Lambda gets quarantine.py alone: it must import with the standard library and boto3 only, and the
-    package must be the same bytes for the same source (setup compares its hash)."""
+def test_cloud_quarantine_package_is_the_handler_and_the_alert_it_reads(tmp_path: Path) -> None:
+    """Lambda gets the handler and the package's alert: it must import with the standard library and
+    boto3 only, and the package must be the same bytes for the same source (setup compares its hash)."""
     package = quarantine_package()
     assert package == quarantine_package()
+    src = Path(__file__).parents[1] / "src/ddcustom"
     with zipfile.ZipFile(io.BytesIO(package)) as archive:
-        assert archive.namelist() == ["quarantine.py"]
-        source = archive.read("quarantine.py")
-    assert source == (Path(__file__).parents[1] / "src/ddcustom/cloud/quarantine.py").read_bytes()
+        assert sorted(archive.namelist()) == [
+            "ddcustom/__init__.py",
+            "ddcustom/alerts/__init__.py",
+            "ddcustom/alerts/event.py",
+            "quarantine.py",
+        ]
+        assert archive.read("quarantine.py") == (src / "cloud/quarantine.py").read_bytes()
+        assert archive.read("ddcustom/alerts/event.py") == (src / "alerts/event.py").read_bytes()
     (tmp_path / "function.zip").write_bytes(package)
     # An isolated interpreter that sees the package and nothing of ddcustom, as Lambda would.
     check = "import quarantine; print(quarantine.handler(['x'], iot=object()))"

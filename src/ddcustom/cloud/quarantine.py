@@ -1,12 +1,11 @@
 """Quarantine handler: puts the thing of an in-alarm alert into the quarantine thing group.
 
-``ddcustom cloud setup`` deploys this file alone as an AWS Lambda function (handler
-``quarantine.handler``; it needs only the standard library and boto3, which Lambda provides) behind an
-IoT rule on the alert topic (``ddcustom/+/alerts``). The rule selects the in-alarm alerts of the
-quarantine behaviors and adds ``topicThing``: the thing named by the MQTT topic, which the device's IoT
-policy ties to its own identity. The alert itself is today's alert JSON (Device Defender violation
-fields: violationId, thingName, behavior{name,...}, metricValue, violationEventType,
-violationEventTime, source); keys it does not know (``evidence``...) are ignored.
+``ddcustom cloud setup`` deploys this file as an AWS Lambda function (handler ``quarantine.handler``),
+with the package's alert (``ddcustom.alerts.event``) beside it; it needs only the standard library and
+boto3, which Lambda provides. It sits behind an IoT rule on the alert topic (``ddcustom/+/alerts``): the
+rule selects the in-alarm alerts of the quarantine behaviors and adds ``topicThing``, the thing named by
+the MQTT topic, which the device's IoT policy ties to its own identity. An alert is read as the
+component wrote it (``ViolationEvent.from_json``); one that is not an alert is ignored, logged.
 
 The handler
 - refuses an alert whose ``thingName`` is not the thing in the topic (one device naming another);
@@ -27,8 +26,9 @@ import re
 import time
 from typing import Any, Optional
 
+from ddcustom.alerts.event import IN_ALARM, ViolationEvent
+
 DEFAULT_GROUP = "ddcustom-quarantine"
-IN_ALARM = "in-alarm"
 # One thing attribute holds the record: "at=<UTC time>,behavior=<name>,violation=<violationId>".
 ATTRIBUTE = "ddcustomQuarantine"
 ATTRIBUTE_MAX = 800  # IoT's limit on an attribute value
@@ -64,23 +64,23 @@ def handler(event: Any, context: Any = None, iot: Optional[Any] = None) -> dict[
     return result
 
 
-def _quarantine(iot: Any, alert: Any, group: str, behaviors: set[str]) -> tuple[str, str]:
-    if not isinstance(alert, dict):
-        log.warning("ignored an event that is not a JSON object: %.200r", alert)
-        return "ignored", ""
-    thing, topic_thing = alert.get("thingName"), alert.get("topicThing")
-    behavior = alert.get("behavior")
-    name = behavior.get("name") if isinstance(behavior, dict) else None
-    behavior_name = name if isinstance(name, str) else ""
-    if not isinstance(thing, str) or not thing or alert.get("violationEventType") != IN_ALARM:
-        return "ignored", str(thing)[:_LOG_MAX]
+def _quarantine(iot: Any, data: Any, group: str, behaviors: set[str]) -> tuple[str, str]:
+    try:
+        alert = ViolationEvent.from_json(data)
+    except ValueError as exc:
+        log.warning("ignored an event that is not an alert (%s): %.200r", exc, data)
+        thing = data.get("thingName") if isinstance(data, dict) else None
+        return "ignored", str(thing or "")[:_LOG_MAX]
+    thing, topic_thing, behavior_name = alert.thing_name, alert.extra.get("topicThing"), alert.behavior_name
+    if not thing or alert.event_type != IN_ALARM:
+        return "ignored", thing[:_LOG_MAX]
     if topic_thing != thing:
         # Not from the quarantine rule (no topic), or a device naming another thing than itself.
         log.warning(
             "refused: alert names thing %.200r but came on the topic of %.200r (violation %.200r)",
             thing,
             topic_thing,
-            alert.get("violationId"),
+            alert.violation_id,
         )
         return "refused", thing
     if behaviors and behavior_name not in behaviors:
@@ -88,7 +88,7 @@ def _quarantine(iot: Any, alert: Any, group: str, behaviors: set[str]) -> tuple[
     try:
         if in_group(iot, thing, group):
             return "already_quarantined", thing
-        _record(iot, thing, behavior_name, alert.get("violationId"))
+        _record(iot, thing, behavior_name, alert.violation_id)
     except Exception as exc:
         raise QuarantineError(f"cannot quarantine {thing}: {exc}") from exc
     try:
@@ -106,7 +106,7 @@ def _quarantine(iot: Any, alert: Any, group: str, behaviors: set[str]) -> tuple[
         thing,
         group,
         behavior_name,
-        alert.get("violationId"),
+        alert.violation_id,
     )
     return "quarantined", thing
 

@@ -36,15 +36,25 @@ LOG_RETENTION_DAYS = 30
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed, so that the same handler gives the same package and hash
 
 
+# The deployment package: the handler, and the alert it reads (the package's own typed event).
+PACKAGE_FILES = {
+    "quarantine.py": "cloud/quarantine.py",
+    "ddcustom/__init__.py": "__init__.py",
+    "ddcustom/alerts/__init__.py": "alerts/__init__.py",
+    "ddcustom/alerts/event.py": "alerts/event.py",
+}
+
+
 def quarantine_package() -> bytes:
-    """The deployment package: quarantine.py alone, byte for byte the same for the same source."""
-    source = Path(__file__).with_name("quarantine.py").read_bytes()
+    """The deployment package (PACKAGE_FILES), byte for byte the same for the same sources."""
+    package = Path(__file__).parents[1]
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        entry = zipfile.ZipInfo("quarantine.py", date_time=_ZIP_TIME)
-        entry.external_attr = 0o644 << 16
-        entry.compress_type = zipfile.ZIP_DEFLATED
-        archive.writestr(entry, source)
+        for name, source in PACKAGE_FILES.items():
+            entry = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+            entry.external_attr = 0o644 << 16
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(entry, (package / source).read_bytes())
     return buffer.getvalue()
 
 
