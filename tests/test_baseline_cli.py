@@ -290,3 +290,15 @@ def test_an_operator_running_as_root_leaves_the_files_to_the_component_user(
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "['tcp:22', 'udp:53']"
+
+
+def test_show_takes_the_learning_period_from_the_configuration(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    BaselineStore(tmp_path / "state" / "baseline.json", now=time.time(), learning_seconds=60).close(
+        time.time()
+    )
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"StateDirectory": str(tmp_path / "state"), "BaselineLearningSeconds": 60}))
+    code, out, _ = run(capsys, "show", "--config", str(config))
+    assert code == 0 and "(with BaselineLearningSeconds 60)" in out

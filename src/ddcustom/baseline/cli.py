@@ -180,11 +180,14 @@ def _time_text(seconds: Optional[float]) -> str:
 
 
 def _open(args: argparse.Namespace, now: float) -> BaselineStore:
+    """The operator's view of the store; the learning period shown is --config's, else the default."""
+    learning = DEFAULT_LEARNING_SECONDS
+    if args.config:
+        from ddcustom.config import load_config_file, parse_settings
+
+        learning = parse_settings(load_config_file(args.config))[0].baseline_learning_seconds
     return BaselineStore(
-        baseline_path(args.state_dir, args.config),
-        now=now,
-        learning_seconds=DEFAULT_LEARNING_SECONDS,
-        operator=True,
+        baseline_path(args.state_dir, args.config), now=now, learning_seconds=learning, operator=True
     )
 
 
