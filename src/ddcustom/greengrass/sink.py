@@ -160,19 +160,10 @@ class GreengrassSink:
     def publish_alert(self, alert: ViolationEvent) -> None:
         assert self.settings is not None
         payload = serialise(alert.to_json()).encode()
-        self._call(
-            "PublishToIoTCore (alert)",
-            self._ipc.publish_iot,
-            self.settings.alert_topic_for(self.thing_name),
-            payload,
-        )
+        topic, local_topic = self.settings.alert_topic_for(self.thing_name), self.settings.local_alert_topic
+        self._call("PublishToIoTCore (alert)", self._ipc.publish_iot, topic, payload)
         try:
-            self._call(
-                "PublishToTopic (local alert)",
-                self._ipc.publish_local,
-                self.settings.local_alert_topic,
-                payload,
-            )
+            self._call("PublishToTopic (local alert)", self._ipc.publish_local, local_topic, payload)
         except SinkError as exc:  # IoT Core has it; local subscribers are a convenience
             log.warning("alert %s not published locally: %s", alert.violation_id, exc)
 
