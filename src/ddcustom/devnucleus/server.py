@@ -99,17 +99,12 @@ class _Connection:
         headers: tuple[Header, ...] = (),
         payload: bytes = b"",
     ) -> None:
-        frame = encode(
-            Message(
-                [
-                    Header.int32(":message-type", message_type),
-                    Header.int32(":message-flags", flags),
-                    Header.int32(":stream-id", stream_id),
-                    *headers,
-                ],
-                payload,
-            )
-        )
+        rpc_headers = [
+            Header.int32(":message-type", message_type),
+            Header.int32(":message-flags", flags),
+            Header.int32(":stream-id", stream_id),
+        ]
+        frame = encode(Message([*rpc_headers, *headers], payload))
         with self.write_lock:
             self.sock.sendall(frame)
 

@@ -169,9 +169,8 @@ class GreengrassSink:
 
     def publish_shadow(self, document: dict[str, Any]) -> bool:
         payload = serialise(document).encode()
-        self._call(
-            "PublishToIoTCore (shadow)", self._ipc.publish_iot, shadow_update_topic(self.thing_name), payload
-        )
+        topic = shadow_update_topic(self.thing_name)
+        self._call("PublishToIoTCore (shadow)", self._ipc.publish_iot, topic, payload)
         return True
 
     # ---- IPC callbacks (run on the client's threads: keep them short) ----------------------------
@@ -187,12 +186,8 @@ class GreengrassSink:
         self.rejected += 1
         try:
             answer = json.loads(payload)
-            details = answer.get("statusDetails", {})
-            code, message, report_id = (
-                details.get("ErrorCode"),
-                details.get("ErrorMessage"),
-                answer.get("reportId"),
-            )
+            details, report_id = answer.get("statusDetails", {}), answer.get("reportId")
+            code, message = details.get("ErrorCode"), details.get("ErrorMessage")
         except (ValueError, AttributeError):
             code, message, report_id = "unparseable answer", payload[:200].decode(errors="replace"), None
         log.error(
