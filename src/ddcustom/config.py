@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import yaml
 
+from ddcustom.fileio import read_bounded
+
 if TYPE_CHECKING:
     from ddcustom.detect.profile import Profile
 
@@ -556,8 +558,7 @@ def load_config_file(path: Union[str, Path], what: str = "configuration file") -
     """
     p = Path(path)
     try:
-        with p.open("rb") as f:
-            data_bytes = f.read(MAX_CONFIG_BYTES + 1)
+        data_bytes = read_bounded(p, MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {str(p)!r}: {exc.strerror or exc}") from None
     if len(data_bytes) > MAX_CONFIG_BYTES:

@@ -32,7 +32,6 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Callable, Optional, TypeVar, Union, cast
 
 from ddcustom.config import DEFAULTS, busy_outside_file_next_to
@@ -217,12 +216,7 @@ class InferenceMeter:
         stack.append((token, start))
         return self
 
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
+    def __exit__(self, exc_type: Optional[type[BaseException]], *_: object) -> None:
         token, start = self._local.stack.pop()
         now = self._clock()
         with self._lock:  # one step: a flush must see the inference as running or as done

@@ -52,6 +52,8 @@ TOPIC_THING = re.compile(r"\$aws/things/([^/]+)/defender/metrics/json")
 MILLISECONDS_ABOVE = 1e11  # as seconds this is the year 5138
 # Times outside 2000..2100 are garbage, and would overflow date conversions (epoch seconds).
 EARLIEST, LATEST = 946_684_800, 4_102_444_800
+# how an alarm ended, as its legend says it (alarm-cleared says nothing more)
+ALARM_ENDINGS = {"alarm-invalidated": ", then invalidated", "open": ", still at the end"}
 
 
 class PlotError(Exception):
@@ -304,8 +306,7 @@ def choose_metrics(history: History, wanted: Optional[str]) -> list[str]:
         raise PlotError(
             f"no reports in the history ({history.lines} lines, {history.skipped} skipped"
             + (f", first: {history.first_problem}" if history.first_problem else "")
-            + "); "
-            "record one with: ddcustom run --config F > history.jsonl"
+            + "); record one with: ddcustom run --config F > history.jsonl"
         )
     if not history.series:
         raise PlotError(f"none of the {history.reports} reports holds a numeric metric")
@@ -373,20 +374,10 @@ def draw(history: History, profile: Profile, metrics: Sequence[str]) -> Figure:
             else:
                 ax.axhline(limit.value, color="tab:orange", linestyle="--", linewidth=1, label=limit.label)
         for alarm in (a for a in history.alarms if a.metric == metric):
-            invalidated = alarm.ended_by == "alarm-invalidated"
-            label = f"in alarm: {alarm.behavior}" + (
-                " (since before the history)" if not alarm.start_known else ""
-            )
-            label += {"alarm-invalidated": ", then invalidated", "open": ", still at the end"}.get(
-                alarm.ended_by, ""
-            )
-            ax.axvspan(
-                local(alarm.start),
-                local(alarm.end),
-                color="tab:gray" if invalidated else "tab:red",
-                alpha=0.18,
-                label=label,
-            )
+            since = "" if alarm.start_known else " (since before the history)"
+            label = f"in alarm: {alarm.behavior}{since}{ALARM_ENDINGS.get(alarm.ended_by, '')}"
+            color = "tab:gray" if alarm.ended_by == "alarm-invalidated" else "tab:red"
+            ax.axvspan(local(alarm.start), local(alarm.end), color=color, alpha=0.18, label=label)
             if alarm.start_known and alarm.value is not None:
                 ax.plot(
                     [local(alarm.start)],

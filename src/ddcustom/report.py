@@ -76,12 +76,8 @@ class ReportBuilder:
     def __init__(self, settings: Settings, last_report_id: Optional[int] = None) -> None:
         """``last_report_id``: the last id sent before (e.g. persisted by a previous run), None if none."""
         self.settings = settings
-        self._last_report_id = last_report_id or 0
-
-    @property
-    def last_report_id(self) -> int:
-        """The id of the last report built (or the one given): persist it to continue after a restart."""
-        return self._last_report_id
+        # the id of the last report built (or the one given): persist it to continue after a restart
+        self.last_report_id = last_report_id or 0
 
     def build(self, sample: Sample, previous: Optional[Sample]) -> Optional[dict[str, Any]]:
         """The report of ``sample``; network_stats are deltas since ``previous``, the last *reported*
@@ -97,8 +93,8 @@ class ReportBuilder:
                 custom[metric.name] = entry
         if not metrics and not custom:
             return None
-        report_id = max(int(sample.time * 1000), self._last_report_id + 1)
-        self._last_report_id = report_id
+        report_id = max(int(sample.time * 1000), self.last_report_id + 1)
+        self.last_report_id = report_id
         n = self._name
         report: dict[str, Any] = {n("header"): {n("report_id"): report_id, n("version"): REPORT_VERSION}}
         if metrics:

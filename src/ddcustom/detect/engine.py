@@ -62,9 +62,7 @@ class _State:
     violating: int = 0
     normal: int = 0
     alarm: Optional[_Alarm] = None
-    window: deque[tuple[float, float]] = field(
-        default_factory=deque
-    )  # (monotonic, delta) for durationSeconds
+    window: deque[tuple[float, float]] = field(default_factory=deque)  # (monotonic, delta): durationSeconds
     window_start: Optional[float] = None  # monotonic start of the first delta in the window
     baseline: Optional[Baseline] = None
 
@@ -103,16 +101,13 @@ class Engine:
         events: list[ViolationEvent] = []
         for behavior in self.profile.device_behaviors:
             alarm = self._states[behavior.name].alarm
-            if (
-                kept.get(behavior.name) != behavior.json_text
-                and alarm is not None
-                and not behavior.suppress_alerts
-            ):
-                events.append(
-                    self._event(
-                        behavior.to_json(), alarm.violation_id, ALARM_INVALIDATED, alarm.metric_value, now
-                    )
+            if alarm is None or behavior.suppress_alerts or kept.get(behavior.name) == behavior.json_text:
+                continue
+            events.append(
+                self._event(
+                    behavior.to_json(), alarm.violation_id, ALARM_INVALIDATED, alarm.metric_value, now
                 )
+            )
         old = {b.name: b.json_text for b in self.profile.device_behaviors} if same_profile else {}
         self._states = {
             b.name: self._states[b.name] if old.get(b.name) == b.json_text else self._new_state(b)

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Union, cast
 
 from ddcustom.config import CONTROL_CHARACTERS, MAX_LISTED, load_json, plain_data_problem, shorten, shown
 from ddcustom.fileio import read_bounded
@@ -112,8 +112,7 @@ class Behavior:
     json_text: str  # the behavior exactly as given (Device Defender form), for events and the cloud
 
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.json_text)
-        return data
+        return cast(dict[str, Any], json.loads(self.json_text))
 
 
 @dataclass(frozen=True)
@@ -184,11 +183,10 @@ def _read_file(path: Path) -> Any:
             f"security profile {shown(str(path))} is neither a built-in profile "
             f"({', '.join(builtin_profiles())}) nor a readable file: {exc.strerror or exc}"
         ) from None
+    what = f"security profile file {shown(str(path))}"
     if len(data) > MAX_PROFILE_FILE_BYTES:
-        raise ProfileError(
-            f"security profile file {shown(str(path))} is larger than {MAX_PROFILE_FILE_BYTES} bytes"
-        )
-    return _json(data.decode("utf-8", errors="replace"), f"security profile file {shown(str(path))}")
+        raise ProfileError(f"{what} is larger than {MAX_PROFILE_FILE_BYTES} bytes")
+    return _json(data.decode("utf-8", errors="replace"), what)
 
 
 def parse_profile(data: Any, default_name: str = "custom") -> Profile:

@@ -190,19 +190,13 @@ def parse_policies(config: Mapping[str, Any], thing_name: str) -> list[Policy]:
 def is_authorized(policies: list[Policy], operation: str, resource: str) -> bool:
     """Does any policy of the operation's service grant this operation on this resource?"""
     service = GRANTING_SERVICE.get(operation)
-    if service is None:
-        return False
-    for policy in policies:
-        if policy.service != service:
-            continue
-        if operation not in policy.operations and "*" not in policy.operations:
-            continue
-        for granted in policy.resources:
-            if service == MQTT_PROXY_SERVICE and _mqtt_resource_matches(granted, resource):
-                return True
-            if service == PUBSUB_SERVICE and _glob_matches(granted, resource):
-                return True
-    return False
+    matches = _mqtt_resource_matches if service == MQTT_PROXY_SERVICE else _glob_matches
+    return any(
+        matches(granted, resource)
+        for policy in policies
+        if policy.service == service and (operation in policy.operations or "*" in policy.operations)
+        for granted in policy.resources
+    )
 
 
 @dataclass(frozen=True)

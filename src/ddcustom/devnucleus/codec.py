@@ -136,10 +136,8 @@ def _decode_headers(data: bytes) -> list[Header]:
             kind = HeaderType(data[pos])
             pos += 1
             value: HeaderValue
-            if kind == HeaderType.BOOL_TRUE:
-                value = True
-            elif kind == HeaderType.BOOL_FALSE:
-                value = False
+            if kind in (HeaderType.BOOL_TRUE, HeaderType.BOOL_FALSE):
+                value = kind == HeaderType.BOOL_TRUE
             elif kind in _INT_FORMATS:
                 fmt = _INT_FORMATS[kind]
                 (value,) = struct.unpack_from(fmt, data, pos)

@@ -99,17 +99,12 @@ class _Connection:
         headers: tuple[Header, ...] = (),
         payload: bytes = b"",
     ) -> None:
-        frame = encode(
-            Message(
-                [
-                    Header.int32(":message-type", message_type),
-                    Header.int32(":message-flags", flags),
-                    Header.int32(":stream-id", stream_id),
-                    *headers,
-                ],
-                payload,
-            )
-        )
+        rpc_headers = [
+            Header.int32(":message-type", message_type),
+            Header.int32(":message-flags", flags),
+            Header.int32(":stream-id", stream_id),
+        ]
+        frame = encode(Message([*rpc_headers, *headers], payload))
         with self.write_lock:
             self.sock.sendall(frame)
 
@@ -161,7 +156,6 @@ class DevNucleus:
         self._subscriptions: list[_Subscription] = []
         self._refuse_connects = 0
         self._failing_publishes: Optional[int] = 0  # None: all until cleared
-        self._fail_shape = "ServiceError"
         self._fail_message = ""
         self._delay = 0.0
         self._delay_operation: Optional[str] = None  # None: every operation is delayed
@@ -287,14 +281,12 @@ class DevNucleus:
         body = {"message": {"topicName": topic, "payload": base64.b64encode(payload).decode("ascii")}}
         return self._push("iot", topic, NS + "IoTCoreMessage", body)
 
-    def update_configuration(self, merge: Mapping[str, Any], component: Optional[str] = None) -> list[str]:
+    def update_configuration(self, merge: Mapping[str, Any]) -> list[str]:
         """Merge into the component's configuration and notify subscribers; returns the changed paths.
 
         The accessControl policies are read again, as the nucleus does on a deployment; a malformed
         accessControl raises RecipeError and leaves the configuration as it was.
         """
-        if component not in (None, self.component_name):
-            raise KeyError(f"unknown component {component!r}; this nucleus serves {self.component_name}")
         with self._lock:
             before = self._configuration
             after = access.merge_config(before, merge)
@@ -321,13 +313,10 @@ class DevNucleus:
         for conn in connections:
             conn.close()
 
-    def fail_publishes(
-        self, count: Optional[int] = None, error: str = "ServiceError", message: str = "injected failure"
-    ) -> None:
-        """Answer the next ``count`` publishes (None: all, until ``fail_publishes(0)``) with an error."""
+    def fail_publishes(self, count: Optional[int] = None, message: str = "injected failure") -> None:
+        """Answer the next ``count`` publishes (None: all, until ``fail_publishes(0)``) with ServiceError."""
         with self._lock:
             self._failing_publishes = count
-            self._fail_shape = error
             self._fail_message = message
 
     def delay(self, seconds: float, operation: Optional[str] = None) -> None:
@@ -443,24 +432,14 @@ class DevNucleus:
         if delay <= 0:
             self._answer(conn, stream_id, answer, fault)
             return
-        # a held answer must not hold back the connection's other requests
-        held = threading.Thread(
-            target=self._answer_later, args=(delay, conn, stream_id, answer, fault), daemon=True
-        )
-        held.start()
 
-    def _answer_later(
-        self,
-        delay: float,
-        conn: _Connection,
-        stream_id: int,
-        answer: Optional[_Answer],
-        fault: Optional[_Fault],
-    ) -> None:
-        if self._stopping.wait(delay):
-            return
-        with contextlib.suppress(OSError):  # the client may be gone by now
-            self._answer(conn, stream_id, answer, fault)
+        def answer_later() -> None:
+            if not self._stopping.wait(delay):
+                with contextlib.suppress(OSError):  # the client may be gone by now
+                    self._answer(conn, stream_id, answer, fault)
+
+        # a held answer must not hold back the connection's other requests
+        threading.Thread(target=answer_later, daemon=True).start()
 
     def _answer(
         self, conn: _Connection, stream_id: int, answer: Optional[_Answer], fault: Optional[_Fault]
@@ -499,13 +478,18 @@ class DevNucleus:
             raise _Fault("ServiceError", f"operation {operation} is not supported by the stand-in nucleus")
         return handler(conn, stream_id, request)
 
-    def _authorize(self, operation: str, resource: str) -> None:
-        if not access.is_authorized(self._policies, operation, resource):
+    def _authorized_topic(self, request: dict, key: str, operation: str) -> str:
+        """The request's topic (under ``key``), once the accessControl policies grant ``operation`` on it."""
+        topic = request.get(key)
+        if not isinstance(topic, str) or not topic:
+            raise _Fault("InvalidArgumentsError", f"{operation}: {key} is required")
+        if not access.is_authorized(self._policies, operation, topic):
             raise _Fault(
                 "UnauthorizedError",
                 f"Principal {self.component_name} is not authorized to perform "
-                f"{access.GRANTING_SERVICE[operation]}:{operation} on resource {resource}",
+                f"{access.GRANTING_SERVICE[operation]}:{operation} on resource {topic}",
             )
+        return topic
 
     def _maybe_fail_publish(self, operation: str) -> None:
         with self._lock:
@@ -513,8 +497,8 @@ class DevNucleus:
                 return
             if self._failing_publishes is not None:
                 self._failing_publishes -= 1
-            shape, message = self._fail_shape, self._fail_message
-        raise _Fault(shape, f"{operation}: {message}")
+            message = self._fail_message
+        raise _Fault("ServiceError", f"{operation}: {message}")
 
     def _record(self, published: Published) -> None:
         with self._lock:
@@ -525,8 +509,7 @@ class DevNucleus:
 
     def _publish_to_iot_core(self, conn: _Connection, stream_id: int, request: dict) -> _Answer:
         operation = NS + "PublishToIoTCore"
-        topic = _required_str(request, "topicName", operation)
-        self._authorize(operation, topic)
+        topic = self._authorized_topic(request, "topicName", operation)
         qos = str(request.get("qos", "0"))
         if qos not in ("0", "1"):
             raise _Fault("InvalidArgumentsError", f"{operation}: qos must be '0' or '1', got {qos!r}")
@@ -537,14 +520,12 @@ class DevNucleus:
 
     def _subscribe_to_iot_core(self, conn: _Connection, stream_id: int, request: dict) -> _Answer:
         operation = NS + "SubscribeToIoTCore"
-        topic = _required_str(request, "topicName", operation)
-        self._authorize(operation, topic)
+        topic = self._authorized_topic(request, "topicName", operation)
         return _Answer(NS + "SubscribeToIoTCoreResponse", {}, _Subscription(conn, stream_id, "iot", topic))
 
     def _publish_to_topic(self, conn: _Connection, stream_id: int, request: dict) -> _Answer:
         operation = NS + "PublishToTopic"
-        topic = _required_str(request, "topic", operation)
-        self._authorize(operation, topic)
+        topic = self._authorized_topic(request, "topic", operation)
         self._maybe_fail_publish(operation)
         message = request.get("publishMessage") or {}
         if isinstance(message.get("jsonMessage"), dict):
@@ -553,7 +534,8 @@ class DevNucleus:
             event = {"jsonMessage": {"message": body, "context": {"topic": topic}}}
         elif isinstance(message.get("binaryMessage"), dict):
             payload = _decode_b64(message["binaryMessage"].get("message"), operation)
-            event = _binary_message(topic, payload)
+            encoded = base64.b64encode(payload).decode("ascii")
+            event = {"binaryMessage": {"message": encoded, "context": {"topic": topic}}}
         else:
             raise _Fault(
                 "InvalidArgumentsError", f"{operation}: publishMessage needs jsonMessage or binaryMessage"
@@ -564,8 +546,7 @@ class DevNucleus:
 
     def _subscribe_to_topic(self, conn: _Connection, stream_id: int, request: dict) -> _Answer:
         operation = NS + "SubscribeToTopic"
-        topic = _required_str(request, "topic", operation)
-        self._authorize(operation, topic)
+        topic = self._authorized_topic(request, "topic", operation)
         others_only = request.get("receiveMode") == "RECEIVE_MESSAGES_FROM_OTHERS"
         subscription = _Subscription(conn, stream_id, "local", topic, from_others_only=others_only)
         return _Answer(NS + "SubscribeToTopicResponse", {"topicName": topic}, subscription)
@@ -622,18 +603,6 @@ class DevNucleus:
         except OSError:
             return False  # the connection is going away; its reader cleans up
         return True
-
-
-def _binary_message(topic: str, payload: bytes) -> dict[str, Any]:
-    encoded = base64.b64encode(payload).decode("ascii")
-    return {"binaryMessage": {"message": encoded, "context": {"topic": topic}}}
-
-
-def _required_str(request: dict, key: str, operation: str) -> str:
-    value = request.get(key)
-    if not isinstance(value, str) or not value:
-        raise _Fault("InvalidArgumentsError", f"{operation}: {key} is required")
-    return value
 
 
 def _decode_b64(value: Any, operation: str) -> bytes:

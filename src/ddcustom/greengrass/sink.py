@@ -160,27 +160,17 @@ class GreengrassSink:
     def publish_alert(self, alert: ViolationEvent) -> None:
         assert self.settings is not None
         payload = serialise(alert.to_json()).encode()
-        self._call(
-            "PublishToIoTCore (alert)",
-            self._ipc.publish_iot,
-            self.settings.alert_topic_for(self.thing_name),
-            payload,
-        )
+        topic, local_topic = self.settings.alert_topic_for(self.thing_name), self.settings.local_alert_topic
+        self._call("PublishToIoTCore (alert)", self._ipc.publish_iot, topic, payload)
         try:
-            self._call(
-                "PublishToTopic (local alert)",
-                self._ipc.publish_local,
-                self.settings.local_alert_topic,
-                payload,
-            )
+            self._call("PublishToTopic (local alert)", self._ipc.publish_local, local_topic, payload)
         except SinkError as exc:  # IoT Core has it; local subscribers are a convenience
             log.warning("alert %s not published locally: %s", alert.violation_id, exc)
 
     def publish_shadow(self, document: dict[str, Any]) -> bool:
         payload = serialise(document).encode()
-        self._call(
-            "PublishToIoTCore (shadow)", self._ipc.publish_iot, shadow_update_topic(self.thing_name), payload
-        )
+        topic = shadow_update_topic(self.thing_name)
+        self._call("PublishToIoTCore (shadow)", self._ipc.publish_iot, topic, payload)
         return True
 
     # ---- IPC callbacks (run on the client's threads: keep them short) ----------------------------
@@ -196,12 +186,8 @@ class GreengrassSink:
         self.rejected += 1
         try:
             answer = json.loads(payload)
-            details = answer.get("statusDetails", {})
-            code, message, report_id = (
-                details.get("ErrorCode"),
-                details.get("ErrorMessage"),
-                answer.get("reportId"),
-            )
+            details, report_id = answer.get("statusDetails", {}), answer.get("reportId")
+            code, message = details.get("ErrorCode"), details.get("ErrorMessage")
         except (ValueError, AttributeError):
             code, message, report_id = "unparseable answer", payload[:200].decode(errors="replace"), None
         log.error(

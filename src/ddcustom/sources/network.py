@@ -60,9 +60,8 @@ def parse_socket_table(text: str, states: Iterable[int]) -> list[SocketEntry]:
     decoded: dict[str, str] = {}  # many sockets share an address: decode each one once
     entries: list[SocketEntry] = []
     for line in text.splitlines()[1:]:
-        fields = line.split(
-            None, 10
-        )  # sl, local, remote, st, queues, timer, retransmits, uid, timeout, inode
+        # sl, local, remote, st, queues, timer, retransmits, uid, timeout, inode
+        fields = line.split(None, 10)
         if len(fields) < 4 or fields[3] not in wanted:
             continue
         local_hex, _, local_port = fields[1].partition(":")

@@ -42,9 +42,7 @@ MINER_FLAG = re.compile(r"--donate-level\b")
 class ProcessScan:
     stats: ProcessStats
     watched_pids: frozenset[int]  # the watched processes and their descendants (for GPU attribution)
-    cpu_percent: Mapping[int, float] = field(
-        default_factory=dict
-    )  # per pid, % of one core since the last scan
+    cpu_percent: Mapping[int, float] = field(default_factory=dict)  # per pid, % of one core since last scan
 
 
 def parse_stat(text: str) -> tuple[str, int, int, int]:
