@@ -274,10 +274,12 @@ class Processes:
 
 
 class Alarms:
-    """The component's alerts on its IoT Core alert topic: (monotonic time, behavior, event type)."""
+    """The component's alerts on its IoT Core alert topic: (monotonic time, behavior, event type), and
+    what the in-alarm ones point at (their evidence: processes and connections)."""
 
     def __init__(self) -> None:
         self._events: list[tuple[float, str, str]] = []
+        self._evidence: list[tuple[float, str, Any]] = []
         self._lock = threading.Lock()
 
     def record(self, published: Published) -> None:
@@ -290,6 +292,13 @@ class Alarms:
             return
         with self._lock:
             self._events.append(event)
+            if "evidence" in alert:
+                self._evidence.append((event[0], event[1], alert["evidence"]))
+
+    def evidence(self, start: float, end: float) -> list[tuple[str, Any]]:
+        """(behavior, evidence) of the in-alarm events between ``start`` and ``end``."""
+        with self._lock:
+            return [(b, e) for t, b, e in self._evidence if start <= t <= end]
 
     def raised(self, start: float, end: float) -> list[tuple[float, str]]:
         """In-alarm events between ``start`` and ``end``: (time, behavior), in order."""
@@ -747,6 +756,7 @@ class Bench:
             "in_alarms": len(raised),
             "behaviors": sorted({b for _, b in raised}),
             "in_alarm_at_s": [(round(t - started, 1), b) for t, b in raised],
+            "evidence": self.alarms.evidence(started, time.monotonic()),
             "clear_by_behavior_s": clears,
             "already_in_alarm": already,
         }
@@ -946,6 +956,15 @@ def markdown(document: dict[str, Any]) -> str:
             ]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        for r in document["benign"]:
+            for behavior, evidence in r.get("evidence", []):
+                processes = [
+                    p.get("script") or p.get("exe") or p.get("name") for p in evidence.get("processes", [])
+                ]
+                pointed = ", ".join(
+                    map(str, processes + evidence.get("connections", []) + evidence.get("items", []))
+                )
+                lines.append(f"benign {r['scenario']}: {behavior} pointed at {pointed or 'nothing'}")
     for r in document["attacks"] + document["benign"]:
         if r["already_in_alarm"]:
             still = ", ".join(r["already_in_alarm"])

@@ -373,10 +373,11 @@ class InferenceMeter:
         try:  # one number of any kind (float, numpy scalar or 0-d array, 0-d tensor, Decimal), or several
             if isinstance(reading, (str, bytes)):
                 raise TypeError("text is not a number")
-            try:
+            # a sequence of readings, or one (a 0-d array or tensor has __iter__ but is one number)
+            if hasattr(reading, "__iter__") and getattr(reading, "ndim", 1) != 0:
+                numbers = [float(v) for v in reading if v is not None]
+            else:
                 numbers = [float(reading)]  # type: ignore[arg-type]
-            except (TypeError, ValueError):
-                numbers = [float(v) for v in reading if v is not None]  # type: ignore[union-attr]
             percents = [min(100.0, max(0.0, v)) for v in numbers if math.isfinite(v)]
         except (TypeError, ValueError) as exc:
             self._say_once(f"GPU busy function gave {reading!r}: {exc}", level=logging.WARNING)
