@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,26 @@ def test_a_bounded_read_goes_on_to_the_limit_or_the_end(tmp_path: Path) -> None:
     # /proc answers a page per read: a table longer than a page is read to its end
     maps = read_bounded("/proc/self/maps", 1 << 24)
     assert len(maps) > 4096 and maps.endswith(b"\n")
+
+
+def test_a_process_s_stat_and_command_line_come_whole_in_one_read() -> None:
+    argv = ["x" * 3000, "y" * 500]  # longer than /proc's usual page-sized answers to stat
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()", *argv], stdin=subprocess.PIPE
+    )
+    try:
+        wanted = [sys.executable, "-c", "import sys; sys.stdin.read()", *argv]
+        expected = b"".join(arg.encode() + b"\0" for arg in wanted)
+        deadline = time.monotonic() + 30
+        while read_bounded(f"/proc/{child.pid}/cmdline", 1 << 16) != expected:  # until the child has exec'd
+            assert time.monotonic() < deadline, "the child did not start"
+            time.sleep(0.02)
+        assert read_bounded(f"/proc/{child.pid}/cmdline", 4096, one_read=True) == expected[:4096]
+        stat_line = read_bounded(f"/proc/{child.pid}/stat", 4096, one_read=True)
+        assert stat_line.startswith(f"{child.pid} (".encode()) and stat_line.endswith(b"\n")
+    finally:
+        child.kill()
+        child.wait(30)
 
 
 def test_only_regular_files_are_read_when_asked(tmp_path: Path) -> None:

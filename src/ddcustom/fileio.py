@@ -29,10 +29,14 @@ class NotRegularFile(OSError):
     """``read_regular`` met something else than a regular file; the message says what."""
 
 
-def read_bounded(path: PathLike, limit: int) -> bytes:
-    """At most ``limit`` bytes of ``path``, read to the end (/proc gives a page per read)."""
+def read_bounded(path: PathLike, limit: int, *, one_read: bool = False) -> bytes:
+    """At most ``limit`` bytes of ``path``, read to the end (/proc gives a page per read). ``one_read``:
+    a single read, for the per-process /proc files that the kernel hands out whole (stat, cmdline):
+    the read that would find the end costs a system call per process per cycle."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
+        if one_read:
+            return os.read(fd, limit)
         data = bytearray()
         while len(data) < limit:
             chunk = os.read(fd, min(1 << 20, limit - len(data)))
@@ -44,9 +48,9 @@ def read_bounded(path: PathLike, limit: int) -> bytes:
         os.close(fd)
 
 
-def read_text(path: PathLike, limit: int) -> str:
+def read_text(path: PathLike, limit: int, *, one_read: bool = False) -> str:
     """``read_bounded`` as text, bytes that are not UTF-8 replaced."""
-    return read_bounded(path, limit).decode("utf-8", "replace")
+    return read_bounded(path, limit, one_read=one_read).decode("utf-8", "replace")
 
 
 def read_regular(path: PathLike, limit: int) -> tuple[bytes, os.stat_result]:

@@ -92,8 +92,8 @@ def read_process_table(proc_root: str = "/proc") -> dict[int, ProcessInfo]:
             continue
         base = f"{proc_root}/{name}/"
         try:
-            stat = parse_stat(read_text(base + "stat", STAT_BYTES))
-            argv = parse_cmdline(read_bounded(base + "cmdline", CMDLINE_BYTES))
+            stat = parse_stat(read_text(base + "stat", STAT_BYTES, one_read=True))
+            argv = parse_cmdline(read_bounded(base + "cmdline", CMDLINE_BYTES, one_read=True))
         except (OSError, ValueError, IndexError):  # exited mid-scan, or not readable
             continue
         argv0_name = argv[0].rpartition("/")[2] if argv else ""
