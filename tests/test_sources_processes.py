@@ -20,6 +20,7 @@ from ddcustom.sources.processes import (
     CpuMeter,
     ProcessInfo,
     ProcessSource,
+    ProcFiles,
     build_process_scan,
     find_miners,
     miner_name,
@@ -206,6 +207,93 @@ def test_real_watched_application_tree(tmp_path: Path, started: list[subprocess.
     # a second process under the application's name, started from elsewhere
     started.append(start([str(app), "-c", "import time; time.sleep(30)"]))
     poll(lambda: source.scan(()).stats.watched_instances == 2, "the second instance")
+
+
+RENAME_ON_INPUT = (
+    "import ctypes, sys, time\n"
+    "sys.stdin.readline()\n"
+    "ctypes.CDLL(None).prctl(15, b'renamed-later', 0, 0, 0)\n"
+    "print('renamed', flush=True)\n"
+    "time.sleep(30)\n"
+)
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_held_files_show_the_process_as_it_is_now(started: list[subprocess.Popen[bytes]]) -> None:
+    # the table read through files kept open sees a rename (prctl) made after the files were opened
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE}
+    started.append(start([sys.executable, "-c", RENAME_ON_INPUT], **pipes))
+    child = started[0]
+    files = ProcFiles()
+    poll(lambda: child.pid in read_process_table(files=files), "the child in the table")
+    assert child.pid in files.held
+    before = read_process_table(files=files)[child.pid]
+    assert before.comm == os.path.basename(sys.executable)[:15]
+    assert child.stdin is not None and child.stdout is not None
+    child.stdin.write(b"go\n")
+    child.stdin.flush()
+    assert child.stdout.readline() == b"renamed\n"
+    after = read_process_table(files=files)[child.pid]
+    assert after.comm == "renamed-later"
+    assert (after.cmdline, after.start_ticks) == (before.cmdline, before.start_ticks)
+    assert after == read_process_table()[child.pid]  # what opening the files afresh reads
+    files.close()
+    assert not files.held
+
+
+def test_held_files_of_an_exited_process_are_closed_and_not_read_again(
+    started: list[subprocess.Popen[bytes]],
+) -> None:
+    fds_before = open_fds()
+    started.append(start(["sleep", "30"]))
+    pid = started[0].pid
+    files = ProcFiles()
+    poll(lambda: pid in read_process_table(files=files), "the sleep in the table")
+    assert pid in files.held
+    reap(started[0])  # exited and reaped: its pid may be given to another process now
+    with pytest.raises(OSError):  # the held files answer ESRCH; the pid's path is gone: not the old process
+        files.read(pid)
+    assert pid not in files.held
+    table = read_process_table(files=files)
+    assert pid not in table
+    assert files.held <= set(table)
+    files.close()
+    assert open_fds() == fds_before
+
+
+def test_files_beyond_the_limit_are_read_and_closed(started: list[subprocess.Popen[bytes]]) -> None:
+    for _ in range(3):
+        started.append(start(["sleep", "30"]))
+    pids = {p.pid for p in started}
+    files = ProcFiles(max_processes=2)
+    poll(lambda: pids <= set(read_process_table(files=files)), "the three sleeps in the table")
+    assert len(files.held) == 2
+    table = read_process_table(files=files)
+    for pid in pids:
+        assert table[pid].comm == "sleep"
+        assert table[pid].cmdline == "sleep 30"
+
+
+def test_a_dropped_proc_files_closes_what_it_held(started: list[subprocess.Popen[bytes]]) -> None:
+    fds_before = open_fds()
+    started.append(start(["sleep", "30"]))
+
+    def held_while_alive() -> int:
+        files = ProcFiles()
+        poll(lambda: started[0].pid in read_process_table(files=files), "the sleep in the table")
+        return len(open_fds() - fds_before)
+
+    assert held_while_alive() >= 2
+    assert open_fds() == fds_before  # the ProcFiles is gone with the function's frame
+
+
+def test_fixture_trees_are_never_held() -> None:
+    source = ProcessSource(WATCHED, DEFAULT_MINER_PROCESS_NAMES, frozenset(), proc_root=str(TREE))
+    source.scan(())
+    assert not source.files.held
 
 
 def test_real_pool_connection_from_network_source() -> None:

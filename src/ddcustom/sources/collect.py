@@ -19,7 +19,7 @@ from ddcustom.sources.evidence import EvidenceReader
 from ddcustom.sources.feedback_files import FeedbackReader
 from ddcustom.sources.gpu import GpuSource
 from ddcustom.sources.network import NetworkSource
-from ddcustom.sources.processes import ProcessScan, ProcessSource
+from ddcustom.sources.processes import ProcessScan, ProcessSource, ProcFiles
 from ddcustom.sources.system import SystemSource
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ class Collector:
         self._last_error: dict[str, str] = {}  # source -> last error message logged
         self._gpu: Optional[GpuSource] = None  # created on the first GPU read
         self._baseline: Optional[BaselineSource] = None  # while the profile uses a baseline metric
+        # kept across settings changes: the process table's /proc files stay open between cycles
+        self._proc_files = ProcFiles(proc_root, hold=proc_root == "/proc")
         self._identities = IdentityReader(proc_root)  # what processes run: files hashed once, for both
         self._evidence = EvidenceReader(self._identities.read, proc_root)
         self._feedback = FeedbackReader(*_feedback_paths(settings))  # configured by _configure
@@ -69,6 +71,7 @@ class Collector:
             settings.miner_process_names,
             settings.mining_pool_ports,
             self._proc_root,
+            self._proc_files,
         )
         paths = _feedback_paths(settings)
         if self._feedback.paths != paths:
@@ -136,6 +139,7 @@ class Collector:
     def close(self) -> None:
         self._close_gpu()
         self._close_baseline()
+        self._proc_files.close()
 
     def _close_baseline(self) -> None:
         baseline, self._baseline = self._baseline, None

@@ -1,7 +1,9 @@
 """Process source: children of the watched applications, miner processes, connections to pool ports.
 
 One scan of ``/proc/<pid>/stat`` (parent pid, name) and ``/proc/<pid>/cmdline`` per cycle, with bounded
-reads; a process that exits during the scan is skipped. Matching rules:
+reads; a process that exits during the scan is skipped. The two files of each process stay open across
+scans (ProcFiles): a read at offset 0 returns a /proc file's current content, so a scan costs one system
+call per file instead of three. Matching rules:
 
 - a process is *watched* when its name (``comm``, or the basename of argv[0]) equals a WatchedProcesses
   entry (the kernel truncates ``comm`` to 15 characters; a longer entry matches its first 15). The
@@ -22,17 +24,20 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import time
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
-from ddcustom.fileio import read_bounded, read_text
+from ddcustom.fileio import read_bounded
 from ddcustom.sample import Connection, MinerProcess, ProcessInfo, ProcessStats
 
 STAT_BYTES = 4096
 CMDLINE_BYTES = 4096
 COMM_LENGTH = 15  # TASK_COMM_LEN - 1
+MAX_HELD_PROCESSES = 4096  # processes whose /proc files ProcFiles keeps open, at most
 
 STRATUM_URL = re.compile(r"stratum2?\+(?:tcp|ssl|tls)://", re.IGNORECASE)
 MINER_FLAG = re.compile(r"--donate-level\b")
@@ -52,7 +57,7 @@ def parse_stat(text: str) -> tuple[str, int, int, int]:
     if not sep:
         raise ValueError(f"malformed stat line: {text[:60]!r}")
     comm = head.partition("(")[2]
-    fields = tail.split()  # state, ppid, ... utime at 11, stime at 12, starttime at 19
+    fields = tail.split(None, 20)  # state, ppid, ... utime at 11, stime at 12, starttime at 19; the rest
     numbers = [int(fields[i]) if len(fields) > i else 0 for i in (11, 12, 19)]
     return comm, int(fields[1]), numbers[0] + numbers[1], numbers[2]
 
@@ -84,23 +89,100 @@ def parse_cmdline(raw: bytes) -> list[str]:
     return [arg.decode("utf-8", "replace") for arg in raw.rstrip(b"\0").split(b"\0")] if raw else []
 
 
-def read_process_table(proc_root: str = "/proc") -> dict[int, ProcessInfo]:
-    """All processes under ``proc_root`` by pid; processes that vanish while being read are skipped."""
-    table: dict[int, ProcessInfo] = {}
-    for name in os.listdir(proc_root):
-        if not name.isdigit():
-            continue
-        base = f"{proc_root}/{name}/"
+class ProcFiles:
+    """``/proc/<pid>/stat`` and ``cmdline`` descriptors kept open from one scan to the next.
+
+    A descriptor of a /proc/<pid> file belongs to the process it was opened for, not to the number: once
+    that process has exited and been reaped, reading it fails with ESRCH even when a new process got the
+    same pid, so a reused pid is opened afresh and never read as the old process. At most
+    ``max_processes`` processes are held (by default a quarter of the open-file limit, two descriptors
+    each); the others are opened, read and closed as before. ``hold=False`` never holds one (fixture
+    trees in tests, whose files are replaced rather than rewritten).
+    """
+
+    def __init__(
+        self, proc_root: str = "/proc", hold: bool = True, max_processes: Optional[int] = None
+    ) -> None:
+        self.proc_root = proc_root
+        if max_processes is None:
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            max_processes = MAX_HELD_PROCESSES if soft == resource.RLIM_INFINITY else soft // 8
+        self.max_processes = min(max_processes, MAX_HELD_PROCESSES) if hold else 0
+        self._held: dict[int, tuple[int, int]] = {}  # pid -> (stat fd, cmdline fd)
+        weakref.finalize(self, _close_all, self._held)  # a ProcFiles dropped without close() closes too
+
+    @property
+    def held(self) -> frozenset[int]:
+        """The pids whose files are open now."""
+        return frozenset(self._held)
+
+    def read(self, pid: int) -> tuple[bytes, bytes]:
+        """(stat, cmdline) of process ``pid``, each one bounded read; OSError when it is gone."""
+        fds = self._held.get(pid)
+        if fds is not None:
+            try:
+                stat = os.pread(fds[0], STAT_BYTES, 0)
+                if stat:
+                    return stat, os.pread(fds[1], CMDLINE_BYTES, 0)
+            except OSError:
+                pass
+            self._drop(pid)  # exited; the pid may be another process's now: open it afresh
+        base = f"{self.proc_root}/{pid}/"
+        if len(self._held) >= self.max_processes:
+            return (
+                read_bounded(base + "stat", STAT_BYTES, one_read=True),
+                read_bounded(base + "cmdline", CMDLINE_BYTES, one_read=True),
+            )
+        stat_fd = os.open(base + "stat", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            stat = parse_stat(read_text(base + "stat", STAT_BYTES, one_read=True))
-            argv = parse_cmdline(read_bounded(base + "cmdline", CMDLINE_BYTES, one_read=True))
+            cmdline_fd = os.open(base + "cmdline", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            os.close(stat_fd)
+            raise
+        self._held[pid] = (stat_fd, cmdline_fd)
+        try:
+            return os.pread(stat_fd, STAT_BYTES, 0), os.pread(cmdline_fd, CMDLINE_BYTES, 0)
+        except OSError:
+            self._drop(pid)
+            raise
+
+    def keep_only(self, pids: Iterable[int]) -> None:
+        """Close the files of every held process not in ``pids`` (those the last listing showed)."""
+        for pid in self._held.keys() - set(pids):
+            self._drop(pid)
+
+    def close(self) -> None:
+        _close_all(self._held)
+
+    def _drop(self, pid: int) -> None:
+        for fd in self._held.pop(pid):
+            os.close(fd)
+
+
+def _close_all(held: dict[int, tuple[int, int]]) -> None:
+    while held:
+        for fd in held.popitem()[1]:
+            os.close(fd)
+
+
+def read_process_table(proc_root: str = "/proc", files: Optional[ProcFiles] = None) -> dict[int, ProcessInfo]:
+    """All processes under ``proc_root`` by pid; processes that vanish while being read are skipped.
+    ``files`` keeps their files open for the next call (default: opened and closed each time)."""
+    if files is None:
+        files = ProcFiles(proc_root, hold=False)
+    table: dict[int, ProcessInfo] = {}
+    pids = [int(name) for name in os.listdir(proc_root) if name.isdigit()]
+    for pid in pids:
+        try:
+            stat_raw, cmdline_raw = files.read(pid)
+            stat = parse_stat(stat_raw.decode("utf-8", "replace"))
         except (OSError, ValueError, IndexError):  # exited mid-scan, or not readable
             continue
+        argv = parse_cmdline(cmdline_raw)
         argv0_name = argv[0].rpartition("/")[2] if argv else ""
         comm, ppid, cpu_ticks, start_ticks = stat
-        table[int(name)] = ProcessInfo(
-            int(name), ppid, comm, argv0_name, " ".join(argv), cpu_ticks, start_ticks
-        )
+        table[pid] = ProcessInfo(pid, ppid, comm, argv0_name, " ".join(argv), cpu_ticks, start_ticks)
+    files.keep_only(pids)
     return table
 
 
@@ -213,17 +295,21 @@ class ProcessSource:
         miner_names: Iterable[str],
         pool_ports: frozenset[int],
         proc_root: str = "/proc",
+        files: Optional[ProcFiles] = None,
     ) -> None:
+        """``files``: the open /proc files to read with, kept by the caller across sources (default: a
+        ProcFiles of its own, holding files open only under the real /proc)."""
         self.watched_names = tuple(watched_names)
         self.miner_pattern = miner_name_pattern(miner_names)
         self.pool_ports = pool_ports
         self.proc_root = proc_root
+        self.files = files if files is not None else ProcFiles(proc_root, hold=proc_root == "/proc")
         self._cpu = CpuMeter()
 
     def scan(self, connections: Iterable[Connection], now: Optional[float] = None) -> ProcessScan:
         """Scan the processes; ``connections`` are the network source's established connections, ``now``
         the monotonic time of the scan (per-process CPU is measured between scans)."""
-        table = read_process_table(self.proc_root)
+        table = read_process_table(self.proc_root, self.files)
         scan = build_process_scan(table, self.watched_names, self.miner_pattern, self.pool_ports, connections)
         cpu = self._cpu.update(table, time.monotonic() if now is None else now)
         return replace(scan, cpu_percent=cpu)
