@@ -9,6 +9,7 @@ import os
 import socket
 import struct
 from collections import namedtuple
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,29 @@ def test_missing_ipv6_tables_count_as_empty() -> None:
     assert stats.established_tcp == (Connection("10.0.0.1", 3333, 50000, "eth0"),)
 
 
+def test_connections_of_the_previous_cycle_are_reused_while_unchanged() -> None:
+    """A connection still open is the same object the next cycle; one whose local address moved to another
+    interface, or a new socket on the same ports, is built again; closed ones are forgotten."""
+    counters = NetCounters(bytes_in=0, bytes_out=0, packets_in=0, packets_out=0)
+    first_socket = (TCP_ESTABLISHED, "10.0.0.2", 50000, "10.0.0.1", 3333, 11)
+    second_socket = (TCP_ESTABLISHED, "10.0.0.2", 50001, "10.0.0.1", 3333, 12)
+    known: dict[tuple[int, str, int, str, int, int], Connection] = {}
+    eth0 = {"10.0.0.2": "eth0"}
+    first = build_network_stats(
+        counters, [first_socket, second_socket], [], eth0, False, known
+    ).established_tcp
+    assert first == (Connection("10.0.0.1", 3333, 50000, "eth0"), Connection("10.0.0.1", 3333, 50001, "eth0"))
+    second = build_network_stats(counters, [first_socket], [], eth0, False, known).established_tcp
+    assert second == first[:1] and second[0] is first[0]
+    assert list(known) == [first_socket]
+
+    moved = build_network_stats(counters, [first_socket], [], {"10.0.0.2": "wlan0"}, False, known)
+    assert moved.established_tcp == (Connection("10.0.0.1", 3333, 50000, "wlan0"),)
+    same_ports_new_socket = (*first_socket[:5], 99)
+    again = build_network_stats(counters, [same_ports_new_socket], [], eth0, False, known).established_tcp
+    assert again == first[:1] and again[0].inode == 99
+
+
 # ---- a real sample captured from this kind of machine (see fixtures/proc/capture_net.py) ----------
 
 
@@ -270,42 +294,150 @@ def test_live_source_without_ipv6_tables(tmp_path: Path) -> None:
     assert stats.counters.bytes_in == 502000
 
 
-# ---- sock_diag netlink: a hand-built buffer, and the live kernel against /proc/net/tcp -------------------
+# ---- sock_diag netlink: hand-built buffers, and the live kernel against /proc/net/tcp ------------------
+
+# what the kernel appends to each record even when no extension is asked for (here INET_DIAG_SHUTDOWN)
+SHUTDOWN_ATTRIBUTE = struct.pack("=HHB3x", 5, 8, 0)
 
 
 def diag_record(
-    family: int, state: int, sport: int, dport: int, src: bytes, dst: bytes, inode: int = 0
+    family: int, state: int, sport: int, dport: int, src: bytes, dst: bytes, inode: int = 0, kind: int = 18
 ) -> bytes:
-    body = struct.pack("=BBBB", family, state, 0, 0) + struct.pack(">HH", sport, dport)
-    body += src.ljust(16, b"\0") + dst.ljust(16, b"\0") + b"\0" * 28  # interface, cookie, expires, ...uid
-    body += struct.pack("=I", inode)
-    return struct.pack("=IHHII", 16 + len(body), 20, 2, 1, 0) + body
+    """One inet_diag_msg as the kernel sends it; the fields the parser skips are set, so that reading at
+    a wrong offset shows."""
+    body = struct.pack("=BBBB", family, state, 1, 2) + struct.pack(">HH", sport, dport)
+    body += src.ljust(16, b"\0") + dst.ljust(16, b"\0") + b"\xab" * 28  # interface, cookie, ...uid
+    body += struct.pack("=I", inode) + SHUTDOWN_ATTRIBUTE
+    return struct.pack("=IHHII", 16 + len(body), kind, 2, 1, 0) + body
+
+
+def ipv4_mapped(ipv4: bytes) -> bytes:
+    return b"\0" * 10 + b"\xff\xff" + ipv4
 
 
 def test_parse_sock_diag_by_hand() -> None:
     data = diag_record(socket.AF_INET, 1, 50000, 3333, bytes([10, 0, 0, 2]), bytes([10, 0, 0, 1]), 987654)
-    data += diag_record(socket.AF_INET6, 10, 80, 0, b"\0" * 16, b"\0" * 16)
-    mapped = b"\0" * 10 + b"\xff\xff" + bytes([10, 0, 0, 2])
+    data += diag_record(socket.AF_INET6, 10, 80, 0, b"\0" * 16, b"\0" * 16, kind=20)
     data += diag_record(
-        socket.AF_INET6, 1, 8080, 4444, mapped, b"\0" * 10 + b"\xff\xff" + bytes([10, 0, 0, 1])
+        socket.AF_INET6, 1, 8080, 4444, ipv4_mapped(bytes([10, 0, 0, 2])), ipv4_mapped(bytes([10, 0, 0, 1]))
     )
-    entries, done = parse_sock_diag(data, {})
+    data += diag_record(socket.AF_INET, 10, 22, 0, bytes(4), bytes(4), 4242)
+    fd00_2, db8_1 = (socket.inet_pton(socket.AF_INET6, ip) for ip in ("fd00::2", "2001:db8::1"))
+    data += diag_record(socket.AF_INET6, 1, 443, 51000, fd00_2, db8_1, 77)
+    ipv4, ipv6, done = parse_sock_diag(data, ({}, {}))
     assert not done
-    assert entries == [
-        (1, "10.0.0.2", 50000, "10.0.0.1", 3333, 987654),
+    assert ipv4 == [(1, "10.0.0.2", 50000, "10.0.0.1", 3333, 987654), (10, "0.0.0.0", 22, "0.0.0.0", 0, 4242)]
+    assert ipv6 == [
         (10, "::", 80, "::", 0, 0),
-        (1, "10.0.0.2", 8080, "10.0.0.1", 4444, 0),
+        (1, "10.0.0.2", 8080, "10.0.0.1", 4444, 0),  # an IPv6 socket on an IPv4-mapped address
+        (1, "fd00::2", 443, "2001:db8::1", 51000, 77),
     ]
     done_message = struct.pack("=IHHII", 20, 3, 2, 1, 0) + b"\0" * 4
-    assert parse_sock_diag(done_message, {}) == ([], True)
+    assert parse_sock_diag(done_message, ({}, {})) == ([], [], True)
+    assert parse_sock_diag(data + done_message, ({}, {})) == (ipv4, ipv6, True)
+
+
+def test_parse_sock_diag_keeps_ipv4_and_ipv6_address_texts_apart() -> None:
+    """An IPv4 address and the IPv6 address with the same first four bytes fill the same 16-byte field:
+    the texts kept across buffers must not mix them up, whichever comes first."""
+    ten = bytes([10, 0, 0, 2])
+    for families in ((socket.AF_INET, socket.AF_INET6), (socket.AF_INET6, socket.AF_INET)):
+        texts: tuple[dict[bytes, str], dict[bytes, str]] = ({}, {})
+        found = {}
+        for family in families:
+            ipv4, ipv6, _ = parse_sock_diag(diag_record(family, 1, 1000, 2000, ten, ten), texts)
+            found[family] = (ipv4 + ipv6)[0][1]
+        assert found == {socket.AF_INET: "10.0.0.2", socket.AF_INET6: "a00:2::"}
 
 
 def test_parse_sock_diag_errors() -> None:
     error = struct.pack("=IHHII", 36, 2, 0, 1, 0) + struct.pack("=i", -13) + b"\0" * 16
-    with pytest.raises(OSError, match="Permission denied"):
-        parse_sock_diag(error, {})
-    with pytest.raises(OSError, match="malformed"):
-        parse_sock_diag(struct.pack("=IHHII", 0, 20, 0, 1, 0), {})
+    with pytest.raises(network.SockDiagRefused, match="Permission denied") as refused:
+        parse_sock_diag(error, ({}, {}))
+    assert refused.value.errno == 13
+    record = diag_record(socket.AF_INET, 1, 1000, 2000, bytes(4), bytes(4))
+    with pytest.raises(OSError, match="malformed message length 0"):
+        parse_sock_diag(struct.pack("=IHHII", 0, 20, 0, 1, 0), ({}, {}))
+    with pytest.raises(OSError, match="malformed message length 16"):  # an error without its errno
+        parse_sock_diag(struct.pack("=IHHII", 16, 2, 0, 1, 0), ({}, {}))
+    with pytest.raises(OSError, match=f"malformed message length {len(record) + 4}"):  # past the buffer
+        parse_sock_diag(struct.pack("=I", len(record) + 4) + record[4:], ({}, {}))
+    with pytest.raises(OSError, match="record of 56 bytes is too short"):  # header and 40 bytes of 72
+        parse_sock_diag(struct.pack("=I", 56) + record[4:56], ({}, {}))
+    assert parse_sock_diag(record + record[:12], ({}, {}))[:2] == (
+        [(1, "0.0.0.0", 1000, "0.0.0.0", 2000, 0)],
+        [],
+    )
+
+
+@pytest.fixture
+def loopback_sockets() -> Iterator[list[socket.socket]]:
+    """On 127.0.0.1, ::1 and ::ffff:127.0.0.1 (an IPv6 socket on an IPv4-mapped address): a listener, a
+    client connected to it and the accepted end."""
+    opened: list[socket.socket] = []
+    try:
+        for family, host in (
+            (socket.AF_INET, "127.0.0.1"),
+            (socket.AF_INET6, "::1"),
+            (socket.AF_INET6, "::ffff:127.0.0.1"),
+        ):
+            server = socket.socket(family, socket.SOCK_STREAM)
+            opened.append(server)
+            server.bind((host, 0))
+            server.listen(1)
+            client = socket.socket(family, socket.SOCK_STREAM)
+            opened.append(client)
+            client.settimeout(5)
+            client.connect((host, server.getsockname()[1]))
+            opened.append(server.accept()[0])
+        yield opened
+    finally:
+        for sock in opened:
+            sock.close()
+
+
+def expected_entry(sock: socket.socket) -> tuple[int, str, int, str, int, int]:
+    local = sock.getsockname()
+    local_ip = _shown(local[0])
+    inode = os.fstat(sock.fileno()).st_ino
+    if _listening(sock):
+        return (
+            TCP_LISTEN,
+            local_ip,
+            local[1],
+            "::" if sock.family == socket.AF_INET6 else "0.0.0.0",
+            0,
+            inode,
+        )
+    peer = sock.getpeername()
+    return (TCP_ESTABLISHED, local_ip, local[1], _shown(peer[0]), peer[1], inode)
+
+
+def _shown(ip: str) -> str:
+    return ip[len("::ffff:") :] if ip.startswith("::ffff:") else ip
+
+
+@pytest.mark.parametrize("one_walk", [True, False])
+def test_sock_diag_lists_the_loopback_sockets_of_both_families(
+    loopback_sockets: list[socket.socket], one_walk: bool
+) -> None:
+    entries = sock_diag_tcp((TCP_ESTABLISHED, TCP_LISTEN), one_walk=one_walk)
+    inodes = {os.fstat(sock.fileno()).st_ino for sock in loopback_sockets}
+    mine = [e for e in entries if e[5] in inodes]  # other sockets of the host are left out
+    ipv4 = {expected_entry(sock) for sock in loopback_sockets if sock.family == socket.AF_INET}
+    ipv6 = {expected_entry(sock) for sock in loopback_sockets if sock.family == socket.AF_INET6}
+    assert len(mine) == 9
+    assert set(mine[:3]) == ipv4 and set(mine[3:]) == ipv6  # IPv4 sockets first, as before
+
+
+def test_one_walk_and_per_family_requests_give_the_same_entries(
+    loopback_sockets: list[socket.socket],
+) -> None:
+    inodes = {os.fstat(sock.fileno()).st_ino for sock in loopback_sockets}
+    states = (TCP_ESTABLISHED, TCP_LISTEN)
+    one_walk = [e for e in sock_diag_tcp(states) if e[5] in inodes]
+    per_family = [e for e in sock_diag_tcp(states, one_walk=False) if e[5] in inodes]
+    assert len(one_walk) == 9 and one_walk == per_family  # in the same order too
 
 
 def test_sock_diag_agrees_with_proc_net_tcp() -> None:
@@ -439,6 +571,7 @@ def test_sock_diag_refused_by_the_kernel_falls_back_to_proc(
 ) -> None:
     """A request type the kernel does not know gets a real NLMSG_ERROR (EINVAL): the source reads
     /proc/net/tcp instead, says so once, and closes its netlink socket."""
+    monkeypatch.setattr(network, "_TCPDIAG_GETSOCK", 99)
     monkeypatch.setattr(network, "_SOCK_DIAG_BY_FAMILY", 99)
     caplog.set_level(logging.INFO, logger="ddcustom.sources.network")
     server = socket.socket(socket.AF_INET6)
@@ -453,7 +586,28 @@ def test_sock_diag_refused_by_the_kernel_falls_back_to_proc(
     finally:
         server.close()
     fallbacks = [r.getMessage() for r in caplog.records if "sock_diag" in r.getMessage()]
-    assert len(fallbacks) == 1 and "Invalid argument" in fallbacks[0]
+    assert len(fallbacks) == 2 and all("Invalid argument" in message for message in fallbacks)
+    assert "asking per family" in fallbacks[0] and "reading /proc/net/tcp" in fallbacks[1]
+
+
+def test_a_refused_request_for_both_families_is_asked_per_family(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, loopback_sockets: list[socket.socket]
+) -> None:
+    """A kernel without the older request answers it with an error (here a type it does not know, EINVAL):
+    the source asks per family from then on, and still lists every socket."""
+    monkeypatch.setattr(network, "_TCPDIAG_GETSOCK", 99)
+    with pytest.raises(network.SockDiagRefused, match="Invalid argument"):
+        sock_diag_tcp((TCP_ESTABLISHED, TCP_LISTEN))
+    caplog.set_level(logging.INFO, logger="ddcustom.sources.network")
+    source = NetworkSource(include_loopback=True)
+    client = loopback_sockets[1]
+    expected = Connection("127.0.0.1", client.getpeername()[1], client.getsockname()[1], "lo")
+    for _ in range(2):
+        stats = source.read()
+        assert ListeningPort(loopback_sockets[0].getsockname()[1], "lo") in stats.listening_tcp
+        assert expected in stats.established_tcp
+    fallbacks = [r.getMessage() for r in caplog.records if "sock_diag" in r.getMessage()]
+    assert len(fallbacks) == 1 and "asking per family" in fallbacks[0] and "Invalid argument" in fallbacks[0]
 
 
 def test_sock_diag_dump_over_the_bound_stops_and_closes_the_socket() -> None:
