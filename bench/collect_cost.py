@@ -11,6 +11,8 @@ two cycles alternating, with 1000 established loopback connections and at least 
 processes the benchmark starts). First after a short learning period (the steady state of a learned
 device), then with everything new: a new listener with its own 1000 connections and 300 processes run
 from copies of sleep under new names (the first cycle hashes every copy; the next raises the alarms).
+Taking turns with the learned cycles, the system calls alone (SyscallFloor): what of a cycle is the
+machine's kernel rather than the component.
 
 Resident memory of a running ``python -m ddcustom run`` (default profile, a temporary StateDirectory,
 learning): with an empty baseline and with one of 10 000 entries written beforehand by the store itself.
@@ -31,7 +33,9 @@ import platform
 import pstats
 import shutil
 import signal
+import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -50,6 +54,8 @@ from ddcustom.report import ReportBuilder
 from ddcustom.sample import Sample
 from ddcustom.sink import serialise
 from ddcustom.sources.collect import Collector
+from ddcustom.sources.network import TCP_ESTABLISHED, TCP_LISTEN, diag_requests
+from ddcustom.sources.processes import ProcFiles
 
 # Holds N established loopback TCP connections (both ends) until killed.
 CONN_LOAD = """
@@ -151,6 +157,42 @@ class DetectionCycle:
             "endpoints": len(stats.new_endpoints),
             "listening": len(stats.new_listening),
         }
+
+
+class SyscallFloor:
+    """The system calls a learned cycle cannot do without, and nothing else: the sock_diag dump of the TCP
+    sockets (received, not parsed), a read of each process's stat and cmdline through descriptors kept
+    open (as the process table reads them), and a readlink of each exe link (as the baseline reads them).
+    Measured in the same run as the cycles: what of a cycle is the machine's kernel, not the component."""
+
+    def __init__(self) -> None:
+        self.files = ProcFiles()
+        self.requests = diag_requests((1 << TCP_ESTABLISHED) | (1 << TCP_LISTEN), one_walk=True)
+
+    def __call__(self) -> None:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 4) as sock:  # NETLINK_SOCK_DIAG
+            for request in self.requests:
+                sock.sendto(request, (0, 0))
+                while not _dump_done(sock.recv(1 << 16)):
+                    pass
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                self.files.read(pid)
+            with contextlib.suppress(OSError):
+                os.readlink(f"/proc/{pid}/exe")
+        self.files.keep_only(pids)
+
+
+def _dump_done(data: bytes) -> bool:
+    """Whether a netlink receive buffer ends the dump (NLMSG_DONE or NLMSG_ERROR, or nothing)."""
+    offset = 0
+    while offset + 16 <= len(data):
+        length, kind = struct.unpack_from("=IH", data, offset)
+        if kind in (2, 3) or length < 16:
+            return True
+        offset += (length + 3) & ~3
+    return not data
 
 
 def cpu_ms(cycle: Callable[[], object]) -> float:
@@ -257,8 +299,11 @@ def measure_baseline(connections: int, processes: int, cycles: int, profile_coun
         result["learning_cycles"] = len(learning)
         result["first_learning_cycle_ms"] = learning[0]
         alarms = on.alarms
-        learned = alternating({"on": on, "off": off}, cycles)
+        floor = SyscallFloor()
+        learned = alternating({"on": on, "off": off, "floor": floor}, cycles)
+        floor.files.close()
         result["learned"] = summary(learned, on, alarms)
+        result["syscall_floor_ms"] = statistics.median(learned["floor"])
         if profile_count:
             print(f"cProfile, {profile_count} learned cycles with the baseline:", file=sys.stderr)
             print(profiled(on, profile_count), file=sys.stderr)
@@ -337,6 +382,8 @@ from ddcustom.config import parse_settings
 from ddcustom.report import ReportBuilder
 from ddcustom.sink import serialise
 from ddcustom.sources.collect import Collector
+from ddcustom.sources.network import TCP_ESTABLISHED, TCP_LISTEN, diag_requests
+from ddcustom.sources.processes import ProcFiles
 with open(sys.argv[1]) as f:
     settings, _ = parse_settings(json.load(f))
 collector, builder, previous = Collector(settings), ReportBuilder(settings), None
@@ -574,6 +621,11 @@ def print_baseline(baseline: dict[str, Any]) -> None:
             f"| {name} | {processes} | {row['with_ms']:.2f} | {row['without_ms']:.2f} | {ratio} | {new} "
             f"| {row['alarms']} |"
         )
+    print(
+        f"\nThe system calls alone (the sock_diag dump, each process's stat and cmdline read, its exe link "
+        f"read; taking turns with the learned cycles): {baseline['syscall_floor_ms']:.2f} ms, the kernel's "
+        "share of a learned cycle on this machine."
+    )
     print(
         f"\nLearning ({LEARNING_SECONDS} s): {baseline['learning_cycles']} cycles, the first (hashing every "
         f"executable of the host) {baseline['first_learning_cycle_ms']:.2f} ms. Steady rows: medians of "

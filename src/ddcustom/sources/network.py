@@ -287,7 +287,9 @@ def _ip_text(raw: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET6, raw)
 
 
-def _diag_requests(state_mask: int, one_walk: bool) -> list[bytes]:
+def diag_requests(state_mask: int, one_walk: bool) -> list[bytes]:
+    """The netlink messages asking for the TCP sockets in ``state_mask`` (bit ``1 << state`` per state):
+    one message for both families, or with ``one_walk`` off one per family."""
     if one_walk:  # the dump ignores this request's family field and lists both
         bodies = [(_TCPDIAG_GETSOCK, _COMPAT_REQUEST.pack(socket.AF_INET, 0, 0, 0, state_mask, 0))]
     else:
@@ -314,7 +316,7 @@ def sock_diag_tcp(
     texts: AddressTexts = ({}, {})
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_SOCK_DIAG) as sock:
         sock.settimeout(NETLINK_TIMEOUT_SECONDS)
-        for request in _diag_requests(sum(1 << state for state in set(states)), one_walk):
+        for request in diag_requests(sum(1 << state for state in set(states)), one_walk):
             sock.sendto(request, (0, 0))
             received, done = 0, False
             while not done:
