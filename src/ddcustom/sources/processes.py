@@ -94,7 +94,8 @@ class ProcFiles:
 
     A descriptor of a /proc/<pid> file belongs to the process it was opened for, not to the number: once
     that process has exited and been reaped, reading it fails with ESRCH even when a new process got the
-    same pid, so a reused pid is opened afresh and never read as the old process. At most
+    same pid, so a reused pid is opened afresh and never read as the old process. (An open stat or
+    cmdline file pins no memory of its process, only the kernel's small pid record.) At most
     ``max_processes`` processes are held (by default a quarter of the open-file limit, two descriptors
     each); the others are opened, read and closed as before. ``hold=False`` never holds one (fixture
     trees in tests, whose files are replaced rather than rewritten).
