@@ -50,6 +50,13 @@ Miners
 Benign runs
   In-alarms are counted from the run's start to one interval after its end. Target: none.
 
+Editing the project during a run
+  Processes of the run execute files of this repository: the pool and the proxy run
+  bench/evasion_pool.py, the benchmark itself bench/evasion.py. A script that changes under a running
+  interpreter is a new executable to the baseline (a changed script is another program), so an edit
+  during a run raises new-executables alarms that are the edit's, not a scenario's. The benchmark
+  hashes the files under bench/ and src/ at its start and end, and names those that changed.
+
 Output
   A Markdown table on stdout, and JSON (--out, default bench/results/evasion.json). Exit status 0 when
   everything ran (targets met or not: the table says), 1 when the component, the pool or a scenario
@@ -65,6 +72,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import ipaddress
 import json
 import os
@@ -762,6 +770,21 @@ class Bench:
         }
 
 
+def source_hashes() -> dict[str, str]:
+    """SHA-256 of every file under bench/ and src/ by path relative to the repository (caches left out)."""
+    hashes: dict[str, str] = {}
+    for top in (BENCH, REPO / "src"):
+        for path in sorted(top.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts and path.parent != BENCH / "results":
+                hashes[str(path.relative_to(REPO))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashes
+
+
+def changed_files(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """Paths added, removed or changed between two source_hashes()."""
+    return sorted(path for path in before.keys() | after.keys() if before.get(path) != after.get(path))
+
+
 def run(
     args: argparse.Namespace, timing: Timing, attacks: list[Attack], benign: list[Benign], processes_seen: str
 ) -> dict[str, Any]:
@@ -783,6 +806,7 @@ def run(
         "benign": [],
         "failure": None,
     }
+    sources = source_hashes()
     with tempfile.TemporaryDirectory(prefix="ddc-evasion-") as tmp:
         folder = Path(tmp)
         log_path = folder / "processes.log"
@@ -848,6 +872,7 @@ def run(
                     if shm is not None:
                         shutil.rmtree(shm, ignore_errors=True)
     document["load_average_at_end"] = os.getloadavg()
+    document["files_changed_during_run"] = changed_files(sources, source_hashes())
     return document
 
 
@@ -978,6 +1003,12 @@ def markdown(document: dict[str, Any]) -> str:
     if document["benign"]:
         count = sum(r["in_alarms"] for r in document["benign"])
         lines.append(f"targets: {count} in-alarm(s) in the benign runs (target 0)")
+    if document.get("files_changed_during_run"):
+        lines.append(
+            "WARNING: files of the project changed during the run (a script changed under a running "
+            "process is a new executable: alarms may be the edit's): "
+            + ", ".join(document["files_changed_during_run"])
+        )
     if document["failure"]:
         lines.append(f"FAILED: {document['failure']}")
     return "\n".join(lines)

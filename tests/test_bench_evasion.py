@@ -267,6 +267,21 @@ def test_quick_shortens_every_period_and_explicit_options_win() -> None:
         evasion.parse_args(["--attack-seconds", "0"])
 
 
+def test_files_edited_during_a_run_are_named_in_the_results() -> None:
+    # an edit of a script a run's process executes raises new-executables: the table must say so
+    before = {"bench/evasion_pool.py": "a", "src/ddcustom/agent.py": "b", "bench/old.py": "c"}
+    after = {"bench/evasion_pool.py": "a2", "src/ddcustom/agent.py": "b", "bench/new.py": "d"}
+    assert evasion.changed_files(before, after) == ["bench/evasion_pool.py", "bench/new.py", "bench/old.py"]
+    assert evasion.changed_files(before, dict(before)) == []
+    hashes = evasion.source_hashes()
+    assert "bench/evasion.py" in hashes and "src/ddcustom/agent.py" in hashes
+    assert not any("__pycache__" in path for path in hashes)
+    document = {"attacks": [], "benign": [], "failure": None, "files_changed_during_run": ["bench/x.py"]}
+    assert "WARNING: files of the project changed during the run" in evasion.markdown(document)
+    assert "bench/x.py" in evasion.markdown(document)
+    assert "WARNING" not in evasion.markdown({**document, "files_changed_during_run": []})
+
+
 def test_alarms_follow_the_alert_topic_only() -> None:
     alarms = evasion.Alarms()
 
