@@ -771,11 +771,13 @@ class Bench:
 
 
 def source_hashes() -> dict[str, str]:
-    """SHA-256 of every file under bench/ and src/ by path relative to the repository (caches left out)."""
+    """SHA-256 of every file under bench/ and src/ by path relative to the repository (caches, results and
+    the install's egg-info left out)."""
     hashes: dict[str, str] = {}
     for top in (BENCH, REPO / "src"):
         for path in sorted(top.rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts and path.parent != BENCH / "results":
+            skipped = "__pycache__" in path.parts or path.parent == BENCH / "results"
+            if path.is_file() and not skipped and not any(p.endswith(".egg-info") for p in path.parts):
                 hashes[str(path.relative_to(REPO))] = hashlib.sha256(path.read_bytes()).hexdigest()
     return hashes
 

@@ -275,7 +275,7 @@ def test_files_edited_during_a_run_are_named_in_the_results() -> None:
     assert evasion.changed_files(before, dict(before)) == []
     hashes = evasion.source_hashes()
     assert "bench/evasion.py" in hashes and "src/ddcustom/agent.py" in hashes
-    assert not any("__pycache__" in path for path in hashes)
+    assert not any("__pycache__" in path or ".egg-info" in path for path in hashes)
     document = {"attacks": [], "benign": [], "failure": None, "files_changed_during_run": ["bench/x.py"]}
     assert "WARNING: files of the project changed during the run" in evasion.markdown(document)
     assert "bench/x.py" in evasion.markdown(document)
