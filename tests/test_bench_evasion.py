@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -280,6 +281,36 @@ def test_files_edited_during_a_run_are_named_in_the_results() -> None:
     assert "WARNING: files of the project changed during the run" in evasion.markdown(document)
     assert "bench/x.py" in evasion.markdown(document)
     assert "WARNING" not in evasion.markdown({**document, "files_changed_during_run": []})
+
+
+def test_cycles_are_counted_from_the_grid_the_alerts_arrive_on() -> None:
+    # cycles tick at 2.0 + 5k; alerts arrive 20-300 ms after their tick, one off the grid (an extra cycle)
+    ticks = [2.0 + 5 * k for k in range(40)]
+    arrivals = [t + 0.02 + (k % 7) * 0.04 for k, t in enumerate(ticks)] + [103.4]
+    phase = evasion.cycle_phase(arrivals, 5.0)
+    assert phase is not None and 2.0 <= phase <= 2.03  # the earliest arrival of the cluster: never early
+    # a miner started 0.1 s after a tick is seen by the next two: alarmed by cycle 2, arriving after 10 s
+    assert evasion.cycles_between(phase, 5.0, 12.1, 22.0 + 0.15) == 2
+    assert evasion.cycles_between(phase, 5.0, 11.9, 22.0 + 0.15) == 3  # started before the tick at 12
+    # within the smallest delay after a tick, the tick counts as after the start: too many, never too few
+    assert evasion.cycles_between(phase, 5.0, 12.01, 22.0 + 0.15) == 3
+    assert evasion.cycles_between(phase, 5.0, 12.5, 17.1) == 1
+    # the grid's phase near the interval's end: arrivals wrap around modulo the interval
+    wrapped = [4.95 + 5 * k + 0.1 for k in range(10)]
+    wrapped_phase = evasion.cycle_phase(wrapped, 5.0)
+    assert wrapped_phase is not None and abs(wrapped_phase - 0.05) < 1e-9
+    assert evasion.cycle_phase([], 5.0) is None
+    document: dict[str, Any] = {"attacks": [
+        {"started_monotonic": 12.1, "first_alarm_monotonic": 22.15, "within_two_intervals": False},
+        {"started_monotonic": 11.9, "first_alarm_monotonic": 22.15, "within_two_intervals": True},
+        {"started_monotonic": 30.0, "first_alarm_monotonic": None, "within_two_intervals": False},
+    ]}  # fmt: skip
+    evasion.count_cycles(document, phase)
+    assert [(r.get("first_alarm_cycle"), r["within_two_intervals"]) for r in document["attacks"]] == [
+        (2, True),
+        (3, False),
+        (None, False),
+    ]
 
 
 def test_alarms_follow_the_alert_topic_only() -> None:
