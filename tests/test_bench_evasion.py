@@ -301,9 +301,9 @@ def test_cycles_are_counted_from_the_grid_the_alerts_arrive_on() -> None:
     assert wrapped_phase is not None and abs(wrapped_phase - 0.05) < 1e-9
     assert evasion.cycle_phase([], 5.0) is None
     document: dict[str, Any] = {"attacks": [
-        {"started_monotonic": 12.1, "first_alarm_monotonic": 22.15, "within_two_intervals": False},
-        {"started_monotonic": 11.9, "first_alarm_monotonic": 22.15, "within_two_intervals": True},
-        {"started_monotonic": 30.0, "first_alarm_monotonic": None, "within_two_intervals": False},
+        {"started_monotonic": 12.1, "first_alarm_monotonic": 22.15},
+        {"started_monotonic": 11.9, "first_alarm_monotonic": 22.15},
+        {"started_monotonic": 30.0, "first_alarm_monotonic": None},  # not caught
     ]}  # fmt: skip
     evasion.count_cycles(document, phase)
     assert [(r.get("first_alarm_cycle"), r["within_two_intervals"]) for r in document["attacks"]] == [
@@ -311,6 +311,8 @@ def test_cycles_are_counted_from_the_grid_the_alerts_arrive_on() -> None:
         (3, False),
         (None, False),
     ]
+    evasion.count_cycles(document, None)  # no alert arrived at all: nothing was caught
+    assert [r["within_two_intervals"] for r in document["attacks"]] == [False, False, False]
 
 
 def test_alarms_follow_the_alert_topic_only() -> None:

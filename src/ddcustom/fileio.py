@@ -48,9 +48,9 @@ def read_bounded(path: PathLike, limit: int, *, one_read: bool = False) -> bytes
         os.close(fd)
 
 
-def read_text(path: PathLike, limit: int, *, one_read: bool = False) -> str:
+def read_text(path: PathLike, limit: int) -> str:
     """``read_bounded`` as text, bytes that are not UTF-8 replaced."""
-    return read_bounded(path, limit, one_read=one_read).decode("utf-8", "replace")
+    return read_bounded(path, limit).decode("utf-8", "replace")
 
 
 def read_regular(path: PathLike, limit: int) -> tuple[bytes, os.stat_result]:

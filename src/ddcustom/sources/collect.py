@@ -46,7 +46,7 @@ class Collector:
         self._gpu: Optional[GpuSource] = None  # created on the first GPU read
         self._baseline: Optional[BaselineSource] = None  # while the profile uses a baseline metric
         # kept across settings changes: the process table's /proc files stay open between cycles
-        self._proc_files = ProcFiles(proc_root, hold=proc_root == "/proc")
+        self._proc_files = ProcFiles(proc_root)
         self._identities = IdentityReader(proc_root)  # what processes run: files hashed once, for both
         self._evidence = EvidenceReader(self._identities.read, proc_root)
         self._feedback = FeedbackReader(*_feedback_paths(settings))  # configured by _configure

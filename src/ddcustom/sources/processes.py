@@ -97,18 +97,16 @@ class ProcFiles:
     same pid, so a reused pid is opened afresh and never read as the old process. (An open stat or
     cmdline file pins no memory of its process, only the kernel's small pid record.) At most
     ``max_processes`` processes are held (by default a quarter of the open-file limit, two descriptors
-    each); the others are opened, read and closed as before. ``hold=False`` never holds one (fixture
-    trees in tests, whose files are replaced rather than rewritten).
+    each); the others are opened, read and closed as before. Only the real /proc is held: a fixture tree
+    in tests has its files replaced rather than rewritten, which a held descriptor would not see.
     """
 
-    def __init__(
-        self, proc_root: str = "/proc", hold: bool = True, max_processes: Optional[int] = None
-    ) -> None:
+    def __init__(self, proc_root: str = "/proc", max_processes: Optional[int] = None) -> None:
         self.proc_root = proc_root
         if max_processes is None:
             soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
             max_processes = MAX_HELD_PROCESSES if soft == resource.RLIM_INFINITY else soft // 8
-        self.max_processes = min(max_processes, MAX_HELD_PROCESSES) if hold else 0
+        self.max_processes = min(max_processes, MAX_HELD_PROCESSES) if proc_root == "/proc" else 0
         self._held: dict[int, tuple[int, int]] = {}  # pid -> (stat fd, cmdline fd)
         weakref.finalize(self, _close_all, self._held)  # a ProcFiles dropped without close() closes too
 
@@ -170,7 +168,7 @@ def read_process_table(proc_root: str = "/proc", files: Optional[ProcFiles] = No
     """All processes under ``proc_root`` by pid; processes that vanish while being read are skipped.
     ``files`` keeps their files open for the next call (default: opened and closed each time)."""
     if files is None:
-        files = ProcFiles(proc_root, hold=False)
+        files = ProcFiles(proc_root, max_processes=0)
     table: dict[int, ProcessInfo] = {}
     pids = [int(name) for name in os.listdir(proc_root) if name.isdigit()]
     for pid in pids:
@@ -299,12 +297,12 @@ class ProcessSource:
         files: Optional[ProcFiles] = None,
     ) -> None:
         """``files``: the open /proc files to read with, kept by the caller across sources (default: a
-        ProcFiles of its own, holding files open only under the real /proc)."""
+        ProcFiles of its own)."""
         self.watched_names = tuple(watched_names)
         self.miner_pattern = miner_name_pattern(miner_names)
         self.pool_ports = pool_ports
         self.proc_root = proc_root
-        self.files = files if files is not None else ProcFiles(proc_root, hold=proc_root == "/proc")
+        self.files = files if files is not None else ProcFiles(proc_root)
         self._cpu = CpuMeter()
 
     def scan(self, connections: Iterable[Connection], now: Optional[float] = None) -> ProcessScan:
