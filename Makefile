@@ -37,7 +37,7 @@ pytest: $(DEV_STAMP)
 	$(BIN)/pytest -q
 
 demo: $(DEMO_STAMP)
-	$(BIN)/python -m ddcustom.demo
+	$(BIN)/python -m ddcustom.tooling.demo
 
 # README.md's metric and configuration tables, from metrics.py and config.py
 docs: $(DEMO_STAMP)
@@ -50,7 +50,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python bench/evasion.py
 
 build: $(DEV_STAMP)
-	$(BIN)/python -m ddcustom.build
+	$(BIN)/python -m ddcustom.tooling.build
 
 clean:
 	rm -rf greengrass-build zip-build .pytest_cache .mypy_cache .ruff_cache

@@ -43,19 +43,19 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ddcustom.alerts.event import IN_ALARM
-from ddcustom.baseline.identity import ExecutableIdentity
-from ddcustom.baseline.store import FILE_NAME, BaselineStore
-from ddcustom.config import Settings, parse_settings
-from ddcustom.detect.engine import Engine
-from ddcustom.detect.profile import load_profile
-from ddcustom.metrics import BASELINE_METRICS, METRICS
-from ddcustom.report import ReportBuilder
-from ddcustom.sample import Sample
-from ddcustom.sink import serialise
-from ddcustom.sources.collect import Collector
-from ddcustom.sources.network import TCP_ESTABLISHED, TCP_LISTEN, diag_requests
-from ddcustom.sources.processes import ProcFiles
+from ddcustom.device.baseline.store import FILE_NAME, BaselineStore
+from ddcustom.device.config import Settings, parse_settings
+from ddcustom.device.detect.engine import Engine
+from ddcustom.device.detect.events import IN_ALARM
+from ddcustom.device.detect.profile import load_profile
+from ddcustom.device.metrics import BASELINE_METRICS, METRICS
+from ddcustom.device.outputs.report import ReportBuilder
+from ddcustom.device.outputs.sink import serialise
+from ddcustom.device.sample import Sample
+from ddcustom.device.sources.collect import Collector
+from ddcustom.device.sources.identity import ExecutableIdentity
+from ddcustom.device.sources.network import TCP_ESTABLISHED, TCP_LISTEN, diag_requests
+from ddcustom.device.sources.processes import ProcFiles
 
 # Holds N established loopback TCP connections (both ends) until killed.
 CONN_LOAD = """
@@ -378,12 +378,12 @@ def memory_mb(pid: int) -> Optional[tuple[float, float]]:
 
 RSS_LOOP = """
 import json, sys, time
-from ddcustom.config import parse_settings
-from ddcustom.report import ReportBuilder
-from ddcustom.sink import serialise
-from ddcustom.sources.collect import Collector
-from ddcustom.sources.network import TCP_ESTABLISHED, TCP_LISTEN, diag_requests
-from ddcustom.sources.processes import ProcFiles
+from ddcustom.device.config import parse_settings
+from ddcustom.device.outputs.report import ReportBuilder
+from ddcustom.device.outputs.sink import serialise
+from ddcustom.device.sources.collect import Collector
+from ddcustom.device.sources.network import TCP_ESTABLISHED, TCP_LISTEN, diag_requests
+from ddcustom.device.sources.processes import ProcFiles
 with open(sys.argv[1]) as f:
     settings, _ = parse_settings(json.load(f))
 collector, builder, previous = Collector(settings), ReportBuilder(settings), None

@@ -130,7 +130,7 @@ class AlertLog:
 
 def latency_profile() -> dict[str, object]:
     """The default profile's rules on the four signals measured here, each raising alerts."""
-    from ddcustom.detect.profile import load_profile
+    from ddcustom.device.detect.profile import load_profile
 
     behaviors = [b for b in load_profile("crypto-mining").to_json()["behaviors"] if b["name"] in EXPECTED]
     return {"name": "crypto-mining", "behaviors": [{**b, "suppressAlerts": False} for b in behaviors]}

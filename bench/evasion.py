@@ -98,8 +98,8 @@ from typing import IO, Any, Optional
 import yaml
 
 import evasion_pidns
-from ddcustom.devnucleus import DevNucleus, Published
-from ddcustom.devnucleus.lifecycle import lifecycle_steps
+from ddcustom.tooling.devnucleus import DevNucleus, Published
+from ddcustom.tooling.devnucleus.lifecycle import lifecycle_steps
 from evasion_pool import LOOPBACK, Namespace, NamespaceError, require_allowed
 from gpu_scenarios import child_env
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ddcustom.devnucleus import DevNucleus
+from ddcustom.tooling.devnucleus import DevNucleus
 
 TEST_THING = "test-thing"
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ddcustom.config import SCHEMA
-from ddcustom.metrics import METRICS
+from ddcustom.device.config import SCHEMA
+from ddcustom.device.metrics import METRICS
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

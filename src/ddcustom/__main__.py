@@ -1,3 +1,3 @@
-from ddcustom.cli import main
+from ddcustom.cli.main import main
 
 raise SystemExit(main())

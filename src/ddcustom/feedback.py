@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar, Union, cast
 
-from ddcustom.config import DEFAULTS, busy_outside_file_next_to
-from ddcustom.fileio import write_atomic
-from ddcustom.sources import gpu
+from ddcustom.device.config import DEFAULTS, busy_outside_file_next_to
+from ddcustom.device.fileio import write_atomic
+from ddcustom.device.sources import gpu
 
 log = logging.getLogger(__name__)
 

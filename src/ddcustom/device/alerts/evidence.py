@@ -1,0 +1,141 @@
+"""Evidence for an alert: what an operator needs to act without logging in to the device.
+
+A metric's declaration says what a violation points at (metrics.Metric.culprits): processes, connections,
+listening ports. This module describes them from the sample the alert was raised on and from /proc, once
+per in-alarm event (never on the per-cycle path): for each process its pid, name, executable path and
+SHA-256 (with an interpreter's script), command line, user, start time, parent chain up to pid 1, and
+the remote endpoints of its established connections; a connection whose process is not named is matched
+to the process holding its socket. Everything is bounded, so that an alert stays far below IoT Core's
+128 KB message size whatever the device runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+from collections.abc import Mapping
+from typing import Any, Callable, Optional
+
+from ddcustom.device.fileio import read_text
+from ddcustom.device.metrics import Culprits
+from ddcustom.device.sample import Connection, ProcessInfo, Sample
+from ddcustom.device.sources.identity import ExecutableIdentity
+
+MAX_PROCESSES = 5
+MAX_ENDPOINTS = 20
+MAX_CMDLINE_CHARS = 512
+MAX_PARENTS = 16
+MAX_FDS = 4096  # of one process, when looking for the holder of a socket
+MAX_BYTES = 16 * 1024
+
+
+class EvidenceReader:
+    def __init__(
+        self, identity: Callable[[int], Optional[ExecutableIdentity]], proc_root: str = "/proc"
+    ) -> None:
+        self._identity = identity
+        self._proc_root = proc_root
+        self._boot_time: Optional[float] = None
+        self._ticks = os.sysconf("SC_CLK_TCK")
+
+    def describe(self, sample: Sample, culprits: Culprits) -> Optional[dict[str, Any]]:
+        """The evidence of ``culprits`` in ``sample``; None when there is nothing to show."""
+        pids, connections, items = culprits
+        table = sample.processes.table if sample.processes is not None else {}
+        established = sample.network.established_tcp if sample.network is not None else ()
+        by_inode = {c.inode: c for c in established if c.inode}
+        chosen = list(dict.fromkeys(pids))[:MAX_PROCESSES]
+        if connections and not chosen:  # the processes holding those connections
+            wanted = {c.inode for c in connections if c.inode}
+            chosen = [pid for pid in sorted(table) if wanted & self._sockets(pid)][:MAX_PROCESSES]
+        evidence: dict[str, Any] = {}
+        processes = [p for p in (self._process(pid, table, by_inode) for pid in chosen) if p is not None]
+        if processes:
+            evidence["processes"] = processes
+        if connections:
+            evidence["connections"] = sorted({c.remote_addr for c in connections})[:MAX_ENDPOINTS]
+        if items:
+            evidence["items"] = list(items[:MAX_ENDPOINTS])
+        while processes and len(json.dumps(evidence)) > MAX_BYTES:
+            processes.pop()  # the first processes are described whole rather than all of them cut
+            evidence["truncated"] = True
+        return evidence or None
+
+    def _process(
+        self, pid: int, table: Mapping[int, ProcessInfo], by_inode: Mapping[int, Connection]
+    ) -> Optional[dict[str, Any]]:
+        info = table.get(pid)
+        try:
+            uid = os.stat(f"{self._proc_root}/{pid}").st_uid
+        except OSError:
+            return None  # it has exited since the sample
+        described: dict[str, Any] = {"pid": pid, "name": info.comm if info else ""}
+        identity = self._identity(pid)
+        if identity is not None:
+            described["exe"] = identity.path
+            described["sha256"] = identity.sha256
+            if identity.script:
+                described["script"] = identity.script
+                described["script_sha256"] = identity.script_sha256
+            if identity.reason_unknowable:
+                described["unknowable"] = identity.reason_unknowable
+        if info is not None:
+            described["cmdline"] = info.cmdline[:MAX_CMDLINE_CHARS]
+            started = self._started(info)
+            if started is not None:
+                described["started"] = started
+        described["user"] = _user(uid)
+        described["parents"] = _parents(pid, table)
+        endpoints = sorted({by_inode[i].remote_addr for i in self._sockets(pid) if i in by_inode})
+        described["endpoints"] = endpoints[:MAX_ENDPOINTS]
+        return described
+
+    def _sockets(self, pid: int) -> set[int]:
+        """Inodes of the sockets process ``pid`` holds (none when it cannot be looked at)."""
+        folder = f"{self._proc_root}/{pid}/fd"
+        inodes: set[int] = set()
+        try:
+            names = os.listdir(folder)[:MAX_FDS]
+        except OSError:
+            return inodes
+        for name in names:
+            try:
+                target = os.readlink(f"{folder}/{name}")
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target.endswith("]"):
+                inodes.add(int(target[8:-1]))
+        return inodes
+
+    def _started(self, info: ProcessInfo) -> Optional[int]:
+        """The process's start, in epoch seconds: boot time plus its start ticks."""
+        if self._boot_time is None:
+            try:
+                lines = read_text(f"{self._proc_root}/stat", 1 << 20).splitlines()
+                self._boot_time = next(float(line.split()[1]) for line in lines if line.startswith("btime "))
+            except (OSError, StopIteration, ValueError, IndexError):
+                return None
+        return int(self._boot_time + info.start_ticks / self._ticks)
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _parents(pid: int, table: Mapping[int, ProcessInfo]) -> list[dict[str, Any]]:
+    """The chain of parents from ``pid``'s up to pid 1 (names and pids), as far as the table has them."""
+    chain: list[dict[str, Any]] = []
+    seen = {pid}
+    parent = table[pid].ppid if pid in table else 0
+    while parent > 0 and parent not in seen and len(chain) < MAX_PARENTS:
+        seen.add(parent)
+        info = table.get(parent)
+        chain.append({"pid": parent, "name": info.comm if info else ""})
+        if info is None:
+            break
+        parent = info.ppid
+    return chain

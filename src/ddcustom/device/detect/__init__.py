@@ -1,0 +1,1 @@
+"""Detection: Device Defender security profiles (the behavior language) evaluated on each Sample."""

@@ -1,0 +1,34 @@
+"""Where reports and alerts go: the contract both outputs (local JSON lines, Greengrass IPC) implement,
+and the one encoding they publish."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from ddcustom.device.detect.events import ViolationEvent
+
+
+class SinkError(Exception):
+    """A report or alert could not be delivered now; the agent keeps alerts spooled and retries."""
+
+
+class Sink(Protocol):
+    def publish_report(self, report: dict[str, Any]) -> bool:
+        """Deliver a Device Defender report. False when this sink does not take reports now."""
+
+    def publish_alert(self, alert: ViolationEvent) -> None:
+        """Deliver one alert; return only once it is acknowledged, else raise SinkError."""
+
+    def publish_shadow(self, document: dict[str, Any]) -> bool:
+        """Update the thing's named shadow ``ddcustom``. False when this sink has no shadow."""
+
+
+def serialise(message: dict[str, Any]) -> str:
+    """Compact JSON as every sink publishes it, reports and alerts (NaN and infinity are refused)."""
+    return json.dumps(message, separators=(",", ":"), allow_nan=False)
+
+
+def report_topic(thing_name: str) -> str:
+    """Device Defender's reserved topic for a thing's JSON metrics reports."""
+    return f"$aws/things/{thing_name}/defender/metrics/json"

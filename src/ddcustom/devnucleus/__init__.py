@@ -1,9 +1,0 @@
-"""A stand-in Greengrass nucleus for tests and local runs (see docs/greengrass.md)."""
-
-from __future__ import annotations
-
-from ddcustom.devnucleus.access import RecipeError
-from ddcustom.devnucleus.codec import FrameError
-from ddcustom.devnucleus.server import DevNucleus, Published
-
-__all__ = ["DevNucleus", "FrameError", "Published", "RecipeError"]

@@ -1,1 +1,0 @@
-"""Sources: one module per kind of measurement; each produces a part of ``ddcustom.sample.Sample``."""

@@ -1,0 +1,363 @@
+"""The evasion benchmark's machinery (bench/evasion.py), without running the benchmark: the miners reach
+a pool and speak JSON lines to it, the proxy relays CONNECT, nothing is ever pointed outside the
+private /30 or loopback, and the command line picks what it should. Loopback only."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support.helpers import ROOT
+
+BENCH = ROOT / "bench"
+sys.path.insert(0, str(BENCH))
+
+import evasion  # noqa: E402
+import evasion_pool  # noqa: E402
+from ddcustom.tooling.devnucleus import Published  # noqa: E402
+
+LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
+WAIT = 15.0  # bound on every wait for a process; each usually answers within a second
+
+
+@pytest.fixture(scope="module")
+def miner(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return evasion.compile_miner(tmp_path_factory.mktemp("miner"))
+
+
+@pytest.fixture
+def pool() -> Iterator[evasion_pool.Server]:
+    server = evasion_pool.Server("127.0.0.1", 0, evasion_pool.PoolHandler, LOOPBACK).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def proxy() -> Iterator[evasion_pool.Server]:
+    server = evasion_pool.Server("127.0.0.1", 0, evasion_pool.ProxyHandler, LOOPBACK).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def port_of(server: evasion_pool.Server) -> int:
+    return int(server.server_address[1])
+
+
+def wait_for_methods(server: evasion_pool.Server, wanted: set[str]) -> list[dict]:
+    deadline = time.monotonic() + WAIT
+    while True:
+        with server.received_lock:
+            received = list(server.received)
+        if wanted <= {m.get("method") for m in received} or time.monotonic() > deadline:
+            return received
+        time.sleep(0.05)
+
+
+def run_until(argv: list[str], executable: str, server: evasion_pool.Server, wanted: set[str]) -> list[dict]:
+    process = subprocess.Popen(argv, executable=executable, stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        return wait_for_methods(server, wanted)
+    finally:
+        process.kill()
+        process.wait(WAIT)
+
+
+def test_the_c_miner_names_itself_and_speaks_json_lines_to_its_pool(
+    miner: Path, pool: evasion_pool.Server
+) -> None:
+    argv = [
+        "kworker/0:2",
+        "-o",
+        f"stratum+tcp://127.0.0.1:{port_of(pool)}",
+        "--duty",
+        "10",
+        "--name",
+        "kworker/0:2",
+    ]
+    process = subprocess.Popen(
+        argv, executable=str(miner), stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "connected"
+        assert Path(f"/proc/{process.pid}/comm").read_text().strip() == "kworker/0:2"
+        received = wait_for_methods(pool, {"mining.subscribe", "mining.authorize"})
+    finally:
+        process.kill()
+        process.wait(WAIT)
+    assert [m["method"] for m in received[:2]] == ["mining.subscribe", "mining.authorize"]
+
+
+def test_the_c_miner_reads_its_pool_from_a_config_file_and_goes_through_the_proxy(
+    miner: Path, pool: evasion_pool.Server, proxy: evasion_pool.Server, tmp_path: Path
+) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"pools": [{"url": f"127.0.0.1:{port_of(pool)}", "user": "w"}]}))
+    argv = ["m", "-c", str(config), "-x", f"127.0.0.1:{port_of(proxy)}", "--duty", "10"]
+    received = run_until(argv, str(miner), pool, {"mining.subscribe"})
+    assert "mining.subscribe" in {m["method"] for m in received}
+
+
+@pytest.mark.parametrize("pool_address", ["0.0.0.0", "10.200.0.3", "10.200.0.8", "192.0.2.1"])
+def test_the_c_miner_refuses_a_pool_outside_the_allowed_network_before_connecting(
+    miner: Path, pool_address: str
+) -> None:
+    # The proxy "localhost:1" is not numeric: were the pool let through, the miner would stop on it,
+    # still before connecting, with another message. Nothing is sent either way.
+    options = ["-o", f"{pool_address}:3333", "-x", "localhost:1", "--allow", "10.200.0.4/30"]
+    done = subprocess.run([str(miner), *options], capture_output=True, text=True, timeout=WAIT)
+    assert done.returncode == 2
+    assert f"refused: outside the allowed network and loopback: {pool_address}" in done.stderr
+
+
+def test_the_c_miner_takes_only_numeric_addresses(miner: Path) -> None:
+    done = subprocess.run([str(miner), "-o", "localhost:3333"], capture_output=True, text=True, timeout=WAIT)
+    assert done.returncode == 2 and "not a numeric IPv4 address: localhost" in done.stderr
+
+
+def test_the_python_miner_speaks_json_lines_to_its_pool_and_refuses_other_addresses(
+    pool: evasion_pool.Server,
+) -> None:
+    script = str(BENCH / "miner.py")
+    argv = [
+        "python3",
+        script,
+        "--pool",
+        f"127.0.0.1:{port_of(pool)}",
+        "--allow",
+        "10.200.0.4/30",
+        "--duty",
+        "10",
+    ]
+    received = run_until(argv, sys.executable, pool, {"mining.subscribe"})
+    assert received[0]["method"] == "mining.subscribe"
+
+    refused = subprocess.run(
+        [sys.executable, script, "--pool", "0.0.0.0:3333", "--allow", "10.200.0.4/30", "--seconds", "5"],
+        capture_output=True, text=True, timeout=WAIT,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "refused" in refused.stderr
+
+
+def ask_proxy(proxy: evasion_pool.Server, request_line: str) -> tuple[socket.socket, bytes]:
+    client = socket.create_connection(("127.0.0.1", port_of(proxy)), timeout=WAIT)
+    client.sendall(f"{request_line}\r\nHost: test\r\n\r\n".encode())
+    return client, evasion_pool.read_head(client)
+
+
+def test_the_proxy_relays_a_connect_to_a_loopback_listener(
+    pool: evasion_pool.Server, proxy: evasion_pool.Server
+) -> None:
+    client, head = ask_proxy(proxy, f"CONNECT 127.0.0.1:{port_of(pool)} HTTP/1.1")
+    with client:
+        assert head.startswith(b"HTTP/1.1 200 ")
+        client.sendall(b'{"id": 7, "method": "mining.submit", "params": []}\n')
+        reply = json.loads(client.makefile("rb").readline())
+    assert reply == {"id": 7, "result": True, "error": None}
+
+
+# Only targets that cannot leave this host, were the proxy to let them through.
+@pytest.mark.parametrize(
+    "request_line",
+    [
+        "CONNECT 0.0.0.0:{port} HTTP/1.1",
+        "CONNECT localhost:{port} HTTP/1.1",
+        "GET http://127.0.0.1:{port}/ HTTP/1.1",
+    ],
+)
+def test_the_proxy_refuses_anything_but_a_connect_to_an_allowed_address(
+    pool: evasion_pool.Server, proxy: evasion_pool.Server, request_line: str
+) -> None:
+    client, head = ask_proxy(proxy, request_line.format(port=port_of(pool)))
+    with client:
+        assert head.startswith(b"HTTP/1.1 403 ")
+    assert pool.received == []
+
+
+def test_require_allowed_takes_only_the_private_network_and_loopback() -> None:
+    private = ipaddress.IPv4Network("10.200.7.4/30")
+    assert str(evasion_pool.require_allowed("10.200.7.6", private)) == "10.200.7.6"
+    assert str(evasion_pool.require_allowed("127.0.0.1", private)) == "127.0.0.1"
+    for address in ("10.200.7.8", "10.200.7.3", "0.0.0.0", "192.0.2.1", "::1", "pool.example.com", ""):
+        with pytest.raises(ValueError):
+            evasion_pool.require_allowed(address, private)
+
+
+@pytest.mark.parametrize(
+    ("used", "start"),
+    [
+        ([], 0),
+        ([], 16383),
+        ([], 123456),
+        (["10.200.0.0/17", "10.200.128.0/18"], 0),
+        (["10.200.0.0/30", "10.200.0.5/32", "192.0.2.0/24", "127.0.0.0/8"], 0),
+        (["10.200.255.252/30"], 16383),
+    ],
+)
+def test_the_picked_subnet_is_an_unused_30_in_the_private_range_holding_both_addresses(
+    used: list[str], start: int
+) -> None:
+    networks = [ipaddress.IPv4Network(n) for n in used]
+    subnet = evasion_pool.pick_subnet(networks, start)
+    assert subnet.prefixlen == 30 and subnet.subnet_of(evasion_pool.PRIVATE_RANGE)
+    assert not any(subnet.overlaps(n) for n in networks)
+    namespace = evasion_pool.Namespace("n", "h", "p", subnet)
+    hosts = set(map(str, subnet.hosts()))
+    assert {namespace.host_address, namespace.pool_address} == hosts
+
+
+def test_no_subnet_is_picked_when_the_private_range_is_all_used() -> None:
+    with pytest.raises(RuntimeError):
+        evasion_pool.pick_subnet([ipaddress.IPv4Network("10.200.0.0/16")], 5)
+
+
+def test_every_miner_command_points_only_inside_the_private_network(tmp_path: Path) -> None:
+    subnet = ipaddress.IPv4Network("10.200.9.0/30")
+    network = evasion.Network("namespace", "", subnet, "10.200.9.2", 3333, 443, 80)
+    fake_miner = tmp_path / "miner"
+    fake_miner.write_bytes(b"\x7fELF")
+    for attack in evasion.ATTACKS:
+        folder = tmp_path / attack.name
+        folder.mkdir()
+        _executable, argv = evasion.miner_command(attack, network, fake_miner, tmp_path / "x.py", folder, 30)
+        text = " ".join(argv) + " ".join(p.read_text() for p in folder.glob("*.json"))
+        addresses = set(re.findall(r"\d+\.\d+\.\d+\.\d+", text))
+        assert "10.200.9.2" in addresses, attack.name
+        assert all(ipaddress.ip_address(a) in subnet for a in addresses), (attack.name, addresses)
+        assert argv[0] == attack.process_name
+        assert ("-x" in argv) == attack.via_proxy
+    outside = evasion.Network("namespace", "", subnet, "10.200.9.6", 3333, 443, 80)
+    with pytest.raises(ValueError):
+        evasion.miner_command(evasion.ATTACKS[0], outside, fake_miner, tmp_path / "x.py", tmp_path, 30)
+
+
+def test_scenarios_are_picked_by_name_or_group_and_unknown_ones_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    attacks, benign = evasion.select_scenarios("attacks")
+    assert len(attacks) == len(evasion.ATTACKS) >= 9 and benign == []
+    attacks, benign = evasion.select_scenarios("build, kworker-443")
+    assert [a.name for a in attacks] == ["kworker-443"] and [b.name for b in benign] == ["build"]
+    with pytest.raises(ValueError, match="unknown scenario 'xmrig'"):
+        evasion.select_scenarios("xmrig")
+
+    assert evasion.main(["--scenarios", "kworker-443,nope"]) == 2
+    assert "unknown scenario 'nope'" in capsys.readouterr().err
+
+
+def test_quick_shortens_every_period_and_explicit_options_win() -> None:
+    quick = evasion.timing_of(evasion.parse_args(["--quick"]))
+    full = evasion.timing_of(evasion.parse_args([]))
+    assert quick.learning < full.learning and quick.attack < full.attack and quick.benign < full.benign
+    given = evasion.timing_of(
+        evasion.parse_args(["--quick", "--benign-seconds", "7", "--learning-seconds", "9"])
+    )
+    assert (given.benign, given.learning, given.attack) == (7, 9, quick.attack)
+    with pytest.raises(SystemExit):
+        evasion.parse_args(["--attack-seconds", "0"])
+
+
+def test_files_edited_during_a_run_are_named_in_the_results() -> None:
+    # an edit of a script a run's process executes raises new-executables: the table must say so
+    before = {"bench/evasion_pool.py": "a", "src/ddcustom/device/agent.py": "b", "bench/old.py": "c"}
+    after = {"bench/evasion_pool.py": "a2", "src/ddcustom/device/agent.py": "b", "bench/new.py": "d"}
+    assert evasion.changed_files(before, after) == ["bench/evasion_pool.py", "bench/new.py", "bench/old.py"]
+    assert evasion.changed_files(before, dict(before)) == []
+    hashes = evasion.source_hashes()
+    assert "bench/evasion.py" in hashes and "src/ddcustom/device/agent.py" in hashes
+    assert not any("__pycache__" in path or ".egg-info" in path for path in hashes)
+    document = {"attacks": [], "benign": [], "failure": None, "files_changed_during_run": ["bench/x.py"]}
+    assert "WARNING: files of the project changed during the run" in evasion.markdown(document)
+    assert "bench/x.py" in evasion.markdown(document)
+    assert "WARNING" not in evasion.markdown({**document, "files_changed_during_run": []})
+
+
+def test_cycles_are_counted_from_the_grid_the_alerts_arrive_on() -> None:
+    # cycles tick at 2.0 + 5k; alerts arrive 20-300 ms after their tick, one off the grid (an extra cycle)
+    ticks = [2.0 + 5 * k for k in range(40)]
+    arrivals = [t + 0.02 + (k % 7) * 0.04 for k, t in enumerate(ticks)] + [103.4]
+    phase = evasion.cycle_phase(arrivals, 5.0)
+    assert phase is not None and 2.0 <= phase <= 2.03  # the earliest arrival of the cluster: never early
+    # a miner started 0.1 s after a tick is seen by the next two: alarmed by cycle 2, arriving after 10 s
+    assert evasion.cycles_between(phase, 5.0, 12.1, 22.0 + 0.15) == 2
+    assert evasion.cycles_between(phase, 5.0, 11.9, 22.0 + 0.15) == 3  # started before the tick at 12
+    # within the smallest delay after a tick, the tick counts as after the start: too many, never too few
+    assert evasion.cycles_between(phase, 5.0, 12.01, 22.0 + 0.15) == 3
+    assert evasion.cycles_between(phase, 5.0, 12.5, 17.1) == 1
+    # the grid's phase near the interval's end: arrivals wrap around modulo the interval
+    wrapped = [4.95 + 5 * k + 0.1 for k in range(10)]
+    wrapped_phase = evasion.cycle_phase(wrapped, 5.0)
+    assert wrapped_phase is not None and abs(wrapped_phase - 0.05) < 1e-9
+    assert evasion.cycle_phase([], 5.0) is None
+    document: dict[str, Any] = {"attacks": [
+        {"started_monotonic": 12.1, "first_alarm_monotonic": 22.15},
+        {"started_monotonic": 11.9, "first_alarm_monotonic": 22.15},
+        {"started_monotonic": 30.0, "first_alarm_monotonic": None},  # not caught
+    ]}  # fmt: skip
+    evasion.count_cycles(document, phase)
+    assert [(r.get("first_alarm_cycle"), r["within_two_intervals"]) for r in document["attacks"]] == [
+        (2, True),
+        (3, False),
+        (None, False),
+    ]
+    evasion.count_cycles(document, None)  # no alert arrived at all: nothing was caught
+    assert [r["within_two_intervals"] for r in document["attacks"]] == [False, False, False]
+
+
+def test_alarms_follow_the_alert_topic_only() -> None:
+    alarms = evasion.Alarms()
+
+    def alert(behavior: str, kind: str, topic: str = evasion.ALERT_TOPIC) -> None:
+        payload = json.dumps({"behavior": {"name": behavior}, "violationEventType": kind}).encode()
+        alarms.record(Published(topic, payload, 1, time.time(), "iot"))
+
+    start = time.monotonic()
+    alert("cpu-usage", "in-alarm")
+    alert("child-processes", "in-alarm", topic="ddcustom/alerts")  # the local copy: not counted twice
+    alert("miner-processes", "in-alarm")
+    alert("cpu-usage", "alarm-cleared")
+    alarms.record(Published(evasion.ALERT_TOPIC, b"not json", 1, time.time(), "iot"))
+    assert [b for _, b in alarms.raised(start, time.monotonic())] == ["cpu-usage", "miner-processes"]
+    assert set(alarms.active()) == {"miner-processes"}
+    assert alarms.last_clear("cpu-usage") is not None and alarms.last_clear("miner-processes") is None
+
+
+def test_the_watched_app_names_itself_and_starts_and_stops_a_child_on_command(
+    miner: Path, pool: evasion_pool.Server
+) -> None:
+    app = subprocess.Popen(
+        [sys.executable, str(BENCH / "evasion_app.py"), "--seconds", "60"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    assert app.stdin is not None and app.stdout is not None
+    try:
+        assert app.stdout.readline().strip() == "infer-app 1.0.0 started"
+        assert Path(f"/proc/{app.pid}/comm").read_text().strip() == "infer-app"
+        child = {
+            "executable": str(miner),
+            "argv": ["worker", "-o", f"127.0.0.1:{port_of(pool)}", "--duty", "5"],
+        }
+        app.stdin.write(json.dumps({"start-child": child}) + "\n")
+        app.stdin.flush()
+        assert app.stdout.readline().strip() == "connected"  # the child's output goes where the app's does
+        assert wait_for_methods(pool, {"mining.subscribe"})
+        app.stdin.write(json.dumps({"stop-child": True}) + "\n")
+        app.stdin.close()
+        assert app.wait(WAIT) == 0
+    finally:
+        if app.poll() is None:
+            os.killpg(app.pid, 9)
+            app.wait(WAIT)

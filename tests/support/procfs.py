@@ -1,0 +1,91 @@
+"""Helpers for the baseline tests: processes that are always reaped, and fixture /proc trees."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pytest
+
+from support.helpers import poll, reap, start
+
+Spawn = Callable[..., "subprocess.Popen[bytes]"]
+
+
+@pytest.fixture
+def spawn() -> Iterator[Spawn]:
+    """Start a process in its own session (output discarded); its whole group is reaped at teardown."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def run(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        kwargs.setdefault("stdout", subprocess.DEVNULL)
+        kwargs.setdefault("stderr", subprocess.DEVNULL)
+        started.append(start(args, **kwargs))
+        return started[-1]
+
+    yield run
+    for process in started:
+        reap(process)
+
+
+def cmdline_of(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            raw = handle.read()
+    except OSError:
+        return []
+    return [arg.decode() for arg in raw.rstrip(b"\0").split(b"\0")] if raw else []
+
+
+def wait_for_exec(pid: int, args: list[str]) -> None:
+    """Wait until process ``pid`` runs ``args`` (Popen returns before the child's exec)."""
+    poll(lambda: cmdline_of(pid) == args, f"pid {pid} to exec {args}")
+
+
+def fake_process(
+    proc_root: Path,
+    pid: int,
+    exe: Optional[str],
+    cmdline: list[str],
+    cwd: Optional[str] = None,
+    fds: Optional[dict[int, str]] = None,
+) -> None:
+    """A /proc/PID directory: exe and cwd links, cmdline, root linked to "/", fd links."""
+    base = proc_root / str(pid)
+    base.mkdir(parents=True)
+    if exe is not None:
+        os.symlink(exe, base / "exe")
+    (base / "cmdline").write_bytes(b"".join(arg.encode() + b"\0" for arg in cmdline))
+    if cwd is not None:
+        os.symlink(cwd, base / "cwd")
+    os.symlink("/", base / "root")
+    (base / "fd").mkdir()
+    for fd, target in (fds or {}).items():
+        os.symlink(target, base / "fd" / str(fd))
+
+
+def read_baseline_file(path: Path) -> dict[str, Any]:
+    """The baseline file as one mapping: its header, and entries and tombstones by kind and key (read
+    here, independently of the code under test, from the format storage.py documents)."""
+    header, *items = [json.loads(line) for line in path.read_text().splitlines()]
+    kinds = ("executable", "gpu_executable", "endpoint", "listening")
+    entries: dict[str, dict[str, Any]] = {kind: {} for kind in kinds}
+    forgotten: dict[str, dict[str, float]] = {kind: {} for kind in kinds}
+    for item in items:
+        if item[0] == "forgotten":
+            forgotten[item[1]][item[2]] = item[3]
+        else:
+            kind, key, first_seen, last_seen, origin, details = item
+            entries[kind][key] = {
+                "first_seen": first_seen,
+                "last_seen": last_seen,
+                "origin": origin,
+                "details": details,
+            }
+    assert header["entries"] == sum(map(len, entries.values()))
+    assert header["forgotten"] == sum(map(len, forgotten.values()))
+    return {**header, "entries": entries, "forgotten": forgotten}
