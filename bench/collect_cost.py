@@ -43,6 +43,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from ddcustom.device.agent import uses_baseline
+from ddcustom.device.alerts.evidence import EvidenceReader
+from ddcustom.device.baseline.observer import BaselineObserver
 from ddcustom.device.baseline.store import FILE_NAME, BaselineStore
 from ddcustom.device.config import Settings, parse_settings
 from ddcustom.device.detect.engine import Engine
@@ -131,17 +134,20 @@ class DetectionCycle:
 
     def __init__(self, settings: Settings) -> None:
         self.collector = Collector(settings)
+        self.observer = BaselineObserver(self.collector.identities, self.collector.details)
+        self.observer.configure(settings, uses_baseline(settings))
+        self.evidence = EvidenceReader(self.collector.identities, self.collector.details)
         self.builder = ReportBuilder(settings)
         self.engine = Engine(settings.security_profile, "bench")
         self.sample: Optional[Sample] = None
         self.alarms = 0
 
     def __call__(self) -> object:
-        sample = self.collector.sample()
+        sample = self.observer.observe(self.collector.sample())
         for event in self.engine.evaluate(sample):
             metric = METRICS.get(str(event.behavior.get("metric")))
             if event.event_type == IN_ALARM and metric is not None and metric.culprits is not None:
-                self.collector.evidence(sample, metric.culprits(sample))
+                self.evidence.collect(sample, metric.culprits(sample))
                 self.alarms += 1
         report = self.builder.build(sample, self.sample)
         self.sample = sample
@@ -337,6 +343,7 @@ def measure_baseline(connections: int, processes: int, cycles: int, profile_coun
     finally:
         for cycle in (on, off):
             if cycle is not None:
+                cycle.observer.close()
                 cycle.collector.close()
         sleepers.stop()
         for holder in holders:

@@ -36,7 +36,8 @@ from typing import Any, Callable, Optional, TypeVar, Union, cast
 
 from ddcustom.device.config import DEFAULTS, busy_outside_file_next_to
 from ddcustom.device.fileio import write_atomic
-from ddcustom.device.sources import gpu
+from ddcustom.device.sources.gpu.jetson import find_jetson_load_file, read_jetson_load
+from ddcustom.device.sources.gpu.nvml import ComputeProcesses, shutdown_nvml, start_nvml
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +104,14 @@ class GpuBusyReader:
     def __call__(self) -> Optional[list[float]]:
         with self._lock:
             if self._handles is None:
-                self._nvml, self._handles, problem = gpu.start_nvml(self._nvml)
+                self._nvml, self._handles, problem = start_nvml(self._nvml)
                 if self._handles:
-                    self._list_processes = gpu.ComputeProcesses(self._nvml)
+                    self._list_processes = ComputeProcesses(self._nvml)
                 else:
                     log.info("%s: no NVML GPU busy reading", problem)
-                    self._jetson_load_file = gpu.find_jetson_load_file(self._sysfs_root)
+                    self._jetson_load_file = find_jetson_load_file(self._sysfs_root)
             if self._jetson_load_file is not None:
-                load = gpu.read_jetson_load(self._jetson_load_file)
+                load = read_jetson_load(self._jetson_load_file)
                 return [load] if load is not None else None
             if not self._handles:
                 return None
@@ -132,7 +133,7 @@ class GpuBusyReader:
     def close(self) -> None:
         with self._lock:
             if self._handles:
-                gpu.shutdown_nvml(self._nvml)
+                shutdown_nvml(self._nvml)
             self._handles = []
 
 

@@ -197,7 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thing", help="thing name for local runs (default: AWS_IOT_THING_NAME or the host name)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("collect", help="collect once and print the Device Defender report")
+    p = sub.add_parser(
+        "collect",
+        help="collect once and print the Device Defender report (the sources' metrics; the learned "
+        "baseline's are the running component's)",
+    )
     p.add_argument("--once", action="store_true", required=True, help="collect one report (required)")
     p.add_argument("--config", help="JSON or YAML configuration file")
     p.add_argument("--compact", action="store_true", help="one line of JSON")

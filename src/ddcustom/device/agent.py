@@ -1,4 +1,4 @@
-"""The loop that ties sources, report, detection and sinks together.
+"""The agent: the one place that runs the stages in order, in a loop that does not die.
 
 Everything runs on one thread, on the monotonic clock: a sample every DetectIntervalSeconds feeds the
 detection engine, and every SampleIntervalSeconds the same sample also becomes a Device Defender report.
@@ -16,14 +16,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Optional
 
+from ddcustom.device.alerts.evidence import EvidenceReader
 from ddcustom.device.alerts.open_alarms import load_open_alarms, save_open_alarms
 from ddcustom.device.alerts.spool import AlertSpool, SpoolError
 from ddcustom.device.backoff import backoff_delays
+from ddcustom.device.baseline.observer import BaselineObserver
 from ddcustom.device.config import Settings
 from ddcustom.device.detect.engine import Engine
 from ddcustom.device.detect.events import IN_ALARM, ViolationEvent
 from ddcustom.device.fileio import read_bounded, write_atomic
-from ddcustom.device.metrics import METRICS
+from ddcustom.device.metrics import BASELINE_METRICS, METRICS
 from ddcustom.device.outputs.report import ReportBuilder
 from ddcustom.device.outputs.shadow import FleetShadow, reported_state
 from ddcustom.device.outputs.sink import Sink, SinkError
@@ -48,6 +50,11 @@ class AgentCounters:
 
 
 class Agent:
+    """The component's loop. Each cycle: the sources (Collector) make a Sample, the baseline observer
+    adds what the learned baseline does not know, the engine evaluates the security profile, alerts get
+    their evidence and go through the durable spool to the sink; reports and the fleet shadow go to the
+    sink when due. Settings change between cycles (``apply_settings``) without a restart."""
+
     def __init__(
         self,
         settings: Settings,
@@ -65,6 +72,10 @@ class Agent:
         self.counters = AgentCounters()
         self._clock = clock
         self._collector = collector or Collector(settings)
+        # the stages after the sources read single processes through the collector's readers
+        self._observer = BaselineObserver(self._collector.identities, self._collector.details)
+        self._observer.configure(settings, uses_baseline(settings))
+        self._evidence = EvidenceReader(self._collector.identities, self._collector.details)
         try:
             last_id: Optional[int] = int(read_bounded(settings.report_id_file, 32))
         except (OSError, ValueError):  # none yet, or unreadable: ids go on from the clock
@@ -93,6 +104,7 @@ class Agent:
         old = self.settings
         self.settings = settings
         self._collector.apply_settings(settings)
+        self._observer.configure(settings, uses_baseline(settings))
         last_id = self._builder.last_report_id
         self._builder = ReportBuilder(settings, last_report_id=last_id)
         if (
@@ -118,7 +130,7 @@ class Agent:
         report_due = self._next_report <= now
         detect_due = self._next_detect <= now
         if detect_due or report_due:
-            sample = self._collector.sample()
+            sample = self._observer.observe(self._collector.sample())
             if sample.baseline is None:
                 self._baseline_state = "off"
             else:
@@ -142,7 +154,7 @@ class Agent:
         metric = METRICS.get(str(event.behavior.get("metric")))
         if event.event_type != IN_ALARM or metric is None or metric.culprits is None:
             return event
-        return replace(event, evidence=self._collector.evidence(sample, metric.culprits(sample)))
+        return replace(event, evidence=self._evidence.collect(sample, metric.culprits(sample)))
 
     def _raise_alerts(self, events: list[ViolationEvent], save: bool = False) -> None:
         """Persist the open alarms (when they changed), then spool and log the events."""
@@ -274,10 +286,16 @@ class Agent:
                 wake.clear()
 
     def close(self) -> None:
+        self._observer.close()
         self._collector.close()
 
     def status(self) -> dict[str, Any]:
         return {"counters": vars(self.counters), "pending_alerts": len(self._spool)}
+
+
+def uses_baseline(settings: Settings) -> bool:
+    """Whether the security profile evaluates a metric of the learned baseline (which then runs)."""
+    return any(b.metric in BASELINE_METRICS for b in settings.security_profile.device_behaviors)
 
 
 def _next_tick(previous: float, interval: float, now: float) -> float:

@@ -51,11 +51,11 @@ def _ports(ports: tuple[ListeningPort, ...]) -> list[float]:
     return [float(p) for p in sorted({p.port for p in ports})]
 
 
-# A GPU process metric: measured only when NVML listed every compute process.
-def _nvml(read: Callable[[tuple[GpuProcess, ...]], MetricValue]) -> Reader:
+# A GPU process metric: measured only when every compute process was listed.
+def _gpu_processes(read: Callable[[tuple[GpuProcess, ...]], MetricValue]) -> Reader:
     def reader(sample: Sample, _: Optional[Sample]) -> Optional[MetricValue]:
         gpu = sample.gpu
-        if gpu is None or gpu.source != "nvml" or not gpu.processes_measured:
+        if gpu is None or not gpu.processes_measured:
             return None
         return read(gpu.processes)
 
@@ -128,10 +128,10 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("gpu_memory_used_percent", "number", "%", "GPU memory in use, percent",
            lambda s, _: s.gpu.memory_used_percent if s.gpu else None),
     Metric("gpu_unknown_processes", "number", "processes", "GPU compute processes not attributed to the app",
-           _nvml(lambda ps: float(sum(p.attribution == "unknown" for p in ps))),
+           _gpu_processes(lambda ps: float(sum(p.attribution == "unknown" for p in ps))),
            _pids(lambda s: [p.pid for p in s.gpu.processes if p.attribution == "unknown"] if s.gpu else ())),
     Metric("gpu_process_names", "string_list", "names", "Names of all GPU compute processes",
-           _nvml(lambda ps: sorted({p.name for p in ps}))),
+           _gpu_processes(lambda ps: sorted({p.name for p in ps}))),
     Metric("new_executables", "number", "processes",
            "Processes running an executable (or script) the device's learned baseline does not know",
            _baseline(lambda b: float(len(b.new_processes))),

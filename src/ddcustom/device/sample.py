@@ -106,7 +106,14 @@ class ProcessStats:
     watched_instances: Optional[int] = None
     child_pids: tuple[int, ...] = ()  # the descendants counted in child_processes
     instance_pids: tuple[int, ...] = ()  # the top-level instances counted in watched_instances
-    table: Mapping[int, ProcessInfo] = field(default_factory=dict, compare=False, repr=False)  # for evidence
+    # what later stages look at (the GPU source, the baseline, the evidence); not compared, not shown
+    table: Mapping[int, ProcessInfo] = field(default_factory=dict, compare=False, repr=False)
+    watched_pids: frozenset[int] = field(
+        default=frozenset(), compare=False, repr=False
+    )  # apps and descendants
+    cpu_percent: Mapping[int, float] = field(
+        default_factory=dict, compare=False, repr=False
+    )  # of one core, per pid
 
 
 @dataclass(frozen=True)
@@ -121,13 +128,13 @@ class GpuProcess:
 
 @dataclass(frozen=True)
 class GpuStats:
-    source: str  # "nvml" or "jetson"
     utilization_percent: Optional[float]  # mean over the device's GPUs
     power_watts: Optional[float]  # sum over the device's GPUs
     sm_clock_mhz: Optional[float]
     memory_used_percent: Optional[float]
     processes: tuple[GpuProcess, ...] = ()
-    # False when a GPU's process list could not be read: process metrics are then left out, not 0
+    # False when the compute processes could not be listed (a GPU's list failed, or the GPU cannot list
+    # them, as Jetson): the process metrics are then left out, not 0
     processes_measured: bool = True
     busiest_utilization_percent: Optional[float] = None  # the highest over the device's GPUs
 

@@ -57,7 +57,7 @@ def device_sample(
             pool,
             app_instances,
         ),
-        gpu=GpuStats("nvml", 30.0, 120.0, 1400.0, 20.0, gpu_procs) if gpu_metrics else None,
+        gpu=GpuStats(30.0, 120.0, 1400.0, 20.0, gpu_procs) if gpu_metrics else None,
     )
 
 

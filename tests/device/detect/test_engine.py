@@ -36,7 +36,7 @@ def net(
 
 def gpu(*names: str) -> GpuStats:
     procs = tuple(GpuProcess(i, n, 0, None, None, "unknown") for i, n in enumerate(names))
-    return GpuStats("nvml", 10.0, 50.0, 1000.0, 10.0, procs)
+    return GpuStats(10.0, 50.0, 1000.0, 10.0, procs)
 
 
 def engine_for(criteria: dict[str, Any], metric: str = "cpu_usage", **extra: Any) -> Engine:

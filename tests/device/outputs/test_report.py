@@ -57,7 +57,6 @@ FULL = sample(
         pool_connections=(Connection("203.0.113.9", 3333, 50000, "eth0"),),
     ),
     gpu=GpuStats(
-        source="nvml",
         utilization_percent=91.0,
         power_watts=432.25,
         sm_clock_mhz=1980.0,

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from ddcustom.device.sample import Connection, Feedback
-from ddcustom.device.sources.collect import Collector
+from ddcustom.device.sources.collect import SOURCES, Collector, check_order
+from ddcustom.device.sources.source import Machine
+from ddcustom.device.sources.system import MemorySource
 from support.fakenvml import FakeGpu, FakeNvml
 from support.helpers import FIXTURES, settings
 
@@ -55,7 +57,7 @@ def test_failing_sources_are_left_out_logged_once_and_recover(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="ddcustom.device.sources.collect")
-    collector = Collector(settings(), proc_root=str(tmp_path))  # an empty /proc: nothing to read
+    collector = Collector(settings(), Machine(proc_root=str(tmp_path)))  # an empty /proc: nothing to read
     first = collector.sample()
     second = collector.sample()
     for sample in (first, second):
@@ -110,7 +112,7 @@ def test_settings_change_does_not_restart_the_network_counters(tmp_path: Path) -
     (tmp_path / "net").mkdir()
     dev = (PROC / "hand" / "net" / "dev").read_text()  # lo has 1000 bytes in since boot
     (tmp_path / "net" / "dev").write_text(dev)
-    collector = Collector(settings(), proc_root=str(tmp_path))
+    collector = Collector(settings(), Machine(proc_root=str(tmp_path)))
     first = collector.sample().network
     collector.apply_settings(settings(IncludeLoopback=True))
     (tmp_path / "net" / "dev").write_text(dev.replace("lo:    1000      10", "lo:    1064      11"))
@@ -130,7 +132,9 @@ def test_when_the_meter_stops_the_busiest_gpu_is_the_busy_outside_inference(tmp_
         "InferenceTimeFeedbackFile": str(tmp_path / "time"),
         "GpuBusyOutsideFeedbackFile": str(tmp_path / "outside"),
     }
-    collector = Collector(settings(EnableGPUMetrics=True, **files), nvml=nvml, sysfs_root=str(tmp_path))
+    collector = Collector(
+        settings(EnableGPUMetrics=True, **files), Machine(nvml=nvml, sysfs_root=str(tmp_path))
+    )
     try:
         assert collector.sample().feedback == Feedback(0.1, 0.8, 0.0)  # the meter's value
         (tmp_path / "outside").unlink()  # the meter is gone (it will not rewrite the file either)
@@ -149,7 +153,7 @@ def test_nvml_stays_initialised_across_settings_changes_until_gpu_metrics_are_of
     (proc / "4242").mkdir()
     (proc / "4242" / "comm").write_text("trainer\n")
     nvml = FakeNvml([FakeGpu(gpu_percent=50, processes=[(4242, 1 << 30)])])
-    collector = Collector(settings(EnableGPUMetrics=True), proc_root=str(proc), nvml=nvml)
+    collector = Collector(settings(EnableGPUMetrics=True), Machine(proc_root=str(proc), nvml=nvml))
     try:
 
         def attribution() -> str:
@@ -173,3 +177,44 @@ def test_nvml_stays_initialised_across_settings_changes_until_gpu_metrics_are_of
         assert nvml.init_calls == 2
     finally:
         collector.close()
+
+
+class _Needs:
+    """A source that reads a field (for the order check)."""
+
+    name = "late"
+    fills = "memory_percent"
+    needs = ("gpu",)
+    reads = "nothing"
+
+    def __init__(self, machine: Machine) -> None:
+        pass
+
+    def configure(self, settings: object) -> None:
+        pass
+
+    def read(self, sample: object) -> float:
+        return 1.0
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_source_that_needs_a_field_no_earlier_source_fills_is_refused() -> None:
+    with pytest.raises(ValueError, match="source late needs gpu, which no source before it fills"):
+        check_order((_Needs(Machine()),))
+    check_order(tuple(make(Machine()) for make in SOURCES))  # the declared order is one that works
+
+
+def test_each_source_fills_its_field_from_one_list(tmp_path: Path) -> None:
+    """The collector's sample holds what the sources of its list filled, and nothing else."""
+    (tmp_path / "meminfo").write_text((PROC / "hand" / "meminfo").read_text())
+    collector = Collector(settings(), Machine(proc_root=str(tmp_path)), sources=(MemorySource,))
+    try:
+        sample = collector.sample()
+    finally:
+        collector.close()
+    assert sample.memory_percent == 25.0
+    assert (sample.network, sample.processes, sample.cpu_percent, sample.gpu, sample.errors) == (
+        None, None, None, None, ()
+    )  # fmt: skip

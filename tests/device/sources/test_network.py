@@ -31,6 +31,7 @@ from ddcustom.device.sources.network import (
     parse_sock_diag,
     sock_diag_tcp,
 )
+from ddcustom.device.sources.source import Machine
 from support.helpers import FIXTURES
 
 PROC = FIXTURES / "proc"
@@ -290,7 +291,7 @@ def test_live_source_without_ipv6_tables(tmp_path: Path) -> None:
     (tmp_path / "net").mkdir()
     for name in ("dev", "tcp", "udp"):
         (tmp_path / "net" / name).write_text((HAND / "net" / name).read_text())
-    stats = NetworkSource(False, proc_root=str(tmp_path), if_addrs=lambda: {}).read()
+    stats = NetworkSource(Machine(proc_root=str(tmp_path)), if_addrs=lambda: {}).read()
     assert stats.established_tcp == (Connection("10.0.0.1", 3333, 50000, None),)
     assert stats.counters.bytes_in == 502000
 
@@ -510,7 +511,9 @@ def dev_text(**interfaces: int) -> str:
 
 def source_reading(tmp_path: Path, include_loopback: bool = False) -> tuple[NetworkSource, Any]:
     (tmp_path / "net").mkdir(exist_ok=True)
-    source = NetworkSource(include_loopback, proc_root=str(tmp_path), if_addrs=lambda: {})
+    source = NetworkSource(
+        Machine(proc_root=str(tmp_path)), include_loopback=include_loopback, if_addrs=lambda: {}
+    )
 
     def read(text: str) -> NetCounters:
         (tmp_path / "net" / "dev").write_text(text)

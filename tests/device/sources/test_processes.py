@@ -21,7 +21,7 @@ from ddcustom.device.sources.processes import (
     ProcessInfo,
     ProcessSource,
     ProcFiles,
-    build_process_scan,
+    build_process_stats,
     find_miners,
     miner_name,
     miner_name_pattern,
@@ -29,10 +29,22 @@ from ddcustom.device.sources.processes import (
     parse_stat,
     read_process_table,
 )
+from ddcustom.device.sources.source import Machine
 from support.helpers import FIXTURES, poll, reap, start
 
 TREE = FIXTURES / "proc" / "tree"
 WATCHED = ("inference_app", "long_name_inference_service")
+
+
+def process_source(
+    watched: tuple[str, ...],
+    miners: list[str] | tuple[str, ...],
+    ports: frozenset[int],
+    proc_root: str = "/proc",
+) -> ProcessSource:
+    source = ProcessSource(Machine(proc_root=proc_root))
+    source.set_rules(watched, miners, ports)
+    return source
 
 
 def test_parse_stat_with_parentheses_and_spaces_in_name() -> None:
@@ -97,7 +109,9 @@ def test_fake_tree_table_skips_vanished_and_non_pids() -> None:
 
 
 def test_fake_tree_scan() -> None:
-    source = ProcessSource(WATCHED, DEFAULT_MINER_PROCESS_NAMES, frozenset({3333, 4444}), proc_root=str(TREE))
+    source = process_source(
+        WATCHED, DEFAULT_MINER_PROCESS_NAMES, frozenset({3333, 4444}), proc_root=str(TREE)
+    )
     connections = (
         Connection("203.0.113.7", 3333, 50000, "eth0"),
         Connection("198.51.100.1", 443, 50001, "eth0"),
@@ -106,26 +120,26 @@ def test_fake_tree_scan() -> None:
     scan = source.scan(connections)
     # watched: 100 and 103 (inference_app), 206 (comm cut to 15 characters: long_name_infer)
     # their descendants that are not watched themselves: 101, 102 (grandchild), 104 (child of 103), 207
-    assert scan.stats.child_processes == 4
+    assert scan.child_processes == 4
     assert scan.watched_pids == frozenset({100, 101, 102, 103, 104, 206, 207})
-    assert scan.stats.miners == (
+    assert scan.miners == (
         MinerProcess(200, "xmrig-6.21", "name"),
         MinerProcess(201, "python3", "stratum"),  # STRATUM+TCP:// in upper case
         MinerProcess(203, "nginx", "name"),  # argv[0] /usr/bin/XMRig
         MinerProcess(204, "worker", "flag"),
     )
-    assert scan.stats.pool_connections == (connections[0], connections[2])
+    assert scan.pool_connections == (connections[0], connections[2])
     # 103 is a same-name child of 100: one top-level inference_app; 206 is the one long_name_inference
-    assert scan.stats.watched_instances == 1
+    assert scan.watched_instances == 1
 
 
 def test_fake_tree_nothing_watched() -> None:
-    scan = ProcessSource((), (), frozenset(), proc_root=str(TREE)).scan(())
-    assert scan.stats.child_processes == 0
-    assert scan.stats.watched_instances is None  # not measured, so not reported as 0
+    scan = process_source((), (), frozenset(), proc_root=str(TREE)).scan(())
+    assert scan.child_processes == 0
+    assert scan.watched_instances is None  # not measured, so not reported as 0
     assert scan.watched_pids == frozenset()
     # no names configured: only command lines give miners away
-    assert [m.pid for m in scan.stats.miners] == [201, 204]
+    assert [m.pid for m in scan.miners] == [201, 204]
 
 
 def test_a_process_started_elsewhere_under_the_apps_name_is_a_second_instance() -> None:
@@ -140,11 +154,11 @@ def test_a_process_started_elsewhere_under_the_apps_name_is_a_second_instance() 
     }
     pattern = miner_name_pattern(())
     without_impostor = {pid: info for pid, info in table.items() if pid != 301}
-    one = build_process_scan(without_impostor, ("infer",), pattern, frozenset(), ())
-    assert one.stats.watched_instances == 1
-    two = build_process_scan(table, ("infer", "absent"), pattern, frozenset(), ())
-    assert two.stats.watched_instances == 2
-    assert build_process_scan(table, ("absent",), pattern, frozenset(), ()).stats.watched_instances == 0
+    one = build_process_stats(without_impostor, ("infer",), pattern, frozenset(), ())
+    assert one.watched_instances == 1
+    two = build_process_stats(table, ("infer", "absent"), pattern, frozenset(), ())
+    assert two.watched_instances == 2
+    assert build_process_stats(table, ("absent",), pattern, frozenset(), ()).watched_instances == 0
 
 
 # ---- real processes --------------------------------------------------------------------------------
@@ -173,14 +187,14 @@ def test_real_renamed_miner_and_stratum_command_line(
         )
     )
     miner_pid, stratum_pid = started[0].pid, started[1].pid
-    source = ProcessSource((), DEFAULT_MINER_PROCESS_NAMES, frozenset())
+    source = process_source((), DEFAULT_MINER_PROCESS_NAMES, frozenset())
 
     def both_found() -> bool:
-        found = {m.pid: m for m in source.scan(()).stats.miners}
+        found = {m.pid: m for m in source.scan(()).miners}
         return miner_pid in found and stratum_pid in found
 
     poll(both_found, "the miner processes to show up")
-    found = {m.pid: m for m in source.scan(()).stats.miners}
+    found = {m.pid: m for m in source.scan(()).miners}
     assert found[miner_pid] == MinerProcess(miner_pid, "xmrig", "name")
     assert found[stratum_pid].reason == "stratum"
 
@@ -196,17 +210,17 @@ def test_real_watched_application_tree(tmp_path: Path, started: list[subprocess.
     )
     started.append(start([str(app), "-c", script]))
     app_pid = started[0].pid
-    source = ProcessSource(("ddtest_app",), (), frozenset())
+    source = process_source(("ddtest_app",), (), frozenset())
     # the app, its sleep and sh children, and sh's own sleep child
-    poll(lambda: source.scan(()).stats.child_processes == 3, "the application's 3 descendants")
+    poll(lambda: source.scan(()).child_processes == 3, "the application's 3 descendants")
     scan = source.scan(())
     assert app_pid in scan.watched_pids
     assert len(scan.watched_pids) == 4
     assert os.getpid() not in scan.watched_pids
-    assert scan.stats.watched_instances == 1
+    assert scan.watched_instances == 1
     # a second process under the application's name, started from elsewhere
     started.append(start([str(app), "-c", "import time; time.sleep(30)"]))
-    poll(lambda: source.scan(()).stats.watched_instances == 2, "the second instance")
+    poll(lambda: source.scan(()).watched_instances == 2, "the second instance")
 
 
 RENAME_ON_INPUT = (
@@ -291,7 +305,7 @@ def test_a_dropped_proc_files_closes_what_it_held(started: list[subprocess.Popen
 
 
 def test_fixture_trees_are_never_held() -> None:
-    source = ProcessSource(WATCHED, DEFAULT_MINER_PROCESS_NAMES, frozenset(), proc_root=str(TREE))
+    source = process_source(WATCHED, DEFAULT_MINER_PROCESS_NAMES, frozenset(), proc_root=str(TREE))
     source.scan(())
     assert not source.files.held
 
@@ -305,10 +319,8 @@ def test_real_pool_connection_from_network_source() -> None:
     accepted, _ = server.accept()
     try:
         connections = NetworkSource(include_loopback=True).read().established_tcp
-        scan = ProcessSource((), (), frozenset({pool_port})).scan(connections)
-        assert scan.stats.pool_connections == (
-            Connection("127.0.0.1", pool_port, client.getsockname()[1], "lo"),
-        )
+        scan = process_source((), (), frozenset({pool_port})).scan(connections)
+        assert scan.pool_connections == (Connection("127.0.0.1", pool_port, client.getsockname()[1], "lo"),)
     finally:
         for sock in (client, accepted, server):
             sock.close()

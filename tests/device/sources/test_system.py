@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from ddcustom.device.sources.source import Machine
 from ddcustom.device.sources.system import (
-    SystemSource,
+    CpuSource,
+    MemorySource,
     cpu_percent_between,
     parse_cpu_times,
     parse_memory_percent,
@@ -63,25 +65,25 @@ def test_bad_inputs_raise_clear_errors() -> None:
 def test_source_measures_since_previous_call(tmp_path: Path) -> None:
     shutil.copyfile(HAND / "stat", tmp_path / "stat")
     shutil.copyfile(HAND / "meminfo", tmp_path / "meminfo")
-    source = SystemSource(str(tmp_path))
+    source = CpuSource(Machine(proc_root=str(tmp_path)))
     shutil.copyfile(HAND / "stat_later", tmp_path / "stat")
-    assert source.read_cpu_percent() == 40.0
-    assert source.read_cpu_percent() is None  # nothing changed since
-    assert source.read_memory_percent() == 25.0
+    assert source.read() == 40.0
+    assert source.read() is None  # nothing changed since
+    assert MemorySource(Machine(proc_root=str(tmp_path))).read() == 25.0
 
 
 def test_source_on_this_machine() -> None:
-    source = SystemSource()
-    assert source.read_cpu_percent() is None  # the baseline: no span measured yet
+    source = CpuSource()
+    assert source.read() is None  # the baseline: no span measured yet
     # Busy here until the source has a span long enough for a reading (MIN_CPU_SPAN_SECONDS), bounded.
     deadline = time.monotonic() + 10
     cpu = None
     while cpu is None and time.monotonic() < deadline:
         sum(i * i for i in range(50_000))
-        cpu = source.read_cpu_percent()
+        cpu = source.read()
     assert cpu is not None, "no CPU reading within 10 s"
     assert 0.0 < cpu <= 100.0  # this process kept a CPU busy all along
-    assert 0.0 < source.read_memory_percent() < 100.0
+    assert 0.0 < MemorySource().read() < 100.0
 
 
 def _stat(user: int, idle: int) -> str:
@@ -91,11 +93,11 @@ def _stat(user: int, idle: int) -> str:
 def test_a_span_of_a_few_jiffies_is_no_reading_and_keeps_the_baseline(tmp_path: Path) -> None:
     # Regression: 2 busy jiffies of 2, a few ms after start, read as 100 % CPU and set off the CPU rule.
     (tmp_path / "stat").write_text(_stat(1000, 1000))
-    source = SystemSource(str(tmp_path))
+    source = CpuSource(Machine(proc_root=str(tmp_path)))
     min_span = 0.5 * os.sysconf("SC_CLK_TCK") * (os.cpu_count() or 1)
     (tmp_path / "stat").write_text(_stat(1002, 1000))
-    assert source.read_cpu_percent() is None
+    assert source.read() is None
     # later, measured from the first baseline: 25 % of the whole span
     busy = int(min_span)
     (tmp_path / "stat").write_text(_stat(1000 + busy, 1000 + 3 * busy))
-    assert source.read_cpu_percent() == 25.0
+    assert source.read() == 25.0

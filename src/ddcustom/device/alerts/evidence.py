@@ -1,8 +1,9 @@
 """Evidence for an alert: what an operator needs to act without logging in to the device.
 
 A metric's declaration says what a violation points at (metrics.Metric.culprits): processes, connections,
-listening ports. This module describes them from the sample the alert was raised on and from /proc, once
-per in-alarm event (never on the per-cycle path): for each process its pid, name, executable path and
+listening ports. This module describes them from the sample the alert was raised on and from the
+sources' readers of single processes, once per in-alarm event (never on the per-cycle path): for each
+process its pid, name, executable path and
 SHA-256 (with an interpreter's script), command line, user, start time, parent chain up to pid 1, and
 the remote endpoints of its established connections; a connection whose process is not named is matched
 to the process holding its socket. Everything is bounded, so that an alert stays far below IoT Core's
@@ -12,32 +13,40 @@ to the process holding its socket. Everything is bounded, so that an alert stays
 from __future__ import annotations
 
 import json
-import os
+import logging
 import pwd
 from collections.abc import Mapping
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-from ddcustom.device.fileio import read_text
 from ddcustom.device.metrics import Culprits
 from ddcustom.device.sample import Connection, ProcessInfo, Sample
-from ddcustom.device.sources.identity import ExecutableIdentity
+from ddcustom.device.sources.identity import IdentityReader
+from ddcustom.device.sources.process_details import ProcessDetails
+
+log = logging.getLogger(__name__)
 
 MAX_PROCESSES = 5
 MAX_ENDPOINTS = 20
 MAX_CMDLINE_CHARS = 512
 MAX_PARENTS = 16
-MAX_FDS = 4096  # of one process, when looking for the holder of a socket
 MAX_BYTES = 16 * 1024
 
 
 class EvidenceReader:
-    def __init__(
-        self, identity: Callable[[int], Optional[ExecutableIdentity]], proc_root: str = "/proc"
-    ) -> None:
-        self._identity = identity
-        self._proc_root = proc_root
-        self._boot_time: Optional[float] = None
-        self._ticks = os.sysconf("SC_CLK_TCK")
+    """Describes what an alert points at; shares the identity reader (and its hashes) with the baseline."""
+
+    def __init__(self, identities: IdentityReader, details: ProcessDetails) -> None:
+        self._identities = identities
+        self._details = details
+
+    def collect(self, sample: Sample, culprits: Culprits) -> Optional[dict[str, Any]]:
+        """``describe``, for the agent: never raises (evidence is a help; its failure must not cost the
+        alert), a failure is logged."""
+        try:
+            return self.describe(sample, culprits)
+        except Exception as exc:
+            log.warning("alert evidence not collected: %s: %s", type(exc).__name__, exc)
+            return None
 
     def describe(self, sample: Sample, culprits: Culprits) -> Optional[dict[str, Any]]:
         """The evidence of ``culprits`` in ``sample``; None when there is nothing to show."""
@@ -48,7 +57,9 @@ class EvidenceReader:
         chosen = list(dict.fromkeys(pids))[:MAX_PROCESSES]
         if connections and not chosen:  # the processes holding those connections
             wanted = {c.inode for c in connections if c.inode}
-            chosen = [pid for pid in sorted(table) if wanted & self._sockets(pid)][:MAX_PROCESSES]
+            chosen = [pid for pid in sorted(table) if wanted & self._details.socket_inodes(pid)][
+                :MAX_PROCESSES
+            ]
         evidence: dict[str, Any] = {}
         processes = [p for p in (self._process(pid, table, by_inode) for pid in chosen) if p is not None]
         if processes:
@@ -66,12 +77,11 @@ class EvidenceReader:
         self, pid: int, table: Mapping[int, ProcessInfo], by_inode: Mapping[int, Connection]
     ) -> Optional[dict[str, Any]]:
         info = table.get(pid)
-        try:
-            uid = os.stat(f"{self._proc_root}/{pid}").st_uid
-        except OSError:
+        uid = self._details.owner(pid)
+        if uid is None:
             return None  # it has exited since the sample
         described: dict[str, Any] = {"pid": pid, "name": info.comm if info else ""}
-        identity = self._identity(pid)
+        identity = self._identities.read(pid)
         if identity is not None:
             described["exe"] = identity.path
             described["sha256"] = identity.sha256
@@ -82,41 +92,16 @@ class EvidenceReader:
                 described["unknowable"] = identity.reason_unknowable
         if info is not None:
             described["cmdline"] = info.cmdline[:MAX_CMDLINE_CHARS]
-            started = self._started(info)
+            started = self._details.started(info.start_ticks)
             if started is not None:
                 described["started"] = started
         described["user"] = _user(uid)
         described["parents"] = _parents(pid, table)
-        endpoints = sorted({by_inode[i].remote_addr for i in self._sockets(pid) if i in by_inode})
+        endpoints = sorted(
+            {by_inode[i].remote_addr for i in self._details.socket_inodes(pid) if i in by_inode}
+        )
         described["endpoints"] = endpoints[:MAX_ENDPOINTS]
         return described
-
-    def _sockets(self, pid: int) -> set[int]:
-        """Inodes of the sockets process ``pid`` holds (none when it cannot be looked at)."""
-        folder = f"{self._proc_root}/{pid}/fd"
-        inodes: set[int] = set()
-        try:
-            names = os.listdir(folder)[:MAX_FDS]
-        except OSError:
-            return inodes
-        for name in names:
-            try:
-                target = os.readlink(f"{folder}/{name}")
-            except OSError:
-                continue
-            if target.startswith("socket:[") and target.endswith("]"):
-                inodes.add(int(target[8:-1]))
-        return inodes
-
-    def _started(self, info: ProcessInfo) -> Optional[int]:
-        """The process's start, in epoch seconds: boot time plus its start ticks."""
-        if self._boot_time is None:
-            try:
-                lines = read_text(f"{self._proc_root}/stat", 1 << 20).splitlines()
-                self._boot_time = next(float(line.split()[1]) for line in lines if line.startswith("btime "))
-            except (OSError, StopIteration, ValueError, IndexError):
-                return None
-        return int(self._boot_time + info.start_ticks / self._ticks)
 
 
 def _user(uid: int) -> str:

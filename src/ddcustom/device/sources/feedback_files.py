@@ -15,10 +15,11 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, ClassVar, NamedTuple, Optional
 
 from ddcustom.device.fileio import NotRegularFile, read_regular
-from ddcustom.device.sample import Feedback
+from ddcustom.device.sample import Feedback, Sample
+from ddcustom.device.sources.source import THIS_MACHINE, Machine, SourceSettings
 
 log = logging.getLogger(__name__)
 
@@ -167,3 +168,35 @@ class FeedbackReader:
             log.info("%s %s: holds a valid number again", key, path)
         self._problem[key] = None
         return read
+
+
+class FeedbackSource:
+    """The feedback files, read while GPU metrics are on (they describe the application's GPU work)."""
+
+    name: ClassVar[str] = "feedback"
+    fills: ClassVar[str] = "feedback"
+    needs: ClassVar[tuple[str, ...]] = ("gpu",)  # the busiest GPU, when the inference meter has stopped
+    reads: ClassVar[str] = "GpuLoadFeedbackFile, InferenceTimeFeedbackFile, GpuBusyOutsideFeedbackFile"
+
+    def __init__(self, machine: Machine = THIS_MACHINE) -> None:
+        self.enabled = False
+        self.reader: Optional[FeedbackReader] = None
+
+    def configure(self, settings: SourceSettings) -> None:
+        self.enabled = settings.enable_gpu_metrics
+        paths = (
+            settings.gpu_load_feedback_file,
+            settings.inference_time_feedback_file,
+            settings.gpu_busy_outside_feedback_file,
+        )
+        if self.reader is None or self.reader.paths != paths:
+            self.reader = FeedbackReader(*paths)  # kept otherwise: it remembers what it has logged
+        self.reader.meter_stale_seconds = settings.meter_stale_seconds
+
+    def read(self, sample: Sample) -> Optional[Feedback]:
+        if not self.enabled or self.reader is None:
+            return None
+        return self.reader.read(sample.gpu.busiest_utilization_percent if sample.gpu is not None else None)
+
+    def close(self) -> None:
+        pass

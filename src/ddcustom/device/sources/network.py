@@ -25,12 +25,13 @@ import os
 import socket
 import struct
 from collections.abc import Iterable, Mapping
-from typing import Any, Callable, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 import psutil
 
 from ddcustom.device.fileio import read_bounded
-from ddcustom.device.sample import Connection, ListeningPort, NetCounters, NetworkStats
+from ddcustom.device.sample import Connection, ListeningPort, NetCounters, NetworkStats, Sample
+from ddcustom.device.sources.source import THIS_MACHINE, Machine, SourceSettings
 
 log = logging.getLogger(__name__)
 
@@ -343,25 +344,40 @@ def read_proc_text(path: str, limit: int) -> str:
 
 
 class NetworkSource:
-    """Reads the network state of the host once per call to ``read``."""
+    """The network state of the host: sockets (listening and established) and interface counters."""
+
+    name: ClassVar[str] = "network"
+    fills: ClassVar[str] = "network"
+    needs: ClassVar[tuple[str, ...]] = ()
+    reads: ClassVar[str] = (
+        "TCP sockets through sock_diag netlink (else /proc/net/tcp*), /proc/net/udp*, /proc/net/dev"
+    )
 
     def __init__(
         self,
-        include_loopback: bool,
-        proc_root: str = "/proc",
+        machine: Machine = THIS_MACHINE,
+        *,
+        include_loopback: bool = False,
         if_addrs: Callable[[], Mapping[str, Iterable[Any]]] = psutil.net_if_addrs,
         use_netlink: bool = True,
     ) -> None:
         self.include_loopback = include_loopback
-        self._net_dir = os.path.join(proc_root, "net")
+        self._net_dir = os.path.join(machine.proc_root, "net")
         self._if_addrs = if_addrs
         # netlink sees the caller's own network namespace: only usable for the real /proc
-        self._use_netlink = use_netlink and proc_root == "/proc"
+        self._use_netlink = use_netlink and machine.proc_root == "/proc"
         self._one_walk = True  # until the kernel refuses the request for both families
+        # kept across settings changes: the counter totals must not restart, or report deltas would jump
         self._totals = CounterTotals()
         self._connections: dict[SocketEntry, Connection] = {}  # of the previous cycle, reused
 
-    def read(self) -> NetworkStats:
+    def configure(self, settings: SourceSettings) -> None:
+        self.include_loopback = settings.include_loopback
+
+    def close(self) -> None:
+        pass
+
+    def read(self, sample: Optional[Sample] = None) -> NetworkStats:
         tables: dict[str, str] = {}
         names = ("udp", "udp6") if self._use_netlink else ("tcp", "tcp6", "udp", "udp6")
         for name in names:
@@ -376,7 +392,7 @@ class NetworkSource:
             except OSError as exc:
                 log.info("sock_diag netlink not usable (%s); reading /proc/net/tcp instead", exc)
                 self._use_netlink = False
-                return self.read()
+                return self.read(sample)
         dev_text = read_proc_text(os.path.join(self._net_dir, "dev"), MAX_DEV_BYTES)
         counters = self._totals.update(parse_net_dev_interfaces(dev_text), self.include_loopback)
         interfaces = interface_by_address(self._if_addrs())  # once per cycle, not per connection

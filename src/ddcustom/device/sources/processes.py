@@ -28,11 +28,11 @@ import resource
 import time
 import weakref
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Optional
+from typing import ClassVar, Optional
 
 from ddcustom.device.fileio import read_bounded
-from ddcustom.device.sample import Connection, MinerProcess, ProcessInfo, ProcessStats
+from ddcustom.device.sample import Connection, MinerProcess, ProcessInfo, ProcessStats, Sample
+from ddcustom.device.sources.source import THIS_MACHINE, Machine, SourceSettings
 
 STAT_BYTES = 4096
 CMDLINE_BYTES = 4096
@@ -41,13 +41,6 @@ MAX_HELD_PROCESSES = 4096  # processes whose /proc files ProcFiles keeps open, a
 
 STRATUM_URL = re.compile(r"stratum2?\+(?:tcp|ssl|tls)://", re.IGNORECASE)
 MINER_FLAG = re.compile(r"--donate-level\b")
-
-
-@dataclass(frozen=True)
-class ProcessScan:
-    stats: ProcessStats
-    watched_pids: frozenset[int]  # the watched processes and their descendants (for GPU attribution)
-    cpu_percent: Mapping[int, float] = field(default_factory=dict)  # per pid, % of one core since last scan
 
 
 def parse_stat(text: str) -> tuple[str, int, int, int]:
@@ -264,18 +257,19 @@ def pool_connections(connections: Iterable[Connection], pool_ports: frozenset[in
     return tuple(c for c in connections if c.remote_port in pool_ports)
 
 
-def build_process_scan(
+def build_process_stats(
     table: Mapping[int, ProcessInfo],
     watched_names: Iterable[str],
     miner_pattern: re.Pattern[str],
     pool_ports: frozenset[int],
     connections: Iterable[Connection],
-) -> ProcessScan:
+    cpu_percent: Optional[Mapping[int, float]] = None,
+) -> ProcessStats:
     watched_names = tuple(watched_names)
     roots, tree = watched_tree(table, watched_names)
     children = tuple(sorted(tree - roots))
     instances = watched_instances(table, watched_names, roots)
-    stats = ProcessStats(
+    return ProcessStats(
         child_processes=len(children),
         miners=find_miners(table, miner_pattern),
         pool_connections=pool_connections(connections, pool_ports),
@@ -283,32 +277,48 @@ def build_process_scan(
         child_pids=children,
         instance_pids=instances or (),
         table=table,
+        watched_pids=frozenset(tree),
+        cpu_percent=cpu_percent if cpu_percent is not None else {},
     )
-    return ProcessScan(stats=stats, watched_pids=frozenset(tree))
 
 
 class ProcessSource:
-    def __init__(
-        self,
-        watched_names: Iterable[str],
-        miner_names: Iterable[str],
-        pool_ports: frozenset[int],
-        proc_root: str = "/proc",
-        files: Optional[ProcFiles] = None,
+    name: ClassVar[str] = "processes"
+    fills: ClassVar[str] = "processes"
+    needs: ClassVar[tuple[str, ...]] = ("network",)  # pool connections are among its connections
+    reads: ClassVar[str] = "/proc/<pid>/stat and cmdline of every process"
+
+    def __init__(self, machine: Machine = THIS_MACHINE) -> None:
+        self.watched_names: tuple[str, ...] = ()
+        self.miner_pattern = miner_name_pattern(())
+        self.pool_ports: frozenset[int] = frozenset()
+        self.proc_root = machine.proc_root
+        self.files = ProcFiles(machine.proc_root)  # open between scans
+        self._cpu = CpuMeter()
+
+    def configure(self, settings: SourceSettings) -> None:
+        self.set_rules(settings.watched_processes, settings.miner_process_names, settings.mining_pool_ports)
+
+    def set_rules(
+        self, watched_names: Iterable[str], miner_names: Iterable[str], pool_ports: frozenset[int]
     ) -> None:
-        """``files``: the open /proc files to read with, kept by the caller across sources (default: a
-        ProcFiles of its own)."""
+        """WatchedProcesses, MinerProcessNames and MiningPoolPorts."""
         self.watched_names = tuple(watched_names)
         self.miner_pattern = miner_name_pattern(miner_names)
         self.pool_ports = pool_ports
-        self.proc_root = proc_root
-        self.files = files if files is not None else ProcFiles(proc_root)
-        self._cpu = CpuMeter()
 
-    def scan(self, connections: Iterable[Connection], now: Optional[float] = None) -> ProcessScan:
+    def read(self, sample: Sample) -> ProcessStats:
+        connections = sample.network.established_tcp if sample.network is not None else ()
+        return self.scan(connections, sample.monotonic)
+
+    def scan(self, connections: Iterable[Connection], now: Optional[float] = None) -> ProcessStats:
         """Scan the processes; ``connections`` are the network source's established connections, ``now``
         the monotonic time of the scan (per-process CPU is measured between scans)."""
         table = read_process_table(self.proc_root, self.files)
-        scan = build_process_scan(table, self.watched_names, self.miner_pattern, self.pool_ports, connections)
         cpu = self._cpu.update(table, time.monotonic() if now is None else now)
-        return replace(scan, cpu_percent=cpu)
+        return build_process_stats(
+            table, self.watched_names, self.miner_pattern, self.pool_ports, connections, cpu
+        )
+
+    def close(self) -> None:
+        self.files.close()

@@ -1,12 +1,14 @@
-"""System source: CPU use (from /proc/stat, since the previous reading) and memory use (/proc/meminfo)."""
+"""CPU and memory sources: CPU use (/proc/stat, since the previous reading) and memory use (/proc/meminfo)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import Optional
+from typing import ClassVar, Optional
 
 from ddcustom.device.fileio import read_text
+from ddcustom.device.sample import Sample
+from ddcustom.device.sources.source import THIS_MACHINE, Machine, SourceSettings
 
 MAX_STAT_BYTES = 1024 * 1024
 MIN_CPU_SPAN_SECONDS = 0.5
@@ -55,19 +57,26 @@ def parse_memory_percent(meminfo_text: str) -> float:
     return round(100.0 * (total - min(available, total)) / total, 1)
 
 
-class SystemSource:
-    """CPU and memory use. CPU is measured since the previous call (the first since construction)."""
+class CpuSource:
+    """CPU use of the whole device since the previous reading (the first since construction)."""
 
-    def __init__(self, proc_root: str = "/proc") -> None:
-        self._stat_path = os.path.join(proc_root, "stat")
-        self._meminfo_path = os.path.join(proc_root, "meminfo")
+    name: ClassVar[str] = "cpu"
+    fills: ClassVar[str] = "cpu_percent"
+    needs: ClassVar[tuple[str, ...]] = ()
+    reads: ClassVar[str] = "/proc/stat"
+
+    def __init__(self, machine: Machine = THIS_MACHINE) -> None:
+        self._stat_path = os.path.join(machine.proc_root, "stat")
         self._last_cpu: Optional[CpuTimes] = None
         # /proc/stat totals are summed over all CPUs, in USER_HZ ticks
         self._min_span_jiffies = MIN_CPU_SPAN_SECONDS * os.sysconf("SC_CLK_TCK") * (os.cpu_count() or 1)
-        with contextlib.suppress(OSError, ValueError):  # read_cpu_percent reports it on its first call
+        with contextlib.suppress(OSError, ValueError):  # read() reports it on its first call
             self._last_cpu = parse_cpu_times(read_text(self._stat_path, MAX_STAT_BYTES))
 
-    def read_cpu_percent(self) -> Optional[float]:
+    def configure(self, settings: SourceSettings) -> None:
+        pass
+
+    def read(self, sample: Optional[Sample] = None) -> Optional[float]:
         """None until at least MIN_CPU_SPAN_SECONDS passed since the baseline reading.
 
         Counters tick in 10 ms jiffies: over a few milliseconds 2 busy of 2 total reads as 100 %,
@@ -80,5 +89,26 @@ class SystemSource:
         self._last_cpu = now
         return None if before is None else cpu_percent_between(before, now)
 
-    def read_memory_percent(self) -> float:
+    def close(self) -> None:
+        pass
+
+
+class MemorySource:
+    """Memory in use on the device."""
+
+    name: ClassVar[str] = "memory"
+    fills: ClassVar[str] = "memory_percent"
+    needs: ClassVar[tuple[str, ...]] = ()
+    reads: ClassVar[str] = "/proc/meminfo"
+
+    def __init__(self, machine: Machine = THIS_MACHINE) -> None:
+        self._meminfo_path = os.path.join(machine.proc_root, "meminfo")
+
+    def configure(self, settings: SourceSettings) -> None:
+        pass
+
+    def read(self, sample: Optional[Sample] = None) -> float:
         return parse_memory_percent(read_text(self._meminfo_path, MAX_STAT_BYTES))
+
+    def close(self) -> None:
+        pass

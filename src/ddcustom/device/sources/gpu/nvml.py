@@ -1,42 +1,30 @@
-"""GPU source: utilisation, power, clocks, memory and compute processes, through NVML or Jetson sysfs.
+"""NVML backend of the GPU source: utilisation, power, clocks, memory and compute processes of NVIDIA GPUs.
 
-NVML (the ``pynvml`` module of the nvidia-ml-py package) is initialised once, on the first read, and
-shut down in ``close()``. Without NVML (no driver, no library, no device) the source looks for an NVIDIA
-Jetson GPU in sysfs, which only offers the load. When neither is there, or NVML fails as a whole, the GPU
-metrics are left out (``read`` returns None) and the reason is logged once, never raised.
-
-A field one GPU cannot give (``NOT_SUPPORTED`` power on many consumer and embedded boards) leaves only
-that field out; when every field of every GPU fails (e.g. "GPU is lost") the cycle has no GPU metrics and
-one warning says why. Each compute process is attributed: "watched" (its pid is in a watched application's
-process tree), "allowed" (its name is in AllowedGpuProcesses) or "unknown".
+NVML is the ``pynvml`` module of the nvidia-ml-py package. A field one GPU cannot give (``NOT_SUPPORTED``
+power on many consumer and embedded boards) leaves only that field out; when every field of every GPU
+fails (e.g. "GPU is lost") the cycle has no GPU metrics and one warning says why. Each compute process
+is attributed: "watched" (its pid is in a watched application's process tree), "allowed" (its name is in
+AllowedGpuProcesses) or "unknown". The inference meter (ddcustom.feedback) starts NVML the same way.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
-from ddcustom.device.config import Settings
 from ddcustom.device.fileio import read_text
 from ddcustom.device.sample import GpuProcess, GpuStats
+from ddcustom.device.sources.gpu.backend import GpuGone
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Warn = Callable[[str, int], None]  # a message and its logging level, said once
 
-# Device-tree names of the integrated GPUs of Jetson TX2 (gp10b), Xavier (gv11b) and Orin (ga10b).
-JETSON_GPU_NAMES = frozenset({"gv11b", "gp10b", "ga10b", "gpu"})
-JETSON_LOAD_FILES = ("devices/gpu.0/load", "devices/platform/gpu.0/load")
-MAX_SYSFS_BYTES = 64  # a load or a name is a few bytes; never read more
 MAX_COMM_BYTES = 64  # /proc/<pid>/comm holds at most 16 bytes
-
-
-class _SourceGone(Exception):
-    """NVML or the Jetson load file failed as a whole: no GPU metrics this cycle."""
 
 
 @dataclass(frozen=True)
@@ -55,81 +43,31 @@ class _DeviceReading:
         )
 
 
-class GpuSource:
-    """Reads the device's GPUs. ``nvml``: a pynvml-like module (tests pass a fake); None imports pynvml."""
+class NvmlBackend:
+    """The GPUs NVML lists; ``nvml`` is the started module and ``handles`` its GPUs (``start_nvml``)."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        nvml: Optional[Any] = None,
-        sysfs_root: str = "/sys",
-        proc_root: str = "/proc",
-    ) -> None:
-        self.allowed_names = frozenset(settings.allowed_gpu_processes)  # may change between reads
-        self._nvml: Any = nvml  # the module once started (None before, or without NVML)
-        self._sysfs_root = Path(sysfs_root)
-        self._proc_root = Path(proc_root)
-        self._started = False
-        self._handles: list[Any] = []
-        self._jetson_load_file: Optional[Path] = None
+    def __init__(self, nvml: Any, handles: list[Any], proc_root: Path, warn: Warn) -> None:
+        self._nvml = nvml
+        self._handles = handles
+        self._proc_root = proc_root
+        self._warn = warn
+        self._list_processes = ComputeProcesses(nvml)
         self._last_seen_us: dict[int, int] = {}  # device index -> newest process-utilisation timestamp
-        self._list_processes: Callable[[Any], list[Any]] = lambda _handle: []  # set once NVML starts
         self._field_errors: list[tuple[str, Exception]] = []  # this cycle's: (what failed, error)
-        self._warned: set[str] = set()
 
-    def read(self, watched_pids: frozenset[int]) -> Optional[GpuStats]:
-        if not self._started:
-            self._started = True
-            self._start()
-        try:
-            if self._handles:
-                return self._read_nvml(watched_pids)
-            if self._jetson_load_file is not None:
-                load = read_jetson_load(self._jetson_load_file)
-                if load is None:
-                    raise _SourceGone(
-                        f"cannot read the Jetson GPU load {self._jetson_load_file}, or it is not a per-mille "
-                        "value (0-1000): GPU metrics left out"
-                    )
-                return GpuStats("jetson", load, None, None, None, busiest_utilization_percent=load)
-        except _SourceGone as exc:
-            self._warn_once(str(exc))
-        return None
-
-    def close(self) -> None:
-        if self._handles:
-            self._handles = []
-            shutdown_nvml(self._nvml)
-        self._jetson_load_file = None
-
-    # ---- start: NVML, else Jetson sysfs, else nothing ------------------------------------------------
-
-    def _start(self) -> None:
-        self._nvml, self._handles, nvml_problem = start_nvml(self._nvml)
-        if self._handles:
-            self._list_processes = ComputeProcesses(self._nvml)
-            log.info("GPU: reading %d NVIDIA GPU(s) through NVML", len(self._handles))
-            return
-        self._jetson_load_file = find_jetson_load_file(self._sysfs_root)
-        if self._jetson_load_file is not None:
-            log.info("GPU: NVML not usable (%s); reading the Jetson GPU load from %s", nvml_problem,
-                     self._jetson_load_file)  # fmt: skip
-            return
-        self._warn_once(f"no GPU found ({nvml_problem}; no Jetson GPU in sysfs): GPU metrics left out")
-
-    # ---- NVML ----------------------------------------------------------------------------------------
-
-    def _read_nvml(self, watched_pids: frozenset[int]) -> GpuStats:
+    def read(self, watched_pids: frozenset[int], allowed_names: frozenset[str]) -> GpuStats:
         self._field_errors = []
         readings = [
-            self._read_device(index, handle, watched_pids) for index, handle in enumerate(self._handles)
+            self._read_device(index, handle, watched_pids, allowed_names)
+            for index, handle in enumerate(self._handles)
         ]
         if all(r.is_empty() for r in readings):  # one warning for the cause, not one per field
             cause = f" ({self._field_errors[0][0]}: {self._field_errors[0][1]})" if self._field_errors else ""
-            raise _SourceGone(f"NVML returned no value for any GPU{cause}: GPU metrics left out")
+            raise GpuGone(f"NVML returned no value for any GPU{cause}: GPU metrics left out")
         for what, exc in self._field_errors:
-            self._note_field_error(what, exc)
+            # NOT_SUPPORTED is a property of the board, not a fault: said once, quietly
+            quiet = isinstance(exc, self._nvml.NVMLError_NotSupported)
+            self._warn(f"{what} left out: {exc}", logging.INFO if quiet else logging.WARNING)
         utilizations = [r.utilization_percent for r in readings if r.utilization_percent is not None]
         powers = [r.power_watts for r in readings if r.power_watts is not None]
         clocks = [r.sm_clock_mhz for r in readings if r.sm_clock_mhz is not None]
@@ -137,7 +75,6 @@ class GpuSource:
         used = sum(u or 0 for u, _ in memory)
         total = sum(t or 0 for _, t in memory)
         return GpuStats(
-            source="nvml",
             utilization_percent=sum(utilizations) / len(utilizations) if utilizations else None,
             power_watts=sum(powers) if powers else None,
             sm_clock_mhz=sum(clocks) / len(clocks) if clocks else None,
@@ -147,7 +84,14 @@ class GpuSource:
             busiest_utilization_percent=max(utilizations) if utilizations else None,
         )
 
-    def _read_device(self, index: int, handle: Any, watched_pids: frozenset[int]) -> _DeviceReading:
+    def close(self) -> None:
+        if self._handles:
+            self._handles = []
+            shutdown_nvml(self._nvml)
+
+    def _read_device(
+        self, index: int, handle: Any, watched_pids: frozenset[int], allowed_names: frozenset[str]
+    ) -> _DeviceReading:
         nvml = self._nvml
         utilization = self._field(index, "utilization", lambda: nvml.nvmlDeviceGetUtilizationRates(handle))
         power_mw = self._field(index, "power", lambda: nvml.nvmlDeviceGetPowerUsage(handle))
@@ -161,11 +105,11 @@ class GpuSource:
             sm_clock_mhz=float(sm_clock) if sm_clock is not None else None,
             memory_used_bytes=int(memory.used) if memory is not None else None,
             memory_total_bytes=int(memory.total) if memory is not None else None,
-            processes=self._read_processes(index, handle, watched_pids),
+            processes=self._read_processes(index, handle, watched_pids, allowed_names),
         )
 
     def _read_processes(
-        self, index: int, handle: Any, watched_pids: frozenset[int]
+        self, index: int, handle: Any, watched_pids: frozenset[int], allowed_names: frozenset[str]
     ) -> Optional[tuple[GpuProcess, ...]]:
         running = self._field(index, "compute processes", lambda: self._list_processes(handle))
         if running is None:
@@ -179,7 +123,7 @@ class GpuSource:
             name, names = self._process_names(pid)
             if pid in watched_pids:
                 attribution = "watched"
-            elif names & self.allowed_names:
+            elif names & allowed_names:
                 attribution = "allowed"
             else:
                 attribution = "unknown"
@@ -218,11 +162,6 @@ class GpuSource:
             self._field_errors.append((f"GPU {index}: {what}", exc))
             return None
 
-    def _note_field_error(self, what: str, exc: Exception) -> None:
-        # NOT_SUPPORTED is a property of the board, not a fault: said once, quietly
-        quiet = isinstance(exc, self._nvml.NVMLError_NotSupported)
-        self._warn_once(f"{what} left out: {exc}", logging.INFO if quiet else logging.WARNING)
-
     def _process_names(self, pid: int) -> tuple[str, frozenset[str]]:
         """The name to show and every name to match against AllowedGpuProcesses (comm, exe basename).
 
@@ -243,13 +182,6 @@ class GpuSource:
         if not names:
             return f"pid:{pid}", frozenset()
         return comm or next(iter(names)), frozenset(names)
-
-    # ---- Jetson --------------------------------------------------------------------------------------
-
-    def _warn_once(self, message: str, level: int = logging.WARNING) -> None:
-        if message not in self._warned:
-            self._warned.add(message)
-            log.log(level, "%s", message)
 
 
 def start_nvml(nvml: Optional[Any] = None) -> tuple[Optional[Any], list[Any], str]:
@@ -301,43 +233,3 @@ class ComputeProcesses:
                 log.info("GPU: the driver has no nvmlDeviceGetComputeRunningProcesses_v3; using _v2")
                 self._v2 = True
         return list(self._nvml.nvmlDeviceGetComputeRunningProcesses_v2(handle))
-
-
-def read_jetson_load(path: Path) -> Optional[float]:
-    """The Jetson GPU load in percent from its sysfs file; None when unreadable or not per-mille."""
-    try:
-        return parse_jetson_load(read_text(path, MAX_SYSFS_BYTES))
-    except OSError:
-        return None
-
-
-def find_jetson_load_file(sysfs_root: Path) -> Optional[Path]:
-    """The Jetson GPU load file under ``sysfs_root`` (normally /sys), or None on other machines."""
-    for relative in JETSON_LOAD_FILES:
-        candidate = sysfs_root / relative
-        if candidate.is_file():
-            return candidate
-    devfreq = sysfs_root / "class" / "devfreq"
-    try:
-        nodes = sorted(devfreq.iterdir())
-    except OSError:
-        return None
-    for node in nodes:
-        with contextlib.suppress(OSError):  # not a device-tree device
-            name = read_text(node / "device" / "of_node" / "name", MAX_SYSFS_BYTES)
-            if name.strip("\x00 \n") in JETSON_GPU_NAMES:  # device-tree strings end with a NUL byte
-                load = node / "device" / "load"
-                if load.is_file():
-                    return load
-    return None
-
-
-def parse_jetson_load(text: str) -> Optional[float]:
-    """Jetson load is per-mille (0-1000); returns percent, or None for anything else."""
-    try:
-        per_mille = int(text.strip("\x00 \n"))
-    except ValueError:
-        return None
-    if not 0 <= per_mille <= 1000:
-        return None
-    return per_mille / 10.0
