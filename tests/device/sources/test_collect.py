@@ -7,6 +7,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -182,10 +183,10 @@ def test_nvml_stays_initialised_across_settings_changes_until_gpu_metrics_are_of
 class _Needs:
     """A source that reads a field (for the order check)."""
 
-    name = "late"
-    fills = "memory_percent"
-    needs = ("gpu",)
-    reads = "nothing"
+    name: ClassVar[str] = "late"
+    fills: ClassVar[str] = "memory_percent"
+    needs: ClassVar[tuple[str, ...]] = ("gpu",)
+    reads: ClassVar[str] = "nothing"
 
     def __init__(self, machine: Machine) -> None:
         pass
