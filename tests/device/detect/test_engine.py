@@ -46,7 +46,7 @@ def engine_for(criteria: dict[str, Any], metric: str = "cpu_usage", **extra: Any
             "behaviors": [{"name": "b", "metric": metric, "criteria": criteria, **extra}],
         }
     )
-    return Engine(profile, "thing-1", baseline_size=10, baseline_warmup=5)
+    return Engine(profile, "thing-1", window_size=10, warmup=5)
 
 
 def run(engine: Engine, values: list[Optional[float]], step: float = 10.0) -> list[list[str]]:

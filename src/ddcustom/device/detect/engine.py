@@ -24,7 +24,7 @@ from ddcustom.device.detect.events import (
     ViolationEvent,
 )
 from ddcustom.device.detect.profile import Behavior, Criteria, Profile
-from ddcustom.device.detect.statistics import Baseline
+from ddcustom.device.detect.statistics import RecentValues
 from ddcustom.device.metrics import LIST_VALUE_KEYS, METRICS, MetricValue
 from ddcustom.device.sample import Sample
 
@@ -37,8 +37,8 @@ NUMERIC: dict[str, Callable[[float, float], bool]] = {
 # Upper bounds: a sum over part of a duration window that already violates can only grow.
 UPPER_BOUNDS = frozenset({"less-than", "less-than-equals"})
 
-DEFAULT_BASELINE_SIZE = 360  # datapoints: one hour at the default 10 s detect interval
-DEFAULT_BASELINE_WARMUP = 30  # datapoints before a statistical threshold may alarm
+DEFAULT_WINDOW_SIZE = 360  # datapoints of a statistical threshold: one hour at the default 10 s detect interval
+DEFAULT_WARMUP = 30  # datapoints before a statistical threshold may alarm
 
 
 @dataclass
@@ -55,7 +55,7 @@ class _State:
     alarm: Optional[_Alarm] = None
     window: deque[tuple[float, float]] = field(default_factory=deque)  # (monotonic, delta): durationSeconds
     window_start: Optional[float] = None  # monotonic start of the first delta in the window
-    baseline: Optional[Baseline] = None
+    recent: Optional[RecentValues] = None  # statisticalThreshold behaviors: the window of datapoints
 
 
 class Engine:
@@ -63,13 +63,13 @@ class Engine:
         self,
         profile: Profile,
         thing_name: str,
-        baseline_size: int = DEFAULT_BASELINE_SIZE,
-        baseline_warmup: int = DEFAULT_BASELINE_WARMUP,
+        window_size: int = DEFAULT_WINDOW_SIZE,
+        warmup: int = DEFAULT_WARMUP,
     ) -> None:
         self.profile = profile
         self.thing_name = thing_name
-        self._baseline_size = baseline_size
-        self._baseline_warmup = baseline_warmup
+        self._window_size = window_size
+        self._warmup = warmup
         self._previous: Optional[Sample] = None
         self._states = {behavior.name: self._new_state(behavior) for behavior in profile.device_behaviors}
 
@@ -77,7 +77,7 @@ class Engine:
         state = _State()
         assert behavior.criteria is not None
         if behavior.criteria.statistic is not None:
-            state.baseline = Baseline(behavior.criteria.statistic, self._baseline_size, self._baseline_warmup)
+            state.recent = RecentValues(behavior.criteria.statistic, self._window_size, self._warmup)
         return state
 
     def replace_profile(self, profile: Profile, now: float) -> list[ViolationEvent]:
@@ -201,11 +201,11 @@ class Engine:
         complete = True
         if criteria.duration_seconds is not None and isinstance(value, float):
             value, complete = _window_sum(state, criteria.duration_seconds, value, now, interval_start)
-        if state.baseline is not None and isinstance(value, float):
+        if state.recent is not None and isinstance(value, float):
             if not complete:
                 return None  # the baseline takes whole windows only
-            threshold = state.baseline.threshold()
-            state.baseline.add(value)
+            threshold = state.recent.threshold()
+            state.recent.add(value)
             if threshold is None:
                 return None  # still warming up
             return value, not NUMERIC[criteria.comparison_operator](value, threshold)

@@ -1,7 +1,8 @@
-"""Local baselines: percentiles (or the mean) of a metric over the device's own recent datapoints.
+"""Statistical thresholds on the device: a percentile (or the mean) of a metric's recent datapoints.
 
 Device Defender computes a statisticalThreshold over all devices of the profile; a single device has
-only its own history, so the engine keeps a bounded window of its recent datapoints per behavior.
+only its own history, so the engine keeps a bounded window of its recent datapoints per behavior (not to
+be confused with the learned baseline of what the device runs, ddcustom.device.baseline).
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ def statistic_of(values: Sequence[float], statistic: str) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-class Baseline:
+class RecentValues:
     """The last ``size`` datapoints; a threshold only once ``warmup`` of them have been seen."""
 
     def __init__(self, statistic: str, size: int, warmup: int) -> None:
         if not 1 <= warmup <= size:
-            raise ValueError(f"baseline warm-up {warmup} must be from 1 to the window size {size}")
+            raise ValueError(f"warm-up {warmup} must be from 1 to the window size {size}")
         self.statistic = statistic
         self.warmup = warmup
         self._values: deque[float] = deque(maxlen=size)
