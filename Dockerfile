@@ -26,7 +26,7 @@
 #
 # Then deploy the component with the nucleus option interpolateComponentConfiguration set to true
 # (docs/packaging.md). Simulate mining from the host:
-#   docker exec aws-iot-greengrass sh -c 'echo 95 > /var/gpu_load_fb; echo 240 > /var/gpu_inference_fb'
+#   docker exec aws-iot-greengrass sh -c 'echo 85 > /var/gpu_load_fb; echo 180 > /var/gpu_inference_fb'
 
 ARG OFFICIAL_IMAGE=amazon/aws-iot-greengrass:2.5.3-0
 ARG BASE_IMAGE=amazonlinux:2023
