@@ -5,71 +5,18 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any, Optional
 
 import pytest
 
 from ddcustom.device.agent import Agent
-from ddcustom.device.config import Settings
-from ddcustom.device.detect.events import ViolationEvent
-from ddcustom.device.outputs.sink import SinkError
-from support.helpers import MINING_RULES, settings
-
-
-class RecordingSink:
-    """A sink that records what it is given and can be told to refuse."""
-
-    def __init__(self) -> None:
-        self.reports: list[dict[str, Any]] = []
-        self.alerts: list[ViolationEvent] = []
-        self.shadows: list[dict[str, Any]] = []
-        self.refuse: Optional[str] = None
-
-    def close(self) -> None:
-        pass
-
-    def publish_report(self, report: dict[str, Any]) -> bool:
-        if self.refuse:
-            raise SinkError(self.refuse)
-        self.reports.append(report)
-        return True
-
-    def publish_alert(self, alert: ViolationEvent) -> None:
-        if self.refuse:
-            raise SinkError(self.refuse)
-        self.alerts.append(alert)
-
-    def publish_shadow(self, document: dict[str, Any]) -> bool:
-        if self.refuse:
-            raise SinkError(self.refuse)
-        self.shadows.append(document)
-        return True
-
-
-def settings_for(tmp_path: Path, **keys: Any) -> Settings:
-    """The article's two rules, on feedback files under ``tmp_path``: the host trips none of them."""
-    base = {
-        "EnableGPUMetrics": True,
-        "EnableDeviceDefenderReport": False,
-        "SampleIntervalSeconds": 60,
-        "DetectIntervalSeconds": 1,
-        "GpuLoadFeedbackFile": str(tmp_path / "load"),
-        "InferenceTimeFeedbackFile": str(tmp_path / "time"),
-        "GpuBusyOutsideFeedbackFile": str(tmp_path / "outside"),
-        "StateDirectory": str(tmp_path / "state"),
-    }
-    return settings(*MINING_RULES, **{**base, **keys})
-
-
-def feedback(tmp_path: Path, load: float, latency: float) -> None:
-    (tmp_path / "load").write_text(str(load))
-    (tmp_path / "time").write_text(str(latency))
+from support.agent import RecordingSink, feedback_settings, write_feedback
+from support.helpers import MINING_RULES
 
 
 def test_reports_on_the_report_interval_and_samples_on_the_detect_interval(tmp_path: Path) -> None:
-    feedback(tmp_path, 10, 20)
+    write_feedback(tmp_path, 10, 20)
     sink = RecordingSink()
-    agent = Agent(settings_for(tmp_path), "t", sink)
+    agent = Agent(feedback_settings(tmp_path), "t", sink)
     assert agent.run_cycle(100.0) == 101.0  # first report at once, next sample one interval later
     assert len(sink.reports) == 1 and "network_stats" not in sink.reports[0].get("metrics", {})
     for now in (101.0, 102.0, 130.0):
@@ -81,9 +28,9 @@ def test_reports_on_the_report_interval_and_samples_on_the_detect_interval(tmp_p
 
 
 def test_a_refused_report_leaves_the_delta_baseline_at_the_last_report_that_went_out(tmp_path: Path) -> None:
-    feedback(tmp_path, 10, 20)
+    write_feedback(tmp_path, 10, 20)
     sink = RecordingSink()
-    agent = Agent(settings_for(tmp_path, IncludeLoopback=True), "t", sink)
+    agent = Agent(feedback_settings(tmp_path, IncludeLoopback=True), "t", sink)
     agent.run_cycle(0.5)
     first_sample = agent._last_reported
     sink.refuse = "connection lost"
@@ -99,10 +46,10 @@ def test_a_refused_report_leaves_the_delta_baseline_at_the_last_report_that_went
 def test_alerts_survive_a_refusing_sink_and_the_refusal_is_logged_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    feedback(tmp_path, 85, 180)
+    write_feedback(tmp_path, 85, 180)
     sink = RecordingSink()
     sink.refuse = "not authorized: ddcustom/other/alerts"
-    agent = Agent(settings_for(tmp_path, SampleIntervalSeconds=3600), "t", sink)
+    agent = Agent(feedback_settings(tmp_path, SampleIntervalSeconds=3600), "t", sink)
     with caplog.at_level(logging.WARNING, logger="ddcustom.device.agent"):
         for now in range(1, 11):
             agent.run_cycle(float(now))
@@ -116,27 +63,27 @@ def test_alerts_survive_a_refusing_sink_and_the_refusal_is_logged_once(
 
 
 def test_report_id_continues_after_a_restart(tmp_path: Path) -> None:
-    feedback(tmp_path, 10, 20)
+    write_feedback(tmp_path, 10, 20)
     first = RecordingSink()
-    Agent(settings_for(tmp_path), "t", first).run_cycle(1.0)
+    Agent(feedback_settings(tmp_path), "t", first).run_cycle(1.0)
     # a restart with the wall clock stepped far back still continues above the persisted id
     (tmp_path / "state" / "report_id").write_text(str(first.reports[0]["header"]["report_id"] + 10**9))
     second = RecordingSink()
-    Agent(settings_for(tmp_path), "t", second).run_cycle(1.0)
+    Agent(feedback_settings(tmp_path), "t", second).run_cycle(1.0)
     assert second.reports[0]["header"]["report_id"] > first.reports[0]["header"]["report_id"] + 10**9
 
 
 def test_new_settings_report_at_once_and_keep_the_alarm_state(tmp_path: Path) -> None:
-    feedback(tmp_path, 85, 180)
+    write_feedback(tmp_path, 85, 180)
     sink = RecordingSink()
-    agent = Agent(settings_for(tmp_path, SampleIntervalSeconds=3600), "t", sink)
+    agent = Agent(feedback_settings(tmp_path, SampleIntervalSeconds=3600), "t", sink)
     for now in (1.0, 2.0):
         agent.run_cycle(now)
     assert len(sink.alerts) == 2
-    agent.apply_settings(settings_for(tmp_path, SampleIntervalSeconds=3600, UseShortNames=True))
+    agent.apply_settings(feedback_settings(tmp_path, SampleIntervalSeconds=3600, UseShortNames=True))
     agent.run_cycle(2.5)
     assert len(sink.reports) == 2 and "hed" in sink.reports[1]  # the new settings, right away
-    feedback(tmp_path, 10, 20)
+    write_feedback(tmp_path, 10, 20)
     for now in (3.5, 4.5):
         agent.run_cycle(now)
     cleared = [a for a in sink.alerts if a.event_type == "alarm-cleared"]
@@ -146,9 +93,9 @@ def test_new_settings_report_at_once_and_keep_the_alarm_state(tmp_path: Path) ->
 def test_a_failing_cycle_is_retried_and_the_loop_goes_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    feedback(tmp_path, 10, 20)
+    write_feedback(tmp_path, 10, 20)
     sink = RecordingSink()
-    agent = Agent(settings_for(tmp_path), "t", sink)
+    agent = Agent(feedback_settings(tmp_path), "t", sink)
     stop = threading.Event()
     calls = {"n": 0}
 
@@ -168,9 +115,9 @@ def test_a_failing_cycle_is_retried_and_the_loop_goes_on(
 
 
 def test_no_alert_is_lost_when_the_spool_disk_fails_while_the_connection_is_down(tmp_path: Path) -> None:
-    feedback(tmp_path, 85, 180)
+    write_feedback(tmp_path, 85, 180)
     sink = RecordingSink()
-    settings = settings_for(tmp_path, SampleIntervalSeconds=3600)
+    settings = feedback_settings(tmp_path, SampleIntervalSeconds=3600)
     agent = Agent(settings, "t", sink)
     spool_dir = Path(settings.alert_spool_dir)
     spool_dir.rmdir()
@@ -185,10 +132,10 @@ def test_no_alert_is_lost_when_the_spool_disk_fails_while_the_connection_is_down
 
 
 def test_the_agent_starts_when_its_state_directory_cannot_be_created(tmp_path: Path) -> None:
-    feedback(tmp_path, 85, 180)
+    write_feedback(tmp_path, 85, 180)
     (tmp_path / "state").write_text("a file where the state directory should be")
     sink = RecordingSink()
-    agent = Agent(settings_for(tmp_path, SampleIntervalSeconds=3600), "t", sink)
+    agent = Agent(feedback_settings(tmp_path, SampleIntervalSeconds=3600), "t", sink)
     for now in (1.0, 2.0):
         agent.run_cycle(now)
     assert len(sink.alerts) == 2 and len(sink.reports) == 1
@@ -196,10 +143,10 @@ def test_the_agent_starts_when_its_state_directory_cannot_be_created(tmp_path: P
 
 def agent_with_two_alerts_pending(tmp_path: Path) -> tuple[Agent, RecordingSink]:
     """The article's mining values raised two alarms while the sink refused: both are spooled."""
-    feedback(tmp_path, 85, 180)
+    write_feedback(tmp_path, 85, 180)
     sink = RecordingSink()
     sink.refuse = "connection lost"
-    agent = Agent(settings_for(tmp_path, SampleIntervalSeconds=3600), "t", sink)
+    agent = Agent(feedback_settings(tmp_path, SampleIntervalSeconds=3600), "t", sink)
     for now in (1.0, 2.0):
         agent.run_cycle(now)
     assert agent.status()["pending_alerts"] == 2 and sink.alerts == []
@@ -208,38 +155,40 @@ def agent_with_two_alerts_pending(tmp_path: Path) -> tuple[Agent, RecordingSink]
 
 def test_alerts_pending_in_the_old_spool_are_sent_after_the_state_directory_changes(tmp_path: Path) -> None:
     agent, sink = agent_with_two_alerts_pending(tmp_path)
-    moved = settings_for(tmp_path, SampleIntervalSeconds=3600, StateDirectory=str(tmp_path / "new-state"))
+    moved = feedback_settings(
+        tmp_path, *MINING_RULES, SampleIntervalSeconds=3600, StateDirectory=str(tmp_path / "new-state")
+    )
     agent.apply_settings(moved)
     sink.refuse = None
     agent.run_cycle(3.0)
     assert [a.behavior_name for a in sink.alerts] == ["gpu-load-per-inference", "avg-inference-time"]
     assert list(Path(moved.alert_spool_dir).glob("*.alert.json")) == []
-    assert list(Path(settings_for(tmp_path).alert_spool_dir).glob("*.alert.json")) == []
+    assert list(Path(feedback_settings(tmp_path).alert_spool_dir).glob("*.alert.json")) == []
 
 
 def test_a_smaller_spool_bound_keeps_the_pending_alerts(tmp_path: Path) -> None:
     agent, sink = agent_with_two_alerts_pending(tmp_path)
-    agent.apply_settings(settings_for(tmp_path, SampleIntervalSeconds=3600, AlertSpoolMaxBytes=65536))
+    agent.apply_settings(feedback_settings(tmp_path, SampleIntervalSeconds=3600, AlertSpoolMaxBytes=65536))
     sink.refuse = None
     agent.run_cycle(3.0)
     assert [a.behavior_name for a in sink.alerts] == ["gpu-load-per-inference", "avg-inference-time"]
 
 
 def test_a_new_profile_invalidates_the_alarms_it_drops_and_clears_the_ones_it_keeps(tmp_path: Path) -> None:
-    feedback(tmp_path, 85, 180)
+    write_feedback(tmp_path, 85, 180)
     sink = RecordingSink()
-    settings = settings_for(tmp_path, SampleIntervalSeconds=3600)
+    settings = feedback_settings(tmp_path, SampleIntervalSeconds=3600)
     agent = Agent(settings, "t", sink)
     for now in (1.0, 2.0):
         agent.run_cycle(now)
     raised = {a.behavior_name: a.violation_id for a in sink.alerts}
     kept = [b.to_json() for b in settings.security_profile.behaviors if b.name != "avg-inference-time"]
     agent.apply_settings(
-        settings_for(
+        feedback_settings(
             tmp_path, SampleIntervalSeconds=3600, SecurityProfile={"name": "crypto-mining", "behaviors": kept}
         )
     )
-    feedback(tmp_path, 10, 20)
+    write_feedback(tmp_path, 10, 20)
     for now in (3.0, 4.0):
         agent.run_cycle(now)
     after = [(a.behavior_name, a.event_type, a.violation_id) for a in sink.alerts[2:]]

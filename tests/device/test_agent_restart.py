@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ddcustom.device.agent import Agent
-from ddcustom.device.config import Settings, parse_settings
-from ddcustom.device.detect.events import ViolationEvent
+from support.agent import RecordingSink, feedback_settings, write_feedback
 from support.helpers import ROOT
 
 LOAD_RULE: dict[str, Any] = {
@@ -32,76 +31,45 @@ TIME_RULE: dict[str, Any] = {
 }
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.alerts: list[ViolationEvent] = []
-
-    def publish_report(self, report: dict[str, Any]) -> bool:
-        return True
-
-    def publish_alert(self, alert: ViolationEvent) -> None:
-        self.alerts.append(alert)
-
-    def publish_shadow(self, document: dict[str, Any]) -> bool:
-        return False
-
-
-def settings(tmp_path: Path, behaviors: list[dict[str, Any]]) -> Settings:
-    """Only the behaviors under test, fed by feedback files: nothing on the host changes a result."""
-    raw = {
-        "EnableGPUMetrics": True,
-        "EnableDeviceDefenderReport": False,
-        "DetectIntervalSeconds": 1,
-        "GpuLoadFeedbackFile": str(tmp_path / "load"),
-        "InferenceTimeFeedbackFile": str(tmp_path / "time"),
-        "StateDirectory": str(tmp_path / "state"),
-        "SecurityProfile": {"name": "p", "behaviors": behaviors},
-    }
-    return parse_settings(raw)[0]
-
-
-def feedback(tmp_path: Path, load: float, latency: float) -> None:
-    (tmp_path / "load").write_text(str(load))
-    (tmp_path / "time").write_text(str(latency))
-
-
 def run(agent: Agent, cycles: range) -> None:
     for now in cycles:
         agent.run_cycle(float(now))
 
 
-def kinds(sink: Recorder) -> list[tuple[str, str, str]]:
+def kinds(sink: RecordingSink) -> list[tuple[str, str, str]]:
     return [(a.behavior_name, a.event_type, a.violation_id) for a in sink.alerts]
 
 
 def test_an_alarm_still_holding_after_a_restart_goes_on_under_its_id_and_clears_with_it(
     tmp_path: Path,
 ) -> None:
-    feedback(tmp_path, 85, 20)
-    first = Recorder()
-    run(Agent(settings(tmp_path, [LOAD_RULE]), "t", first), range(1, 3))  # then "killed": never closed
+    write_feedback(tmp_path, 85, 20)
+    first = RecordingSink()
+    run(Agent(feedback_settings(tmp_path, LOAD_RULE), "t", first), range(1, 3))  # then "killed": never closed
     [(_, kind, violation_id)] = kinds(first)
     assert kind == "in-alarm"
-    second = Recorder()
-    agent = Agent(settings(tmp_path, [LOAD_RULE]), "t", second)
+    second = RecordingSink()
+    agent = Agent(feedback_settings(tmp_path, LOAD_RULE), "t", second)
     run(agent, range(1, 4))
     assert second.alerts == []  # still mining: no second in-alarm for the same alarm
-    feedback(tmp_path, 10, 20)
+    write_feedback(tmp_path, 10, 20)
     run(agent, range(4, 6))
     assert kinds(second) == [("gpu-load", "alarm-cleared", violation_id)]
-    third = Recorder()
-    run(Agent(settings(tmp_path, [LOAD_RULE]), "t", third), range(1, 4))
+    third = RecordingSink()
+    run(Agent(feedback_settings(tmp_path, LOAD_RULE), "t", third), range(1, 4))
     assert third.alerts == []  # nothing left open to end
 
 
 def test_an_alarm_whose_behavior_changed_or_left_is_invalidated_at_start(tmp_path: Path) -> None:
-    feedback(tmp_path, 85, 180)
-    first = Recorder()
-    run(Agent(settings(tmp_path, [LOAD_RULE, TIME_RULE]), "t", first), range(1, 3))
+    write_feedback(tmp_path, 85, 180)
+    first = RecordingSink()
+    run(Agent(feedback_settings(tmp_path, LOAD_RULE, TIME_RULE), "t", first), range(1, 3))
     opened = {name: violation_id for name, _, violation_id in kinds(first)}
     changed = {**LOAD_RULE, "criteria": {**LOAD_RULE["criteria"], "value": {"number": 90}}}
-    second = Recorder()
-    run(Agent(settings(tmp_path, [changed]), "t", second), range(1, 2))  # 85 is normal under the new rule
+    second = RecordingSink()
+    run(
+        Agent(feedback_settings(tmp_path, changed), "t", second), range(1, 2)
+    )  # 85 is normal under the new rule
     assert sorted(kinds(second)) == [
         ("gpu-load", "alarm-invalidated", opened["gpu-load"]),
         ("inference-time", "alarm-invalidated", opened["inference-time"]),
@@ -112,9 +80,9 @@ def test_an_alarm_whose_behavior_changed_or_left_is_invalidated_at_start(tmp_pat
 def test_an_unreadable_alarm_file_is_logged_and_the_component_starts(tmp_path: Path) -> None:
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / "alarms.json").write_text('{"alarms": [{"profile": ')
-    feedback(tmp_path, 85, 20)
-    sink = Recorder()
-    run(Agent(settings(tmp_path, [LOAD_RULE]), "t", sink), range(1, 2))
+    write_feedback(tmp_path, 85, 20)
+    sink = RecordingSink()
+    run(Agent(feedback_settings(tmp_path, LOAD_RULE), "t", sink), range(1, 2))
     assert [kind for _, kind, _ in kinds(sink)] == ["in-alarm"]
 
 
@@ -123,9 +91,10 @@ import sys
 from pathlib import Path
 from ddcustom.device.agent import Agent
 sys.path[:0] = [{here!r}, {tests!r}]
-from test_agent_restart import LOAD_RULE, Recorder, settings
-sink = Recorder()
-agent = Agent(settings(Path({tmp!r}), [LOAD_RULE]), "t", sink)
+from test_agent_restart import LOAD_RULE
+from support.agent import RecordingSink, feedback_settings
+sink = RecordingSink()
+agent = Agent(feedback_settings(Path({tmp!r}), LOAD_RULE), "t", sink)
 for now in range(1, 10**9):
     agent.run_cycle(float(now))
     for alert in sink.alerts:
@@ -135,7 +104,7 @@ for now in range(1, 10**9):
 
 
 def test_kill_9_during_an_alarm_leaves_no_alarm_without_an_end(tmp_path: Path) -> None:
-    feedback(tmp_path, 85, 20)
+    write_feedback(tmp_path, 85, 20)
     code = CHILD.format(here=str(Path(__file__).parent), tests=str(ROOT / "tests"), tmp=str(tmp_path))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     child = subprocess.Popen(
@@ -151,7 +120,7 @@ def test_kill_9_during_an_alarm_leaves_no_alarm_without_an_end(tmp_path: Path) -
     assert json.loads((tmp_path / "state" / "alarms.json").read_text())["alarms"][0]["violationId"] == (
         violation_id
     )
-    feedback(tmp_path, 10, 20)
-    sink = Recorder()
-    run(Agent(settings(tmp_path, [LOAD_RULE]), "t", sink), range(1, 4))
+    write_feedback(tmp_path, 10, 20)
+    sink = RecordingSink()
+    run(Agent(feedback_settings(tmp_path, LOAD_RULE), "t", sink), range(1, 4))
     assert kinds(sink) == [("gpu-load", "alarm-cleared", violation_id)]

@@ -73,6 +73,10 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
+    """The validated configuration, one field per key of SCHEMA (``parse_settings`` makes it). Frozen:
+    a configuration change replaces it whole. Each stage reads only its part, declared as a Protocol
+    where the stage lives (``SourceSettings``, ``BaselineSettings``, ...), which this class satisfies."""
+
     report_interval_seconds: int
     detect_interval_seconds: float
     enable_gpu_metrics: bool

@@ -59,6 +59,11 @@ class _State:
 
 
 class Engine:
+    """Evaluates the device behaviors of one security profile on each Sample and keeps their alarm
+    state: ``evaluate`` returns the violation events of this sample (in-alarm, cleared); ``resume`` and
+    ``active_alarms`` carry open alarms across a restart; ``replace_profile`` swaps the profile, ending
+    the alarms of behaviors that changed or went away."""
+
     def __init__(
         self,
         profile: Profile,
