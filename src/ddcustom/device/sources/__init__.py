@@ -1,1 +1,2 @@
-"""Sources: one module per kind of measurement; each produces a part of ``ddcustom.device.sample.Sample``."""
+"""Sources: each reads one kind of measurement from the machine and fills one field of the Sample
+(collect.SOURCES lists them in the order they run)."""
