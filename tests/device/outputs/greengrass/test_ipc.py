@@ -361,5 +361,6 @@ def test_ipc_reconnect_drops_a_subscription_the_nucleus_no_longer_grants(
     assert nucleus.subscriptions() == [""]  # the configuration subscription is back, the refused one is not
     assert "no longer subscribed" in caplog.text
     ipc.close()
+    nucleus.wait_until(lambda: nucleus.connection_count == 0)  # its subscriptions gone with it
     ipc.connect()  # and it is not tried again
     assert nucleus.subscriptions() == [""]
