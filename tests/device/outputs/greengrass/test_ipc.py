@@ -18,6 +18,7 @@ from ddcustom.device.outputs.greengrass.ipc import (
     UnauthorizedIpcError,
 )
 from ddcustom.tooling.devnucleus import DevNucleus
+from support.fakes import Highest
 
 REPORT_TOPIC = "$aws/things/test-thing/defender/metrics/json"  # the thing of the nucleus fixture
 WAIT = 5.0
@@ -320,13 +321,6 @@ def test_ipc_call_on_a_dropped_connection_is_detected(nucleus: DevNucleus) -> No
         wrapper.publish_iot(REPORT_TOPIC, b"x")
     assert wrapper.last_disconnect_reason
     wrapper.close()
-
-
-class Highest(random.Random):
-    """Always draws the top of the range."""
-
-    def uniform(self, a: float, b: float) -> float:
-        return b
 
 
 def test_backoff_delays_full_jitter() -> None:
