@@ -15,7 +15,8 @@ from typing import Any, Optional, cast
 from ddcustom.device.config import Settings
 from ddcustom.device.outputs.greengrass.connection import GreengrassConnection
 from ddcustom.device.outputs.greengrass.sink import GreengrassSink
-from ddcustom.device.run.greengrass import GreengrassConfiguration, serve
+from ddcustom.device.run.greengrass import GreengrassConfiguration
+from ddcustom.device.run.runner import run
 from ddcustom.tooling.devnucleus import DevNucleus, Published
 from support.helpers import MINING_RULES, ROOT, profile
 
@@ -43,7 +44,9 @@ class InProcess:
         self.sink = GreengrassSink(connection, thing_name)
         self.stop = threading.Event()
         self.thread = threading.Thread(
-            target=serve, args=(self.configuration, self.sink, self.stop), daemon=True
+            target=run,
+            args=(self.configuration, self.sink, thing_name, self.stop, connection.wake),
+            daemon=True,
         )
         self.thread.start()
 

@@ -1,4 +1,4 @@
-"""Running under Greengrass: the deployment's configuration over IPC, the agent's loop, RUNNING / ERRORED.
+"""Running under Greengrass: the runner given the deployment's configuration and the nucleus over IPC.
 
 ``GreengrassConfiguration`` is the runner's configuration source: it reads the configuration with
 GetConfiguration (again after each update event and each reconnect, since an update may have come
@@ -15,13 +15,12 @@ import os
 import threading
 from typing import Optional
 
-from ddcustom.device.agent import Agent
 from ddcustom.device.config import ConfigError, Settings, parse_settings
-from ddcustom.device.documents import shorten
 from ddcustom.device.outputs.greengrass.connection import GreengrassConnection
 from ddcustom.device.outputs.greengrass.sink import GreengrassSink
 from ddcustom.device.outputs.sink import SinkError
-from ddcustom.device.run.process import install_stop_handlers, setup_logging
+from ddcustom.device.run.process import install_stop_handlers
+from ddcustom.device.run.runner import run
 
 log = logging.getLogger(__name__)
 
@@ -41,44 +40,7 @@ def run_under_greengrass(config_path: Optional[str] = None) -> int:
     sink = GreengrassSink(connection, thing_name)
     stop = threading.Event()
     install_stop_handlers(stop, connection.wake)
-    serve(configuration, sink, stop)
-    return 0
-
-
-def serve(configuration: GreengrassConfiguration, sink: GreengrassSink, stop: threading.Event) -> None:
-    """The component's life under Greengrass, until ``stop`` is set."""
-    settings = configuration.first_settings(stop)
-    if settings is None:
-        return
-    setup_logging(settings.log_level)
-    sink.apply_settings(settings)
-    agent = Agent(settings, sink.thing_name, sink)
-    refused = ""  # the last configuration refused, logged once however many update events it sends
-
-    def before_cycle() -> None:
-        nonlocal refused
-        try:
-            new = configuration.poll()
-        except ConfigError as exc:  # every problem, each value cut short; the line cut at 4000 all the same
-            refusal = shorten(str(exc), 4000)
-            if refusal != refused:
-                log.error("configuration update refused, the previous settings stay: %s", refusal)
-            refused = refusal
-            return
-        if new is None:
-            return
-        refused = ""
-        if new != agent.settings:
-            log.info("configuration updated; applying without a restart")
-            setup_logging(new.log_level)
-            sink.apply_settings(new)
-            agent.apply_settings(new)
-
-    try:
-        agent.run_forever(stop, sink.connection.wake, before_cycle, configuration.seconds_to_next_poll)
-    finally:
-        agent.close()
-        sink.close()
+    return run(configuration, sink, thing_name, stop, connection.wake)
 
 
 class GreengrassConfiguration:
