@@ -1,14 +1,14 @@
 """The component under the stand-in nucleus, with the real awsiotsdk client and the project's recipe.
 
-The component runs in-process (``greengrass.serve`` on a thread) so tests can read its counters and use
-short reconnect backoffs; the wire, the client and the recipe's access control are the real ones.
+The component runs in-process (support.greengrass: the Greengrass entry's loop on a thread) so tests can
+read its counters and use short reconnect backoffs; the wire, the client and the recipe's access control
+are the real ones.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +17,18 @@ from typing import Any, Callable
 import jsonschema
 import pytest
 
-from ddcustom.device.outputs.greengrass.sink import GreengrassSink
-from ddcustom.device.run.greengrass import serve
+from ddcustom.device.outputs.greengrass.connection import GreengrassConnection
 from ddcustom.tooling.devnucleus import DevNucleus
-from support.greengrass import ALERT_TOPIC, BASE, REPORT_TOPIC, THING, Component, is_report, reports
+from support.greengrass import (
+    ALERT_TOPIC,
+    BASE,
+    REPORT_TOPIC,
+    THING,
+    Component,
+    InProcess,
+    is_report,
+    reports,
+)
 from support.helpers import REPORT_SCHEMA, ROOT, poll
 
 
@@ -76,7 +84,7 @@ def test_rejected_reports_are_logged_with_code_and_counted(
     with caplog.at_level(logging.ERROR):
         assert c.nucleus.deliver_iot(f"{REPORT_TOPIC}/rejected", json.dumps(answer).encode()) == 1
         c.nucleus.deliver_iot(f"{REPORT_TOPIC}/rejected", b"not json")
-        poll(lambda: c.conn.rejected == 2, what="two rejections counted")
+        poll(lambda: c.sink.rejected == 2, what="two rejections counted")
     assert "InvalidPayload: Malformed metrics report" in caplog.text
     assert "unparseable answer" in caplog.text
 
@@ -110,16 +118,16 @@ def test_bad_update_is_refused_and_the_old_settings_stay(
 ) -> None:
     c = start()
     c.nucleus.wait_for(is_report, timeout=15)
-    before = c.conn.settings
+    before = c.settings
     with caplog.at_level(logging.ERROR):
         c.nucleus.update_configuration({"EnableGPUMetrics": "maybe"})
         poll(lambda: "configuration update refused" in caplog.text, what="refusal logged")
     assert "'EnableGPUMetrics'" in caplog.text and '"maybe"' in caplog.text
-    assert c.conn.settings is before
+    assert c.settings is before
     # the deployment is fixed: the component takes it
     c.nucleus.update_configuration({"EnableGPUMetrics": True, **feedback(10, 20)})
     poll(
-        lambda: c.conn.settings is not None and c.conn.settings.enable_gpu_metrics,
+        lambda: c.settings is not None and c.settings.enable_gpu_metrics,
         what="fixed update applied",
     )
 
@@ -139,13 +147,13 @@ def test_twenty_dropped_connections_in_a_row_then_publishing_again(start: Callab
     c = start()
     c.nucleus.wait_for(is_report, timeout=15)
     for i in range(20):
-        connects = c.conn.connects
+        connects = c.connection.connects
         c.nucleus.drop_connections()
-        poll(lambda n=connects: c.conn.connects > n, what=f"reconnect after drop {i + 1}")  # type: ignore[misc]
+        poll(lambda n=connects: c.connection.connects > n, what=f"reconnect after drop {i + 1}")  # type: ignore[misc]
     # and the next 20 connection attempts refused at once, in a row
-    connects = c.conn.connects
+    connects = c.connection.connects
     c.nucleus.drop_connections(refuse_next=20)
-    poll(lambda: c.conn.connects > connects, timeout=30, what="reconnect after 20 refused connects")
+    poll(lambda: c.connection.connects > connects, timeout=30, what="reconnect after 20 refused connects")
 
     count = len(reports(c.nucleus))
     c.nucleus.update_configuration({"MaxReportListSize": 99})  # a change publishes a report right away
@@ -181,9 +189,9 @@ def test_failed_publishes_lose_no_alert(
     c.nucleus.wait_for(is_report, timeout=15)
     c.nucleus.fail_publishes(None)  # every publish fails until cleared
     c.nucleus.update_configuration({"EnableGPUMetrics": True, **feedback(85, 180)})
-    poll(lambda: c.conn.settings is not None and c.conn.settings.enable_gpu_metrics, what="update applied")
-    assert c.conn.settings is not None
-    spool = Path(c.conn.settings.alert_spool_dir)
+    poll(lambda: c.settings is not None and c.settings.enable_gpu_metrics, what="update applied")
+    assert c.settings is not None
+    spool = Path(c.settings.alert_spool_dir)
     # both alarms raised while every publish fails: they wait in the spool, none went out
     poll(lambda: len(list(spool.glob("*.alert.json"))) == 2, what="both alerts spooled")
     assert not [p for p in c.nucleus.published if p.topic == ALERT_TOPIC]
@@ -218,23 +226,20 @@ def test_waiting_for_the_nucleus_logs_each_failed_attempt_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Regression: while the reconnect backoff ran, a "not connected; next attempt in" warning every second.
-    conn = GreengrassSink(
-        THING,
+    connection = GreengrassConnection(
         timeout=1.0,
         socket_path=str(tmp_path / "no.socket"),
         token="t",
         reconnect_base=60.0,
         reconnect_cap=60.0,
     )
-    stop = threading.Event()
-    thread = threading.Thread(target=serve, args=(conn, stop), daemon=True)
     with caplog.at_level(logging.WARNING):
-        thread.start()
+        c = InProcess(connection)
         poll(lambda: "cannot connect to the nucleus" in caplog.text, what="the first attempt")
         time.sleep(2.5)
-        stop.set()
-        thread.join(10)
-    assert not thread.is_alive()
+        c.stop.set()
+        c.thread.join(10)
+    assert not c.thread.is_alive()
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warnings and all("cannot connect to the nucleus" in message for message in warnings), warnings
 
@@ -257,12 +262,11 @@ def test_answer_subscriptions_without_an_answer_are_made_again_later(tmp_path: P
     nucleus = DevNucleus(ROOT / "recipe.yaml", THING, {**BASE, "StateDirectory": str(tmp_path)})
     nucleus.start()
     nucleus.delay(5.0, "aws.greengrass#SubscribeToIoTCore")
-    conn = GreengrassSink(
-        THING, timeout=0.5, socket_path=nucleus.socket_path, token=nucleus.token, resubscribe_seconds=0.2
+    c = InProcess(
+        GreengrassConnection(
+            timeout=0.5, socket_path=nucleus.socket_path, token=nucleus.token, resubscribe_seconds=0.2
+        )
     )
-    stop = threading.Event()
-    thread = threading.Thread(target=serve, args=(conn, stop), daemon=True)
-    thread.start()
     try:
         nucleus.wait_for(is_report, timeout=15)
         poll(lambda: "RUNNING" in nucleus.states, what="UpdateState RUNNING")
@@ -273,10 +277,8 @@ def test_answer_subscriptions_without_an_answer_are_made_again_later(tmp_path: P
             lambda: nucleus.deliver_iot(REPORT_TOPIC + "/rejected", b'{"reportId": 1}') == 1,
             what="resubscribed",
         )
-        poll(lambda: conn.rejected >= 1, what="the rejection counted")
+        poll(lambda: c.sink.rejected >= 1, what="the rejection counted")
     finally:
-        stop.set()
-        conn.wake.set()
-        thread.join(15)
+        c.halt()
         nucleus.stop()
-    assert not thread.is_alive(), "the component did not stop"
+    assert not c.thread.is_alive(), "the component did not stop"

@@ -4,7 +4,6 @@ the previous settings stay and the refusal is one short log line."""
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +13,9 @@ import pytest
 
 from ddcustom.device.config import DEFAULTS
 from ddcustom.device.documents import MAX_NESTING
-from ddcustom.device.outputs.greengrass.sink import GreengrassSink
-from ddcustom.device.run.greengrass import serve
+from ddcustom.device.outputs.greengrass.connection import GreengrassConnection
 from ddcustom.tooling.devnucleus import DevNucleus
+from support.greengrass import InProcess
 from support.helpers import ROOT
 
 THING = "cam-7"
@@ -39,22 +38,19 @@ def nested(levels: int) -> Any:
 
 
 @pytest.fixture
-def component(tmp_path: Path) -> Iterator[tuple[DevNucleus, GreengrassSink]]:
+def component(tmp_path: Path) -> Iterator[tuple[DevNucleus, InProcess]]:
     merge = {"DetectIntervalSeconds": 0.5, "StateDirectory": str(tmp_path / "state")}
     nucleus = DevNucleus(ROOT / "recipe.yaml", THING, merge).start()
-    conn = GreengrassSink(THING, timeout=5.0, socket_path=nucleus.socket_path, token=nucleus.token)
-    stop = threading.Event()
-    thread = threading.Thread(target=serve, args=(conn, stop), daemon=True)
-    thread.start()
+    c = InProcess(
+        GreengrassConnection(timeout=5.0, socket_path=nucleus.socket_path, token=nucleus.token), THING
+    )
     try:
-        poll(lambda: conn.settings is not None and "RUNNING" in nucleus.states, "the component running")
-        yield nucleus, conn
+        poll(lambda: c.settings is not None and "RUNNING" in nucleus.states, "the component running")
+        yield nucleus, c
     finally:
-        stop.set()
-        conn.wake.set()
-        thread.join(15)
+        c.halt()
         nucleus.stop()
-    assert not thread.is_alive(), "the component did not stop"
+    assert not c.thread.is_alive(), "the component did not stop"
 
 
 @pytest.mark.parametrize(
@@ -69,20 +65,20 @@ def component(tmp_path: Path) -> Iterator[tuple[DevNucleus, GreengrassSink]]:
     ids=["deep", "huge", "long value", "long profile", "every key wrong"],
 )
 def test_an_update_out_of_bounds_is_refused_in_one_short_line(
-    component: tuple[DevNucleus, GreengrassSink],
+    component: tuple[DevNucleus, InProcess],
     caplog: pytest.LogCaptureFixture,
     merge: dict[str, Any],
     expected: str,
 ) -> None:
-    nucleus, conn = component
-    before = conn.settings
+    nucleus, c = component
+    before = c.settings
     with caplog.at_level(logging.INFO, logger="ddcustom"):
         nucleus.update_configuration(merge)
         poll(lambda: REFUSED in caplog.text, "the refusal logged")
         # the component goes on: a later good update is still taken
         nucleus.update_configuration({**{key: DEFAULTS[key] for key in merge}, "MaxReportListSize": 42})
-        poll(lambda: conn.settings is not before, "the next good update applied")
-    assert conn.settings is not None and conn.settings.max_report_list_size == 42
+        poll(lambda: c.settings is not before, "the next good update applied")
+    assert c.settings is not None and c.settings.max_report_list_size == 42
     refusals = [r.getMessage() for r in caplog.records if REFUSED in r.getMessage()]
     assert len(refusals) == 1
     assert expected in refusals[0]
@@ -90,15 +86,15 @@ def test_an_update_out_of_bounds_is_refused_in_one_short_line(
 
 
 def test_a_refused_configuration_read_again_after_a_reconnect_is_logged_once(
-    component: tuple[DevNucleus, GreengrassSink], caplog: pytest.LogCaptureFixture
+    component: tuple[DevNucleus, InProcess], caplog: pytest.LogCaptureFixture
 ) -> None:
-    nucleus, conn = component
+    nucleus, c = component
     with caplog.at_level(logging.INFO, logger="ddcustom"):
         nucleus.update_configuration({"DetectIntervalSeconds": "often"})
         poll(lambda: REFUSED in caplog.text, "the refusal logged")
-        connects = conn.connects
+        connects = c.connection.connects
         nucleus.drop_connections()  # the reconnect reads the configuration again: the same refusal
-        poll(lambda: conn.connects > connects, "the reconnect")
+        poll(lambda: c.connection.connects > connects, "the reconnect")
         nucleus.update_configuration({"DetectIntervalSeconds": 2})
-        poll(lambda: conn.settings is not None and conn.settings.detect_interval_seconds == 2, "the fix")
+        poll(lambda: c.settings is not None and c.settings.detect_interval_seconds == 2, "the fix")
     assert sum(REFUSED in r.getMessage() for r in caplog.records) == 1

@@ -38,6 +38,13 @@ class SpoolError(Exception):
 
 
 class AlertSpool:
+    """The alerts raised and not yet delivered, in the order raised, at most ``max_bytes`` of them.
+
+    The agent appends every alert before sending it and acks it once the sink has it, so an alert
+    outlives a dropped connection or a restart. An alert appended again while pending (same violation
+    id and event type) keeps its place. Safe to use from several threads.
+    """
+
     def __init__(self, directory: Union[str, Path], max_bytes: int) -> None:
         self.directory = Path(directory)
         self.max_bytes = max_bytes

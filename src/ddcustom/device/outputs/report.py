@@ -6,15 +6,17 @@ MaxReportListSize: the standard ones carry their true total, custom list values 
 are left out, and so are custom metrics whose value is not a finite number or is an empty list.
 ``report_id`` is epoch milliseconds of the sample, but always above the previous id, so two reports in
 the same millisecond or a clock stepping back still get strictly increasing ids.
+
+What the builder reads of the settings is the ``ReportSettings`` protocol, which the configuration's
+``Settings`` satisfies: the outputs sit below the configuration and do not import it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
-from ddcustom.device.config import Settings
 from ddcustom.device.metrics import CUSTOM_METRICS, MetricValue
 from ddcustom.device.sample import Connection, ListeningPort, NetworkStats, Sample
 
@@ -70,10 +72,20 @@ def custom_metric_entry(value_key: str, value: MetricValue) -> Optional[list[dic
     return [{value_key: [str(v) for v in value]}]
 
 
+class ReportSettings(Protocol):
+    """What a report depends on of the settings."""
+
+    @property
+    def use_short_names(self) -> bool: ...
+
+    @property
+    def max_report_list_size(self) -> int: ...
+
+
 class ReportBuilder:
     """Builds reports; remembers only the last report_id."""
 
-    def __init__(self, settings: Settings, last_report_id: Optional[int] = None) -> None:
+    def __init__(self, settings: ReportSettings, last_report_id: Optional[int] = None) -> None:
         """``last_report_id``: the last id sent before (e.g. persisted by a previous run), None if none."""
         self.settings = settings
         # the id of the last report built (or the one given): persist it to continue after a restart

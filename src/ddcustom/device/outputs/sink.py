@@ -1,5 +1,5 @@
 """Where reports and alerts go: the contract both outputs (local JSON lines, Greengrass IPC) implement,
-and the one encoding they publish."""
+what they read of the settings, and the one encoding they publish."""
 
 from __future__ import annotations
 
@@ -22,6 +22,18 @@ class Sink(Protocol):
 
     def publish_shadow(self, document: dict[str, Any]) -> bool:
         """Update the thing's named shadow ``ddcustom``. False when this sink has no shadow."""
+
+
+class SinkSettings(Protocol):
+    """What a sink reads of the settings in use (the configuration's ``Settings`` satisfies it)."""
+
+    @property
+    def enable_device_defender_report(self) -> bool: ...
+
+    @property
+    def local_alert_topic(self) -> str: ...
+
+    def alert_topic_for(self, thing_name: str) -> str: ...
 
 
 def serialise(message: dict[str, Any]) -> str:

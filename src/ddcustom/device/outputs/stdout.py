@@ -1,4 +1,5 @@
-"""Local sink: reports and alerts as JSON lines on a stream (stdout in ``ddcustom run``)."""
+"""Local sink: reports and alerts as JSON lines on a stream (stdout in ``ddcustom run``), each with the
+topic it would be published on under Greengrass; there is no shadow outside Greengrass."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import threading
 from typing import Any, Callable, Optional, TextIO
 
 from ddcustom.device.detect.events import ViolationEvent
-from ddcustom.device.outputs.sink import SinkError, report_topic, serialise
+from ddcustom.device.outputs.sink import SinkError, SinkSettings, report_topic, serialise
 
 
 class JsonLinesSink:
@@ -25,6 +26,9 @@ class JsonLinesSink:
         self.alert_topic = alert_topic
         self._on_closed = on_closed
         self._lock = threading.Lock()
+
+    def apply_settings(self, settings: SinkSettings) -> None:
+        self.alert_topic = settings.alert_topic_for(self._thing_name)
 
     def close(self) -> None:
         self._stream.flush()

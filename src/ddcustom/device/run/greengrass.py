@@ -1,4 +1,12 @@
-"""Running under Greengrass: the configuration through IPC, the agent's loop, RUNNING / ERRORED states."""
+"""Running under Greengrass: the runner given the deployment's configuration and the nucleus over IPC.
+
+``GreengrassConfiguration`` is the runner's configuration source: it reads the configuration with
+GetConfiguration (again after each update event and each reconnect, since an update may have come
+while the connection was down) and tells the nucleus the component's state. An invalid first
+configuration is reported as ERRORED and the component waits for a deployment that fixes it, instead
+of running with settings nobody asked for; once running it reports RUNNING, once per connection.
+It lives here, above the outputs, because it needs ``device.config``.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +15,16 @@ import os
 import threading
 from typing import Optional
 
-from ddcustom.device.agent import Agent
-from ddcustom.device.config import ConfigError, Settings
-from ddcustom.device.documents import shorten
+from ddcustom.device.config import ConfigError, Settings, parse_settings
+from ddcustom.device.outputs.greengrass.connection import GreengrassConnection
 from ddcustom.device.outputs.greengrass.sink import GreengrassSink
 from ddcustom.device.outputs.sink import SinkError
-from ddcustom.device.run.process import install_stop_handlers, setup_logging
+from ddcustom.device.run.process import install_stop_handlers
+from ddcustom.device.run.runner import run
 
 log = logging.getLogger(__name__)
+
+ERRORED_RECHECK_SECONDS = 60.0  # with an invalid first configuration: read it again at least this often
 
 
 def run_under_greengrass(config_path: Optional[str] = None) -> int:
@@ -25,84 +35,79 @@ def run_under_greengrass(config_path: Optional[str] = None) -> int:
     if not thing_name:
         log.error("AWS_IOT_THING_NAME is not set; the nucleus sets it for components")
         return 1
-    sink = GreengrassSink(thing_name)
+    connection = GreengrassConnection()
+    configuration = GreengrassConfiguration(connection)
+    sink = GreengrassSink(connection, thing_name)
     stop = threading.Event()
-    install_stop_handlers(stop, sink.wake)
-    serve(sink, stop)
-    return 0
+    install_stop_handlers(stop, connection.wake)
+    return run(configuration, sink, thing_name, stop, connection.wake)
 
 
-def serve(sink: GreengrassSink, stop: threading.Event) -> None:
-    """The component's life under Greengrass, until ``stop`` is set."""
-    settings = _first_settings(sink, stop)
-    if settings is None:
-        return
-    setup_logging(settings.log_level)
-    sink.settings = settings
-    agent = Agent(settings, sink.thing_name, sink)
-    refused = ""  # the last configuration refused, logged once however many update events it sends
+class GreengrassConfiguration:
+    """The deployment's configuration over IPC, and the component's state for the nucleus."""
 
-    def before_cycle() -> None:
-        nonlocal refused
-        sink.keep_connected()
-        if sink.connected:
-            sink.update_state("RUNNING")  # sent once per connection (update_state skips repeats)
-        if sink.config_changed.is_set():
-            refused = _apply_update(sink, agent, refused)
+    def __init__(self, connection: GreengrassConnection) -> None:
+        self._connection = connection
+        self._changed = threading.Event()  # set by the IPC thread, read by the loop
+        connection.subscribe_configuration(self._on_update)
+        connection.on_reconnect(self._changed.set)  # an update may have come while we were away
 
-    try:
-        agent.run_forever(stop, sink.wake, before_cycle, sink.seconds_to_next_attempt)
-    finally:
-        agent.close()
-        sink.close()
-
-
-def _apply_update(sink: GreengrassSink, agent: Agent, refused: str) -> str:
-    """Apply the deployed configuration; returns the refusal of an invalid one ("" when none)."""
-    sink.config_changed.clear()
-    try:
-        new = sink.read_settings()
-    except ConfigError as exc:  # every problem, each value cut short; the line is cut at 4000 all the same
-        refusal = shorten(str(exc), 4000)
-        if refusal != refused:
-            log.error("configuration update refused, the previous settings stay: %s", refusal)
-        return refusal
-    except SinkError as exc:
-        sink.config_changed.set()  # try again next cycle
-        log.warning("cannot read the configuration update yet: %s", exc)
-        return refused
-    if new != sink.settings:
-        log.info("configuration updated; applying without a restart")
-        setup_logging(new.log_level)
-        sink.settings = new
-        agent.apply_settings(new)
-    return ""
-
-
-def _first_settings(sink: GreengrassSink, stop: threading.Event) -> Optional[Settings]:
-    """Connect and read the configuration; never exit while Greengrass expects the component to run.
-
-    A configuration that does not validate is reported as ERRORED and the component waits for a
-    deployment that fixes it, instead of running with settings nobody asked for.
-    """
-    while not stop.is_set():
-        backoff = sink.seconds_to_next_attempt()
-        if backoff:  # not connected, and the next attempt is not due yet
-            stop.wait(backoff)
-            continue
-        try:
-            settings = sink.read_settings()
-        except ConfigError as exc:
-            log.error("the deployed configuration is invalid; waiting for a corrected one: %s", exc)
-            sink.update_state("ERRORED")
-            sink.wake.wait(60)
-            sink.wake.clear()
-            continue
-        except SinkError as exc:
-            log.warning("%s", exc)
-            if sink.connected:  # the call failed, not the connection: do not hammer the nucleus
-                stop.wait(1.0)
-            continue
-        sink.config_changed.clear()
+    def read(self) -> Settings:
+        """The deployed configuration, validated (warnings logged); ConfigError if it is invalid,
+        SinkError if it cannot be read now."""
+        raw = self._connection.call("GetConfiguration", lambda ipc: ipc.get_configuration())
+        settings, warnings = parse_settings(raw)
+        for warning in warnings:
+            log.warning("%s", warning)
         return settings
-    return None
+
+    def first_settings(self, stop: threading.Event) -> Optional[Settings]:
+        """Connect and read the configuration; never give up while Greengrass expects the component to run."""
+        connection = self._connection
+        while not stop.is_set():
+            backoff = connection.seconds_to_next_attempt()
+            if backoff:  # not connected, and the next attempt is not due yet
+                stop.wait(backoff)
+                continue
+            try:
+                settings = self.read()
+            except ConfigError as exc:
+                log.error("the deployed configuration is invalid; waiting for a corrected one: %s", exc)
+                connection.update_state("ERRORED")
+                connection.wake.wait(ERRORED_RECHECK_SECONDS)
+                connection.wake.clear()
+                continue
+            except SinkError as exc:
+                log.warning("%s", exc)
+                if connection.connected:  # the call failed, not the connection: do not hammer the nucleus
+                    stop.wait(1.0)
+                continue
+            self._changed.clear()
+            return settings
+        return None
+
+    def poll(self) -> Optional[Settings]:
+        """Keep the connection up, report RUNNING once per connection, and read the configuration
+        again when it may have changed (None when it was not, or cannot be read yet: tried next cycle)."""
+        connection = self._connection
+        connection.keep_connected()
+        if connection.connected:
+            connection.update_state("RUNNING")  # sent once per connection (update_state skips repeats)
+        if not self._changed.is_set():
+            return None
+        self._changed.clear()
+        try:
+            return self.read()
+        except SinkError as exc:
+            self._changed.set()  # try again next cycle
+            log.warning("cannot read the configuration update yet: %s", exc)
+            return None
+
+    def seconds_to_next_poll(self) -> Optional[float]:
+        return self._connection.seconds_to_next_attempt()
+
+    # ---- IPC callback (runs on the client's thread: keep it short) -------------------------------
+
+    def _on_update(self) -> None:
+        self._changed.set()
+        self._connection.wake.set()

@@ -1,4 +1,5 @@
-"""Running outside Greengrass: the agent's loop with reports and alerts as JSON lines on stdout."""
+"""Running outside Greengrass: the runner given fixed settings, and reports and alerts as JSON lines on
+stdout; the run stops when stdout's reader goes away (``ddcustom run | head``)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import os
 import socket
 import sys
 import threading
-from typing import Optional
+from typing import Callable, Optional
 
 from ddcustom.device.agent import Agent
 from ddcustom.device.config import Settings
 from ddcustom.device.outputs.stdout import JsonLinesSink
-from ddcustom.device.run.process import install_stop_handlers, setup_logging
+from ddcustom.device.run.process import install_stop_handlers
+from ddcustom.device.run.runner import run
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +26,6 @@ def local_thing_name(explicit: Optional[str] = None) -> str:
 
 def run_local(settings: Settings, thing: Optional[str]) -> int:
     """``ddcustom run`` without SVCUID. Returns when stopped by SIGINT or SIGTERM."""
-    setup_logging(settings.log_level)
     thing_name = local_thing_name(thing)
     stop, wake = threading.Event(), threading.Event()
     reader_gone = threading.Event()
@@ -36,23 +37,50 @@ def run_local(settings: Settings, thing: Optional[str]) -> int:
         stop.set()
         wake.set()
 
-    sink = JsonLinesSink(sys.stdout, thing_name, settings.alert_topic_for(thing_name), stdout_closed)
-    agent = Agent(settings, thing_name, sink)
+    def started(agent: Agent) -> None:
+        log.info(
+            "running locally as %s: a sample every %gs, a report every %ds; JSON lines on stdout",
+            thing_name,
+            agent.settings.detect_interval_seconds,
+            agent.settings.report_interval_seconds,
+        )
+
+    def stopped(agent: Agent) -> None:
+        log.info("stopped: %s", json.dumps(agent.status()["counters"]))
+
+    sink = _StdoutSink(thing_name, settings.alert_topic_for(thing_name), stdout_closed, reader_gone)
     install_stop_handlers(stop, wake)
-    log.info(
-        "running locally as %s: a sample every %gs, a report every %ds; JSON lines on stdout",
-        thing_name,
-        settings.detect_interval_seconds,
-        settings.report_interval_seconds,
-    )
-    try:
-        agent.run_forever(stop, wake)
-    finally:
-        agent.close()
-        if reader_gone.is_set():
+    return run(FixedSettings(settings), sink, thing_name, stop, wake, started=started, stopped=stopped)
+
+
+class FixedSettings:
+    """A local run's configuration source: the settings it started with, for its whole life."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def first_settings(self, stop: threading.Event) -> Optional[Settings]:
+        return self._settings
+
+    def poll(self) -> Optional[Settings]:
+        return None
+
+    def seconds_to_next_poll(self) -> Optional[float]:
+        return None
+
+
+class _StdoutSink(JsonLinesSink):
+    """JSON lines on stdout; once its reader has gone away, closing it leaves nothing to flush."""
+
+    def __init__(
+        self, thing_name: str, alert_topic: str, on_closed: Callable[[], None], reader_gone: threading.Event
+    ) -> None:
+        super().__init__(sys.stdout, thing_name, alert_topic, on_closed)
+        self._reader_gone = reader_gone
+
+    def close(self) -> None:
+        if self._reader_gone.is_set():
             # what is still buffered cannot go anywhere: let the interpreter's exit flush into nothing
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         else:
-            sink.close()
-    log.info("stopped: %s", json.dumps(agent.status()["counters"]))
-    return 0
+            super().close()

@@ -18,6 +18,7 @@ from ddcustom.device.outputs.greengrass.ipc import (
     UnauthorizedIpcError,
 )
 from ddcustom.tooling.devnucleus import DevNucleus
+from support.fakes import Highest
 
 REPORT_TOPIC = "$aws/things/test-thing/defender/metrics/json"  # the thing of the nucleus fixture
 WAIT = 5.0
@@ -322,13 +323,6 @@ def test_ipc_call_on_a_dropped_connection_is_detected(nucleus: DevNucleus) -> No
     wrapper.close()
 
 
-class Highest(random.Random):
-    """Always draws the top of the range."""
-
-    def uniform(self, a: float, b: float) -> float:
-        return b
-
-
 def test_backoff_delays_full_jitter() -> None:
     delays = backoff_delays(1.0, 30.0, random.Random(42))
     values = [next(delays) for _ in range(12)]
@@ -361,5 +355,6 @@ def test_ipc_reconnect_drops_a_subscription_the_nucleus_no_longer_grants(
     assert nucleus.subscriptions() == [""]  # the configuration subscription is back, the refused one is not
     assert "no longer subscribed" in caplog.text
     ipc.close()
+    nucleus.wait_until(lambda: nucleus.connection_count == 0)  # its subscriptions gone with it
     ipc.connect()  # and it is not tried again
     assert nucleus.subscriptions() == [""]

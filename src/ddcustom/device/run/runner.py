@@ -1,0 +1,110 @@
+"""The component's loop, set up once for every way it runs.
+
+``run`` takes the first settings from a configuration source, sets up logging, builds the ``Agent``,
+applies configuration changes between cycles (an invalid one is refused and the settings in use stay)
+and closes the agent and the sink at the end. Where the settings come from and where reports and alerts
+go is all that differs between a local run (local.py: fixed settings, JSON lines on stdout) and one
+under Greengrass (greengrass.py: the deployment's configuration and the nucleus, over IPC).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable, Optional, Protocol
+
+from ddcustom.device.agent import Agent
+from ddcustom.device.config import ConfigError, Settings
+from ddcustom.device.documents import shorten
+from ddcustom.device.outputs.sink import Sink
+from ddcustom.device.run.process import setup_logging
+
+log = logging.getLogger(__name__)
+
+MAX_REFUSAL_CHARS = 4000  # every problem, each value cut short; the line is cut at this all the same
+
+
+class ConfigurationSource(Protocol):
+    """Where the settings come from; called on the loop's thread only."""
+
+    def first_settings(self, stop: threading.Event) -> Optional[Settings]:
+        """The settings to start with, waiting as long as it takes for valid ones; None if stopped first."""
+
+    def poll(self) -> Optional[Settings]:
+        """Before every cycle: the configuration when it was read again (it may be unchanged), None when
+        it was not. Raises ConfigError for an invalid one."""
+
+    def seconds_to_next_poll(self) -> Optional[float]:
+        """In how many seconds ``poll`` has work to do, when that is sooner than the next sample; or None."""
+
+
+class RunSink(Sink, Protocol):
+    """A sink the runner tells the settings in use, and closes at the end."""
+
+    def apply_settings(self, settings: Settings) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def run(
+    configuration: ConfigurationSource,
+    sink: RunSink,
+    thing_name: str,
+    stop: threading.Event,
+    wake: threading.Event,
+    *,
+    started: Optional[Callable[[Agent], None]] = None,
+    stopped: Optional[Callable[[Agent], None]] = None,
+) -> int:
+    """Run the agent until ``stop`` is set (``wake`` interrupts its wait); returns the exit status.
+
+    ``started(agent)`` is called once the agent is built, ``stopped(agent)`` once it and the sink are
+    closed after a clean stop.
+    """
+    settings = configuration.first_settings(stop)
+    if settings is None:
+        sink.close()
+        return 0
+    setup_logging(settings.log_level)
+    sink.apply_settings(settings)
+    agent = Agent(settings, thing_name, sink)
+    if started is not None:
+        started(agent)
+    updates = _Updates(configuration, sink, agent)
+    try:
+        agent.run_forever(stop, wake, updates.before_cycle, configuration.seconds_to_next_poll)
+    finally:
+        agent.close()
+        sink.close()
+    if stopped is not None:
+        stopped(agent)
+    return 0
+
+
+class _Updates:
+    """Configuration changes applied between cycles; a refused configuration is logged once, however
+    many times it is read again (update events, reconnects)."""
+
+    def __init__(self, configuration: ConfigurationSource, sink: RunSink, agent: Agent) -> None:
+        self._configuration = configuration
+        self._sink = sink
+        self._agent = agent
+        self._refused = ""  # the last configuration refused, "" when the last one read was valid
+
+    def before_cycle(self) -> None:
+        try:
+            new = self._configuration.poll()
+        except ConfigError as exc:
+            refusal = shorten(str(exc), MAX_REFUSAL_CHARS)
+            if refusal != self._refused:
+                log.error("configuration update refused, the previous settings stay: %s", refusal)
+            self._refused = refusal
+            return
+        if new is None:
+            return
+        self._refused = ""
+        if new != self._agent.settings:
+            log.info("configuration updated; applying without a restart")
+            setup_logging(new.log_level)
+            self._sink.apply_settings(new)
+            self._agent.apply_settings(new)
