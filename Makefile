@@ -29,6 +29,8 @@ lint: $(DEV_STAMP)
 	$(BIN)/ruff format --check src tests bench tools
 	# devices run old distributions: the component must work on Python 3.9
 	$(BIN)/vermin --target=3.9- --no-tips --eval-annotations --violations -q src tests bench tools
+	# the layers of pyproject.toml's [tool.importlinter]: no import from a lower layer to a higher one
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy --cache-dir $(VENV)/.mypy_cache

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from ddcustom.device.agent import Agent
-from support.agent import RecordingSink, feedback_settings, write_feedback
+from support.agent import feedback_settings, write_feedback
+from support.fakes import RecordingSink
 from support.helpers import MINING_RULES
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ddcustom.device.agent import Agent
-from support.agent import RecordingSink, feedback_settings, write_feedback
+from support.agent import feedback_settings, write_feedback
+from support.fakes import RecordingSink
 from support.helpers import ROOT
 
 LOAD_RULE: dict[str, Any] = {
@@ -92,7 +93,8 @@ from pathlib import Path
 from ddcustom.device.agent import Agent
 sys.path[:0] = [{here!r}, {tests!r}]
 from test_agent_restart import LOAD_RULE
-from support.agent import RecordingSink, feedback_settings
+from support.agent import feedback_settings
+from support.fakes import RecordingSink
 sink = RecordingSink()
 agent = Agent(feedback_settings(Path({tmp!r}), LOAD_RULE), "t", sink)
 for now in range(1, 10**9):

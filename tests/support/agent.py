@@ -1,14 +1,12 @@
 """The agent in tests: settings whose rules read feedback files in a test's folder (nothing on the host
-changes a result), the files written, and a sink that records what it is given."""
+changes a result), and the files written."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 from ddcustom.device.config import Settings, parse_settings
-from ddcustom.device.detect.events import ViolationEvent
-from ddcustom.device.outputs.sink import SinkError
 from support.helpers import MINING_RULES, profile
 
 
@@ -38,33 +36,3 @@ def write_feedback(folder: Path, load: float, latency: float) -> None:
     """What the application writes: its GPU load per inference and its inference time (ms)."""
     (folder / "load").write_text(str(load))
     (folder / "time").write_text(str(latency))
-
-
-class RecordingSink:
-    """A sink that records what it is given and can be told to refuse (``refuse``: the error)."""
-
-    def __init__(self) -> None:
-        self.reports: list[dict[str, Any]] = []
-        self.alerts: list[ViolationEvent] = []
-        self.shadows: list[dict[str, Any]] = []
-        self.refuse: Optional[str] = None
-
-    def close(self) -> None:
-        pass
-
-    def publish_report(self, report: dict[str, Any]) -> bool:
-        if self.refuse:
-            raise SinkError(self.refuse)
-        self.reports.append(report)
-        return True
-
-    def publish_alert(self, alert: ViolationEvent) -> None:
-        if self.refuse:
-            raise SinkError(self.refuse)
-        self.alerts.append(alert)
-
-    def publish_shadow(self, document: dict[str, Any]) -> bool:
-        if self.refuse:
-            raise SinkError(self.refuse)
-        self.shadows.append(document)
-        return True

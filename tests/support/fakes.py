@@ -9,6 +9,7 @@ from typing import Any, Optional, Union
 
 from ddcustom.device.config import ConfigError, Settings
 from ddcustom.device.detect.events import ViolationEvent
+from ddcustom.device.outputs.sink import SinkError
 
 
 class Clock:
@@ -32,8 +33,8 @@ class Highest(random.Random):
 
 
 class RecordingSink:
-    """A sink for the runner that keeps what it is given: reports, alerts, shadows, the settings it is
-    told, and whether it was closed."""
+    """A sink that keeps what it is given: reports, alerts, shadows, the settings it is told, and
+    whether it was closed; it refuses every publish while ``refuse`` holds an error message."""
 
     def __init__(self) -> None:
         self.reports: list[dict[str, Any]] = []
@@ -41,6 +42,7 @@ class RecordingSink:
         self.shadows: list[dict[str, Any]] = []
         self.settings: list[Settings] = []
         self.closed = False
+        self.refuse: Optional[str] = None
 
     def apply_settings(self, settings: Settings) -> None:
         self.settings.append(settings)
@@ -49,15 +51,22 @@ class RecordingSink:
         self.closed = True
 
     def publish_report(self, report: dict[str, Any]) -> bool:
+        self._check()
         self.reports.append(report)
         return True
 
     def publish_alert(self, alert: ViolationEvent) -> None:
+        self._check()
         self.alerts.append(alert)
 
     def publish_shadow(self, document: dict[str, Any]) -> bool:
+        self._check()
         self.shadows.append(document)
         return True
+
+    def _check(self) -> None:
+        if self.refuse:
+            raise SinkError(self.refuse)
 
 
 Step = Union[Settings, ConfigError, None]

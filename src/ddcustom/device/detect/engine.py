@@ -37,7 +37,7 @@ NUMERIC: dict[str, Callable[[float, float], bool]] = {
 # Upper bounds: a sum over part of a duration window that already violates can only grow.
 UPPER_BOUNDS = frozenset({"less-than", "less-than-equals"})
 
-DEFAULT_WINDOW_SIZE = 360  # datapoints of a statistical threshold: one hour at the default 10 s detect interval
+DEFAULT_WINDOW_SIZE = 360  # datapoints of a statistical threshold: an hour at the default 10 s interval
 DEFAULT_WARMUP = 30  # datapoints before a statistical threshold may alarm
 
 
