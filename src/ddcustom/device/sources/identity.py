@@ -392,6 +392,14 @@ class IdentityReader:
         sha, reason = self._hash(resolved, signature)
         return ExecutableIdentity(path=resolved, sha256=sha, reason_unknowable=reason)
 
+    def digest(self, path: str) -> tuple[str, str]:
+        """(sha256, reason_unknowable) of the regular file at ``path`` (followed if a link), hashed once
+        per file version like every other file of this reader."""
+        signature = _signature(path)
+        if signature is None:
+            return "", UNREADABLE
+        return self._hash(path, signature)
+
     def _script(self, base: str, exe_path: str, cmdline: list[str]) -> str:
         if os.path.basename(exe_path) == "java":
             form, value = java_argument(cmdline)
