@@ -40,15 +40,31 @@ def load_settings(path: Optional[str]) -> Settings:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if os.environ.get("SVCUID"):
+    from ddcustom.device.run import privileges
+    from ddcustom.device.sources.source import Machine
+
+    under_greengrass = bool(os.environ.get("SVCUID"))
+    # The code is loaded before the privileges go: whatever is imported later must be readable by the
+    # component's user too.
+    if under_greengrass:
         from ddcustom.device.run.greengrass import run_under_greengrass
-
-        return run_under_greengrass(config_path=args.config)
-    from ddcustom.device.run.local import run_local
-
+    else:
+        from ddcustom.device.run.local import run_local
+    # Then, before a thread starts or a configuration is read: the privileged reader, and the
+    # component's own user (docs/threat-model.md).
+    try:
+        account = privileges.component_account(args.user, under_greengrass)
+    except ValueError as exc:
+        print(f"ddcustom run: --user: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    started = privileges.start(account, with_reader=args.privileged_reader)
+    log.info("other users' processes: %s", privileges.MODES[started.mode])
+    machine = Machine(privileged=started.reader)
+    if under_greengrass:
+        return run_under_greengrass(config_path=args.config, machine=machine)
     if not args.config:
         log.info("no --config: the default settings (`ddcustom check --config FILE` validates a file)")
-    return run_local(load_settings(args.config), args.thing)
+    return run_local(load_settings(args.config), args.thing, machine)
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
@@ -184,6 +200,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _on_off(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("on", "off", "true", "false"):
+        raise argparse.ArgumentTypeError(f"expected on or off, not {text!r}")
+    return value in ("on", "true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ddcustom",
@@ -195,6 +218,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the component (under Greengrass when SVCUID is set, else locally)")
     p.add_argument("--config", help="JSON or YAML file with configuration keys (local runs)")
     p.add_argument("--thing", help="thing name for local runs (default: AWS_IOT_THING_NAME or the host name)")
+    p.add_argument(
+        "--user",
+        help="started as root: run as this user, with the privileged reader answering what it may not read "
+        "of other users' processes (under Greengrass: the owner of the work folder, the runWith user)",
+    )
+    p.add_argument(
+        "--privileged-reader",
+        type=_on_off,
+        default=True,
+        metavar="on|off",
+        help="started as root: fork the privileged reader before dropping to the user (default: on; the "
+        "recipe passes PrivilegedReader)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(

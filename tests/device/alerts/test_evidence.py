@@ -140,7 +140,7 @@ def test_evidence_too_large_keeps_the_first_processes_whole(proc: Path) -> None:
 
 
 class _Failing(IdentityReader):
-    def read(self, pid: int, cmdline: Any = None) -> Any:
+    def read(self, pid: int, cmdline: Any = None, process: Any = None) -> Any:
         raise RuntimeError("the disk went away")
 
 

@@ -21,13 +21,14 @@ from ddcustom.device.outputs.greengrass.sink import GreengrassSink
 from ddcustom.device.outputs.sink import SinkError
 from ddcustom.device.run.process import install_stop_handlers
 from ddcustom.device.run.runner import run
+from ddcustom.device.sources.source import THIS_MACHINE, Machine
 
 log = logging.getLogger(__name__)
 
 ERRORED_RECHECK_SECONDS = 60.0  # with an invalid first configuration: read it again at least this often
 
 
-def run_under_greengrass(config_path: Optional[str] = None) -> int:
+def run_under_greengrass(config_path: Optional[str] = None, machine: Machine = THIS_MACHINE) -> int:
     """``ddcustom run`` with SVCUID set. Returns only when stopped by a signal."""
     if config_path:
         log.warning("--config is ignored under Greengrass: the configuration comes from the deployment")
@@ -40,7 +41,7 @@ def run_under_greengrass(config_path: Optional[str] = None) -> int:
     sink = GreengrassSink(connection, thing_name)
     stop = threading.Event()
     install_stop_handlers(stop, connection.wake)
-    return run(configuration, sink, thing_name, stop, connection.wake)
+    return run(configuration, sink, thing_name, stop, connection.wake, machine=machine)
 
 
 class GreengrassConfiguration:

@@ -16,6 +16,7 @@ from ddcustom.device.config import Settings
 from ddcustom.device.outputs.stdout import JsonLinesSink
 from ddcustom.device.run.process import install_stop_handlers
 from ddcustom.device.run.runner import run
+from ddcustom.device.sources.source import THIS_MACHINE, Machine
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ def local_thing_name(explicit: Optional[str] = None) -> str:
     return explicit or os.environ.get("AWS_IOT_THING_NAME") or socket.gethostname()
 
 
-def run_local(settings: Settings, thing: Optional[str]) -> int:
+def run_local(settings: Settings, thing: Optional[str], machine: Machine = THIS_MACHINE) -> int:
     """``ddcustom run`` without SVCUID. Returns when stopped by SIGINT or SIGTERM."""
     thing_name = local_thing_name(thing)
     stop, wake = threading.Event(), threading.Event()
@@ -50,7 +51,8 @@ def run_local(settings: Settings, thing: Optional[str]) -> int:
 
     sink = _StdoutSink(thing_name, settings.alert_topic_for(thing_name), stdout_closed, reader_gone)
     install_stop_handlers(stop, wake)
-    return run(FixedSettings(settings), sink, thing_name, stop, wake, started=started, stopped=stopped)
+    configuration = FixedSettings(settings)
+    return run(configuration, sink, thing_name, stop, wake, started=started, stopped=stopped, machine=machine)
 
 
 class FixedSettings:

@@ -18,6 +18,8 @@ from ddcustom.device.config import ConfigError, Settings
 from ddcustom.device.documents import shorten
 from ddcustom.device.outputs.sink import Sink
 from ddcustom.device.run.process import setup_logging
+from ddcustom.device.sources.collect import Collector
+from ddcustom.device.sources.source import THIS_MACHINE, Machine
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +57,13 @@ def run(
     *,
     started: Optional[Callable[[Agent], None]] = None,
     stopped: Optional[Callable[[Agent], None]] = None,
+    machine: Machine = THIS_MACHINE,
 ) -> int:
     """Run the agent until ``stop`` is set (``wake`` interrupts its wait); returns the exit status.
 
     ``started(agent)`` is called once the agent is built, ``stopped(agent)`` once it and the sink are
-    closed after a clean stop.
+    closed after a clean stop. ``machine``: where the sources read (with the privileged reader, when
+    there is one).
     """
     settings = configuration.first_settings(stop)
     if settings is None:
@@ -67,7 +71,7 @@ def run(
         return 0
     setup_logging(settings.log_level)
     sink.apply_settings(settings)
-    agent = Agent(settings, thing_name, sink)
+    agent = Agent(settings, thing_name, sink, collector=Collector(settings, machine))
     if started is not None:
         started(agent)
     updates = _Updates(configuration, sink, agent)

@@ -50,8 +50,8 @@ class Collector:
     ) -> None:
         self.sources = tuple(make(machine) for make in sources)
         check_order(self.sources)
-        self.identities = IdentityReader(machine.proc_root)
-        self.details = ProcessDetails(machine.proc_root)
+        self.identities = IdentityReader(machine.proc_root, privileged=machine.privileged)
+        self.details = ProcessDetails(machine.proc_root, machine.privileged)
         self._failures = FailureLog(log)
         self.apply_settings(settings)
 

@@ -44,6 +44,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 from urllib.parse import quote
 
+from ddcustom.device.fileio import read_bounded
+from ddcustom.device.sample import ProcessInfo
+from ddcustom.device.sources.privileged.client import PrivilegedReader
+from ddcustom.device.sources.procfs import parse_stat
+
 MAX_HASH_BYTES = 512 * 1024 * 1024
 MAX_HASH_SECONDS = 30.0  # a file slower than this to read (a stuck network mount) is not waited for
 HASH_CHUNK = 1024 * 1024
@@ -296,8 +301,12 @@ class IdentityReader:
         max_hash_seconds: float = MAX_HASH_SECONDS,
         recheck_seconds: float = RECHECK_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        privileged: Optional[PrivilegedReader] = None,
     ) -> None:
+        """``privileged``: the privileged reader, asked about processes whose exe link this process may
+        not read (another user's, when the component runs unprivileged)."""
         self.proc_root = proc_root
+        self.privileged = privileged
         self.cache_size = cache_size
         self.max_hash_bytes = max_hash_bytes
         self.max_hash_seconds = max_hash_seconds
@@ -308,17 +317,24 @@ class IdentityReader:
         # (pid, exe link, command line of an interpreter) -> (monotonic time checked, identity)
         self._processes: OrderedDict[tuple[object, ...], tuple[float, ExecutableIdentity]] = OrderedDict()
         self._scripted: dict[str, bool] = {}  # exe path -> whether it runs scripts
+        # (pid, start ticks, comm, command line) -> (monotonic time asked, identity): the privileged reader's
+        self._privileged: OrderedDict[tuple[object, ...], tuple[float, ExecutableIdentity]] = OrderedDict()
         self.files_hashed = 0  # files read in full so far: tests check the cache with it
 
-    def read(self, pid: int, cmdline: Optional[list[str]] = None) -> Optional[ExecutableIdentity]:
+    def read(
+        self, pid: int, cmdline: Optional[list[str]] = None, process: Optional[ProcessInfo] = None
+    ) -> Optional[ExecutableIdentity]:
         """The identity of process ``pid``; None when it has exited or runs no executable (a kernel
-        thread or a zombie). ``cmdline``: its arguments when the caller has read them already."""
+        thread or a zombie). ``cmdline``: its arguments, ``process``: what the process table read of it,
+        when the caller has them already."""
         base = f"{self.proc_root}/{pid}"
         try:
             link = os.readlink(f"{base}/exe")
         except OSError as exc:
             if exc.errno in (errno.EACCES, errno.EPERM):
-                return ExecutableIdentity(path="", sha256="", reason_unknowable=NO_ACCESS)
+                return self._read_privileged(pid, process) or ExecutableIdentity(
+                    path="", sha256="", reason_unknowable=NO_ACCESS
+                )
             return None
         if link.startswith("/memfd:"):
             return ExecutableIdentity(path=link, sha256="", reason_unknowable=MEMFD)
@@ -391,6 +407,41 @@ class IdentityReader:
             return ExecutableIdentity(path=resolved, sha256="", reason_unknowable=UNREADABLE)
         sha, reason = self._hash(resolved, signature)
         return ExecutableIdentity(path=resolved, sha256=sha, reason_unknowable=reason)
+
+    def _read_privileged(self, pid: int, process: Optional[ProcessInfo]) -> Optional[ExecutableIdentity]:
+        """The identity the privileged reader gives, kept as long as the process is the same program (its
+        start time, name and command line) and rechecked like the others; None without an answer."""
+        reader = self.privileged
+        if reader is None or not reader.available:
+            return None
+        if process is None:
+            try:
+                stat = read_bounded(f"{self.proc_root}/{pid}/stat", 4096).decode("utf-8", "replace")
+                comm, _, _, start = parse_stat(stat)
+            except (OSError, ValueError, IndexError):
+                return None
+            key: tuple[object, ...] = (
+                pid,
+                start,
+                comm,
+                tuple(_read_cmdline(f"{self.proc_root}/{pid}/cmdline")),
+            )
+        else:
+            start = process.start_ticks
+            key = (pid, start, process.comm, process.cmdline)
+        now = self._clock()
+        seen = self._privileged.get(key)
+        if seen is not None and now - seen[0] < self.recheck_seconds:
+            self._privileged.move_to_end(key)
+            return seen[1]
+        answer = reader.ask("identity", pid, start)
+        identity = _identity_of(answer) if answer is not None else None
+        if identity is not None:
+            self._privileged[key] = (now, identity)
+            self._privileged.move_to_end(key)
+            while len(self._privileged) > self.cache_size:
+                self._privileged.popitem(last=False)
+        return identity
 
     def digest(self, path: str) -> tuple[str, str]:
         """(sha256, reason_unknowable) of the regular file at ``path`` (followed if a link), hashed once
@@ -478,6 +529,17 @@ class IdentityReader:
                 digest.update(chunk)
         finally:
             os.close(fd)
+
+
+def _identity_of(answer: dict[str, object]) -> Optional[ExecutableIdentity]:
+    """The identity in a privileged reader's answer; None when the answer is not one."""
+    fields = [answer.get(name) for name in ("path", "sha256", "script", "script_sha256", "reason")]
+    if not all(isinstance(value, str) and len(value) <= 8192 for value in fields):
+        return None
+    path, sha, script, script_sha, reason = (str(value) for value in fields)
+    return ExecutableIdentity(
+        path=path, sha256=sha, script=script, script_sha256=script_sha, reason_unknowable=reason
+    )
 
 
 def _signature(path: str) -> Optional[FileSignature]:

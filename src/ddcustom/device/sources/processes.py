@@ -32,27 +32,14 @@ from typing import ClassVar, Optional
 
 from ddcustom.device.fileio import read_bounded
 from ddcustom.device.sample import Connection, MinerProcess, ProcessInfo, ProcessStats, Sample
+from ddcustom.device.sources.procfs import CMDLINE_BYTES, STAT_BYTES, parse_cmdline, parse_stat
 from ddcustom.device.sources.source import THIS_MACHINE, Machine, SourceSettings
 
-STAT_BYTES = 4096
-CMDLINE_BYTES = 4096
 COMM_LENGTH = 15  # TASK_COMM_LEN - 1
 MAX_HELD_PROCESSES = 4096  # processes whose /proc files ProcFiles keeps open, at most
 
 STRATUM_URL = re.compile(r"stratum2?\+(?:tcp|ssl|tls)://", re.IGNORECASE)
 MINER_FLAG = re.compile(r"--donate-level\b")
-
-
-def parse_stat(text: str) -> tuple[str, int, int, int]:
-    """(comm, ppid, utime + stime, starttime) of a /proc/<pid>/stat line. comm may hold spaces and
-    parentheses: it ends at the last ')'. Fields a short line lacks count as 0."""
-    head, sep, tail = text.rpartition(")")
-    if not sep:
-        raise ValueError(f"malformed stat line: {text[:60]!r}")
-    comm = head.partition("(")[2]
-    fields = tail.split(None, 20)  # state, ppid, ... utime at 11, stime at 12, starttime at 19; the rest
-    numbers = [int(fields[i]) if len(fields) > i else 0 for i in (11, 12, 19)]
-    return comm, int(fields[1]), numbers[0] + numbers[1], numbers[2]
 
 
 class CpuMeter:
@@ -75,11 +62,6 @@ class CpuMeter:
         self._last = {pid: (info.start_ticks, info.cpu_ticks) for pid, info in table.items()}
         self._last_time = now
         return out
-
-
-def parse_cmdline(raw: bytes) -> list[str]:
-    """Arguments of /proc/<pid>/cmdline (NUL-separated; a process may have rewritten it with spaces)."""
-    return [arg.decode("utf-8", "replace") for arg in raw.rstrip(b"\0").split(b"\0")] if raw else []
 
 
 class ProcFiles:

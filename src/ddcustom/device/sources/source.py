@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Optional, Protocol
 
 from ddcustom.device.sample import Sample
+from ddcustom.device.sources.privileged.client import PrivilegedReader
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,8 @@ class Machine:
     proc_root: str = "/proc"
     sysfs_root: str = "/sys"
     nvml: Optional[Any] = None  # the pynvml module to use; None: import it
+    # asked what this process may not read of other users' processes (ddcustom.device.run.privileges)
+    privileged: Optional[PrivilegedReader] = None
 
 
 THIS_MACHINE = Machine()

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from ddcustom.device.fileio import read_bounded
 from ddcustom.device.sources.privileged.protocol import MAX_ANSWER_BYTES, MAX_ID, encode_request
-from ddcustom.device.sources.processes import STAT_BYTES, parse_stat
+from ddcustom.device.sources.procfs import STAT_BYTES, parse_stat
 
 log = logging.getLogger(__name__)
 

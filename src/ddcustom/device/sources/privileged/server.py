@@ -29,7 +29,7 @@ from ddcustom.device.sources.privileged.protocol import (
     parse_request,
 )
 from ddcustom.device.sources.process_details import ProcessDetails
-from ddcustom.device.sources.processes import STAT_BYTES, parse_stat
+from ddcustom.device.sources.procfs import STAT_BYTES, parse_stat
 
 log = logging.getLogger(__name__)
 
