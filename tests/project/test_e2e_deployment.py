@@ -5,7 +5,8 @@ The layout is the nucleus's: the zip under ``packages/artifacts/<name>/<version>
 ``packages/artifacts-unarchived/<name>/<version>/<zip name>/``, the work folder ``work/<name>/``. Each
 lifecycle script runs as ``sh -c`` in the work folder with the recipe's Setenv and the nucleus's
 variables, nothing else of the test's environment that a nucleus would not give (no PYTHONPATH, no
-active virtual environment): the component must run from what Install put in ``{work:path}/venv``.
+active virtual environment): the component must run from what Install put in the root-owned
+``{kernel:rootPath}/ddcustom/venv``.
 
 Install: the recipe's Install step runs unmodified, without a network, as on a device without internet:
 the artifact carries a ``wheels/`` folder (docs/packaging.md), which Install gives pip with
@@ -74,6 +75,7 @@ class Deployment:
     artifacts_path: Path
     decompressed_path: Path
     work_path: Path
+    kernel_root: Path
 
     def steps(self, configuration: dict[str, Any] | None = None) -> dict[str, LifecycleStep]:
         return lifecycle_steps(
@@ -81,6 +83,7 @@ class Deployment:
             artifacts_path=str(self.artifacts_path),
             decompressed_path=str(self.decompressed_path),
             work_path=str(self.work_path),
+            kernel_root=str(self.kernel_root),
             thing_name=THING,
             configuration=configuration,
         )
@@ -155,7 +158,13 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
         archive.extractall(decompressed_path / artifact.stem)
     recipe = yaml.safe_load(built.recipe.read_text(encoding="utf-8"))
     placed = Deployment(
-        device_bin(root / "bin"), built.recipe, recipe, artifacts_path, decompressed_path, work_path
+        device_bin(root / "bin"),
+        built.recipe,
+        recipe,
+        artifacts_path,
+        decompressed_path,
+        work_path,
+        greengrass,
     )
 
     install = run_step(placed, placed.steps()["install"])
@@ -260,8 +269,11 @@ def mining_merge(tmp_path: Path) -> dict[str, Any]:
     }
 
 
-def test_e2e_install_puts_the_artifact_in_the_work_venv_and_reruns_as_a_no_op(deployment: Deployment) -> None:
-    python = deployment.work_path / "venv" / "bin" / "python"
+def test_e2e_install_puts_the_artifact_in_a_root_venv_and_reruns_as_a_no_op(deployment: Deployment) -> None:
+    venv = deployment.kernel_root / "ddcustom" / "venv"
+    home = venv.parent.stat()
+    assert (home.st_uid, home.st_mode & 0o777) == (0, 0o755)  # root runs it: only root may change it
+    python = venv / "bin" / "python"
     where = subprocess.run(
         [str(python), "-c", "import sys, ddcustom; print(ddcustom.__file__); print(*sys.version_info[:2])"],
         env=nucleus_environment(deployment, deployment.steps()["run"]),
@@ -271,7 +283,7 @@ def test_e2e_install_puts_the_artifact_in_the_work_venv_and_reruns_as_a_no_op(de
     )
     assert where.returncode == 0, where.stderr
     module, version = where.stdout.splitlines()
-    assert Path(module).is_relative_to(deployment.work_path / "venv")
+    assert Path(module).is_relative_to(venv)
     assert version == f"{sys.version_info.major} {sys.version_info.minor}"  # the device's python3
 
     again = run_step(deployment, deployment.steps()["install"])

@@ -110,13 +110,19 @@ def test_packaging_linux_manifest_lifecycle(recipe: dict[str, Any]) -> None:
     assert manifest["Platform"] == {"os": "linux"}
     lifecycle = manifest["Lifecycle"]
     assert set(lifecycle) == {"Setenv", "Install", "Run"}
+    # Both as root: Install makes a virtual environment only root may change, because Run starts it as
+    # root to fork the privileged reader before the component drops to its own user.
     for phase in ("Install", "Run"):
-        assert "RequiresPrivilege" not in lifecycle[phase]
+        assert lifecycle[phase]["RequiresPrivilege"] is True
     assert 60 <= lifecycle["Install"]["Timeout"] <= 3600
     install = lifecycle["Install"]["Script"]
-    assert '"$PY" -m venv "$VENV"' in install and 'VENV="{work:path}/venv"' in install
+    assert '"$PY" -m venv "$VENV"' in install and 'HOME_DIR="{kernel:rootPath}/ddcustom"' in install
+    assert 'chown root:root "$HOME_DIR"' in install and 'chmod 0755 "$HOME_DIR"' in install
     assert "{artifacts:decompressedPath}/com.awsiotblog.DeviceDefenderCustom" in install
-    assert lifecycle["Run"]["Script"] == 'exec "{work:path}/venv/bin/python" -m ddcustom run'
+    assert lifecycle["Run"]["Script"] == (
+        'exec "{kernel:rootPath}/ddcustom/venv/bin/python" -m ddcustom run '
+        '--privileged-reader "{configuration:/PrivilegedReader}"'
+    )
 
 
 def test_packaging_artifact_is_the_unarchived_zip_gdk_builds(recipe: dict[str, Any]) -> None:
@@ -144,9 +150,14 @@ def test_packaging_lifecycle_steps_substitute_recipe_variables(recipe: dict[str,
         decompressed_path="/gg/packages/artifacts-unarchived/c/1.0.0",
         work_path="/gg/work/c",
         thing_name="edge-1",
+        kernel_root="/gg",
     )
     assert set(steps) == {"install", "run"}
-    assert steps["run"].script == 'exec "/gg/work/c/venv/bin/python" -m ddcustom run'
+    assert (
+        steps["run"].script
+        == 'exec "/gg/ddcustom/venv/bin/python" -m ddcustom run --privileged-reader "true"'
+    )
+    assert steps["run"].requires_privilege and steps["install"].requires_privilege
     assert steps["run"].timeout is None
     assert steps["install"].timeout == recipe["Manifests"][0]["Lifecycle"]["Install"]["Timeout"]
     assert 'SRC="/gg/packages/artifacts-unarchived/c/1.0.0/com.awsiotblog.DeviceDefenderCustom"' in (
@@ -158,8 +169,8 @@ def test_packaging_lifecycle_steps_substitute_recipe_variables(recipe: dict[str,
     )
     for step in steps.values():
         assert "{work:" not in step.script and "{artifacts:" not in step.script
+        assert "{kernel:" not in step.script and "{configuration:" not in step.script
         assert step.setenv == {"PYTHONUNBUFFERED": "1"}
-        assert step.requires_privilege is False
 
 
 def test_packaging_lifecycle_steps_configuration_variables() -> None:

@@ -95,6 +95,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     profile = settings.security_profile
     print(f"{args.config}: OK ({len(profile.behaviors)} behaviors in security profile {profile.name!r})")
+    from ddcustom.device.run import privileges
+
+    mode = privileges.PRIVILEGED_READER if settings.privileged_reader else privileges.UNPRIVILEGED
+    print(f"started as root, as the recipe does: {privileges.MODES[mode]}")
     return 0
 
 

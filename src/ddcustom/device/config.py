@@ -96,6 +96,7 @@ class Settings:
     local_alert_topic: str
     state_directory: str
     fleet_shadow: bool
+    privileged_reader: bool
     baseline_learning_seconds: int
     baseline_forget_seconds: int
     approved_executables: tuple[str, ...]
@@ -320,6 +321,10 @@ SCHEMA: dict[str, tuple[Any, _Parser, str, str]] = {
     "FleetShadow": (True, _bool, "fleet_shadow",
         "keep the thing's named shadow `ddcustom` current (its alarms now, on change and hourly), for fleet "
         "indexing and `ddcustom cloud status`"),
+    "PrivilegedReader": (True, _bool, "privileged_reader",
+        "started as root (the recipe's Run step is), fork the privileged reader before the component drops "
+        "to its own user, so that it sees other users' processes as root does; `false`: other users' "
+        "processes are known only by what anyone may read. Read when the component starts"),
     "BaselineLearningSeconds": (86400, _int_range(0, 366 * 86400), "baseline_learning_seconds",
         "how long the device learns what it runs and talks to (its baseline) before what it has not seen "
         "counts as new; restarts keep it, `ddcustom baseline relearn` starts it again"),
