@@ -11,6 +11,7 @@ from typing import Any, Callable, Optional
 
 import pytest
 
+from support.baseline import KIND_NAMES
 from support.helpers import poll, reap, start
 
 Spawn = Callable[..., "subprocess.Popen[bytes]"]
@@ -70,11 +71,10 @@ def fake_process(
 
 def read_baseline_file(path: Path) -> dict[str, Any]:
     """The baseline file as one mapping: its header, and entries and tombstones by kind and key (read
-    here, independently of the code under test, from the format storage.py documents)."""
+    here, independently of the code under test, from the format file.py documents)."""
     header, *items = [json.loads(line) for line in path.read_text().splitlines()]
-    kinds = ("executable", "gpu_executable", "endpoint", "listening")
-    entries: dict[str, dict[str, Any]] = {kind: {} for kind in kinds}
-    forgotten: dict[str, dict[str, float]] = {kind: {} for kind in kinds}
+    entries: dict[str, dict[str, Any]] = {kind: {} for kind in KIND_NAMES}
+    forgotten: dict[str, dict[str, float]] = {kind: {} for kind in KIND_NAMES}
     for item in items:
         if item[0] == "forgotten":
             forgotten[item[1]][item[2]] = item[3]
