@@ -80,10 +80,10 @@ def read_baseline_file(path: Path) -> dict[str, Any]:
     forgotten: dict[str, dict[str, float]] = {kind: {} for kind in KIND_NAMES}
     for item in items:
         if item[0] == "forgotten":
-            forgotten[item[1]][item[2]] = item[3]
+            forgotten.setdefault(item[1], {})[item[2]] = item[3]
         else:
             kind, key, first_seen, last_seen, origin, details = item
-            entries[kind][key] = {
+            entries.setdefault(kind, {})[key] = {
                 "first_seen": first_seen,
                 "last_seen": last_seen,
                 "origin": origin,

@@ -12,16 +12,21 @@ from typing import Any
 
 import pytest
 
-from ddcustom.device.baseline.cycle import SEEN_RESOLUTION
+from ddcustom.device.baseline.cycle import SEEN_RESOLUTION, CycleBaseline
 from ddcustom.device.baseline.file import (
     APPROVED,
     LEARNED,
     BaselineCorrupt,
     BaselineError,
     BaselineFull,
+    Entry,
+    compact_json,
 )
+from ddcustom.device.baseline.kinds import KINDS
+from ddcustom.device.baseline.kinds.kind import Context, Items, Kind, MergeRule
 from ddcustom.device.baseline.store import BaselineStore
 from ddcustom.device.baseline.sync import TOMBSTONE_SECONDS
+from ddcustom.device.sample import Sample
 from ddcustom.device.sources.identity import ExecutableIdentity
 from support.baseline import ENDPOINT, EXECUTABLE, GPU_EXECUTABLE, LISTENING, Observing
 from support.procfs import read_baseline_file
@@ -429,3 +434,53 @@ def test_show_lists_entries_with_their_origin(path: Path) -> None:
             "details": APP.details(),
         }
     ]
+
+
+# ---- a kind whose entries carry a number -----------------------------------------------------------
+
+
+class ByMaximum(MergeRule):
+    """A level merged by maximum, as a learned CPU level would be."""
+
+    def added(self, kept: Entry, ours: Entry) -> None:
+        super().added(kept, ours)
+        self._level(kept, ours)
+
+    def seen(self, kept: Entry, ours: Entry) -> None:
+        super().seen(kept, ours)
+        self._level(kept, ours)
+
+    @staticmethod
+    def _level(kept: Entry, ours: Entry) -> None:
+        kept.details_text = compact_json({"level": max(kept.details["level"], ours.details["level"])})
+
+
+class NoWatch:
+    def __init__(self, context: Context) -> None:
+        pass
+
+    def observe(self, sample: Sample, baseline: CycleBaseline, now: float) -> dict[str, Any]:
+        return {}
+
+
+LEVEL = Kind("level", str, Items("level:", []), NoWatch, fields=(), metrics=(), merge=ByMaximum())
+
+
+def test_a_kind_merges_the_details_two_writers_hold_by_its_own_rule(path: Path) -> None:
+    first, second = (component(path, flush_seconds=3600, kinds=(*KINDS, LEVEL)) for _ in range(2))
+    assert first.observe("level", "app", {"level": 30.0}, T0 + 1)  # both learn it, neither wrote it yet
+    assert second.observe("level", "app", {"level": 50.0}, T0 + 2)
+    first.flush(T0 + 3)
+    second.flush(T0 + 4)
+    assert on_disk(path)["entries"]["level"]["app"]["details"] == {"level": 50.0}
+
+    first.tick(T0 + 5)  # reloads what the second wrote
+    first.revise("level", "app", {"level": 60.0}, T0 + DAY + 10)  # after learning, the level moves
+    second.revise("level", "app", {"level": 70.0}, T0 + DAY + 11)
+    first.flush(T0 + DAY + 12)
+    second.flush(T0 + DAY + 13)
+    saved = on_disk(path)["entries"]["level"]["app"]
+    assert saved["details"] == {"level": 70.0} and saved["last_seen"] == int(T0 + DAY + 11)
+
+    # the kinds given make the file's kind column: a store without this kind drops its lines
+    assert "level" not in operator(path, T0 + DAY + 14).show(T0 + DAY + 14)["entries"]

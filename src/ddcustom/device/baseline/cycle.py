@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Optional
 
-from ddcustom.device.baseline.file import APPROVED, LEARNED, MAX_KEY_CHARS, BaselineData, Entry
+from ddcustom.device.baseline.file import APPROVED, LEARNED, MAX_KEY_CHARS, BaselineData, Entry, compact_json
 
 DEFAULT_LEARNING_SECONDS = 86400
 DEFAULT_MAX_ENTRIES = 10_000  # per kind
@@ -108,6 +108,15 @@ class CycleBaseline:
                 return  # all approved: nothing to make room with
         entries[key] = Entry(now, now, origin, details)
         self._added.add((kind, key))
+
+    def revise(self, kind: str, key: str, details: Mapping[str, Any], now: float) -> None:
+        """New ``details`` for the entry of ``key`` (a number its kind follows), seen at ``now``: a
+        change written at the next flush, merged by the kind's rule (kinds/kind.py, MergeRule.seen)."""
+        entry = self._data.entries[kind][key]
+        entry.details_text = compact_json(dict(details))
+        if now > entry.last_seen:
+            entry.last_seen = now
+        self._refreshed.add((kind, key))
 
     @property
     def pending(self) -> bool:

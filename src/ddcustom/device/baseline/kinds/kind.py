@@ -49,7 +49,7 @@ class MergeRule:
             kept.details_text = ours.details_text
 
     def seen(self, kept: Entry, ours: Entry) -> None:
-        """``ours`` was read from the file and seen again here."""
+        """``ours`` was read from the file and seen again here (or revised: ``CycleBaseline.revise``)."""
         kept.last_seen = max(kept.last_seen, ours.last_seen)
 
 
