@@ -45,8 +45,13 @@ from typing import Any, Callable, Optional
 
 from ddcustom.device.agent import uses_baseline
 from ddcustom.device.alerts.evidence import EvidenceReader
+from ddcustom.device.baseline.file import FILE_NAME
+from ddcustom.device.baseline.kinds.endpoints import EndpointWatch
+from ddcustom.device.baseline.kinds.executables import ExecutableWatch
+from ddcustom.device.baseline.kinds.kind import Context
+from ddcustom.device.baseline.kinds.listening import ListeningWatch
 from ddcustom.device.baseline.observer import BaselineObserver
-from ddcustom.device.baseline.store import FILE_NAME, BaselineStore
+from ddcustom.device.baseline.store import BaselineStore
 from ddcustom.device.config import Settings, parse_settings
 from ddcustom.device.detect.engine import Engine
 from ddcustom.device.detect.events import IN_ALARM
@@ -435,6 +440,12 @@ def write_baseline(path: Path, entries: int) -> int:
     Returns the number of entries the file's header counts."""
     now = time.time()
     store = BaselineStore(path, now=now, learning_seconds=86400)
+    context = Context()
+    executables_watch, endpoints_watch, listening_watch = (
+        ExecutableWatch(context),
+        EndpointWatch(context),
+        ListeningWatch(context),
+    )
     executables, listening = entries * 70 // 100, entries // 100
     for number in range(executables):
         digest = hashlib.sha256(b"executable %d" % number).hexdigest()
@@ -443,15 +454,15 @@ def write_baseline(path: Path, entries: int) -> int:
             identity = ExecutableIdentity("/usr/bin/python3.11", PYTHON_SHA256, script, digest)
         else:
             identity = ExecutableIdentity(f"/usr/lib/package-{number % 97}/bin/tool-{number}", digest)
-        store.observe_executable(identity, now)
+        executables_watch.observe_executable(store, identity, now)
     for number in range(entries - executables - listening):
         if number % 5 == 0:
             address = f"2001:db8:{number:x}::10"
         else:
             address = f"{10 + number // 65536}.{number // 256 % 256}.{number % 256}.17"
-        store.observe_endpoint(address, ENDPOINT_PORTS[number % len(ENDPOINT_PORTS)], now)
+        endpoints_watch.observe_endpoint(store, address, ENDPOINT_PORTS[number % len(ENDPOINT_PORTS)], now)
     for number in range(listening):
-        store.observe_listening("tcp", 20000 + number, now)
+        listening_watch.observe_listening(store, "tcp", 20000 + number, now)
     store.close(now)
     with open(path) as f:
         return int(json.loads(f.readline())["entries"])

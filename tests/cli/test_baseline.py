@@ -20,9 +20,9 @@ import pytest
 
 import ddcustom
 from ddcustom.cli.main import main
-from ddcustom.device.baseline.keys import ENDPOINT, EXECUTABLE, GPU_EXECUTABLE, LISTENING
 from ddcustom.device.baseline.store import BaselineStore
 from ddcustom.device.sources.identity import IdentityReader
+from support.baseline import ENDPOINT, EXECUTABLE, GPU_EXECUTABLE, LISTENING, Observing
 from support.procfs import Spawn, read_baseline_file, spawn, wait_for_exec
 
 __all__ = ["spawn"]  # the fixture, imported for the tests below
@@ -144,8 +144,8 @@ def test_forget_by_path_hash_address_and_key(tmp_path: Path, capsys: pytest.Capt
     store.observe(EXECUTABLE, "k-tool-v2", {**tool, "sha256": "4" * 64}, now)
     store.observe(EXECUTABLE, "k-script", script, now)
     store.observe(EXECUTABLE, "k-other", {"path": "/usr/bin/other", "sha256": "5" * 64}, now)
-    store.observe_endpoint("203.0.113.7", 443, now)
-    store.observe_listening("tcp", 22, now)
+    Observing(store).endpoint("203.0.113.7", 443, now)
+    Observing(store).listening("tcp", 22, now)
     store.flush(now)
     state = ["--state-dir", str(tmp_path)]
 
@@ -163,12 +163,27 @@ def test_forget_by_path_hash_address_and_key(tmp_path: Path, capsys: pytest.Capt
     assert saved(tmp_path)[ENDPOINT] == {} and saved(tmp_path)[LISTENING] == {}
 
 
+def test_forget_key_of_an_approved_address_forgets_its_group_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    now = time.time()
+    store = BaselineStore(tmp_path / "baseline.json", now=now)
+    Observing(store).endpoint("203.0.113.20", 443, now)  # learned: the group
+    store.flush(now)
+    state = ["--state-dir", str(tmp_path)]
+    assert run(capsys, "approve", "endpoint:203.0.113.9:443", *state)[0] == 0
+    code, out, _ = run(capsys, "forget", "key:endpoint:203.0.113.9/32:443", *state)
+    assert code == 0
+    assert out.splitlines() == ["forgot endpoint 203.0.113.9/32:443", "forgot endpoint 203.0.113.0/24:443"]
+    assert saved(tmp_path)[ENDPOINT] == {}
+
+
 def test_approve_key_keeps_a_learned_entry_and_refuses_an_unknown_one(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     now = time.time()
     store = BaselineStore(tmp_path / "baseline.json", now=now)
-    store.observe_listening("tcp", 8443, now)
+    Observing(store).listening("tcp", 8443, now)
     store.flush(now)
     assert run(capsys, "approve", "key:listening:tcp:8443", "--state-dir", str(tmp_path))[0] == 0
     assert saved(tmp_path)[LISTENING]["tcp:8443"]["origin"] == "approved"
@@ -179,7 +194,7 @@ def test_approve_key_keeps_a_learned_entry_and_refuses_an_unknown_one(
 def test_relearn_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     now = time.time()
     store = BaselineStore(tmp_path / "baseline.json", now=now - 7200)
-    store.observe_listening("tcp", 8080, now - 7000)
+    Observing(store).listening("tcp", 8080, now - 7000)
     store.flush(now - 7000)
     assert run(capsys, "approve", "listen:tcp:22", "--state-dir", str(tmp_path))[0] == 0
 
@@ -227,28 +242,29 @@ def test_commands_in_other_processes_reach_a_running_component(tmp_path: Path, s
     path = tmp_path / "baseline.json"
     start = time.time()
     store = BaselineStore(path, now=start, learning_seconds=0, flush_seconds=0)
+    seen = Observing(store)
     reader = IdentityReader()
     copy = tmp_path / "kworker"
     shutil.copy(SLEEP, copy)
     process = spawn([str(copy), "120"])
     wait_for_exec(process.pid, [str(copy), "120"])
     identity = reader.read(process.pid)
-    assert identity is not None and not store.observe_executable(identity, time.time())
+    assert identity is not None and not seen.executable(identity, time.time())
 
     def command(*args: str) -> None:
         cli = [sys.executable, "-m", "ddcustom", "baseline", *args, "--state-dir", str(tmp_path)]
         child = spawn(cli, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         while child.poll() is None:  # the component keeps working and writing meanwhile
-            store.observe_listening("tcp", 22, time.time())
+            seen.listening("tcp", 22, time.time())
             store.tick(time.time())
         assert child.returncode == 0, child.stderr.read() if child.stderr else ""
 
     command("approve", f"pid:{process.pid}")
     store.tick(time.time())
-    assert store.observe_executable(identity, time.time())
+    assert seen.executable(identity, time.time())
     command("forget", str(copy))
     store.tick(time.time())
-    assert not store.observe_executable(identity, time.time())
+    assert not seen.executable(identity, time.time())
     store.close(time.time())
     assert saved(tmp_path)[EXECUTABLE] == {}
 
@@ -274,8 +290,10 @@ def test_an_operator_running_as_root_leaves_the_files_to_the_component_user(
         # the component's user can still lock, read and write it
         probe = (
             "import time; from ddcustom.device.baseline.store import BaselineStore; "
+            "from ddcustom.device.baseline.kinds.kind import Context; "
+            "from ddcustom.device.baseline.kinds.listening import ListeningWatch; "
             f"s = BaselineStore({str(state / 'baseline.json')!r}, now=time.time()); "
-            "s.observe_listening('udp', 53, time.time()); s.flush(time.time()); "
+            "ListeningWatch(Context()).observe_listening(s, 'udp', 53, time.time()); s.flush(time.time()); "
             "print(sorted(s.entries('listening')))"
         )
         source = str(Path(ddcustom.__file__).resolve().parents[1])

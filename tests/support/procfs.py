@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
 
+from ddcustom.device.sample import ProcessInfo
+from support.baseline import KIND_NAMES
 from support.helpers import poll, reap, start
 
 Spawn = Callable[..., "subprocess.Popen[bytes]"]
@@ -70,17 +74,16 @@ def fake_process(
 
 def read_baseline_file(path: Path) -> dict[str, Any]:
     """The baseline file as one mapping: its header, and entries and tombstones by kind and key (read
-    here, independently of the code under test, from the format storage.py documents)."""
+    here, independently of the code under test, from the format file.py documents)."""
     header, *items = [json.loads(line) for line in path.read_text().splitlines()]
-    kinds = ("executable", "gpu_executable", "endpoint", "listening")
-    entries: dict[str, dict[str, Any]] = {kind: {} for kind in kinds}
-    forgotten: dict[str, dict[str, float]] = {kind: {} for kind in kinds}
+    entries: dict[str, dict[str, Any]] = {kind: {} for kind in KIND_NAMES}
+    forgotten: dict[str, dict[str, float]] = {kind: {} for kind in KIND_NAMES}
     for item in items:
         if item[0] == "forgotten":
-            forgotten[item[1]][item[2]] = item[3]
+            forgotten.setdefault(item[1], {})[item[2]] = item[3]
         else:
             kind, key, first_seen, last_seen, origin, details = item
-            entries[kind][key] = {
+            entries.setdefault(kind, {})[key] = {
                 "first_seen": first_seen,
                 "last_seen": last_seen,
                 "origin": origin,
@@ -89,3 +92,51 @@ def read_baseline_file(path: Path) -> dict[str, Any]:
     assert header["entries"] == sum(map(len, entries.values()))
     assert header["forgotten"] == sum(map(len, forgotten.values()))
     return {**header, "entries": entries, "forgotten": forgotten}
+
+
+class FixtureHost:
+    """A fixture /proc tree under ``root``/proc whose processes run program files under ``root``/bin, and
+    the process table the process source would read of it."""
+
+    def __init__(self, root: Path) -> None:
+        self.proc = root / "proc"
+        self.bin = root / "bin"
+        self.proc.mkdir(parents=True)
+        self.bin.mkdir(parents=True)
+        self.table: dict[int, ProcessInfo] = {}
+
+    def program(self, name: str) -> Path:
+        """A program file of its own content (so its own SHA-256)."""
+        path = self.bin / name
+        path.write_bytes(f"#!/bin/false\nprogram {name}\n".encode())
+        return path
+
+    def start(self, pid: int, program: Path, name: Optional[str] = None, argv0: Optional[str] = None) -> None:
+        """Process ``pid`` running ``program``, named ``name`` (comm; the program's name by default)."""
+        fake_process(self.proc, pid, str(program), [argv0 or str(program)])
+        argv0_name = os.path.basename(argv0 or str(program))
+        self.table[pid] = ProcessInfo(pid, 1, name or program.name, argv0_name, argv0 or str(program))
+
+    def kernel_thread(self, pid: int, name: str) -> None:
+        self.table[pid] = ProcessInfo(pid, 2, name, "", "")
+
+    def stop(self, pid: int) -> None:
+        del self.table[pid]
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def deny_exe_links(monkeypatch: pytest.MonkeyPatch, proc_root: Path, pids: Iterable[int]) -> None:
+    """Make the exe links of ``pids`` under ``proc_root`` unreadable (EACCES), as another user's are to a
+    component without the privilege (root reads every link, so a test cannot make it so otherwise)."""
+    denied = {f"{proc_root}/{pid}/exe" for pid in pids}
+    readlink = os.readlink
+
+    def denying(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if os.fspath(path) in denied:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        return readlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "readlink", denying)

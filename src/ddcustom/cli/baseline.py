@@ -1,7 +1,8 @@
 """``ddcustom baseline show | approve ITEM | forget ITEM | relearn``: the operator's side of the baseline.
 
 Safe while the component runs: every command is a locked read-modify-write of the file (store.py), and
-the running component picks the change up at its next detection cycle.
+the running component picks the change up at its next detection cycle. The ITEM forms are the kinds'
+(ddcustom.device.baseline.kinds), with ``key:KIND:KEY`` for any entry.
 """
 
 from __future__ import annotations
@@ -10,30 +11,18 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 import time
 from datetime import datetime, timezone
 from typing import Any, Optional
 
 from ddcustom import COMPONENT_NAME
-from ddcustom.device.baseline.approvals import parse_sha256
+from ddcustom.device.baseline.cycle import DEFAULT_LEARNING_SECONDS
 from ddcustom.device.baseline.deployment import DEFAULT_GREENGRASS_ROOT
-from ddcustom.device.baseline.file import BaselineError
-from ddcustom.device.baseline.keys import (
-    ENDPOINT,
-    EXECUTABLE,
-    EXECUTABLE_KINDS,
-    GPU_EXECUTABLE,
-    KINDS,
-    LISTENING,
-    PATH_PREFIX,
-    SHA256_PREFIX,
-    endpoint_key,
-    listening_key,
-    network_key,
-    parse_endpoint_pattern,
-    parse_port,
-)
-from ddcustom.device.baseline.store import DEFAULT_LEARNING_SECONDS, FILE_NAME, BaselineStore
+from ddcustom.device.baseline.file import FILE_NAME, BaselineError
+from ddcustom.device.baseline.kinds import BY_NAME, KINDS, Kind
+from ddcustom.device.baseline.kinds.kind import ItemError
+from ddcustom.device.baseline.store import BaselineStore
 from ddcustom.device.sources.identity import IdentityReader
 
 EXIT_NOT_FOUND = 1
@@ -42,25 +31,31 @@ EXIT_ERROR = 2
 # Where the component keeps its state under a default Greengrass install (StateDirectory automatic).
 GREENGRASS_STATE_DIR = os.path.join(DEFAULT_GREENGRASS_ROOT, "work", COMPONENT_NAME, "state")
 
-ITEM_HELP = """\
-ITEM forms:
-  pid:N                   what process N runs now: its executable (path and SHA-256), or the
-                          interpreter and the script it runs
-  /abs/path               the executable file at that path as it is now (path and SHA-256);
-                          forget: every entry whose executable or script is that path
-  sha256:HEX (or HEX)     that content wherever it lies, as executable or as script
-  path:/abs/path          whatever lies at that path (its content may change)
-  gpu:<one of the above>  the same, for GPU compute processes
-  endpoint:ADDR:PORT      a remote endpoint: endpoint:203.0.113.7:443, endpoint:203.0.113.0/24:443,
-                          endpoint:10.0.0.0/8 (every port), endpoint:[2001:db8::/64]:443
-  listen:tcp:PORT         a listening port (listen:udp:PORT for UDP)
-  key:KIND:KEY            an entry exactly as `show` lists it (KIND: executable, gpu_executable,
-                          endpoint, listening)
-"""
+KEY_PREFIX = "key:"
+FORM_WIDTH = 24  # of the ITEM help's first column
+HELP_WIDTH = 100
 
 
-class ItemError(ValueError):
-    """An ITEM the command line cannot use; the message says why."""
+def _help_row(form: str, description: str) -> str:
+    indent = " " * (2 + FORM_WIDTH)
+    first, *rest = description.split("\n")
+    return "".join([f"  {form:<{FORM_WIDTH}}{first}\n", *(f"{indent}{line}\n" for line in rest)])
+
+
+def _item_help() -> str:
+    """The ITEM forms of every kind, then ``key:KIND:KEY``."""
+    kinds = ", ".join(kind.name for kind in KINDS)
+    key_form = textwrap.fill(
+        f"an entry exactly as `show` lists it (KIND: {kinds})",
+        HELP_WIDTH,
+        initial_indent=f"  {KEY_PREFIX + 'KIND:KEY':<{FORM_WIDTH}}",
+        subsequent_indent=" " * (2 + FORM_WIDTH),
+    )
+    rows = [_help_row(form, text) for kind in KINDS for form, text in kind.items.help]
+    return "ITEM forms:\n" + "".join(rows) + key_form + "\n"
+
+
+ITEM_HELP = _item_help()
 
 
 def baseline_path(state_dir: Optional[str], config: Optional[str]) -> str:
@@ -81,93 +76,46 @@ def baseline_path(state_dir: Optional[str], config: Optional[str]) -> str:
 # ---- ITEM ------------------------------------------------------------------------------------------
 
 
-def _executable_item(text: str, kind: str, reader: IdentityReader) -> tuple[str, str, dict[str, Any]]:
-    """(kind, key, details) of an executable ITEM."""
-    if text.startswith("pid:"):
-        if not text[4:].isdigit():
-            raise ItemError(f"{text!r}: expected pid:N with N a process id")
-        identity = reader.read(int(text[4:]))
-        if identity is None:
-            raise ItemError(f"{text!r}: no such process, or it runs no executable")
-        if not identity.knowable:
-            reason = identity.reason_unknowable
-            raise ItemError(f"{text!r}: its executable is {reason}: it can never be known")
-        return kind, identity.key, identity.details()
-    if text.startswith(PATH_PREFIX):
-        path = text[len(PATH_PREFIX) :]
-        if not path.startswith("/"):
-            raise ItemError(f"{text!r}: expected path:/absolute/path")
-        return kind, PATH_PREFIX + path, {"path": path}
-    sha = parse_sha256(text)
-    if sha is not None:
-        return kind, SHA256_PREFIX + sha, {"sha256": sha}
-    if text.startswith("/"):
-        identity = reader.read_file(text)
-        if not identity.knowable:
-            raise ItemError(f"{text!r}: cannot hash the file ({identity.reason_unknowable})")
-        return kind, identity.key, identity.details()
-    raise ItemError(f"{text!r} is no ITEM form")
+def _item_kind(text: str) -> tuple[Kind, str]:
+    """The kind whose ITEM form ``text`` is (its prefix, else the kind without one), and the rest."""
+    for kind in KINDS:
+        prefix = kind.items.prefix
+        if prefix and text.startswith(prefix):
+            return kind, text[len(prefix) :]
+    return next(kind for kind in KINDS if not kind.items.prefix), text
+
+
+def _key_item(text: str) -> tuple[Kind, str]:
+    """The kind and key of ``key:KIND:KEY``."""
+    name, _, key = text[len(KEY_PREFIX) :].partition(":")
+    kind = BY_NAME.get(name)
+    if kind is None or not key:
+        names = ", ".join(kind.name for kind in KINDS)
+        raise ItemError(f"{text!r}: expected key:KIND:KEY with KIND one of {names}")
+    return kind, key
 
 
 def parse_item(text: str, reader: IdentityReader) -> tuple[str, str, dict[str, Any]]:
     """(kind, key, details) an ITEM names, for approve. ItemError when it names nothing."""
-    if text.startswith("gpu:"):
-        return _executable_item(text[4:], GPU_EXECUTABLE, reader)
-    if text.startswith("endpoint:"):
-        pattern = text[len("endpoint:") :]
-        try:
-            network, port = parse_endpoint_pattern(pattern)
-        except ValueError as exc:
-            raise ItemError(f"endpoint: {exc}") from None
-        return ENDPOINT, network_key(str(network), port), {"pattern": pattern}
-    if text.startswith("listen:"):
-        protocol, _, port_text = text[len("listen:") :].partition(":")
-        try:
-            port = parse_port(port_text, repr(text))
-            return LISTENING, listening_key(protocol, port), {"protocol": protocol, "port": port}
-        except ValueError as exc:
-            raise ItemError(str(exc)) from None
-    if text.startswith("key:"):
-        kind, _, key = text[len("key:") :].partition(":")
-        if kind not in KINDS or not key:
-            raise ItemError(f"{text!r}: expected key:KIND:KEY with KIND one of {', '.join(KINDS)}")
-        return kind, key, {}
-    return _executable_item(text, EXECUTABLE, reader)
+    if text.startswith(KEY_PREFIX):
+        kind, key = _key_item(text)
+        return kind.name, key, {}
+    kind, rest = _item_kind(text)
+    key, details = kind.items.parse(rest, reader)
+    return kind.name, key, details
 
 
 def forget_targets(text: str, store: BaselineStore, reader: IdentityReader) -> list[tuple[str, str]]:
-    """The (kind, key) pairs ``forget ITEM`` removes: the key the ITEM names, and for a path, a hash or
-    an address, every entry made of it (entries whose executable or script is that file, the endpoint
-    group holding that address)."""
-    exe_kind, bare = (GPU_EXECUTABLE, text[4:]) if text.startswith("gpu:") else (EXECUTABLE, text)
-    targets: list[tuple[str, str]] = []
-    if bare.startswith("/"):
-        targets.append((exe_kind, PATH_PREFIX + bare))
-        identity = reader.read_file(bare)
-        if identity.knowable:
-            targets.append((exe_kind, identity.key))
-        for path in dict.fromkeys((bare, os.path.realpath(bare))):
-            targets += _entries_made_of(store, exe_kind, "path", path)
-        return list(dict.fromkeys(targets))
-    kind, key, _ = parse_item(text, reader)
-    targets.append((kind, key))
-    if kind in EXECUTABLE_KINDS and key.startswith(SHA256_PREFIX):
-        targets += _entries_made_of(store, kind, "sha256", key[len(SHA256_PREFIX) :])
-    if kind == ENDPOINT:
-        network, port = parse_endpoint_pattern(text[len("endpoint:") :])
-        if port is not None and network.prefixlen == network.max_prefixlen:
-            targets.append((ENDPOINT, endpoint_key(str(network.network_address), port)))
-    return list(dict.fromkeys(targets))
-
-
-def _entries_made_of(store: BaselineStore, kind: str, field: str, value: str) -> list[tuple[str, str]]:
-    """Entries of ``kind`` whose executable or script has this path (field "path") or hash ("sha256")."""
-    script_field = "script" if field == "path" else "script_sha256"
-    return [
-        (kind, key)
-        for key, entry in store.entries(kind).items()
-        if entry.details.get(field) == value or entry.details.get(script_field) == value
-    ]
+    """The (kind, key) pairs ``forget ITEM`` removes: the key the ITEM names, and the entries made of it
+    (for executables: every entry whose executable or script is that path or has that hash; for an
+    endpoint address: the group holding it)."""
+    if text.startswith(KEY_PREFIX):
+        kind, key = _key_item(text)
+        keys = [key, *kind.items.made_of(key, store.entries(kind.name))]
+    else:
+        kind, rest = _item_kind(text)
+        keys = kind.items.forget(rest, reader, store.entries(kind.name))
+    return [(kind.name, key) for key in dict.fromkeys(keys)]
 
 
 # ---- commands --------------------------------------------------------------------------------------
@@ -205,11 +153,10 @@ def _print_show(shown: dict[str, Any], now: float) -> None:
         )
     for kind, entries in shown["entries"].items():
         print(f"{kind}: {len(entries)}")
+        shown_details = BY_NAME[kind].items.shown_details
         for entry in entries:
             extra = " ".join(
-                f"{name}={value}"
-                for name, value in entry["details"].items()
-                if name in ("component", "address", "pattern")
+                f"{name}={value}" for name, value in entry["details"].items() if name in shown_details
             )
             print(
                 f"  {entry['origin']:<10} first {_time_text(entry['first_seen'])} "

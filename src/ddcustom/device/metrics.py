@@ -38,6 +38,12 @@ class Metric:
         return self.name.startswith("aws:")
 
     @property
+    def baseline(self) -> bool:
+        """Whether it is a metric of the learned baseline (read with ``_baseline``): a profile that uses
+        one turns the baseline on."""
+        return isinstance(self.read, BaselineReader)
+
+    @property
     def cloud_type(self) -> str:
         """CreateCustomMetric's metricType."""
         return "ip-address-list" if self.kind == "ip_list" else self.kind.replace("_", "-")
@@ -72,13 +78,21 @@ def _grown(counter: Callable[[NetCounters], int]) -> Reader:
     return read
 
 
-# A metric of the learned baseline: no value while it learns (its rules neither alarm nor clear).
-def _baseline(read: Callable[[BaselineStats], MetricValue]) -> Reader:
-    def reader(sample: Sample, _: Optional[Sample]) -> Optional[MetricValue]:
-        baseline = sample.baseline
-        return None if baseline is None or baseline.learning else read(baseline)
+class BaselineReader:
+    """The reader of a metric of the learned baseline: no value while it learns (its rules neither alarm
+    nor clear). The kinds of baseline items (ddcustom.device.baseline.kinds) name these metrics."""
 
-    return reader
+    def __init__(self, read: Callable[[BaselineStats], MetricValue]) -> None:
+        self._read = read
+
+    def __call__(self, sample: Sample, _: Optional[Sample]) -> Optional[MetricValue]:
+        baseline = sample.baseline
+        return None if baseline is None or baseline.learning else self._read(baseline)
+
+
+# A metric of the learned baseline (in BASELINE_METRICS).
+def _baseline(read: Callable[[BaselineStats], MetricValue]) -> Reader:
+    return BaselineReader(read)
 
 
 def _pids(read: Callable[[Sample], Iterable[int]]) -> CulpritReader:
@@ -177,14 +191,4 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
 )}
 # fmt: on
 CUSTOM_METRICS = [m for m in METRICS.values() if not m.standard]
-BASELINE_METRICS = frozenset(
-    {
-        "new_executables",
-        "new_executable_paths",
-        "unknown_process_cpu",
-        "new_outbound_endpoints",
-        "new_endpoint_addresses",
-        "new_listening_ports",
-        "new_gpu_executables",
-    }
-)
+BASELINE_METRICS = frozenset(m.name for m in METRICS.values() if m.baseline)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from ddcustom.device.baseline.file import APPROVED, BaselineFile
-from ddcustom.device.baseline.keys import ENDPOINT, LISTENING
 from ddcustom.device.baseline.store import BaselineStore
+from support.baseline import ENDPOINT, KIND_NAMES, LISTENING, Observing
 from support.helpers import poll
 from support.procfs import Spawn, read_baseline_file, spawn
 
@@ -41,13 +41,17 @@ for port in range(1, count + 1):
 COMPONENT = """
 import os, sys, time
 from ddcustom.device.baseline.store import BaselineStore
+from ddcustom.device.baseline.kinds.endpoints import EndpointWatch
+from ddcustom.device.baseline.kinds.kind import Context
+from ddcustom.device.baseline.kinds.listening import ListeningWatch
 path, go, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 store = BaselineStore(path, now=time.time(), learning_seconds=86400, flush_seconds=0, lock_timeout=60)
+endpoints, listening = EndpointWatch(Context()), ListeningWatch(Context())
 open(go, "w").close()
 for i in range(count):
     now = time.time()
-    assert store.observe_endpoint(f"10.{i // 200}.{i % 200}.1", 443, now)
-    store.observe_listening("tcp", 1, now)
+    assert endpoints.observe_endpoint(store, f"10.{i // 200}.{i % 200}.1", 443, now)
+    listening.observe_listening(store, "tcp", 1, now)
     store.tick(now)
 store.close(time.time())
 """
@@ -55,14 +59,17 @@ store.close(time.time())
 # A writer of a big baseline, rewriting it as fast as it can, printing a line after each write.
 BIG_WRITER = """
 import sys, time
+from ddcustom.device.baseline.kinds.endpoints import EndpointWatch
+from ddcustom.device.baseline.kinds.kind import Context
 from ddcustom.device.baseline.store import BaselineStore
 path = sys.argv[1]
 store = BaselineStore(path, now=time.time(), learning_seconds=10**9, flush_seconds=0, max_entries=40000)
+endpoints = EndpointWatch(Context())
 round = 0
 while True:
     now = time.time()
     for i in range(2000):
-        store.observe_endpoint(f"10.{round % 250}.{i % 250}.{i // 250}", 1000 + i, now)
+        endpoints.observe_endpoint(store, f"10.{round % 250}.{i % 250}.{i // 250}", 1000 + i, now)
     store.flush(now)
     print(round, flush=True)
     round += 1
@@ -73,9 +80,12 @@ while True:
 CRASHING_WRITER = """
 import os, signal, sys, time
 from ddcustom.device.baseline import file as storage
+from ddcustom.device.baseline.kinds.endpoints import EndpointWatch
+from ddcustom.device.baseline.kinds.kind import Context
 from ddcustom.device.baseline.store import BaselineStore
 path, point = sys.argv[1], sys.argv[2]
 store = BaselineStore(path, now=time.time(), learning_seconds=10**9, flush_seconds=0)
+endpoints = EndpointWatch(Context())
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
 for first in (10, 11):
@@ -99,7 +109,7 @@ for first in (10, 11):
         else:
             os.fsync = second_fsync
     for i in range(3000):
-        store.observe_endpoint(f"{first}.{i % 250}.{i // 250}.1", 443, time.time())
+        endpoints.observe_endpoint(store, f"{first}.{i % 250}.{i // 250}.1", 443, time.time())
     store.flush(time.time())
 """
 
@@ -133,21 +143,21 @@ def test_a_crash_at_each_point_of_a_write_leaves_one_whole_version(
     path = tmp_path / "baseline.json"
     writer = spawn([sys.executable, "-c", CRASHING_WRITER, str(path), point])
     assert writer.wait(timeout=120) == -signal.SIGKILL
-    data = BaselineFile(path).read()
+    data = BaselineFile(path, KIND_NAMES).read()
     assert data is not None and len(data.entries[ENDPOINT]) == endpoints
     if point == "write":
         assert (tmp_path / ".baseline.json.tmp").exists()  # the torn temporary file is left behind
     store = BaselineStore(path, now=time.time(), learning_seconds=10**9)
-    store.observe_listening("tcp", 22, time.time())
+    Observing(store).listening("tcp", 22, time.time())
     store.flush(time.time())
-    saved = BaselineFile(path).read()
+    saved = BaselineFile(path, KIND_NAMES).read()
     assert saved is not None and len(saved.entries[ENDPOINT]) == endpoints
     assert set(saved.entries[LISTENING]) == {"tcp:22"}
 
 
 def test_a_writer_killed_mid_write_leaves_a_baseline_that_parses(tmp_path: Path, spawn: Spawn) -> None:
     path = tmp_path / "baseline.json"
-    file = BaselineFile(path)
+    file = BaselineFile(path, KIND_NAMES)
     for attempt, delay in enumerate((0.0, 0.037, 0.11, 0.23)):
         writer = spawn([sys.executable, "-c", BIG_WRITER, str(path)], stdout=subprocess.PIPE)
         assert writer.stdout is not None
@@ -162,7 +172,7 @@ def test_a_writer_killed_mid_write_leaves_a_baseline_that_parses(tmp_path: Path,
         assert len(reopened.entries(ENDPOINT)) == len(data.entries[ENDPOINT])
     # a temporary file left by a killed writer does not stop the next one
     store = BaselineStore(path, now=time.time(), learning_seconds=10**9)
-    store.observe_listening("tcp", 22, time.time())
+    Observing(store).listening("tcp", 22, time.time())
     store.flush(time.time())
     assert "tcp:22" in read_baseline_file(path)["entries"][LISTENING]
     assert not [name for name in os.listdir(tmp_path) if "corrupt" in name]

@@ -12,8 +12,9 @@ file with a newer format is refused, never overwritten::
     ["forgotten", "executable", "<key>", 1800000500.0]
 
 ``learning_started`` is null until the component first runs; ``epoch`` is bumped by relearn; entry lines
-are [kind, key, first_seen, last_seen, origin, details]; "forgotten" lines are tombstones (when an operator
-forgot a key). The header's counts make a truncated file detectable.
+are [kind, key, first_seen, last_seen, origin, details], kind by kind in the order of the kinds given
+(the registry's, kinds/); "forgotten" lines are tombstones (when an operator forgot a key). The header's
+counts make a truncated file detectable. A line of a kind not given does not fit the format: dropped.
 
 Writers hold ``baseline.lock`` (``fcntl.flock``, next to the file) around read-modify-write, write a
 temporary file, fsync it, rename it over the file and fsync the directory: a reader (locked or not)
@@ -31,12 +32,11 @@ import math
 import os
 import secrets
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Optional, Union
 
-from ddcustom.device.baseline.keys import KINDS
 from ddcustom.device.fileio import fsync_directory
 
 log = logging.getLogger(__name__)
@@ -46,9 +46,10 @@ LEARNED = "learned"
 DEPLOYMENT = "deployment"
 APPROVED = "approved"
 ORIGINS = (LEARNED, DEPLOYMENT, APPROVED)  # in rising precedence when two writers disagree
-_RANK = {origin: rank for rank, origin in enumerate(ORIGINS)}
+RANK = {origin: rank for rank, origin in enumerate(ORIGINS)}
 TOMBSTONE = "forgotten"
 
+FILE_NAME = "baseline.json"  # under StateDirectory
 LOCK_NAME = "baseline.lock"
 MAX_KEY_CHARS = 4096 + 200  # a PATH_MAX path, its hash and a script
 MAX_DETAIL_CHARS = 4096
@@ -97,14 +98,6 @@ class Entry:
         details: dict[str, Any] = json.loads(self.details_text)
         return details
 
-    def merge(self, other: Entry) -> None:
-        """Take in what another writer knows of the same key."""
-        self.first_seen = min(self.first_seen, other.first_seen)
-        self.last_seen = max(self.last_seen, other.last_seen)
-        if _RANK[other.origin] > _RANK[self.origin]:
-            self.origin = other.origin
-            self.details_text = other.details_text
-
     def to_json(self) -> dict[str, Any]:
         return {
             "first_seen": int(self.first_seen),
@@ -122,11 +115,18 @@ class Entry:
 
 @dataclass
 class BaselineData:
+    """The file's content: ``entries`` and ``forgotten`` hold a mapping for every kind (``empty``)."""
+
+    entries: dict[str, dict[str, Entry]]
+    forgotten: dict[str, dict[str, float]]
     learning_started: Optional[float] = None
     epoch: int = 0
     revision: str = ""
-    entries: dict[str, dict[str, Entry]] = field(default_factory=lambda: {kind: {} for kind in KINDS})
-    forgotten: dict[str, dict[str, float]] = field(default_factory=lambda: {kind: {} for kind in KINDS})
+
+    @classmethod
+    def empty(cls, kinds: Sequence[str]) -> BaselineData:
+        """No entries of ``kinds`` (the kinds' names, in the file's order)."""
+        return cls({kind: {} for kind in kinds}, {kind: {} for kind in kinds})
 
     def lines(self) -> Iterator[str]:
         """The file's lines (header, entries, tombstones), one at a time."""
@@ -182,34 +182,36 @@ def _header(line: bytes, where: str) -> dict[str, Any]:
     return header
 
 
-def _entry(item: Any) -> Optional[tuple[str, str, Entry]]:
+def _entry(item: Any, kinds: Mapping[str, object]) -> Optional[tuple[str, str, Entry]]:
     """(kind, key, entry) of an entry line, None when it does not fit the format."""
     if not (isinstance(item, list) and len(item) == 6):
         return None
     kind, key, first_seen, last_seen, origin, details = item
     if (
-        kind in KINDS
+        isinstance(kind, str)
+        and kind in kinds
         and isinstance(key, str)
         and len(key) <= MAX_KEY_CHARS
         and _number(first_seen)
         and _number(last_seen)
-        and origin in _RANK
+        and origin in RANK
         and _valid_details(details)
     ):
         return kind, key, Entry(first_seen, last_seen, origin, details)
     return None
 
 
-def parse_baseline(handle: BinaryIO, where: str) -> BaselineData:
-    """BaselineData of a file read line by line; entries that do not fit the format are dropped with a
-    warning. BaselineCorrupt for a file that is not a baseline or was cut short."""
+def parse_baseline(handle: BinaryIO, where: str, kinds: Sequence[str]) -> BaselineData:
+    """BaselineData of a file read line by line, holding ``kinds``; entries that do not fit the format
+    are dropped with a warning. BaselineCorrupt for a file that is not a baseline or was cut short."""
     header = _header(handle.readline(MAX_LINE_BYTES), where)
     started = header.get("learning_started")
     epoch = header.get("epoch", 0)
     counts = (header.get("entries"), header.get("forgotten"))
     if not (started is None or _number(started)) or not isinstance(epoch, int):
         raise BaselineCorrupt(f"{where} is not a baseline file (bad learning_started or epoch)")
-    data = BaselineData(learning_started=started, epoch=epoch, revision=str(header.get("revision", "")))
+    data = BaselineData.empty(kinds)
+    data.learning_started, data.epoch, data.revision = started, epoch, str(header.get("revision", ""))
     entry_lines = tombstone_lines = dropped = 0
     for line in handle:
         try:
@@ -218,11 +220,12 @@ def parse_baseline(handle: BinaryIO, where: str) -> BaselineData:
             raise BaselineCorrupt(f"{where}: line {entry_lines + tombstone_lines + 2} is not JSON") from None
         if isinstance(item, list) and item[:1] == [TOMBSTONE]:
             tombstone_lines += 1
-            if len(item) == 4 and item[1] in KINDS and isinstance(item[2], str) and _number(item[3]):
+            known_kind = len(item) == 4 and isinstance(item[1], str) and item[1] in data.forgotten
+            if known_kind and isinstance(item[2], str) and _number(item[3]):
                 data.forgotten[item[1]][item[2]] = float(item[3])
             continue
         entry_lines += 1
-        parsed = _entry(item)
+        parsed = _entry(item, data.entries)
         if parsed is None:
             dropped += 1
         else:
@@ -238,8 +241,11 @@ def parse_baseline(handle: BinaryIO, where: str) -> BaselineData:
 
 
 class BaselineFile:
-    def __init__(self, path: Union[str, Path], lock_timeout: float = 10.0) -> None:
+    """The file at ``path`` holding entries of ``kinds`` (their names, in the file's order)."""
+
+    def __init__(self, path: Union[str, Path], kinds: Sequence[str], lock_timeout: float = 10.0) -> None:
         self.path = Path(path)
+        self.kinds = tuple(kinds)
         self.lock_path = self.path.with_name(LOCK_NAME)
         self.temp_path = self.path.with_name(f".{self.path.name}.tmp")
         self.lock_timeout = lock_timeout
@@ -306,7 +312,7 @@ class BaselineFile:
             with open(self.path, "rb") as handle:
                 if os.fstat(handle.fileno()).st_size > MAX_READ_BYTES:
                     raise BaselineCorrupt(f"{self.path} is larger than {MAX_READ_BYTES} bytes")
-                return parse_baseline(handle, str(self.path))
+                return parse_baseline(handle, str(self.path), self.kinds)
         except FileNotFoundError:
             return None
         except OSError as exc:

@@ -1,19 +1,17 @@
-"""The kinds of things the baseline holds, and the key each observation is stored under.
+"""The keys the kinds (kinds/) store observations under, and the address forms they and the fleet
+approvals (approvals.py) read.
 
-Kinds (``KINDS``):
-
-- ``executable``: what a process runs, keyed by ``ExecutableIdentity.key`` (identity.py): the resolved
-  executable path and its SHA-256, plus the script for interpreters. Operator approvals of this kind may
-  also be patterns: ``sha256:<hex>`` (this content at any path, as executable or as script) and
-  ``path:<quoted path>`` (anything at that path).
-- ``gpu_executable``: the same keys, for processes that hold a GPU compute context.
-- ``endpoint``: the remote end of an established connection the device opened, grouped by network:
-  ``203.0.113.0/24:443`` for IPv4 (the /24) and ``[2001:db8:1:2::/64]:443`` for IPv6 (the /64), with
-  the remote port. Grouping keeps services that rotate addresses inside their block (a CDN front, a cloud
-  endpoint behind a load balancer) from looking new every few hours; a pool the device never talked to
-  is in a network it never talked to. Approvals of this kind may be any CIDR (``10.0.0.0/8:443``), or a
-  CIDR without a port (``10.0.0.0/8``: every port).
-- ``listening``: ``tcp:22`` or ``udp:53``.
+- Endpoints are grouped by network: ``203.0.113.0/24:443`` for IPv4 (the /24) and
+  ``[2001:db8:1:2::/64]:443`` for IPv6 (the /64), with the remote port. Grouping keeps services that rotate
+  addresses inside their block (a CDN front, a cloud endpoint behind a load balancer) from looking new
+  every few hours; a pool the device never talked to is in a network it never talked to. IPv4-mapped IPv6
+  addresses count as IPv4.
+- Endpoint patterns (operator and fleet approvals) are any CIDR with a port (``10.0.0.0/8:443``,
+  ``[2001:db8::/32]:443``) or without one (``10.0.0.0/8``: every port); a bare address is its own /32 or
+  /128.
+- Listening ports: ``tcp:22`` or ``udp:53``.
+- Operator approvals of executables may be patterns: ``sha256:<hex>`` (this content at any path, as
+  executable or as script) and ``path:<path>`` (anything at that path).
 """
 
 from __future__ import annotations
@@ -22,16 +20,9 @@ import ipaddress
 import socket
 from typing import Optional, Union
 
-EXECUTABLE = "executable"
-GPU_EXECUTABLE = "gpu_executable"
-ENDPOINT = "endpoint"
-LISTENING = "listening"
-KINDS = (EXECUTABLE, GPU_EXECUTABLE, ENDPOINT, LISTENING)
-EXECUTABLE_KINDS = (EXECUTABLE, GPU_EXECUTABLE)
-
 PROTOCOLS = ("tcp", "udp")
 
-# The networks observations are grouped into (see the module docstring).
+# The networks endpoints are grouped into.
 IPV4_GROUP_PREFIX = 24
 IPV6_GROUP_PREFIX = 64
 

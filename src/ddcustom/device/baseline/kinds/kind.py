@@ -1,0 +1,115 @@
+"""What a declaration of a kind of baseline item holds (``Kind``), and the parts it is made of.
+
+A kind says everything that is specific to it; the store (cycle.py, sync.py, store.py), the file's kind
+column (file.py), the observer (observer.py) and the command line (``ddcustom baseline``) take the kinds
+from the registry (``kinds/__init__.py``) and name none:
+
+- ``name``: the file's kind column, and how ``show`` and ``key:KIND:KEY`` name it;
+- ``key``: how the key of an observed item is made;
+- ``merge``: how two writers' entries of one key merge (``MergeRule``);
+- ``items``: how the command line names its items (``Items``: the ITEM form, its help, the parsing into
+  key and details, what ``forget`` also removes, the details ``show`` prints);
+- ``watch``: the part of the observer specific to it (``Watch``), and ``fields``, the fields of
+  ``BaselineStats`` it fills;
+- ``metrics``: the metrics (metrics.py) it produces, read from those fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Protocol
+
+from ddcustom.device.baseline.approvals import Approvals
+from ddcustom.device.baseline.cycle import CycleBaseline
+from ddcustom.device.baseline.deployment import DeploymentTrust
+from ddcustom.device.baseline.file import RANK, Entry
+from ddcustom.device.sample import Sample
+from ddcustom.device.sources.identity import IdentityReader
+from ddcustom.device.sources.process_details import ProcessDetails
+
+
+class ItemError(ValueError):
+    """An ITEM the command line cannot use; the message says why."""
+
+
+class MergeRule:
+    """How the file's entry of a key (``kept``) takes in this process's entry of it (``ours``) when
+    this process writes (sync.py). This rule, for every kind so far: the earliest first_seen, the latest
+    last_seen, and the details of the higher origin (approved over deployment over learned; the file's on a
+    tie). A kind whose entries carry a number (a level merged by maximum) subclasses it and merges its
+    number in both methods."""
+
+    def added(self, kept: Entry, ours: Entry) -> None:
+        """``ours`` was added here since the last write, and the file has the key too."""
+        kept.first_seen = min(kept.first_seen, ours.first_seen)
+        kept.last_seen = max(kept.last_seen, ours.last_seen)
+        if RANK[ours.origin] > RANK[kept.origin]:
+            kept.origin = ours.origin
+            kept.details_text = ours.details_text
+
+    def seen(self, kept: Entry, ours: Entry) -> None:
+        """``ours`` was read from the file and seen again here (or revised: ``CycleBaseline.revise``)."""
+        kept.last_seen = max(kept.last_seen, ours.last_seen)
+
+
+BY_ORIGIN = MergeRule()
+
+
+@dataclass
+class Context:
+    """What the watches share: the sources' readers, and the configuration the observer keeps current."""
+
+    identities: IdentityReader = field(default_factory=IdentityReader)
+    details: ProcessDetails = field(default_factory=ProcessDetails)
+    approvals: Approvals = field(default_factory=Approvals)  # the fleet configuration's
+    deployment: Optional[DeploymentTrust] = None  # executables a deployment placed: known after learning
+    allowed_gpu_processes: frozenset[str] = frozenset()  # names the busiest new process may have unflagged
+
+
+class Watch(Protocol):
+    """The part of the observer specific to a kind; one per observer, it may keep caches."""
+
+    def observe(self, sample: Sample, baseline: CycleBaseline, now: float) -> Mapping[str, Any]:
+        """Look up (and while learning, learn) what ``sample`` holds of this kind in ``baseline``;
+        returns the ``BaselineStats`` fields the kind fills (``Kind.fields``) by name."""
+        ...
+
+
+class Items:
+    """How the command line names items of a kind (``ddcustom baseline approve|forget ITEM``)."""
+
+    def __init__(
+        self, prefix: str, help: Sequence[tuple[str, str]], shown_details: Sequence[str] = ()
+    ) -> None:
+        self.prefix = prefix  # "endpoint:"; "" for the forms without a prefix (one kind at most)
+        # (form, description) rows of the ITEM help; a description's "\n" goes on to the next line
+        self.help = tuple(help)
+        self.shown_details = tuple(shown_details)  # details ``show`` prints next to the key
+
+    def parse(self, text: str, reader: IdentityReader) -> tuple[str, dict[str, Any]]:
+        """(key, details) of ``text``, the ITEM after the prefix. ItemError when it names nothing."""
+        raise NotImplementedError
+
+    def forget(self, text: str, reader: IdentityReader, entries: Mapping[str, Entry]) -> list[str]:
+        """The keys ``forget`` removes for ``text`` (the ITEM after the prefix), given the kind's
+        ``entries``: the key it names and the entries made of it."""
+        key, _ = self.parse(text, reader)
+        return [key, *self.made_of(key, entries)]
+
+    def made_of(self, key: str, entries: Mapping[str, Entry]) -> list[str]:
+        """The other keys among ``entries`` that ``forget`` of ``key`` also removes: none here."""
+        return []
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of baseline item (the module docstring says what each part is for)."""
+
+    name: str
+    key: Callable[..., str]
+    items: Items
+    watch: Callable[[Context], Watch]
+    fields: tuple[str, ...]
+    metrics: tuple[str, ...]
+    merge: MergeRule = BY_ORIGIN

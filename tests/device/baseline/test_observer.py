@@ -1,0 +1,287 @@
+"""The baseline observer on hand-built samples: the process table, the sockets and the GPU's processes of
+a fixture /proc tree whose processes run program files of the test, and a clock the test moves."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+from ddcustom.device.baseline.observer import BaselineObserver
+from ddcustom.device.sample import (
+    BaselineStats,
+    Connection,
+    GpuProcess,
+    GpuStats,
+    ListeningPort,
+    NetCounters,
+    NetworkStats,
+    NewProcess,
+    ProcessStats,
+    Sample,
+)
+from ddcustom.device.sources.identity import NO_ACCESS, IdentityReader
+from ddcustom.device.sources.process_details import ProcessDetails
+from support.baseline import ENDPOINT, EXECUTABLE, GPU_EXECUTABLE, LISTENING
+from support.procfs import FixtureHost, deny_exe_links, read_baseline_file, sha256_of
+
+T0 = 1_800_000_000.0
+LEARNING = 3600
+AFTER = T0 + LEARNING + 1
+OUT = Connection("203.0.113.7", 443, 50000, "eth0")  # opened by the device
+IN = Connection("198.51.100.1", 51000, 22, "eth0")  # to the device's ssh port: opened by the other end
+
+
+@dataclass
+class Config:
+    """What the observer reads of the configuration (BaselineSettings)."""
+
+    baseline_file: str
+    baseline_learning_seconds: int = LEARNING
+    baseline_forget_seconds: int = 90 * 86400
+    approved_executables: tuple[str, ...] = ()
+    approved_endpoints: tuple[str, ...] = ()
+    allowed_gpu_processes: tuple[str, ...] = ()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Owners(ProcessDetails):
+    """Process owners as the test says (the fixture tree's directories all belong to the test's user)."""
+
+    def __init__(self, uids: dict[int, int]) -> None:
+        super().__init__()
+        self.uids = uids
+
+    def owner(self, pid: int) -> Optional[int]:
+        return self.uids.get(pid)
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> FixtureHost:
+    return FixtureHost(tmp_path / "host")
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return Config(str(tmp_path / "state" / "baseline.json"))
+
+
+def observer_of(
+    host: FixtureHost, clock: Clock, details: Optional[ProcessDetails] = None
+) -> BaselineObserver:
+    proc = str(host.proc)
+    return BaselineObserver(IdentityReader(proc), details or ProcessDetails(proc), clock=clock)
+
+
+def sample_of(
+    host: FixtureHost,
+    clock: Clock,
+    *,
+    connections: tuple[Connection, ...] = (),
+    tcp: tuple[int, ...] = (),
+    udp: tuple[int, ...] = (),
+    gpu: tuple[int, ...] = (),
+    cpu: Optional[dict[int, float]] = None,
+    watched: frozenset[int] = frozenset(),
+) -> Sample:
+    """A sample of the host's processes now, with these sockets, GPU compute processes (pids), CPU use
+    (% of one core by pid) and watched pids."""
+    processes = ProcessStats(0, (), (), table=dict(host.table), watched_pids=watched, cpu_percent=cpu or {})
+    network = NetworkStats(
+        tuple(ListeningPort(port, None) for port in tcp),
+        tuple(ListeningPort(port, None) for port in udp),
+        connections,
+        NetCounters(0, 0, 0, 0),
+    )
+    gpu_processes = tuple(GpuProcess(pid, host.table[pid].comm, 0, None, None, "unknown") for pid in gpu)
+    gpu_stats = GpuStats(40.0, 120.0, 1400.0, 30.0, processes=gpu_processes)
+    return Sample(time=clock.now, monotonic=clock.now, network=network, processes=processes, gpu=gpu_stats)
+
+
+def learned(observer: BaselineObserver, kind: str) -> set[str]:
+    assert observer.store is not None
+    return set(observer.store.entries(kind))
+
+
+def test_while_learning_nothing_is_new_and_everything_is_learned(host: FixtureHost, config: Config) -> None:
+    clock = Clock()
+    app, tool = host.program("server"), host.program("tool")
+    host.start(100, app)
+    host.start(101, tool)
+    host.kernel_thread(2, "kthreadd")
+    observer = observer_of(host, clock)
+    observer.configure(config, enabled=True)
+
+    sample = observer.observe(sample_of(host, clock, connections=(OUT, IN), tcp=(22,), udp=(53,), gpu=(100,)))
+
+    assert sample.baseline == BaselineStats(learning=True)
+    assert observer.store is not None
+    details = {(e.details["path"], e.details["sha256"]) for e in observer.store.entries(EXECUTABLE).values()}
+    assert details == {(str(app), sha256_of(app)), (str(tool), sha256_of(tool))}
+    assert [e.details["path"] for e in observer.store.entries(GPU_EXECUTABLE).values()] == [str(app)]
+    assert learned(observer, ENDPOINT) == {"203.0.113.0/24:443"}  # not the connection to port 22
+    assert learned(observer, LISTENING) == {"tcp:22", "udp:53"}
+
+
+def test_after_learning_what_was_not_learned_is_new_and_named(host: FixtureHost, config: Config) -> None:
+    clock = Clock()
+    app = host.program("server")
+    host.start(100, app)
+    observer = observer_of(host, clock)
+    observer.configure(config, enabled=True)
+    observer.observe(sample_of(host, clock, connections=(OUT,), tcp=(22,), gpu=(100,)))
+
+    clock.now = AFTER
+    miner = host.program("kworker")
+    host.start(300, app)  # the learned program, in a process of its own: known
+    host.start(200, miner)
+    pool = Connection("198.51.100.9", 3333, 40000, "eth0")
+    same_network = Connection("203.0.113.99", 443, 50001, "eth0")
+    sample = observer.observe(
+        sample_of(host, clock, connections=(OUT, same_network, pool), tcp=(22, 4444), gpu=(100, 200))
+    )
+
+    new_miner = NewProcess(200, "kworker", str(miner), sha256_of(miner))
+    assert sample.baseline == BaselineStats(
+        learning=False,
+        new_processes=(new_miner,),
+        new_endpoints=(pool,),
+        new_listening=("tcp:4444",),
+        new_gpu_processes=(new_miner,),
+        busiest_new=(200, 0.0),
+    )
+    # new items are not learned after learning: still new at the next cycle
+    clock.now = AFTER + 10
+    again = observer.observe(sample_of(host, clock, connections=(pool,), tcp=(4444,)))
+    assert again.baseline is not None
+    assert [p.pid for p in again.baseline.new_processes] == [200]
+    assert again.baseline.new_endpoints == (pool,) and again.baseline.new_listening == ("tcp:4444",)
+
+
+def test_the_busiest_new_process_is_neither_watched_nor_allowed(host: FixtureHost, config: Config) -> None:
+    clock = Clock()
+    for pid, name in ((10, "app"), (11, "trainer"), (12, "xmr"), (13, "idle")):
+        host.start(pid, host.program(name))
+    observer = observer_of(host, clock)
+    config.baseline_learning_seconds = 0  # nothing learned: every process is new
+    config.allowed_gpu_processes = ("trainer",)
+    observer.configure(config, enabled=True)
+    cpu = {10: 95.0, 11: 90.0, 12: 40.0, 13: 5.0}
+
+    stats = observer.observe(sample_of(host, clock, cpu=cpu, watched=frozenset({10}))).baseline
+
+    assert stats is not None
+    assert [p.pid for p in stats.new_processes] == [10, 11, 12, 13]
+    assert stats.busiest_new == (12, 40.0)
+    host.stop(12)
+    host.stop(13)
+    only_explained = observer.observe(sample_of(host, clock, cpu=cpu, watched=frozenset({10}))).baseline
+    assert only_explained is not None and only_explained.busiest_new is None
+
+
+def test_an_unreadable_process_is_known_by_its_user_name_and_argv0(
+    host: FixtureHost, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    agent = host.program("agent")
+    host.start(400, agent, argv0="/usr/bin/agent")
+    deny_exe_links(monkeypatch, host.proc, [400, 401, 402, 403])
+    observer = observer_of(host, clock, Owners({400: 1000, 401: 1000, 402: 1000, 403: 1001}))
+    observer.configure(config, enabled=True)
+    observer.observe(sample_of(host, clock))
+    assert observer.store is not None
+    [entry] = observer.store.entries(EXECUTABLE).values()
+    assert entry.details == {"uid": 1000, "name": "agent", "argv0": "agent"}
+
+    clock.now = AFTER
+    host.start(401, agent, argv0="/usr/bin/agent")  # another instance: known
+    host.start(402, agent, argv0="/tmp/kworker")  # the same name, another argv[0]
+    host.start(403, agent, argv0="/usr/bin/agent")  # the same, another user's
+    stats = observer.observe(sample_of(host, clock)).baseline
+
+    assert stats is not None
+    assert stats.new_processes == (
+        NewProcess(402, "agent", "kworker", "", NO_ACCESS),
+        NewProcess(403, "agent", "agent", "", NO_ACCESS),
+    )
+
+
+def test_turned_off_it_closes_its_store_and_leaves_samples_unchanged(
+    host: FixtureHost, config: Config
+) -> None:
+    clock = Clock()
+    app = host.program("server")
+    host.start(100, app)
+    observer = observer_of(host, clock)
+    observer.configure(config, enabled=True)
+    observer.observe(sample_of(host, clock, tcp=(22,)))
+    assert read_baseline_file(Path(config.baseline_file))["entries"][EXECUTABLE] == {}  # not written yet
+
+    observer.configure(config, enabled=False)
+
+    assert observer.store is None
+    saved = read_baseline_file(Path(config.baseline_file))["entries"]
+    assert [e["details"]["path"] for e in saved[EXECUTABLE].values()] == [str(app)]
+    assert set(saved[LISTENING]) == {"tcp:22"}
+    sample = sample_of(host, clock, tcp=(22, 8080))
+    assert observer.observe(sample) is sample
+
+
+def test_a_store_that_cannot_be_opened_leaves_the_baseline_out_logged_once(
+    host: FixtureHost, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    host.start(100, host.program("server"))
+    blocked = tmp_path / "state"
+    blocked.write_text("a file where the state directory should be")
+    config = Config(str(blocked / "baseline.json"))
+    observer = observer_of(host, clock)
+
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):  # the agent configures it again at each configuration change
+            observer.configure(config, enabled=True)
+            sample = sample_of(host, clock)
+            assert observer.observe(sample) is sample
+    assert observer.store is None
+    assert len([r for r in caplog.records if "baseline" in r.getMessage()]) == 1
+
+    blocked.unlink()  # repaired: the next configuration opens it
+    observer.configure(config, enabled=True)
+    assert observer.observe(sample_of(host, clock)).baseline == BaselineStats(learning=True)
+
+
+def test_observing_that_fails_puts_baseline_in_the_errors(
+    host: FixtureHost, config: Config, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    host.start(100, host.program("server"))
+    identities = IdentityReader(str(host.proc))
+    observer = BaselineObserver(identities, ProcessDetails(str(host.proc)), clock=clock)
+    observer.configure(config, enabled=True)
+
+    def failing(pid: int, cmdline: Optional[list[str]] = None) -> None:
+        raise RuntimeError("the identity reader broke")
+
+    monkeypatch.setattr(identities, "read", failing)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            sample = sample_of(host, clock)
+            sample = replace(sample, errors=("gpu",))
+            observed = observer.observe(sample)
+            assert observed.errors == ("gpu", "baseline")
+            assert observed.baseline is None
+    assert len([r for r in caplog.records if "the identity reader broke" in r.getMessage()]) == 1
+
+    monkeypatch.undo()  # recovered: observed again, no error
+    recovered = observer.observe(sample_of(host, clock))
+    assert recovered.errors == () and recovered.baseline == BaselineStats(learning=True)
