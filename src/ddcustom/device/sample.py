@@ -24,6 +24,7 @@ class Connection:
     local_port: int
     local_interface: Optional[str]
     inode: int = field(default=0, compare=False)  # the socket's: finds the process holding it (0: unknown)
+    uid: int = field(default=-1, compare=False)  # the socket owner's user (-1: unknown)
 
     @property
     def remote_addr(self) -> str:

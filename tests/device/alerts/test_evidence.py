@@ -10,13 +10,23 @@ import logging
 import os
 import pwd
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ddcustom.device.alerts.evidence import MAX_BYTES, MAX_CMDLINE_CHARS, MAX_PROCESSES, EvidenceReader
-from ddcustom.device.sample import Connection, NetCounters, NetworkStats, ProcessInfo, ProcessStats, Sample
+from ddcustom.device.sample import (
+    BaselineStats,
+    Connection,
+    NetCounters,
+    NetworkStats,
+    NewProcess,
+    ProcessInfo,
+    ProcessStats,
+    Sample,
+)
 from ddcustom.device.sources.identity import IdentityReader
 from ddcustom.device.sources.process_details import ProcessDetails
 from support.helpers import sample
@@ -149,3 +159,37 @@ def test_a_failure_costs_the_evidence_not_the_alert(proc: Path, caplog: pytest.L
     with caplog.at_level(logging.WARNING):
         assert failing.collect(sample_with(table()), ((20,), (), ())) is None
     assert "alert evidence not collected: RuntimeError: the disk went away" in caplog.text
+
+
+class _Owners(ProcessDetails):
+    """Owners as the test says; no process's sockets can be looked into (another user's, no reader)."""
+
+    def __init__(self, proc: Path, uids: dict[int, int]) -> None:
+        super().__init__(str(proc))
+        self.uids = uids
+
+    def owner(self, pid: int) -> Any:
+        return self.uids.get(pid)
+
+    def socket_inodes(self, pid: int) -> set[int]:
+        return set()
+
+
+def test_without_the_reader_a_connection_names_the_processes_of_its_user(proc: Path) -> None:
+    """The socket's user is known (sock_diag gives it), its holder is not: the processes of that user are
+    named, the new ones first, and the evidence says so."""
+    pool = Connection("203.0.113.7", 3333, 50000, "eth0", inode=4242, uid=0)
+    details = _Owners(proc, {1: 0, 10: 0, 20: 0, 30: 1000})
+    new = BaselineStats(learning=False, new_processes=(NewProcess(20, "xmrig", "/bin/sh", ""),))
+    sample = replace(sample_with(table(), (pool,)), baseline=new)
+    evidence = EvidenceReader(IdentityReader(str(proc)), details).describe(sample, ((), (pool,), ()))
+
+    assert evidence is not None
+    assert [p["pid"] for p in evidence["processes"]] == [20, 1, 10]
+    assert evidence["holder"].startswith("one of the 3 processes of user root")
+
+    details.uids = {1: 1000, 10: 1000, 20: 0, 30: 1000}
+    evidence = EvidenceReader(IdentityReader(str(proc)), details).describe(sample, ((), (pool,), ()))
+    assert evidence is not None
+    assert [p["pid"] for p in evidence["processes"]] == [20]
+    assert evidence["holder"] == "the only process of user root"

@@ -58,8 +58,8 @@ class Clock:
 class Owners(ProcessDetails):
     """Process owners as the test says (the fixture tree's directories all belong to the test's user)."""
 
-    def __init__(self, uids: dict[int, int]) -> None:
-        super().__init__()
+    def __init__(self, uids: dict[int, int], proc_root: str = "/proc") -> None:
+        super().__init__(proc_root)
         self.uids = uids
 
     def owner(self, pid: int) -> Optional[int]:
@@ -269,7 +269,7 @@ def test_observing_that_fails_puts_baseline_in_the_errors(
     observer = BaselineObserver(identities, ProcessDetails(str(host.proc)), clock=clock)
     observer.configure(config, enabled=True)
 
-    def failing(pid: int, cmdline: Optional[list[str]] = None) -> None:
+    def failing(pid: int, cmdline: Optional[list[str]] = None, process: object = None) -> None:
         raise RuntimeError("the identity reader broke")
 
     monkeypatch.setattr(identities, "read", failing)
@@ -285,3 +285,74 @@ def test_observing_that_fails_puts_baseline_in_the_errors(
     monkeypatch.undo()  # recovered: observed again, no error
     recovered = observer.observe(sample_of(host, clock))
     assert recovered.errors == () and recovered.baseline == BaselineStats(learning=True)
+
+
+def code_size(host: FixtureHost, pid: int, exe_kb: int) -> None:
+    """What /proc/PID/status says of the program's text size (VmExe), which anyone may read."""
+    (host.proc / str(pid) / "status").write_text(f"Name:\tx\nVmExe:\t{exe_kb:8d} kB\nVmLib:\t    2000 kB\n")
+
+
+def test_an_unreadable_process_is_known_by_its_code_size_too(
+    host: FixtureHost, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A miner of root taking the name of a root daemon is new when its text is not the daemon's size."""
+    clock = Clock()
+    sshd = host.program("sshd")
+    host.start(400, sshd, argv0="/usr/sbin/sshd")
+    code_size(host, 400, 900)
+    deny_exe_links(monkeypatch, host.proc, [400, 401, 402])
+    observer = observer_of(host, clock, Owners({400: 0, 401: 0, 402: 0}, str(host.proc)))
+    observer.configure(config, enabled=True)
+    observer.observe(sample_of(host, clock))
+    assert observer.store is not None
+    [entry] = observer.store.entries(EXECUTABLE).values()
+    assert entry.details == {"uid": 0, "name": "sshd", "argv0": "sshd", "exe_kb": 900}
+
+    clock.now = AFTER
+    miner = host.program("miner")
+    host.start(401, sshd, argv0="/usr/sbin/sshd")  # another connection's sshd: the same size
+    host.start(402, miner, name="sshd", argv0="/usr/sbin/sshd")
+    code_size(host, 401, 900)
+    code_size(host, 402, 7412)
+    stats = observer.observe(sample_of(host, clock)).baseline
+
+    assert stats is not None
+    assert [p.pid for p in stats.new_processes] == [402]
+
+
+def test_a_weaker_entry_vouches_once_for_a_process_that_ran_before_the_upgrade(
+    host: FixtureHost, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Learned without the privileged reader (user, name, argv[0]); seen in full now, after an upgrade: an
+    impostor started since this component started is new; the daemon that ran all along is known (the
+    entry vouches for it, and says so); a second program that ran before under the same name is new (an
+    entry vouches once)."""
+    clock = Clock()
+    sshd = host.program("sshd")
+    host.start(500, sshd, argv0="/usr/sbin/sshd")
+    deny_exe_links(monkeypatch, host.proc, [500])
+    learning = observer_of(host, clock, Owners({500: 1000}, str(host.proc)))
+    learning.configure(config, enabled=True)
+    learning.observe(sample_of(host, clock))
+    learning.close()
+    monkeypatch.undo()  # the privileged reader's answers: every identity in full
+    del host.table[500]
+
+    clock.now = AFTER
+    impostor, other = host.program("impostor"), host.program("other")
+    host.start(501, impostor, name="sshd", argv0="/usr/sbin/sshd")
+    host.table[501] = replace(host.table[501], start_ticks=10**12)  # started after this component
+    host.start(502, sshd, argv0="/usr/sbin/sshd")
+    host.start(503, other, name="sshd", argv0="/usr/sbin/sshd")
+    observer = observer_of(host, clock, Owners({501: 1000, 502: 1000, 503: 1000}, str(host.proc)))
+    observer.configure(config, enabled=True)
+    stats = observer.observe(sample_of(host, clock)).baseline
+
+    assert stats is not None
+    assert [p.pid for p in stats.new_processes] == [501, 503]
+    assert observer.store is not None
+    entries = observer.store.entries(EXECUTABLE)
+    weak = "unreadable uid=1000 name=sshd argv0=sshd"
+    strong = next(key for key in entries if sha256_of(sshd) in key)
+    assert entries[strong].details["vouched_by"] == weak
+    assert entries[weak].details["vouched"] == strong

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from ddcustom.device.alerts.evidence import WEAK_IDENTITY
 from ddcustom.device.run import privileges
 from support.helpers import ROOT
 
@@ -37,23 +38,29 @@ RULE = {
 }
 
 # In the namespace: `ddcustom run` as the component's user; once it has learned, PROGRAM is started (as
-# root), and the first in-alarm alert is printed.
+# root), and the first in-alarm alert that names it is printed.
 SCENARIO = """
 import json, subprocess, sys, time
 options = json.loads(sys.argv[2])
 command = [sys.executable, "-m", "ddcustom", "run", "--config", sys.argv[1], "--thing", "cam-1", *options]
 component = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-time.sleep(2.0)  # longer than BaselineLearningSeconds: what runs now is learned
-program = subprocess.Popen(sys.argv[3:])
-deadline = time.monotonic() + 20
+program = None
+deadline = time.monotonic() + 30
 for line in component.stdout:
     message = json.loads(line)
-    if message["kind"] == "alert" and message["alert"]["violationEventType"] == "in-alarm":
-        print(json.dumps({"alert": message["alert"], "program": program.pid}), flush=True)
-        break
+    if program is None and message["kind"] == "report":  # the first cycle: learning has begun
+        time.sleep(1.6)  # longer than BaselineLearningSeconds: what runs now is learned
+        program = subprocess.Popen(sys.argv[3:])
+    elif program is not None and message["kind"] == "alert":
+        alert = message["alert"]
+        named = [p["pid"] for p in alert.get("evidence", {}).get("processes", [])]
+        if alert["violationEventType"] == "in-alarm" and program.pid in named:
+            print(json.dumps({"alert": alert, "program": program.pid}), flush=True)
+            break
     if time.monotonic() > deadline:
         break
-program.kill()
+if program is not None:
+    program.kill()
 component.terminate()
 component.wait(15)
 """
@@ -130,7 +137,11 @@ def test_run_as_another_user_without_the_reader_still_sees_the_root_program(fold
     options = ("--user", str(COMPONENT_UID))
     result = run_as_deployed(folder, [str(program), "30"], *options, "--privileged-reader", "off")
 
-    [described] = [p for p in result["alert"]["evidence"]["processes"] if p["pid"] == result["program"]]
+    named = [p for p in result["alert"]["evidence"]["processes"] if p["pid"] == result["program"]]
+    assert len(named) == 1, result["alert"]
+    [described] = named
     assert described["unknowable"] == "no access"
     assert "sha256" not in described or described["sha256"] == ""
+    assert described["identity"] == WEAK_IDENTITY  # the alert says plainly why there is no path
+    assert described["code_kb"]["VmExe"] > 0
     assert privileges.MODES[privileges.UNPRIVILEGED] in result["log"]

@@ -151,9 +151,9 @@ def test_connections_of_the_previous_cycle_are_reused_while_unchanged() -> None:
     """A connection still open is the same object the next cycle; one whose local address moved to another
     interface, or a new socket on the same ports, is built again; closed ones are forgotten."""
     counters = NetCounters(bytes_in=0, bytes_out=0, packets_in=0, packets_out=0)
-    first_socket = (TCP_ESTABLISHED, "10.0.0.2", 50000, "10.0.0.1", 3333, 11)
-    second_socket = (TCP_ESTABLISHED, "10.0.0.2", 50001, "10.0.0.1", 3333, 12)
-    known: dict[tuple[int, str, int, str, int, int], Connection] = {}
+    first_socket = (TCP_ESTABLISHED, "10.0.0.2", 50000, "10.0.0.1", 3333, 11, 0)
+    second_socket = (TCP_ESTABLISHED, "10.0.0.2", 50001, "10.0.0.1", 3333, 12, 0)
+    known: dict[tuple[int, str, int, str, int, int, int], Connection] = {}
     eth0 = {"10.0.0.2": "eth0"}
     first = build_network_stats(
         counters, [first_socket, second_socket], [], eth0, False, known
@@ -165,7 +165,7 @@ def test_connections_of_the_previous_cycle_are_reused_while_unchanged() -> None:
 
     moved = build_network_stats(counters, [first_socket], [], {"10.0.0.2": "wlan0"}, False, known)
     assert moved.established_tcp == (Connection("10.0.0.1", 3333, 50000, "wlan0"),)
-    same_ports_new_socket = (*first_socket[:5], 99)
+    same_ports_new_socket = (*first_socket[:5], 99, 0)
     again = build_network_stats(counters, [same_ports_new_socket], [], eth0, False, known).established_tcp
     assert again == first[:1] and again[0].inode == 99
 
@@ -303,13 +303,21 @@ SHUTDOWN_ATTRIBUTE = struct.pack("=HHB3x", 5, 8, 0)
 
 
 def diag_record(
-    family: int, state: int, sport: int, dport: int, src: bytes, dst: bytes, inode: int = 0, kind: int = 18
+    family: int,
+    state: int,
+    sport: int,
+    dport: int,
+    src: bytes,
+    dst: bytes,
+    inode: int = 0,
+    kind: int = 18,
+    uid: int = 1000,
 ) -> bytes:
     """One inet_diag_msg as the kernel sends it; the fields the parser skips are set, so that reading at
     a wrong offset shows."""
     body = struct.pack("=BBBB", family, state, 1, 2) + struct.pack(">HH", sport, dport)
-    body += src.ljust(16, b"\0") + dst.ljust(16, b"\0") + b"\xab" * 28  # interface, cookie, ...uid
-    body += struct.pack("=I", inode) + SHUTDOWN_ATTRIBUTE
+    body += src.ljust(16, b"\0") + dst.ljust(16, b"\0") + b"\xab" * 24  # interface, cookie, ...queues
+    body += struct.pack("=II", uid, inode) + SHUTDOWN_ATTRIBUTE
     return struct.pack("=IHHII", 16 + len(body), kind, 2, 1, 0) + body
 
 
@@ -328,11 +336,14 @@ def test_parse_sock_diag_by_hand() -> None:
     data += diag_record(socket.AF_INET6, 1, 443, 51000, fd00_2, db8_1, 77)
     ipv4, ipv6, done = parse_sock_diag(data, ({}, {}))
     assert not done
-    assert ipv4 == [(1, "10.0.0.2", 50000, "10.0.0.1", 3333, 987654), (10, "0.0.0.0", 22, "0.0.0.0", 0, 4242)]
+    assert ipv4 == [
+        (1, "10.0.0.2", 50000, "10.0.0.1", 3333, 987654, 1000),
+        (10, "0.0.0.0", 22, "0.0.0.0", 0, 4242, 1000),
+    ]
     assert ipv6 == [
-        (10, "::", 80, "::", 0, 0),
-        (1, "10.0.0.2", 8080, "10.0.0.1", 4444, 0),  # an IPv6 socket on an IPv4-mapped address
-        (1, "fd00::2", 443, "2001:db8::1", 51000, 77),
+        (10, "::", 80, "::", 0, 0, 1000),
+        (1, "10.0.0.2", 8080, "10.0.0.1", 4444, 0, 1000),  # an IPv6 socket on an IPv4-mapped address
+        (1, "fd00::2", 443, "2001:db8::1", 51000, 77, 1000),
     ]
     done_message = struct.pack("=IHHII", 20, 3, 2, 1, 0) + b"\0" * 4
     assert parse_sock_diag(done_message, ({}, {})) == ([], [], True)
@@ -367,7 +378,7 @@ def test_parse_sock_diag_errors() -> None:
     with pytest.raises(OSError, match="record of 56 bytes is too short"):  # header and 40 bytes of 72
         parse_sock_diag(struct.pack("=I", 56) + record[4:56], ({}, {}))
     assert parse_sock_diag(record + record[:12], ({}, {}))[:2] == (
-        [(1, "0.0.0.0", 1000, "0.0.0.0", 2000, 0)],
+        [(1, "0.0.0.0", 1000, "0.0.0.0", 2000, 0, 1000)],
         [],
     )
 
@@ -398,7 +409,7 @@ def loopback_sockets() -> Iterator[list[socket.socket]]:
             sock.close()
 
 
-def expected_entry(sock: socket.socket) -> tuple[int, str, int, str, int, int]:
+def expected_entry(sock: socket.socket) -> tuple[int, str, int, str, int, int, int]:
     local = sock.getsockname()
     local_ip = _shown(local[0])
     inode = os.fstat(sock.fileno()).st_ino
@@ -410,9 +421,10 @@ def expected_entry(sock: socket.socket) -> tuple[int, str, int, str, int, int]:
             "::" if sock.family == socket.AF_INET6 else "0.0.0.0",
             0,
             inode,
+            os.geteuid(),
         )
     peer = sock.getpeername()
-    return (TCP_ESTABLISHED, local_ip, local[1], _shown(peer[0]), peer[1], inode)
+    return (TCP_ESTABLISHED, local_ip, local[1], _shown(peer[0]), peer[1], inode, os.geteuid())
 
 
 def _shown(ip: str) -> str:

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from ddcustom.device.metrics import Culprits
 from ddcustom.device.sample import Connection, ProcessInfo, Sample
-from ddcustom.device.sources.identity import IdentityReader
+from ddcustom.device.sources.identity import NO_ACCESS, IdentityReader
 from ddcustom.device.sources.process_details import ProcessDetails
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,12 @@ MAX_ENDPOINTS = 20
 MAX_CMDLINE_CHARS = 512
 MAX_PARENTS = 16
 MAX_BYTES = 16 * 1024
+# What an alert says of a process the component may not read (no privileged reader): plainly, why its
+# path and SHA-256 are missing, and what it was known by instead.
+WEAK_IDENTITY = (
+    "weak: this component runs without the privileged reader and may not read this user's executable; "
+    "the process is known only by its user, name, argv[0] and code size (code_kb)"
+)
 
 
 class EvidenceReader:
@@ -55,12 +61,13 @@ class EvidenceReader:
         established = sample.network.established_tcp if sample.network is not None else ()
         by_inode = {c.inode: c for c in established if c.inode}
         chosen = list(dict.fromkeys(pids))[:MAX_PROCESSES]
+        evidence: dict[str, Any] = {}
         if connections and not chosen:  # the processes holding those connections
             wanted = {c.inode for c in connections if c.inode}
-            chosen = [pid for pid in sorted(table) if wanted & self._details.socket_inodes(pid)][
-                :MAX_PROCESSES
-            ]
-        evidence: dict[str, Any] = {}
+            holders = (pid for pid in sorted(table) if wanted & self._details.socket_inodes(pid))
+            chosen = list(holders)[:MAX_PROCESSES]
+            if not chosen:
+                chosen = self._candidates(connections, sample, evidence)
         processes = [p for p in (self._process(pid, table, by_inode) for pid in chosen) if p is not None]
         if processes:
             evidence["processes"] = processes
@@ -73,6 +80,28 @@ class EvidenceReader:
             evidence["truncated"] = True
         return evidence or None
 
+    def _candidates(
+        self, connections: tuple[Connection, ...], sample: Sample, evidence: dict[str, Any]
+    ) -> list[int]:
+        """When no process could be looked into for the sockets (another user's, without the privileged
+        reader): the processes of the sockets' user, the new ones first, and a ``holder`` note saying so."""
+        uids = {c.uid for c in connections if c.uid >= 0}
+        table = sample.processes.table if sample.processes is not None else {}
+        if not uids or not table:
+            return []
+        candidates = [pid for pid in sorted(table) if self._details.owner(pid) in uids]
+        new = {p.pid for p in sample.baseline.new_processes} if sample.baseline is not None else set()
+        candidates.sort(key=lambda pid: pid not in new)
+        users = ", ".join(_user(uid) for uid in sorted(uids))
+        if len(candidates) == 1:
+            evidence["holder"] = f"the only process of user {users}"
+        elif candidates:
+            evidence["holder"] = (
+                f"one of the {len(candidates)} processes of user {users} (this component may not see which "
+                "without the privileged reader; new ones first)"
+            )
+        return candidates[:MAX_PROCESSES]
+
     def _process(
         self, pid: int, table: Mapping[int, ProcessInfo], by_inode: Mapping[int, Connection]
     ) -> Optional[dict[str, Any]]:
@@ -81,7 +110,7 @@ class EvidenceReader:
         if uid is None:
             return None  # it has exited since the sample
         described: dict[str, Any] = {"pid": pid, "name": info.comm if info else ""}
-        identity = self._identities.read(pid)
+        identity = self._identities.read(pid, process=info)
         if identity is not None:
             described["exe"] = identity.path
             described["sha256"] = identity.sha256
@@ -90,6 +119,9 @@ class EvidenceReader:
                 described["script_sha256"] = identity.script_sha256
             if identity.reason_unknowable:
                 described["unknowable"] = identity.reason_unknowable
+            if identity.reason_unknowable == NO_ACCESS:
+                described["identity"] = WEAK_IDENTITY
+                described["code_kb"] = self._details.code_sizes(pid)
         if info is not None:
             described["cmdline"] = info.cmdline[:MAX_CMDLINE_CHARS]
             started = self._details.started(info.start_ticks)

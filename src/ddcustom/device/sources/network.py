@@ -48,8 +48,8 @@ MAX_DEV_BYTES = 1024 * 1024
 _WILDCARDS = frozenset({"0.0.0.0", "::"})
 _IPV4_MAPPED_PREFIX = b"\0" * 10 + b"\xff\xff"
 
-# (state, local_ip, local_port, remote_ip, remote_port, inode)
-SocketEntry = tuple[int, str, int, str, int, int]
+# (state, local_ip, local_port, remote_ip, remote_port, inode, uid of the socket's owner)
+SocketEntry = tuple[int, str, int, str, int, int, int]
 
 
 def decode_address(hex_ip: str) -> str:
@@ -76,8 +76,17 @@ def parse_socket_table(text: str, states: Iterable[int]) -> list[SocketEntry]:
         local_ip = decoded.get(local_hex) or decoded.setdefault(local_hex, decode_address(local_hex))
         remote_ip = decoded.get(remote_hex) or decoded.setdefault(remote_hex, decode_address(remote_hex))
         inode = int(fields[9]) if len(fields) > 9 else 0
+        uid = int(fields[7]) if len(fields) > 7 else -1
         entries.append(
-            (_STATE_TEXT[fields[3]], local_ip, int(local_port, 16), remote_ip, int(remote_port, 16), inode)
+            (
+                _STATE_TEXT[fields[3]],
+                local_ip,
+                int(local_port, 16),
+                remote_ip,
+                int(remote_port, 16),
+                inode,
+                uid,
+            )
         )
     return entries
 
@@ -170,19 +179,19 @@ def build_network_stats(
     listening_udp: dict[tuple[int, Optional[str]], None] = {}
     established: list[Connection] = []
     for entry in tcp:
-        state, local_ip, local_port, remote_ip, remote_port, inode = entry
+        state, local_ip, local_port, remote_ip, remote_port, inode, uid = entry
         if not include_loopback and is_loopback(local_ip):
             continue
         if state == TCP_ESTABLISHED:
             interface = interface_of.get(local_ip)
             connection = previous.get(entry)
             if connection is None or connection.local_interface != interface:
-                connection = Connection(remote_ip, remote_port, local_port, interface, inode)
+                connection = Connection(remote_ip, remote_port, local_port, interface, inode, uid)
             current[entry] = connection
             established.append(connection)
         elif state == TCP_LISTEN:
             listening_tcp[(local_port, interface_of.get(local_ip))] = None
-    for state, local_ip, local_port, remote_ip, remote_port, _ in udp:
+    for state, local_ip, local_port, remote_ip, remote_port, _, _ in udp:
         if state != UDP_UNCONNECTED or remote_port != 0 or remote_ip not in _WILDCARDS:
             continue
         if not include_loopback and is_loopback(local_ip):
@@ -227,8 +236,8 @@ _DIAG_REQUEST = struct.Struct("=BBBBI48x")  # inet_diag_req_v2: family, protocol
 # A message as far as its inet_diag_msg is read: header length and type (flags, sequence and port id
 # skipped), then family, state (timer and retransmits skipped), source and destination ports (network
 # byte order, read as native and swapped), source and destination addresses (16 bytes; an IPv4 one in the
-# first 4), then interface, cookie, expires, queues and uid skipped, and the inode.
-_DIAG_RECORD = struct.Struct("=IH10x BB2x HH 16s16s 28x I")
+# first 4), then interface, cookie, expires and queues skipped, the uid and the inode.
+_DIAG_RECORD = struct.Struct("=IH10x BB2x HH 16s16s 24x II")
 _RECORD_PADDING = bytes(_DIAG_RECORD.size)
 _ERRNO = struct.Struct("=i")
 NETLINK_TIMEOUT_SECONDS = 2.0
@@ -255,7 +264,7 @@ def parse_sock_diag(data: bytes, texts: AddressTexts) -> tuple[list[SocketEntry]
     ntohs = socket.ntohs
     offset = 0
     while offset + _NLMSG_HEADER.size <= end:
-        length, kind, family, state, local_port, remote_port, src, dst, inode = unpack(padded, offset)
+        length, kind, family, state, local_port, remote_port, src, dst, uid, inode = unpack(padded, offset)
         if length < _NLMSG_HEADER.size or offset + length > end:
             raise OSError(f"sock_diag: malformed message length {length}")
         if kind == _NLMSG_DONE:
@@ -270,11 +279,11 @@ def parse_sock_diag(data: bytes, texts: AddressTexts) -> tuple[list[SocketEntry]
         if family == socket.AF_INET:
             local_ip = ipv4_texts.get(src) or ipv4_texts.setdefault(src, _ip_text(src[:4]))
             remote_ip = ipv4_texts.get(dst) or ipv4_texts.setdefault(dst, _ip_text(dst[:4]))
-            ipv4.append((state, local_ip, ntohs(local_port), remote_ip, ntohs(remote_port), inode))
+            ipv4.append((state, local_ip, ntohs(local_port), remote_ip, ntohs(remote_port), inode, uid))
         else:
             local_ip = ipv6_texts.get(src) or ipv6_texts.setdefault(src, _ip_text(src))
             remote_ip = ipv6_texts.get(dst) or ipv6_texts.setdefault(dst, _ip_text(dst))
-            ipv6.append((state, local_ip, ntohs(local_port), remote_ip, ntohs(remote_port), inode))
+            ipv6.append((state, local_ip, ntohs(local_port), remote_ip, ntohs(remote_port), inode, uid))
         offset += (length + 3) & ~3
     return ipv4, ipv6, False
 

@@ -12,9 +12,15 @@ by the fleet configuration (``ApprovedExecutables``), learned now, or placed by 
 memfd, unreadable executables) never are. Kernel threads run no executable and are not looked at.
 
 A process whose executable link the component may not read (another user's, when the component runs
-unprivileged) is identified by its user, name and argv[0] instead: weaker, since a miner could take the
-name of a known process of the same user, but it does not flood the rules with every other user's
-process. The component running as root (the containerized core) or with CAP_SYS_PTRACE reads them all.
+unprivileged without the privileged reader) is identified by what anyone may read of it instead: its
+user, name, argv[0] and the size of its program's text (``VmExe``). Weaker than path and SHA-256 (a miner
+could take the name of a known process of the same user and a binary of the same text size), but an
+impostor rarely matches the size, and it does not flood the rules with every other user's process. With
+the privileged reader (the recipe's default) or as root, every process has its full identity.
+
+Upgrades do not alarm: an entry learned under a weaker identity (without the text size, or without the
+privileged reader) vouches once for the stronger identity the same process shows now, but only for a
+process already running when this component started, so that what starts later must match on its own.
 
 The busiest new process (``unknown_process_cpu``) is the new process using the most CPU that is neither
 a watched application's (or a descendant) nor named in ``AllowedGpuProcesses``.
@@ -40,6 +46,13 @@ def executable_key(identity: ExecutableIdentity) -> str:
     return identity.key
 
 
+def weak_key(uid: int, name: str, argv0: str, exe_kb: Optional[int]) -> str:
+    """The key of what anyone may read of a process: user, name, argv[0] and its text size in kB (none:
+    the key of earlier versions, which did not read it)."""
+    key = f"unreadable uid={uid} name={name} argv0={argv0}"
+    return key if exe_kb is None else f"{key} exe_kb={exe_kb}"
+
+
 def _patterns(identity: ExecutableIdentity) -> Iterable[str]:
     """The operator approval keys that could cover ``identity``: its content's hash and path."""
     if identity.content_sha256:
@@ -54,6 +67,7 @@ class _ProcessWatch:
     def __init__(self, kind: str, context: Context) -> None:
         self._kind = kind
         self._context = context
+        self._own_uid = os.geteuid()
         self._entries: Mapping[str, Entry] = {}  # CycleBaseline.live, of:
         self._generation = 0  # (CycleBaseline.generation; none is 0)
 
@@ -92,25 +106,74 @@ class _ProcessWatch:
         """The process as a NewProcess when the baseline does not know what it runs, else None."""
         if info.argv0_name == "" and info.cmdline == "":
             return None  # a kernel thread: it runs no executable
-        identity = self._context.identities.read(info.pid)
+        identity = self._context.identities.read(info.pid, process=info)
         if identity is None:
             return None  # exited meanwhile, or a zombie
         if identity.reason_unknowable == NO_ACCESS:
             known = self._observe_unreadable(baseline, info, now)
         else:
-            known = self.observe_executable(baseline, identity, now)
+            known = self.observe_executable(baseline, identity, now) or self._vouched(
+                baseline, info, identity, now
+            )
         if known:
             return None
         path = identity.content_path or identity.path or info.argv0_name
         return NewProcess(info.pid, info.comm, path, identity.content_sha256, identity.reason_unknowable)
 
     def _observe_unreadable(self, baseline: CycleBaseline, info: ProcessInfo, now: float) -> bool:
-        uid = self._context.details.owner(info.pid)
+        """Whether the weak identity of a process this component may not read is known."""
+        details = self._context.details
+        uid = details.owner(info.pid)
         if uid is None:
             return True  # exited meanwhile
-        key = f"unreadable uid={uid} name={info.comm} argv0={info.argv0_name}"
-        details = {"uid": uid, "name": info.comm, "argv0": info.argv0_name}
-        return baseline.observe(self._kind, key, details, now)
+        exe_kb = details.code_sizes(info.pid).get("VmExe")
+        key = weak_key(uid, info.comm, info.argv0_name, exe_kb)
+        weak: dict[str, Any] = {"uid": uid, "name": info.comm, "argv0": info.argv0_name}
+        if exe_kb is not None:
+            weak["exe_kb"] = exe_kb
+        if baseline.observe(self._kind, key, weak, now):
+            return True
+        older = weak_key(uid, info.comm, info.argv0_name, None)
+        return older != key and self._vouch(baseline, info, older, key, weak, now)
+
+    def _vouched(
+        self, baseline: CycleBaseline, info: ProcessInfo, identity: ExecutableIdentity, now: float
+    ) -> bool:
+        """Whether an entry learned under a weaker identity vouches for another user's process, whose
+        full identity this component sees now (module docstring)."""
+        if not identity.knowable:
+            return False
+        uid = self._context.details.owner(info.pid)
+        if uid is None or uid == self._own_uid:
+            return False  # this user's processes were always seen in full
+        exe_kb = self._context.details.code_sizes(info.pid).get("VmExe")
+        for older in dict.fromkeys(
+            (
+                weak_key(uid, info.comm, info.argv0_name, exe_kb),
+                weak_key(uid, info.comm, info.argv0_name, None),
+            )
+        ):
+            if self._vouch(baseline, info, older, identity.key, identity.details(), now):
+                return True
+        return False
+
+    def _vouch(
+        self,
+        baseline: CycleBaseline,
+        info: ProcessInfo,
+        older: str,
+        key: str,
+        details: dict[str, Any],
+        now: float,
+    ) -> bool:
+        """Add ``key`` as learned when the entry ``older`` vouches for it: it exists, has vouched for
+        nothing yet, and the process was running before this component started."""
+        entry = baseline.live(self._kind).get(older)
+        if entry is None or "vouched" in entry.details or info.start_ticks >= self._context.started_ticks:
+            return False
+        baseline.add(self._kind, key, {**details, "vouched_by": older}, now, LEARNED)
+        baseline.revise(self._kind, older, {**entry.details, "vouched": key}, now)
+        return True
 
 
 class ExecutableWatch(_ProcessWatch):

@@ -27,6 +27,7 @@ from ddcustom.device.baseline.file import RANK, Entry
 from ddcustom.device.sample import Sample
 from ddcustom.device.sources.identity import IdentityReader
 from ddcustom.device.sources.process_details import ProcessDetails
+from ddcustom.device.sources.procfs import STAT_BYTES, parse_stat
 
 
 class ItemError(ValueError):
@@ -65,6 +66,17 @@ class Context:
     approvals: Approvals = field(default_factory=Approvals)  # the fleet configuration's
     deployment: Optional[DeploymentTrust] = None  # executables a deployment placed: known after learning
     allowed_gpu_processes: frozenset[str] = frozenset()  # names the busiest new process may have unflagged
+    # when this component started, in clock ticks after boot: processes running before may be vouched for
+    started_ticks: int = field(default_factory=lambda: own_start_ticks())
+
+
+def own_start_ticks() -> int:
+    """This process's start time in clock ticks after boot (field 22 of /proc/self/stat)."""
+    try:
+        with open("/proc/self/stat", "rb") as stat:
+            return parse_stat(stat.read(STAT_BYTES).decode("utf-8", "replace"))[3]
+    except (OSError, ValueError, IndexError):
+        return 0  # nothing is older: nothing is vouched for
 
 
 class Watch(Protocol):
