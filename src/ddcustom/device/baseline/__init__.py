@@ -1,4 +1,4 @@
-"""The learned baseline of the device: what runs and talks here (issue 10).
+"""The learned baseline of the device: what runs and talks here.
 
 - kinds/: the kinds of items it holds (executable, gpu_executable, endpoint, listening), each declared
   once: its key, merge rule, ITEM form on the command line, the part of the observer specific to it, its
