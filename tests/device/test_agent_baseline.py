@@ -129,6 +129,9 @@ def test_baseline_metrics_have_no_value_while_learning_and_name_what_is_new_afte
         "new_endpoint_addresses": ["203.0.113.9:443"],
         "new_listening_ports": 0.0,
         "new_gpu_executables": 0.0,
+        "new_program_libraries": 0.0,
+        "new_program_anonymous_code": 0.0,
+        "new_program_network_use": 0.0,
     }
 
 

@@ -19,7 +19,21 @@ EXECUTABLE = "executable"
 GPU_EXECUTABLE = "gpu_executable"
 ENDPOINT = "endpoint"
 LISTENING = "listening"
-KIND_NAMES = (EXECUTABLE, GPU_EXECUTABLE, ENDPOINT, LISTENING)  # in the file's order
+PROGRAM_CPU = "program_cpu"
+PROGRAM_GPU = "program_gpu"
+PROGRAM_CODE = "program_code"
+PROGRAM_NETWORK = "program_network"
+# in the file's order
+KIND_NAMES = (
+    EXECUTABLE,
+    GPU_EXECUTABLE,
+    ENDPOINT,
+    LISTENING,
+    PROGRAM_CPU,
+    PROGRAM_GPU,
+    PROGRAM_CODE,
+    PROGRAM_NETWORK,
+)
 
 
 class Observing:

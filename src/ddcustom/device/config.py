@@ -101,6 +101,8 @@ class Settings:
     baseline_forget_seconds: int
     approved_executables: tuple[str, ...]
     approved_endpoints: tuple[str, ...]
+    approved_libraries: tuple[str, ...]
+    approved_cpu_levels: tuple[tuple[str, float], ...]  # (program SHA-256 or path, % of one core)
     alert_spool_max_bytes: int
     max_report_list_size: int
     log_level: str
@@ -225,14 +227,32 @@ def _names(key: str, value: Any) -> tuple[str, ...]:
 
 
 def _approvals(key: str, value: Any) -> tuple[str, ...]:
-    from ddcustom.device.baseline.approvals import EXECUTABLES_KEY, ApprovalError, Approvals
+    from ddcustom.device.baseline.approvals import ENDPOINTS_KEY, EXECUTABLES_KEY, ApprovalError, Approvals
 
     names = _names(key, value)
     try:
-        Approvals.parse(names, ()) if key == EXECUTABLES_KEY else Approvals.parse((), names)
+        if key == EXECUTABLES_KEY:
+            Approvals.parse(executables=names)
+        elif key == ENDPOINTS_KEY:
+            Approvals.parse(endpoints=names)
+        else:
+            Approvals.parse(libraries=names)
     except ApprovalError as exc:
         raise ConfigError(shorten(str(exc), 400)) from None
     return names
+
+
+def _levels(key: str, value: Any) -> tuple[tuple[str, float], ...]:
+    """A mapping from a program (SHA-256 or absolute path) to a level in % of one core."""
+    from ddcustom.device.baseline.approvals import ApprovalError, Approvals
+
+    if not isinstance(value, dict):
+        raise _fail(key, value, 'expected a mapping such as {"/opt/app/bin/infer": 150}')
+    try:
+        parsed = Approvals.parse(cpu_levels=value).cpu_levels
+    except ApprovalError as exc:
+        raise ConfigError(shorten(str(exc), 400)) from None
+    return tuple(sorted(parsed.items()))
 
 
 def _ports(key: str, value: Any) -> frozenset[int]:
@@ -333,6 +353,11 @@ SCHEMA: dict[str, tuple[Any, _Parser, str, str]] = {
     "ApprovedExecutables": ([], _approvals, "approved_executables",
         "executables (SHA-256, or absolute paths) approved on every device: never new. For an interpreter, "
         "the script it runs"),
+    "ApprovedLibraries": ([], _approvals, "approved_libraries",
+        "shared objects (SHA-256, or absolute paths) any program may map on every device: never new"),
+    "ApprovedCpuLevels": ({}, _levels, "approved_cpu_levels",
+        "programs (SHA-256, or absolute path: an interpreter's script) and the CPU each may use on every "
+        "device, in % of one core, whatever it used while learning: `{\"/opt/app/bin/infer\": 150}`"),
     "ApprovedEndpoints": ([], _approvals, "approved_endpoints",
         "remote endpoints approved on every device: `CIDR` or `CIDR:port` (`[v6 CIDR]:port`)"),
     "AlertSpoolMaxBytes": (10_000_000, _int_range(65536, 1_000_000_000), "alert_spool_max_bytes",

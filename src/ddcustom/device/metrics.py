@@ -11,7 +11,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
-from ddcustom.device.sample import BaselineStats, Connection, GpuProcess, ListeningPort, NetCounters, Sample
+from ddcustom.device.sample import (
+    BaselineStats,
+    Connection,
+    GpuProcess,
+    LevelExcess,
+    ListeningPort,
+    NetCounters,
+    NewLibrary,
+    Sample,
+)
 
 MetricValue = Union[float, list[float], list[str]]
 # A metric's value in ``sample``; ``previous`` (None at first) is the sample before, for deltas.
@@ -107,6 +116,46 @@ def _new(s: Sample) -> BaselineStats:
     return s.baseline or BaselineStats(learning=True)
 
 
+def _above(read: Callable[[BaselineStats], Optional[LevelExcess]], unit: str) -> CulpritReader:
+    """The process furthest above its program's level, and what it used next to what it may use."""
+
+    def culprits(s: Sample) -> Culprits:
+        found = read(_new(s))
+        if found is None:
+            return (), (), ()
+        whose = "this process" if found.level == "process" else "its processes together"
+        item = (
+            f"{found.program}: {whose} used {found.now:g} % of {unit} over the last window; "
+            f"it may use {found.allowed:g} % (what it used while learning, or the floor, or an approval)"
+        )
+        return (found.pid,), (), (item,)
+
+    return culprits
+
+
+def _libraries(read: Callable[[BaselineStats], tuple[NewLibrary, ...]]) -> CulpritReader:
+    """The processes mapping new code, and what: the file with its SHA-256, the loader variables."""
+
+    def culprits(s: Sample) -> Culprits:
+        found = read(_new(s))
+        items = []
+        for library in found:
+            what = (
+                f"{library.path} (sha256 {library.sha256 or 'unknown'})" if library.path else "code in memory"
+            )
+            preload = f"; {library.preload}" if library.preload else ""
+            items.append(f"{library.program} (pid {library.pid}) maps {what}{preload}")
+        return tuple(dict.fromkeys(library.pid for library in found)), (), tuple(items)
+
+    return culprits
+
+
+def _network_use(s: Sample) -> Culprits:
+    found = _new(s).new_network_use
+    items = tuple(f"{n.program} (pid {n.pid}) holds a {n.use} socket" for n in found)
+    return tuple(dict.fromkeys(n.pid for n in found)), (), items
+
+
 # Custom metrics first, in report order; then the standard ones the engine evaluates on the device.
 # fmt: off
 METRICS: dict[str, Metric] = {m.name: m for m in (
@@ -167,6 +216,25 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            "GPU compute processes running an executable the baseline does not know (GPU metrics on)",
            _baseline(lambda b: float(len(b.new_gpu_processes))),
            _pids(lambda s: [p.pid for p in _new(s).new_gpu_processes])),
+    Metric("known_process_cpu_above_level", "number", "% of one core",
+           "How far the busiest process of a known program is above the CPU its program used while learning",
+           _baseline(lambda b: b.cpu_above_level.excess if b.cpu_above_level else 0.0),
+           _above(lambda b: b.cpu_above_level, "one core")),
+    Metric("new_program_libraries", "number", "processes",
+           "Processes mapping a shared object their (known) program never mapped while learning",
+           _baseline(lambda b: float(len({n.pid for n in b.new_libraries}))),
+           _libraries(lambda b: b.new_libraries)),
+    Metric("new_program_anonymous_code", "number", "processes",
+           "Processes with executable memory no file backs, in a program that never had any while learning",
+           _baseline(lambda b: float(len({n.pid for n in b.new_anonymous_code}))),
+           _libraries(lambda b: b.new_anonymous_code)),
+    Metric("new_program_network_use", "number", "processes",
+           "Processes of a program that never opened connections (or listened) while learning, now doing so",
+           _baseline(lambda b: float(len({n.pid for n in b.new_network_use}))), _network_use),
+    Metric("known_gpu_process_above_level", "number", "% of one GPU",
+           "How far the busiest GPU process of a known program is above the SM use it had while learning",
+           _baseline(lambda b: b.gpu_above_level.excess if b.gpu_above_level else 0.0),
+           _above(lambda b: b.gpu_above_level, "one GPU's SMs")),
     Metric("aws:all-bytes-in", "number", "bytes", "Bytes received since the previous sample",
            _grown(lambda c: c.bytes_in)),
     Metric("aws:all-bytes-out", "number", "bytes", "Bytes sent since the previous sample",

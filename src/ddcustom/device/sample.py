@@ -15,6 +15,8 @@ from typing import Optional
 class ListeningPort:
     port: int
     interface: Optional[str]  # None when the socket listens on all interfaces / cannot be mapped
+    inode: int = field(default=0, compare=False)  # of one socket listening so: finds its process (0: unknown)
+    uid: int = field(default=-1, compare=False)  # that socket owner's user (-1: unknown)
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,38 @@ class NewProcess:
 
 
 @dataclass(frozen=True)
+class LevelExcess:
+    """A process above what its program used while learning (baseline/kinds/levels.py)."""
+
+    pid: int  # the process (for the program's processes together: the busiest of them)
+    program: str  # what it runs
+    level: str  # "process": this process; "all": the program's processes together
+    allowed: float  # what it may use: its learned level, the floor or an approval (% of one core or GPU)
+    now: float  # what it used over the last window
+    excess: float  # now - allowed
+
+
+@dataclass(frozen=True)
+class NewLibrary:
+    """Code a process maps that its program never mapped while learning."""
+
+    pid: int
+    program: str  # what the process runs
+    path: str  # the library; "" for executable memory no file backs
+    sha256: str  # of the library, "" when it cannot be known
+    preload: str = ""  # LD_PRELOAD and the like in its environment, and /etc/ld.so.preload, when set
+
+
+@dataclass(frozen=True)
+class NewNetworkUse:
+    """A process of a program that never held this kind of socket while learning."""
+
+    pid: int
+    program: str
+    use: str  # "outbound" (an established connection it opened) or "listening"
+
+
+@dataclass(frozen=True)
 class BaselineStats:
     """What the learned baseline of the device does not know. Nothing is new while it learns."""
 
@@ -172,6 +206,11 @@ class BaselineStats:
     new_gpu_processes: tuple[NewProcess, ...] = ()
     # the busiest new process that is neither watched nor allowed: (pid, % of one core); None: none
     busiest_new: Optional[tuple[int, float]] = None
+    cpu_above_level: Optional[LevelExcess] = None  # the process furthest above its program's CPU level
+    new_libraries: tuple[NewLibrary, ...] = ()
+    new_anonymous_code: tuple[NewLibrary, ...] = ()  # executable memory no file backs (path "")
+    new_network_use: tuple[NewNetworkUse, ...] = ()
+    gpu_above_level: Optional[LevelExcess] = None  # the same for the GPU (GPU metrics on)
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,17 @@ from ddcustom.device.baseline.file import DEPLOYMENT
 from ddcustom.device.baseline.kinds import BY_NAME, KINDS
 from ddcustom.device.baseline.store import BaselineStore
 from ddcustom.device.metrics import BASELINE_METRICS, METRICS
-from ddcustom.device.sample import BaselineStats, Connection, NewProcess, Sample
+from ddcustom.device.sample import (
+    BaselineStats,
+    Connection,
+    LevelExcess,
+    NewLibrary,
+    NewNetworkUse,
+    NewProcess,
+    Sample,
+)
 from ddcustom.device.sources.identity import DELETED, MEMFD, ExecutableIdentity
-from support.baseline import ENDPOINT, EXECUTABLE, GPU_EXECUTABLE, LISTENING, Observing
+from support.baseline import ENDPOINT, EXECUTABLE, KIND_NAMES, Observing
 
 T0 = 1_800_000_000.0
 DAY = 86400.0
@@ -36,6 +44,11 @@ NEW: dict[str, Any] = {
     "new_endpoints": (Connection("198.51.100.9", 3333, 40000, "eth0"),),
     "new_listening": ("tcp:4444",),
     "new_gpu_processes": (NewProcess(8, "python3", "/dev/shm/x.py", "d" * 64),),
+    "cpu_above_level": LevelExcess(9, "/usr/bin/sleep", "process", 25.0, 55.0, 30.0),
+    "new_libraries": (NewLibrary(10, "/usr/bin/sleep", "/tmp/libx.so", "e" * 64, "LD_PRELOAD=/tmp/libx.so"),),
+    "new_anonymous_code": (NewLibrary(11, "/usr/bin/sleep", "", ""),),
+    "new_network_use": (NewNetworkUse(12, "/usr/bin/sleep", "outbound"),),
+    "gpu_above_level": LevelExcess(13, "/opt/app/infer", "process", 25.0, 90.0, 65.0),
 }
 
 
@@ -53,7 +66,7 @@ def component(path: Path, **kwargs: Any) -> BaselineStore:
 
 
 def test_the_kinds_are_those_of_the_file_in_its_order() -> None:
-    assert [kind.name for kind in KINDS] == [EXECUTABLE, GPU_EXECUTABLE, ENDPOINT, LISTENING]
+    assert tuple(kind.name for kind in KINDS) == KIND_NAMES
     assert all(BY_NAME[kind.name] is kind for kind in KINDS)
 
 

@@ -44,6 +44,8 @@ class Config:
     baseline_forget_seconds: int = 90 * 86400
     approved_executables: tuple[str, ...] = ()
     approved_endpoints: tuple[str, ...] = ()
+    approved_libraries: tuple[str, ...] = ()
+    approved_cpu_levels: tuple[tuple[str, float], ...] = ()
     allowed_gpu_processes: tuple[str, ...] = ()
 
 

@@ -28,7 +28,7 @@ from ddcustom.device.baseline.store import BaselineStore
 from ddcustom.device.baseline.sync import TOMBSTONE_SECONDS
 from ddcustom.device.sample import Sample
 from ddcustom.device.sources.identity import ExecutableIdentity
-from support.baseline import ENDPOINT, EXECUTABLE, GPU_EXECUTABLE, LISTENING, Observing
+from support.baseline import ENDPOINT, EXECUTABLE, KIND_NAMES, LISTENING, Observing
 from support.procfs import read_baseline_file
 
 T0 = 1_800_000_000.0
@@ -412,7 +412,7 @@ def test_the_operator_view_does_not_start_learning_or_create_the_file(path: Path
     assert not path.exists()
     shown = cli.show(T0)
     assert shown["learning_started"] is None
-    assert shown["entries"] == {EXECUTABLE: [], GPU_EXECUTABLE: [], ENDPOINT: [], LISTENING: []}
+    assert shown["entries"] == {kind: [] for kind in KIND_NAMES}
     store = component(path, now=T0 + 5)
     assert store.learning_started == T0 + 5
     assert os.path.exists(path)

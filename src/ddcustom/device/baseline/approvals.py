@@ -1,4 +1,5 @@
-"""Fleet approvals from configuration: ``ApprovedExecutables`` and ``ApprovedEndpoints``.
+"""Fleet approvals from configuration: ``ApprovedExecutables``, ``ApprovedEndpoints``,
+``ApprovedLibraries`` and ``ApprovedCpuLevels``.
 
 One deployment's merge configuration approves a known-good change on every device:
 
@@ -9,6 +10,9 @@ One deployment's merge configuration approves a known-good change on every devic
   ``python3`` therefore does not approve ``python3 /dev/shm/x.py``.
 - ``ApprovedEndpoints``: ``CIDR`` (every port) or ``CIDR:port``; IPv6 with a port in brackets,
   ``[2001:db8::/32]:443``; a bare address is its own /32 or /128.
+- ``ApprovedLibraries``: SHA-256s or absolute paths of shared objects any program may map.
+- ``ApprovedCpuLevels``: a mapping from a program (its SHA-256, or its absolute path: the script for an
+  interpreter running one) to the CPU it may use, in % of one core, above what it used while learning.
 
 ``Approvals.parse`` raises ``ApprovalError`` naming the configuration key and the bad entry. Lookups are a
 few set lookups: the endpoint matcher keeps one set per prefix length.
@@ -18,15 +22,18 @@ from __future__ import annotations
 
 import re
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from ddcustom.device.baseline.keys import SHA256_PREFIX, V4_MAPPED_PREFIX, network_key, parse_endpoint_pattern
 from ddcustom.device.sources.identity import ExecutableIdentity
 
 EXECUTABLES_KEY = "ApprovedExecutables"
 ENDPOINTS_KEY = "ApprovedEndpoints"
+LIBRARIES_KEY = "ApprovedLibraries"
+CPU_LEVELS_KEY = "ApprovedCpuLevels"
+MAX_LEVEL = 100_000.0  # % of one core: a thousand cores
 
 SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
@@ -95,24 +102,32 @@ class Approvals:
     sha256s: frozenset[str] = frozenset()
     paths: frozenset[str] = frozenset()
     endpoints: EndpointMatcher = field(default_factory=EndpointMatcher)
+    libraries: frozenset[str] = frozenset()  # SHA-256 (lower-case hex) or absolute paths
+    cpu_levels: Mapping[str, float] = field(default_factory=dict)  # program SHA-256 or path -> % of one core
 
     @classmethod
-    def parse(cls, executables: Iterable[str] = (), endpoints: Iterable[str] = ()) -> Approvals:
-        sha256s: set[str] = set()
-        paths: set[str] = set()
-        for entry in executables:
-            if not isinstance(entry, str):
-                raise ApprovalError(f"{EXECUTABLES_KEY} entry {entry!r}: expected a string")
-            sha = parse_sha256(entry)
-            if sha is not None:
-                sha256s.add(sha)
-            elif entry.startswith("/") and "\0" not in entry:
-                paths.add(entry)
-            else:
+    def parse(
+        cls,
+        executables: Iterable[str] = (),
+        endpoints: Iterable[str] = (),
+        libraries: Iterable[str] = (),
+        cpu_levels: Optional[Mapping[str, Any]] = None,
+    ) -> Approvals:
+        sha256s, paths = _files(EXECUTABLES_KEY, executables)
+        library_hashes, library_paths = _files(LIBRARIES_KEY, libraries)
+        levels: dict[str, float] = {}
+        for program, level in (cpu_levels or {}).items():
+            sha = parse_sha256(program)
+            if sha is None and not (program.startswith("/") and "\0" not in program):
                 raise ApprovalError(
-                    f"{EXECUTABLES_KEY} entry {entry!r}: expected a SHA-256 (64 hex digits) or an "
-                    "absolute path"
+                    f"{CPU_LEVELS_KEY} key {program!r}: expected a program's SHA-256 or absolute path"
                 )
+            if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 <= level <= MAX_LEVEL:
+                raise ApprovalError(
+                    f"{CPU_LEVELS_KEY} {program!r}: {level!r} is not a level in % of one core (0 to "
+                    f"{MAX_LEVEL:g})"
+                )
+            levels[sha or program] = float(level)
         matcher = EndpointMatcher()
         for entry in endpoints:
             if not isinstance(entry, str):
@@ -123,7 +138,7 @@ class Approvals:
                 raise ApprovalError(
                     f"{ENDPOINTS_KEY} entry {exc}; expected CIDR, CIDR:port or [IPv6 CIDR]:port"
                 ) from None
-        return cls(frozenset(sha256s), frozenset(paths), matcher)
+        return cls(sha256s, paths, matcher, library_hashes | library_paths, levels)
 
     def is_approved_executable(self, identity: ExecutableIdentity) -> bool:
         if not identity.knowable:
@@ -134,3 +149,25 @@ class Approvals:
 
     def is_approved_endpoint(self, ip: str, port: int) -> bool:
         return self.endpoints.match(ip, port)
+
+    def is_approved_library(self, path: str, sha256: str) -> bool:
+        return bool(sha256 and sha256 in self.libraries) or bool(path and path in self.libraries)
+
+
+def _files(key: str, entries: Iterable[str]) -> tuple[frozenset[str], frozenset[str]]:
+    """(SHA-256s, absolute paths) of a list of files; ApprovalError naming ``key`` and the bad entry."""
+    sha256s: set[str] = set()
+    paths: set[str] = set()
+    for entry in entries:
+        if not isinstance(entry, str):
+            raise ApprovalError(f"{key} entry {entry!r}: expected a string")
+        sha = parse_sha256(entry)
+        if sha is not None:
+            sha256s.add(sha)
+        elif entry.startswith("/") and "\0" not in entry:
+            paths.add(entry)
+        else:
+            raise ApprovalError(
+                f"{key} entry {entry!r}: expected a SHA-256 (64 hex digits) or an absolute path"
+            )
+    return frozenset(sha256s), frozenset(paths)

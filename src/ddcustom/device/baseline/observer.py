@@ -46,6 +46,10 @@ class BaselineSettings(Protocol):
     @property
     def approved_endpoints(self) -> tuple[str, ...]: ...
     @property
+    def approved_libraries(self) -> tuple[str, ...]: ...
+    @property
+    def approved_cpu_levels(self) -> tuple[tuple[str, float], ...]: ...
+    @property
     def allowed_gpu_processes(self) -> tuple[str, ...]: ...
 
 
@@ -141,4 +145,9 @@ class BaselineObserver:
 
 
 def _approvals(settings: BaselineSettings) -> Approvals:
-    return Approvals.parse(settings.approved_executables, settings.approved_endpoints)
+    return Approvals.parse(
+        settings.approved_executables,
+        settings.approved_endpoints,
+        settings.approved_libraries,
+        dict(settings.approved_cpu_levels),
+    )

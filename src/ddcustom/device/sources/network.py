@@ -175,8 +175,8 @@ def build_network_stats(
     interface_of.update(dict.fromkeys(_WILDCARDS))
     previous = known if known is not None else {}
     current: dict[SocketEntry, Connection] = {}
-    listening_tcp: dict[tuple[int, Optional[str]], None] = {}
-    listening_udp: dict[tuple[int, Optional[str]], None] = {}
+    listening_tcp: dict[tuple[int, Optional[str]], tuple[int, int]] = {}  # -> (inode, uid) of one socket
+    listening_udp: dict[tuple[int, Optional[str]], tuple[int, int]] = {}
     established: list[Connection] = []
     for entry in tcp:
         state, local_ip, local_port, remote_ip, remote_port, inode, uid = entry
@@ -190,13 +190,13 @@ def build_network_stats(
             current[entry] = connection
             established.append(connection)
         elif state == TCP_LISTEN:
-            listening_tcp[(local_port, interface_of.get(local_ip))] = None
-    for state, local_ip, local_port, remote_ip, remote_port, _, _ in udp:
+            listening_tcp.setdefault((local_port, interface_of.get(local_ip)), (inode, uid))
+    for state, local_ip, local_port, remote_ip, remote_port, inode, uid in udp:
         if state != UDP_UNCONNECTED or remote_port != 0 or remote_ip not in _WILDCARDS:
             continue
         if not include_loopback and is_loopback(local_ip):
             continue
-        listening_udp[(local_port, interface_of.get(local_ip))] = None
+        listening_udp.setdefault((local_port, interface_of.get(local_ip)), (inode, uid))
     if known is not None:
         known.clear()
         known.update(current)
@@ -340,8 +340,9 @@ def sock_diag_tcp(
     return ipv4 + ipv6
 
 
-def _ports(keys: Iterable[tuple[int, Optional[str]]]) -> tuple[ListeningPort, ...]:
-    return tuple(ListeningPort(port, iface) for port, iface in sorted(keys, key=lambda k: (k[0], k[1] or "")))
+def _ports(sockets: Mapping[tuple[int, Optional[str]], tuple[int, int]]) -> tuple[ListeningPort, ...]:
+    ordered = sorted(sockets.items(), key=lambda item: (item[0][0], item[0][1] or ""))
+    return tuple(ListeningPort(port, iface, inode, uid) for (port, iface), (inode, uid) in ordered)
 
 
 def read_proc_text(path: str, limit: int) -> str:

@@ -36,7 +36,7 @@ from ddcustom.device.baseline.approvals import parse_sha256
 from ddcustom.device.baseline.cycle import CycleBaseline
 from ddcustom.device.baseline.file import DEPLOYMENT, LEARNED, Entry
 from ddcustom.device.baseline.keys import PATH_PREFIX, SHA256_PREFIX
-from ddcustom.device.baseline.kinds.kind import Context, ItemError, Items, Kind
+from ddcustom.device.baseline.kinds.kind import Context, ItemError, Items, Kind, Program
 from ddcustom.device.sample import NewProcess, ProcessInfo, Sample
 from ddcustom.device.sources.identity import NO_ACCESS, ExecutableIdentity, IdentityReader
 
@@ -109,32 +109,41 @@ class _ProcessWatch:
         identity = self._context.identities.read(info.pid, process=info)
         if identity is None:
             return None  # exited meanwhile, or a zombie
+        path = identity.content_path or identity.path or info.argv0_name
         if identity.reason_unknowable == NO_ACCESS:
-            known = self._observe_unreadable(baseline, info, now)
+            key = self._observe_unreadable(baseline, info, now)
+            known = key is not None
+            if key:
+                self.known(info.pid, Program(key, path))
         else:
             known = self.observe_executable(baseline, identity, now) or self._vouched(
                 baseline, info, identity, now
             )
+            if known:
+                self.known(info.pid, Program(identity.key, path, identity.content_sha256))
         if known:
             return None
-        path = identity.content_path or identity.path or info.argv0_name
         return NewProcess(info.pid, info.comm, path, identity.content_sha256, identity.reason_unknowable)
 
-    def _observe_unreadable(self, baseline: CycleBaseline, info: ProcessInfo, now: float) -> bool:
-        """Whether the weak identity of a process this component may not read is known."""
+    def known(self, pid: int, program: Program) -> None:
+        """A process whose program is known (the executable kind tells the others: Context.programs)."""
+
+    def _observe_unreadable(self, baseline: CycleBaseline, info: ProcessInfo, now: float) -> Optional[str]:
+        """The key of the weak identity of a process this component may not read when it is known ("" when
+        the process has exited meanwhile), None when it is new."""
         details = self._context.details
         uid = details.owner(info.pid)
         if uid is None:
-            return True  # exited meanwhile
+            return ""  # exited meanwhile
         exe_kb = details.code_sizes(info.pid).get("VmExe")
         key = weak_key(uid, info.comm, info.argv0_name, exe_kb)
         weak: dict[str, Any] = {"uid": uid, "name": info.comm, "argv0": info.argv0_name}
         if exe_kb is not None:
             weak["exe_kb"] = exe_kb
         if baseline.observe(self._kind, key, weak, now):
-            return True
+            return key
         older = weak_key(uid, info.comm, info.argv0_name, None)
-        return older != key and self._vouch(baseline, info, older, key, weak, now)
+        return key if older != key and self._vouch(baseline, info, older, key, weak, now) else None
 
     def _vouched(
         self, baseline: CycleBaseline, info: ProcessInfo, identity: ExecutableIdentity, now: float
@@ -182,7 +191,11 @@ class ExecutableWatch(_ProcessWatch):
     def __init__(self, context: Context) -> None:
         super().__init__(EXECUTABLE.name, context)
 
+    def known(self, pid: int, program: Program) -> None:
+        self._context.programs[pid] = program
+
     def observe(self, sample: Sample, baseline: CycleBaseline, now: float) -> Mapping[str, Any]:
+        self._context.programs.clear()
         processes = sample.processes
         if processes is None:
             return {}

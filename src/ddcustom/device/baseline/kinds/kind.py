@@ -57,6 +57,15 @@ class MergeRule:
 BY_ORIGIN = MergeRule()
 
 
+@dataclass(frozen=True)
+class Program:
+    """A program as the baseline knows it: what a process of it runs (kinds/executables.py)."""
+
+    key: str  # the executable kind's key of it: its identity, or the weak identity of an unreadable one
+    path: str  # what runs, for people: an interpreter's script file, else the executable
+    sha256: str = ""  # of that file ("" for a weak identity)
+
+
 @dataclass
 class Context:
     """What the watches share: the sources' readers, and the configuration the observer keeps current."""
@@ -68,6 +77,9 @@ class Context:
     allowed_gpu_processes: frozenset[str] = frozenset()  # names the busiest new process may have unflagged
     # when this component started, in clock ticks after boot: processes running before may be vouched for
     started_ticks: int = field(default_factory=lambda: own_start_ticks())
+    # the programs of this cycle's processes whose executable is known (pid -> program), which the
+    # executable kind finds first and the kinds about what programs do read
+    programs: dict[int, Program] = field(default_factory=dict)
 
 
 def own_start_ticks() -> int:

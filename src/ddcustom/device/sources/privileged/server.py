@@ -17,10 +17,10 @@ from typing import Any, Optional
 
 from ddcustom.device.fileio import read_bounded
 from ddcustom.device.sources.identity import IdentityReader
+from ddcustom.device.sources.mapped_code import MappedCodeReader
 from ddcustom.device.sources.privileged.protocol import (
     GONE,
     LOADER_VARIABLES,
-    MAX_MAPPINGS,
     MAX_REQUEST_BYTES,
     MAX_SOCKETS,
     MAX_VALUE_CHARS,
@@ -33,10 +33,7 @@ from ddcustom.device.sources.procfs import STAT_BYTES, parse_stat
 
 log = logging.getLogger(__name__)
 
-MAX_MAPS_BYTES = 4 * 1024 * 1024  # /proc/PID/maps of a large process is a few hundred KB
 MAX_ENVIRON_BYTES = 256 * 1024
-# Executable regions the kernel makes for every process: not code the program brought.
-KERNEL_REGIONS = frozenset({"[vdso]", "[vsyscall]", "[uprobes]"})
 
 
 class Answers:
@@ -46,6 +43,7 @@ class Answers:
         self.proc_root = proc_root
         self._identities = IdentityReader(proc_root)
         self._details = ProcessDetails(proc_root)
+        self._mapped = MappedCodeReader(self._identities, through_map_files=True)
 
     def answer(self, data: bytes) -> bytes:
         """The answer datagram to one request datagram; never raises."""
@@ -87,22 +85,11 @@ class Answers:
     def _maps(self, pid: int) -> dict[str, Any]:
         """The files mapped executable, each once (path and SHA-256, read through map_files so that a
         deleted or replaced file is hashed as mapped), and the executable regions no file backs."""
-        text = read_bounded(f"{self.proc_root}/{pid}/maps", MAX_MAPS_BYTES).decode("utf-8", "replace")
-        files: dict[str, dict[str, str]] = {}
-        anonymous = 0
-        for line in text.splitlines():
-            fields = line.split(maxsplit=5)
-            if len(fields) < 5 or len(fields[1]) < 3 or fields[1][2] != "x":
-                continue
-            path = fields[5] if len(fields) == 6 else ""
-            if not path.startswith("/"):
-                anonymous += path not in KERNEL_REGIONS
-                continue
-            if path in files or len(files) >= MAX_MAPPINGS:
-                continue
-            sha, reason = self._identities.digest(f"{self.proc_root}/{pid}/map_files/{fields[0]}")
-            files[path] = {"path": path, "sha256": sha, "reason": reason}
-        return {"files": list(files.values()), "anonymous_executable": anonymous}
+        code = self._mapped.read(pid)
+        if code is None:
+            return {"error": GONE}
+        files = [{"path": f.path, "sha256": f.sha256, "reason": f.reason} for f in code.files]
+        return {"files": files, "anonymous_executable": code.anonymous_executable}
 
     def _sockets(self, pid: int) -> dict[str, Any]:
         return {"inodes": sorted(self._details.socket_inodes(pid))[:MAX_SOCKETS]}
