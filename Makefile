@@ -48,6 +48,7 @@ docs: $(DEMO_STAMP)
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/collect_cost.py
 	$(BIN)/python bench/detect_latency.py
+	$(BIN)/python bench/level_follow.py
 	$(BIN)/python bench/gpu_scenarios.py --quick
 	$(BIN)/python bench/evasion.py
 

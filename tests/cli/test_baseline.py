@@ -320,3 +320,30 @@ def test_show_takes_the_learning_period_from_the_configuration(
     config.write_text(json.dumps({"StateDirectory": str(tmp_path / "state"), "BaselineLearningSeconds": 60}))
     code, out, _ = run(capsys, "show", "--config", str(config))
     assert code == 0 and "(with BaselineLearningSeconds 60)" in out
+
+
+def test_approve_what_a_known_program_may_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A higher CPU level for a program, a library for every program, network use for a program."""
+    state = tmp_path / "state"
+    tool = tmp_path / "tool"
+    shutil.copy("/bin/sleep", tool)
+    library = tmp_path / "libvendor.so"
+    library.write_bytes(b"\x7fELF vendor library")
+    program_key = IdentityReader().read_file(str(tool)).key
+    hex64 = "ab" * 32
+    items = (f"cpu:{tool}=150", f"library:{library}", f"library:sha256:{hex64}", f"network:outbound:{tool}")
+    for item in items:
+        code, _, err = run(capsys, "approve", item, "--state-dir", str(state))
+        assert code == 0, err
+    entries = saved(state)
+    level = entries["program_cpu"][program_key]
+    assert (level["origin"], level["details"]) == (
+        "approved",
+        {"path": str(tool), "process": 150.0, "all": 150.0},
+    )
+    assert set(entries["program_code"]) == {f"* | path:{library}", f"* | sha256:{hex64}"}
+    assert set(entries["program_network"]) == {f"{program_key} | outbound"}
+
+    for bad in (f"cpu:{tool}", f"cpu:{tool}=lots", f"cpu:sha256:{hex64}=50", "library:tool", "network:up:/x"):
+        code, _, err = run(capsys, "approve", bad, "--state-dir", str(state))
+        assert code == 2 and "expected" in err, (bad, err)

@@ -140,3 +140,19 @@ def deny_exe_links(monkeypatch: pytest.MonkeyPatch, proc_root: Path, pids: Itera
         return readlink(path, *args, **kwargs)
 
     monkeypatch.setattr(os, "readlink", denying)
+
+
+def spare_library() -> str:
+    """A shared object of the C library that no program loads unless told to (libBrokenLocale), for
+    tests that load one at run time or preload one."""
+    for folder in (
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/lib64",
+        "/usr/lib64",
+        "/usr/lib",
+    ):
+        candidate = os.path.join(folder, "libBrokenLocale.so.1")
+        if os.path.isfile(candidate):
+            return candidate
+    raise AssertionError("no libBrokenLocale.so.1 (part of glibc) on this machine")

@@ -39,6 +39,8 @@ HELP_WIDTH = 100
 def _help_row(form: str, description: str) -> str:
     indent = " " * (2 + FORM_WIDTH)
     first, *rest = description.split("\n")
+    if len(form) >= FORM_WIDTH:  # a long form on a line of its own, its description below
+        return "".join([f"  {form}\n", *(f"{indent}{line}\n" for line in (first, *rest))])
     return "".join([f"  {form:<{FORM_WIDTH}}{first}\n", *(f"{indent}{line}\n" for line in rest)])
 
 

@@ -1,13 +1,14 @@
 """Evidence for an alert: what an operator needs to act without logging in to the device.
 
 A metric's declaration says what a violation points at (metrics.Metric.culprits): processes, connections,
-listening ports. This module describes them from the sample the alert was raised on and from the
-sources' readers of single processes, once per in-alarm event (never on the per-cycle path): for each
-process its pid, name, executable path and
-SHA-256 (with an interpreter's script), command line, user, start time, parent chain up to pid 1, and
-the remote endpoints of its established connections; a connection whose process is not named is matched
-to the process holding its socket. Everything is bounded, so that an alert stays far below IoT Core's
-128 KB message size whatever the device runs.
+other items (listening ports, a program's learned level next to its level now, a new library with its
+SHA-256). This module describes them from the sample the alert was raised on and from the sources'
+readers of single processes, once per in-alarm event (never on the per-cycle path): for each process its
+pid, name, executable path and SHA-256 (with an interpreter's script), command line, user, start time,
+loader variables (``LD_PRELOAD`` ...) when it has any, parent chain up to pid 1, and the remote endpoints
+of its established connections; a connection whose process is not named is matched to the process
+holding its socket. Everything is bounded, so that an alert stays far below IoT Core's 128 KB message
+size whatever the device runs.
 """
 
 from __future__ import annotations
@@ -128,6 +129,9 @@ class EvidenceReader:
             if started is not None:
                 described["started"] = started
         described["user"] = _user(uid)
+        loader = self._details.loader_variables(pid)
+        if loader:  # LD_PRELOAD and the like: code the process was told to load
+            described["loader"] = loader
         described["parents"] = _parents(pid, table)
         endpoints = sorted(
             {by_inode[i].remote_addr for i in self._details.socket_inodes(pid) if i in by_inode}

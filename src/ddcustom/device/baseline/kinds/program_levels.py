@@ -69,7 +69,9 @@ class LevelItems(ExecutableItems):
         if not sep or not 0 <= level <= MAX_APPROVED_LEVEL:
             raise ItemError(f"{self.prefix}{text!r}: expected {self.prefix}<pid:N or /abs/path>=PERCENT")
         if not program.startswith(("pid:", "/")):
-            raise ItemError(f"{self.prefix}{program!r}: a level is for a program: pid:N or /abs/path")
+            raise ItemError(
+                f"{self.prefix}{program!r}: a level is for a program: expected pid:N or /abs/path"
+            )
         key, details = super().parse(program, reader)
         path = details.get("script") or details.get("path", "")
         return key, {"path": path, "process": level, "all": level}
