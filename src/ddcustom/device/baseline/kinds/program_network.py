@@ -39,7 +39,8 @@ class NetworkUseWatch:
     def __init__(self, context: Context) -> None:
         self._context = context
         self._kind = PROGRAM_NETWORK.name
-        self._holders: dict[int, tuple[int, str, bool]] = {}  # socket inode -> (pid, use, new?)
+        self._holders: dict[int, tuple[int, str]] = {}  # socket inode -> (pid, use)
+        self._new: set[int] = set()  # the inodes of _holders whose use is new
         self._misses: dict[int, int] = {}  # socket inode -> walks that did not find its holder
 
     def observe(self, sample: Sample, baseline: CycleBaseline, now: float) -> Mapping[str, Any]:
@@ -56,13 +57,15 @@ class NetworkUseWatch:
                 sockets[port.inode] = (LISTENING, port.uid)
         for inode in self._holders.keys() - sockets.keys():
             del self._holders[inode]  # closed
+            self._new.discard(inode)
         unknown = {inode: found for inode, found in sockets.items() if inode not in self._holders}
         if unknown:
             self._walk(unknown, processes.table, baseline, now)
+        programs = self._context.programs
         new = [
-            NewNetworkUse(pid, self._context.programs[pid].path, use)
-            for pid, use, is_new in self._holders.values()
-            if is_new and pid in self._context.programs
+            NewNetworkUse(pid, programs[pid].path, use)
+            for pid, use in (self._holders[inode] for inode in self._new)
+            if pid in programs
         ]
         return {"new_network_use": tuple(sorted(set(new), key=lambda n: (n.pid, n.use)))}
 
@@ -84,13 +87,16 @@ class NetworkUseWatch:
             held = details.socket_inodes(pid) & unknown.keys()
             for inode in held:
                 use = unknown.pop(inode)[0]
-                self._holders[inode] = (pid, use, self._judge(baseline, programs[pid], use, now))
+                is_new = self._judge(baseline, programs[pid], use, now)
+                self._holders[inode] = (pid, use)
+                if is_new:
+                    self._new.add(inode)
             if not unknown:
                 break
         for inode in unknown:
             misses = self._misses.get(inode, 0) + 1
             if misses >= GIVE_UP_CYCLES:
-                self._holders[inode] = (0, "", False)  # left alone while it is open
+                self._holders[inode] = (0, "")  # left alone while it is open
                 self._misses.pop(inode, None)
             else:
                 self._misses[inode] = misses
