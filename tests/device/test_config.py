@@ -122,11 +122,20 @@ def test_short_interval_kept_when_device_defender_reports_are_off() -> None:
         ("LogLevel", "LOUD"),
         ("GpuLoadFeedbackFile", ""),
         ("SecurityProfile", 42),
+        ("FleetKnownExecutables", "0" * 64),
+        ("FleetInventory", "yes"),
     ],
 )
 def test_wrong_values_are_rejected_with_the_key(key: str, value: object) -> None:
     with pytest.raises(ConfigError, match=repr(key)):
         parse_settings({key: value})
+
+
+def test_the_groups_common_programs_are_hashes_kept_lower_case_and_sorted() -> None:
+    settings, _ = parse_settings({"FleetKnownExecutables": ["B" * 64, "sha256:" + "a" * 64]})
+    assert settings.fleet_known_executables == ("a" * 64, "b" * 64)
+    with pytest.raises(ConfigError, match="FleetKnownExecutables entry '/usr/bin/app': expected a SHA-256"):
+        parse_settings({"FleetKnownExecutables": ["a" * 64, "/usr/bin/app"]})
 
 
 def test_names_accept_a_comma_separated_string_and_drop_duplicates() -> None:

@@ -82,6 +82,7 @@ def test_packaging_access_control_grants_exactly_what_the_component_uses(recipe:
             "aws.greengrass#PublishToIoTCore",
             "$aws/things/{iot:thingName}/shadow/name/ddcustom/update",
         ),
+        (MQTT_PROXY, "aws.greengrass#PublishToIoTCore", "ddcustom/{iot:thingName}/inventory"),
         (MQTT_PROXY, "aws.greengrass#SubscribeToIoTCore", METRICS_TOPIC + "/rejected"),
         (PUBSUB, "aws.greengrass#PublishToTopic", "ddcustom/alerts"),
     }

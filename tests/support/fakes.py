@@ -34,12 +34,13 @@ class Highest(random.Random):
 
 class RecordingSink:
     """A sink that keeps what it is given: reports, alerts, shadows, the settings it is told, and
-    whether it was closed; it refuses every publish while ``refuse`` holds an error message."""
+    whether it was closed, inventories; it refuses every publish while ``refuse`` holds an error message."""
 
     def __init__(self) -> None:
         self.reports: list[dict[str, Any]] = []
         self.alerts: list[ViolationEvent] = []
         self.shadows: list[dict[str, Any]] = []
+        self.inventories: list[dict[str, Any]] = []
         self.settings: list[Settings] = []
         self.closed = False
         self.refuse: Optional[str] = None
@@ -62,6 +63,11 @@ class RecordingSink:
     def publish_shadow(self, document: dict[str, Any]) -> bool:
         self._check()
         self.shadows.append(document)
+        return True
+
+    def publish_inventory(self, message: dict[str, Any]) -> bool:
+        self._check()
+        self.inventories.append(message)
         return True
 
     def _check(self) -> None:

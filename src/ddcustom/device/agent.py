@@ -26,6 +26,7 @@ from ddcustom.device.detect.engine import Engine
 from ddcustom.device.detect.events import IN_ALARM, ViolationEvent
 from ddcustom.device.fileio import read_bounded, write_atomic
 from ddcustom.device.metrics import BASELINE_METRICS, METRICS
+from ddcustom.device.outputs.inventory import InventoryPublisher
 from ddcustom.device.outputs.report import ReportBuilder
 from ddcustom.device.outputs.shadow import FleetShadow, reported_state
 from ddcustom.device.outputs.sink import Sink, SinkError
@@ -52,8 +53,9 @@ class AgentCounters:
 class Agent:
     """The component's loop. Each cycle: the sources (Collector) make a Sample, the baseline observer
     adds what the learned baseline does not know, the engine evaluates the security profile, alerts get
-    their evidence and go through the durable spool to the sink; reports and the fleet shadow go to the
-    sink when due. Settings change between cycles (``apply_settings``) without a restart."""
+    their evidence and go through the durable spool to the sink; reports, the fleet shadow and the fleet
+    inventory go to the sink when due. Settings change between cycles (``apply_settings``) without a
+    restart."""
 
     def __init__(
         self,
@@ -89,6 +91,7 @@ class Agent:
         self._next_detect = 0.0
         self._next_report = 0.0  # 0: the first report goes out at once
         self._shadow = FleetShadow()
+        self._inventory = InventoryPublisher(thing_name, settings.inventory_state_file, time.time)
         self._baseline_state = "off"  # of the last sample, for the fleet shadow
         self._shadow_failure: Optional[str] = None  # the last shadow error logged
         self._consecutive_failures = 0
@@ -119,6 +122,8 @@ class Agent:
             old.alert_spool_max_bytes,
         ):
             self._spool = self._spool.move_to(settings.alert_spool_dir, settings.alert_spool_max_bytes)
+        if settings.inventory_state_file != old.inventory_state_file:
+            self._inventory = InventoryPublisher(self.thing_name, settings.inventory_state_file, time.time)
         self._next_report = 0.0  # as the public component does: a report with the new settings now
         self._next_detect = 0.0
 
@@ -146,6 +151,9 @@ class Agent:
         self._flush_alerts()
         if settings.fleet_shadow:
             self._update_shadow(now)
+        store = self._observer.store
+        if settings.fleet_inventory and store is not None:
+            self._inventory.run(self.sink, store, self._baseline_state == "learning", now)
         self.counters.cycles += 1
         return min(self._next_detect, self._next_report)
 

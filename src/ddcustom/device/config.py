@@ -103,6 +103,8 @@ class Settings:
     approved_endpoints: tuple[str, ...]
     approved_libraries: tuple[str, ...]
     approved_cpu_levels: tuple[tuple[str, float], ...]  # (program SHA-256 or path, % of one core)
+    fleet_known_executables: tuple[str, ...]
+    fleet_inventory: bool
     alert_spool_max_bytes: int
     max_report_list_size: int
     log_level: str
@@ -123,6 +125,11 @@ class Settings:
     def baseline_file(self) -> str:
         """The learned baseline of the device (ddcustom.device.baseline)."""
         return os.path.join(resolve_state_directory(self.state_directory), "baseline.json")
+
+    @property
+    def inventory_state_file(self) -> str:
+        """What the fleet inventory last sent (outputs/inventory.py)."""
+        return os.path.join(resolve_state_directory(self.state_directory), "inventory.json")
 
     @property
     def report_id_file(self) -> str:
@@ -240,6 +247,18 @@ def _approvals(key: str, value: Any) -> tuple[str, ...]:
     except ApprovalError as exc:
         raise ConfigError(shorten(str(exc), 400)) from None
     return names
+
+
+def _fleet_known(key: str, value: Any) -> tuple[str, ...]:
+    """SHA-256s, lower-case, sorted: the cloud's list of the group's common programs."""
+    from ddcustom.device.baseline.approvals import ApprovalError, Approvals
+
+    if not isinstance(value, list):
+        raise _fail(key, value, "expected a list of SHA-256s (64 hex digits)")
+    try:
+        return tuple(sorted(Approvals.parse(fleet_known=value).fleet_known))
+    except ApprovalError as exc:
+        raise ConfigError(shorten(str(exc), 400)) from None
 
 
 def _levels(key: str, value: Any) -> tuple[tuple[str, float], ...]:
@@ -360,6 +379,14 @@ SCHEMA: dict[str, tuple[Any, _Parser, str, str]] = {
         "device, in % of one core, whatever it used while learning: `{\"/opt/app/bin/infer\": 150}`"),
     "ApprovedEndpoints": ([], _approvals, "approved_endpoints",
         "remote endpoints approved on every device: `CIDR` or `CIDR:port` (`[v6 CIDR]:port`)"),
+    "FleetKnownExecutables": ([], _fleet_known, "fleet_known_executables",
+        "SHA-256s of the programs common in the device's thing group, written by `ddcustom cloud prevalence "
+        "--publish-known` (at most 5 000): known on this device, and learning what runs ends after the "
+        "learning period's first hour instead of its end (docs/fleet.md)"),
+    "FleetInventory": (False, _bool, "fleet_inventory",
+        "publish the executables the baseline knows to `ddcustom/{thingName}/inventory` (daily in full, "
+        "changes every 5 minutes), for the cloud's prevalence; `ddcustom cloud setup` turns it on with "
+        "`--prevalence on`. The IoT policy must allow the topic (README, Topics)"),
     "AlertSpoolMaxBytes": (10_000_000, _int_range(65536, 1_000_000_000), "alert_spool_max_bytes",
         "bound of the alert spool on disk"),
     "MaxReportListSize": (100, _int_range(1, MAX_REPORT_LIST_SIZE), "max_report_list_size",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 
 import pytest
@@ -49,6 +50,38 @@ def test_executables_by_hash_or_path_match_what_runs() -> None:
 def test_bad_executable_entries_are_named(entry: object, message: str) -> None:
     with pytest.raises(ApprovalError) as raised:
         Approvals.parse(["/ok", entry])  # type: ignore[list-item]
+    assert message in str(raised.value)
+
+
+def test_the_groups_common_programs_name_what_runs_by_one_hash() -> None:
+    script_sha, python = "3" * 64, "2" * 64
+    module = hashlib.sha256(f"{python} -m worker".encode()).hexdigest()
+    common = Approvals.parse(fleet_known=[script_sha.upper(), "sha256:" + module, SHA])
+    assert common.fleet_known == {script_sha, module, SHA}
+    assert common.is_fleet_known(
+        ExecutableIdentity("/usr/bin/python3", python, "/opt/app/run.py", script_sha)
+    )
+    assert common.is_fleet_known(ExecutableIdentity("/usr/bin/python3", python, "-m worker"))
+    assert common.is_fleet_known(ExecutableIdentity("/opt/tool", SHA))
+    assert not common.is_fleet_known(ExecutableIdentity("/usr/bin/python3", python, "-m other"))
+    assert not common.is_fleet_known(ExecutableIdentity("/usr/bin/python3", python))  # the bare interpreter
+    assert not common.is_approved_executable(ExecutableIdentity("/opt/tool", SHA))  # not an approval
+
+
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        (
+            ["/usr/bin/tool"],
+            "FleetKnownExecutables entry '/usr/bin/tool': expected a SHA-256 (64 hex digits)",
+        ),
+        ([7], "FleetKnownExecutables entry 7: expected a SHA-256"),
+        ([f"{n:064x}" for n in range(5001)], "FleetKnownExecutables: 5001 entries, at most 5000"),
+    ],
+)
+def test_bad_lists_of_common_programs_are_named(entries: list[object], message: str) -> None:
+    with pytest.raises(ApprovalError) as raised:
+        Approvals.parse(fleet_known=entries)  # type: ignore[arg-type]
     assert message in str(raised.value)
 
 

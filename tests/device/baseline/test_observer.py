@@ -3,6 +3,7 @@ a fixture /proc tree whose processes run program files of the test, and a clock 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,13 +21,14 @@ from ddcustom.device.sample import (
     NetCounters,
     NetworkStats,
     NewProcess,
+    ProcessInfo,
     ProcessStats,
     Sample,
 )
 from ddcustom.device.sources.identity import NO_ACCESS, IdentityReader
 from ddcustom.device.sources.process_details import ProcessDetails
 from support.baseline import ENDPOINT, EXECUTABLE, GPU_EXECUTABLE, LISTENING
-from support.procfs import FixtureHost, deny_exe_links, read_baseline_file, sha256_of
+from support.procfs import FixtureHost, deny_exe_links, fake_process, read_baseline_file, sha256_of
 
 T0 = 1_800_000_000.0
 LEARNING = 3600
@@ -46,6 +48,7 @@ class Config:
     approved_endpoints: tuple[str, ...] = ()
     approved_libraries: tuple[str, ...] = ()
     approved_cpu_levels: tuple[tuple[str, float], ...] = ()
+    fleet_known_executables: tuple[str, ...] = ()
     allowed_gpu_processes: tuple[str, ...] = ()
 
 
@@ -358,3 +361,75 @@ def test_a_weaker_entry_vouches_once_for_a_process_that_ran_before_the_upgrade(
     strong = next(key for key in entries if sha256_of(sshd) in key)
     assert entries[strong].details["vouched_by"] == weak
     assert entries[weak].details["vouched"] == strong
+
+
+# ---- the group's common programs (FleetKnownExecutables) ------------------------------------------------
+
+DAY = 86400
+
+
+def test_with_the_groups_common_programs_what_starts_after_the_first_hour_is_new(
+    host: FixtureHost, config: Config
+) -> None:
+    """A new device with the group's list: the service it runs at start is learned, the common program
+    started later is known (and learned, the period going on), a program no device of the group runs,
+    started after the first hour, is new at once; the endpoints still learn the whole period."""
+    clock = Clock()
+    service, app, miner = host.program("service"), host.program("app"), host.program("kworker")
+    host.start(100, service)
+    fleet = replace(config, baseline_learning_seconds=DAY, fleet_known_executables=(sha256_of(app),))
+    observer = observer_of(host, clock)
+    observer.configure(fleet, enabled=True)
+    assert observer.observe(sample_of(host, clock)).baseline == BaselineStats(learning=True)
+
+    clock.now = T0 + 3600 + 1
+    host.start(200, app)
+    host.start(300, miner)
+    stats = observer.observe(sample_of(host, clock, connections=(OUT,))).baseline
+
+    assert stats == BaselineStats(
+        learning=False,
+        new_processes=(NewProcess(300, "kworker", str(miner), sha256_of(miner)),),
+        busiest_new=(300, 0.0),
+    )
+    assert observer.store is not None
+    paths = {e.details["path"] for e in observer.store.entries(EXECUTABLE).values()}
+    assert paths == {str(service), str(app)}  # the common program is learned too: the list may change
+    assert learned(observer, ENDPOINT) == {"203.0.113.0/24:443"}
+
+
+def test_without_the_list_the_same_device_learns_the_whole_period(host: FixtureHost, config: Config) -> None:
+    clock = Clock()
+    miner = host.program("kworker")
+    observer = observer_of(host, clock)
+    observer.configure(replace(config, baseline_learning_seconds=DAY), enabled=True)
+    observer.observe(sample_of(host, clock))
+    clock.now = T0 + 3600 + 1
+    host.start(300, miner)
+    assert observer.observe(sample_of(host, clock)).baseline == BaselineStats(learning=True)
+
+
+def test_after_learning_a_common_program_is_known_without_being_learned(
+    host: FixtureHost, config: Config
+) -> None:
+    """The list names what runs as the inventory does: an interpreter's script file by its own hash, a
+    module by the hash of "<interpreter's SHA-256> -m NAME"."""
+    clock = Clock()
+    observer = observer_of(host, clock)
+    observer.configure(config, enabled=True)
+    observer.observe(sample_of(host, clock))
+    python = host.program("python3")
+    script = host.bin / "serve.py"
+    script.write_text("print('serving')\n")
+    for pid, args in ((400, [str(script)]), (401, ["-m", "worker"])):
+        fake_process(host.proc, pid, str(python), [str(python), *args])
+        host.table[pid] = ProcessInfo(pid, 1, "python3", "python3", " ".join([str(python), *args]))
+    module = hashlib.sha256(f"{sha256_of(python)} -m worker".encode()).hexdigest()
+
+    clock.now = AFTER
+    stats = observer.observe(sample_of(host, clock)).baseline
+    assert stats is not None and {p.pid for p in stats.new_processes} == {400, 401}
+    observer.configure(replace(config, fleet_known_executables=(sha256_of(script), module)), enabled=True)
+    clock.now = AFTER + 10
+    assert observer.observe(sample_of(host, clock)).baseline == BaselineStats(learning=False)
+    assert observer.store is not None and len(observer.store.entries(EXECUTABLE)) == 0

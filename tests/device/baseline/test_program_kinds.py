@@ -56,6 +56,7 @@ class Config:
         self.approved_endpoints: tuple[str, ...] = ()
         self.approved_libraries: tuple[str, ...] = ()
         self.approved_cpu_levels: tuple[tuple[str, float], ...] = ()
+        self.fleet_known_executables: tuple[str, ...] = ()
         self.allowed_gpu_processes: tuple[str, ...] = ()
         for name, value in changes.items():
             setattr(self, name, value)

@@ -13,6 +13,9 @@ One deployment's merge configuration approves a known-good change on every devic
 - ``ApprovedLibraries``: SHA-256s or absolute paths of shared objects any program may map.
 - ``ApprovedCpuLevels``: a mapping from a program (its SHA-256, or its absolute path: the script for an
   interpreter running one) to the CPU it may use, in % of one core, above what it used while learning.
+- ``FleetKnownExecutables``: the SHA-256s (``program_sha256``, identity.py) of the programs common in
+  the device's thing group, written by ``ddcustom cloud prevalence --publish-known``. Known as an
+  approval is, and they let the learning of what runs end early (kinds/executables.py, ``judging``).
 
 ``Approvals.parse`` raises ``ApprovalError`` naming the configuration key and the bad entry. Lookups are a
 few set lookups: the endpoint matcher keeps one set per prefix length.
@@ -33,6 +36,8 @@ EXECUTABLES_KEY = "ApprovedExecutables"
 ENDPOINTS_KEY = "ApprovedEndpoints"
 LIBRARIES_KEY = "ApprovedLibraries"
 CPU_LEVELS_KEY = "ApprovedCpuLevels"
+FLEET_KNOWN_KEY = "FleetKnownExecutables"
+MAX_FLEET_KNOWN = 5000
 MAX_LEVEL = 100_000.0  # % of one core: a thousand cores
 
 SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
@@ -104,6 +109,7 @@ class Approvals:
     endpoints: EndpointMatcher = field(default_factory=EndpointMatcher)
     libraries: frozenset[str] = frozenset()  # SHA-256 (lower-case hex) or absolute paths
     cpu_levels: Mapping[str, float] = field(default_factory=dict)  # program SHA-256 or path -> % of one core
+    fleet_known: frozenset[str] = frozenset()  # program_sha256 of the group's common programs
 
     @classmethod
     def parse(
@@ -112,8 +118,17 @@ class Approvals:
         endpoints: Iterable[str] = (),
         libraries: Iterable[str] = (),
         cpu_levels: Optional[Mapping[str, Any]] = None,
+        fleet_known: Iterable[str] = (),
     ) -> Approvals:
         sha256s, paths = _files(EXECUTABLES_KEY, executables)
+        common: set[str] = set()
+        for entry in fleet_known:
+            sha = parse_sha256(entry) if isinstance(entry, str) else None
+            if sha is None:
+                raise ApprovalError(f"{FLEET_KNOWN_KEY} entry {entry!r}: expected a SHA-256 (64 hex digits)")
+            common.add(sha)
+        if len(common) > MAX_FLEET_KNOWN:
+            raise ApprovalError(f"{FLEET_KNOWN_KEY}: {len(common)} entries, at most {MAX_FLEET_KNOWN}")
         library_hashes, library_paths = _files(LIBRARIES_KEY, libraries)
         levels: dict[str, float] = {}
         for program, level in (cpu_levels or {}).items():
@@ -138,7 +153,7 @@ class Approvals:
                 raise ApprovalError(
                     f"{ENDPOINTS_KEY} entry {exc}; expected CIDR, CIDR:port or [IPv6 CIDR]:port"
                 ) from None
-        return cls(sha256s, paths, matcher, library_hashes | library_paths, levels)
+        return cls(sha256s, paths, matcher, library_hashes | library_paths, levels, frozenset(common))
 
     def is_approved_executable(self, identity: ExecutableIdentity) -> bool:
         if not identity.knowable:
@@ -146,6 +161,10 @@ class Approvals:
         sha = identity.content_sha256
         path = identity.content_path
         return bool(sha and sha in self.sha256s) or bool(path and path in self.paths)
+
+    def is_fleet_known(self, identity: ExecutableIdentity) -> bool:
+        """Whether ``identity`` is one of the group's common programs (FleetKnownExecutables)."""
+        return bool(self.fleet_known) and identity.program_sha256 in self.fleet_known
 
     def is_approved_endpoint(self, ip: str, port: int) -> bool:
         return self.endpoints.match(ip, port)

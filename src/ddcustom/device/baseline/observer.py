@@ -2,10 +2,11 @@
 
 The agent calls it after collecting. Each kind's watch (kinds/) looks at what the sources saw (the
 process table, the sockets, the GPU's compute processes) through the baseline store: while the store
-learns, everything is added and nothing is new; afterwards, what is not in the baseline is new, until an
-operator approves it or the fleet configuration does. It is on only while the security profile uses a
-metric of the baseline (metrics.py, BASELINE_METRICS); a store that cannot be opened leaves the baseline
-out (logged once) and is tried again at the next configuration change.
+learns, everything is added and nothing is new (with the group's common programs, FleetKnownExecutables,
+what runs is judged after the first hour: kinds/executables.py); afterwards, what is not in the baseline
+is new, until an operator approves it or the fleet configuration does. It is on only while the security
+profile uses a metric of the baseline (metrics.py, BASELINE_METRICS); a store that cannot be opened
+leaves the baseline out (logged once) and is tried again at the next configuration change.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Callable, Optional, Protocol
 from ddcustom.device.baseline.approvals import Approvals
 from ddcustom.device.baseline.deployment import DEFAULT_GREENGRASS_ROOT, DeploymentTrust
 from ddcustom.device.baseline.kinds import KINDS, Kind
+from ddcustom.device.baseline.kinds.executables import judging
 from ddcustom.device.baseline.kinds.kind import Context, Watch
 from ddcustom.device.baseline.store import BaselineStore
 from ddcustom.device.sample import BaselineStats, Sample
@@ -49,6 +51,8 @@ class BaselineSettings(Protocol):
     def approved_libraries(self) -> tuple[str, ...]: ...
     @property
     def approved_cpu_levels(self) -> tuple[tuple[str, float], ...]: ...
+    @property
+    def fleet_known_executables(self) -> tuple[str, ...]: ...
     @property
     def allowed_gpu_processes(self) -> tuple[str, ...]: ...
 
@@ -134,13 +138,14 @@ class BaselineObserver:
     def read(self, store: BaselineStore, sample: Sample) -> BaselineStats:
         """What of ``sample`` ``store`` does not know, kind by kind; written to the store when due."""
         now = self._clock()
-        learning = store.learning(now)
+        judged = judging(self._context.approvals, store, now)
         found: dict[str, Any] = {}
         for watch in self._watches:
             found.update(watch.observe(sample, store, now))
         store.tick(now)
-        if learning:
+        if not judged:
             return BaselineStats(learning=True)
+        # judged while the period goes on (FleetKnownExecutables): the kinds still learning find nothing new
         return BaselineStats(learning=False, **found)
 
 
@@ -150,4 +155,5 @@ def _approvals(settings: BaselineSettings) -> Approvals:
         settings.approved_endpoints,
         settings.approved_libraries,
         dict(settings.approved_cpu_levels),
+        settings.fleet_known_executables,
     )

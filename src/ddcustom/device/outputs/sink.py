@@ -23,6 +23,10 @@ class Sink(Protocol):
     def publish_shadow(self, document: dict[str, Any]) -> bool:
         """Update the thing's named shadow ``ddcustom``. False when this sink has no shadow."""
 
+    def publish_inventory(self, message: dict[str, Any]) -> bool:
+        """Publish one fleet inventory message (outputs/inventory.py); return once acknowledged, else
+        raise SinkError. False when this sink has no fleet to send it to."""
+
 
 class SinkSettings(Protocol):
     """What a sink reads of the settings in use (the configuration's ``Settings`` satisfies it)."""

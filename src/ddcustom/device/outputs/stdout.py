@@ -1,5 +1,6 @@
-"""Local sink: reports and alerts as JSON lines on a stream (stdout in ``ddcustom run``), each with the
-topic it would be published on under Greengrass; there is no shadow outside Greengrass."""
+"""Local sink: reports, alerts (and the fleet inventory, when on) as JSON lines on a stream (stdout in
+``ddcustom run``), each with the topic it would be published on under Greengrass; there is no shadow
+outside Greengrass."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import threading
 from typing import Any, Callable, Optional, TextIO
 
 from ddcustom.device.detect.events import ViolationEvent
+from ddcustom.device.outputs.inventory import inventory_topic
 from ddcustom.device.outputs.sink import SinkError, SinkSettings, report_topic, serialise
 
 
 class JsonLinesSink:
-    """Writes ``{"kind": "report"|"alert", "topic": ..., ...}`` lines; the topic is where it would go."""
+    """Writes ``{"kind": "report"|"alert"|"inventory", "topic": ..., ...}`` lines; the topic is where it
+    would go."""
 
     def __init__(
         self,
@@ -42,6 +45,10 @@ class JsonLinesSink:
 
     def publish_shadow(self, document: dict[str, Any]) -> bool:
         return False  # a local run has no thing in the cloud; its state is in the alerts it prints
+
+    def publish_inventory(self, message: dict[str, Any]) -> bool:
+        self._write({"kind": "inventory", "topic": inventory_topic(self._thing_name), "inventory": message})
+        return True
 
     def _write(self, line: dict[str, Any]) -> None:
         try:

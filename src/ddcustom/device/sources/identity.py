@@ -107,6 +107,11 @@ class ExecutableIdentity:
             return self.path
         return self.script if self.script.startswith("/") else ""
 
+    @property
+    def program_sha256(self) -> str:
+        """The one SHA-256 that names what runs (``program_sha256``); "" when unknowable."""
+        return program_sha256(self.sha256, self.script, self.script_sha256) if self.knowable else ""
+
     def details(self) -> dict[str, str]:
         """The entry details the store keeps (and alerts can show)."""
         details = {"path": self.path, "sha256": self.sha256}
@@ -115,6 +120,20 @@ class ExecutableIdentity:
             if self.script_sha256:
                 details["script_sha256"] = self.script_sha256
         return details
+
+
+def program_sha256(sha256: str, script: str = "", script_sha256: str = "") -> str:
+    """The one SHA-256 that names what runs, as the fleet inventory sends it and FleetKnownExecutables
+    lists it: the executable's for a program, the script's for an interpreter running a script file it
+    can read, else the SHA-256 of the text "<interpreter's SHA-256> <script>" (a module, inline code,
+    stdin: no file says what runs). "" without the executable's SHA-256."""
+    if not script:
+        return sha256
+    if script_sha256:
+        return script_sha256
+    if not sha256:
+        return ""
+    return hashlib.sha256(f"{sha256} {script}".encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def identity_key(path: str, sha256: str, script: str = "", script_sha256: str = "") -> str:

@@ -7,8 +7,10 @@ may also be patterns (keys.py): ``sha256:<hex>`` (this content at any path, as e
 and ``path:<path>`` (anything at that path).
 
 What a process runs is known when it is in the baseline (its identity, or an operator's pattern), approved
-by the fleet configuration (``ApprovedExecutables``), learned now, or placed by a Greengrass deployment
-(deployment.py: added with origin ``deployment``, learning period or not). Unknowable identities (deleted,
+by the fleet configuration (``ApprovedExecutables``), common in the device's thing group
+(``FleetKnownExecutables``), learned now, or placed by a Greengrass deployment (deployment.py: added with
+origin ``deployment``, learning period or not). With a list of common programs, learning what runs ends
+after the period's first hour (``judging``). Unknowable identities (deleted,
 memfd, unreadable executables) never are. Kernel threads run no executable and are not looked at.
 
 A process whose executable link the component may not read (another user's, when the component runs
@@ -32,13 +34,18 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
-from ddcustom.device.baseline.approvals import parse_sha256
+from ddcustom.device.baseline.approvals import Approvals, parse_sha256
 from ddcustom.device.baseline.cycle import CycleBaseline
 from ddcustom.device.baseline.file import DEPLOYMENT, LEARNED, Entry
 from ddcustom.device.baseline.keys import PATH_PREFIX, SHA256_PREFIX
 from ddcustom.device.baseline.kinds.kind import Context, ItemError, Items, Kind, Program
 from ddcustom.device.sample import NewProcess, ProcessInfo, Sample
 from ddcustom.device.sources.identity import NO_ACCESS, ExecutableIdentity, IdentityReader
+
+# With FleetKnownExecutables: what a new device runs in its first hour (its services, the Greengrass
+# components starting) is learned; what starts later and no common program explains is new.
+FLEET_LEARNING_SECONDS = 3600.0
+WEAK_PREFIX = "unreadable "  # of the keys of weak identities
 
 
 def executable_key(identity: ExecutableIdentity) -> str:
@@ -49,8 +56,18 @@ def executable_key(identity: ExecutableIdentity) -> str:
 def weak_key(uid: int, name: str, argv0: str, exe_kb: Optional[int]) -> str:
     """The key of what anyone may read of a process: user, name, argv[0] and its text size in kB (none:
     the key of earlier versions, which did not read it)."""
-    key = f"unreadable uid={uid} name={name} argv0={argv0}"
+    key = f"{WEAK_PREFIX}uid={uid} name={name} argv0={argv0}"
     return key if exe_kb is None else f"{key} exe_kb={exe_kb}"
+
+
+def judging(approvals: Approvals, baseline: CycleBaseline, now: float) -> bool:
+    """Whether what processes run is judged at ``now``: after the learning period, or, with the group's
+    common programs (FleetKnownExecutables), after its first FLEET_LEARNING_SECONDS. Then, while the
+    period goes on, only those programs are still learned; the other kinds learn the whole period."""
+    if not baseline.learning(now):
+        return True
+    started = baseline.learning_started
+    return bool(approvals.fleet_known) and started is not None and now - started >= FLEET_LEARNING_SECONDS
 
 
 def _patterns(identity: ExecutableIdentity) -> Iterable[str]:
@@ -91,10 +108,14 @@ class _ProcessWatch:
             baseline.refresh(kind, key, entry, now)
             return True
         context = self._context
-        if context.approvals.is_approved_executable(identity):
+        approvals = context.approvals
+        if approvals.is_approved_executable(identity):
             return True
-        if baseline.learning(now):
+        common = approvals.is_fleet_known(identity)
+        if baseline.learning(now) and (common or not judging(approvals, baseline, now)):
             baseline.add(kind, identity.key, identity.details(), now, LEARNED)
+            return True
+        if common:
             return True
         component = context.deployment.component_of(identity) if context.deployment is not None else None
         if component is not None:

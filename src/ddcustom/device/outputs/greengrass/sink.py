@@ -1,4 +1,4 @@
-"""The agent's sink under Greengrass: reports, alerts and the fleet shadow published over IPC.
+"""The agent's sink under Greengrass: reports, alerts, the fleet shadow and inventory published over IPC.
 
 ``GreengrassSink`` publishes on a ``GreengrassConnection`` (connection.py), which keeps the connection
 up, and logs Device Defender's /rejected answers with their error codes. What it needs of the settings
@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 from ddcustom.device.detect.events import ViolationEvent
 from ddcustom.device.outputs.greengrass.connection import GreengrassConnection
+from ddcustom.device.outputs.inventory import inventory_topic
 from ddcustom.device.outputs.shadow import shadow_update_topic
 from ddcustom.device.outputs.sink import SinkError, SinkSettings, report_topic, serialise
 
@@ -71,6 +72,12 @@ class GreengrassSink:
         payload = serialise(document).encode()
         topic = shadow_update_topic(self.thing_name)
         self.connection.call("PublishToIoTCore (shadow)", lambda ipc: ipc.publish_iot(topic, payload))
+        return True
+
+    def publish_inventory(self, message: dict[str, Any]) -> bool:
+        payload = serialise(message).encode()
+        topic = inventory_topic(self.thing_name)
+        self.connection.call("PublishToIoTCore (inventory)", lambda ipc: ipc.publish_iot(topic, payload))
         return True
 
     # ---- IPC callback (runs on the client's threads: keep it short) ------------------------------
