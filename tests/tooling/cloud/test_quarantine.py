@@ -210,6 +210,9 @@ def test_cloud_quarantine_package_is_the_handler_and_the_alert_it_reads(tmp_path
             "ddcustom/device/__init__.py",
             "ddcustom/device/detect/__init__.py",
             "ddcustom/device/detect/events.py",
+            "ddcustom/tooling/__init__.py",
+            "ddcustom/tooling/cloud/__init__.py",
+            "ddcustom/tooling/cloud/lambda_common.py",
             "quarantine.py",
         ]
         assert archive.read("quarantine.py") == (src / "tooling/cloud/quarantine.py").read_bytes()

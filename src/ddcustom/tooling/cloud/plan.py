@@ -9,14 +9,13 @@ from ddcustom.tooling.cloud import policies
 from ddcustom.tooling.cloud.behaviors import cloud_behaviors
 from ddcustom.tooling.cloud.deployment import DeploymentStep
 from ddcustom.tooling.cloud.fleet import FleetAlarmStep, FleetMetricStep, IndexingStep
+from ddcustom.tooling.cloud.lambda_steps import IOT_SERVICE
 from ddcustom.tooling.cloud.options import FLEET_SHADOW, CloudOptions
 from ddcustom.tooling.cloud.quarantine_steps import (
     IotPolicyAttachmentStep,
     IotPolicyStep,
-    LambdaFunctionStep,
-    LambdaPermissionStep,
-    LogGroupStep,
     policy_owner_sid,
+    quarantine_steps,
 )
 from ddcustom.tooling.cloud.steps import (
     CustomMetricStep,
@@ -37,8 +36,6 @@ from ddcustom.tooling.cloud.steps import (
 if TYPE_CHECKING:
     from ddcustom.device.detect.profile import Profile
 
-IOT_SERVICE = "iot.amazonaws.com"
-LAMBDA_SERVICE = "lambda.amazonaws.com"
 TOKEN_EXCHANGE_HINT = (
     "the Greengrass installer creates it with --provision true; name yours with --token-exchange-role"
 )
@@ -137,39 +134,3 @@ def build_steps(opts: CloudOptions, env: Env, profile: Profile) -> tuple[list[St
         ]
     steps.append(DeploymentStep(opts, env, group_arn))
     return steps, notes
-
-
-def quarantine_steps(opts: CloudOptions, env: Env) -> list[Step]:
-    """The quarantine function, its role and log group, and the rule that feeds it the in-alarm alerts
-    of the quarantine behaviors with the thing named by the topic (``topicThing``)."""
-    log_group = LogGroupStep(opts, env)
-    role_arn = env.arn("iam", f"role/{opts.quarantine_function_role}", regional=False)
-    function_arn = env.arn("lambda", f"function:{opts.quarantine_function}")
-    behaviors = " OR ".join(f"behavior.name = '{name}'" for name in opts.quarantine_behaviors)
-    sql = (
-        f"SELECT *, topic({opts.alert_topic_thing_level()}) AS topicThing FROM '{opts.alert_topic_filter()}' "
-        f"WHERE violationEventType = 'in-alarm' AND ({behaviors})"
-    )
-    return [
-        log_group,
-        RoleStep(
-            opts,
-            opts.quarantine_function_role,
-            policies.service_trust_policy(LAMBDA_SERVICE),
-            "quarantine",
-            policies.quarantine_function_policy(
-                env.arn("iot", f"thinggroup/{opts.quarantine_group_name}"),
-                env.arn("iot", "thing/*"),
-                log_group.arn,
-            ),
-        ),
-        LambdaFunctionStep(opts, role_arn),
-        LambdaPermissionStep(opts, env),
-        TopicRuleStep(
-            opts,
-            opts.quarantine_rule,
-            sql,
-            [{"lambda": {"functionArn": function_arn}}],
-            "in-alarm alerts of the quarantine behaviors to the quarantine function",
-        ),
-    ]
