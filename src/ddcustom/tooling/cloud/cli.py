@@ -19,6 +19,8 @@ from ddcustom.tooling.cloud.options import (
     DEFAULT_MERGE_CONFIGURATION,
     DEFAULT_PROFILE,
     DEFAULT_QUARANTINE_BEHAVIORS,
+    DEFAULT_SILENT_AFTER,
+    DEFAULT_SILENT_EVERY,
     DEFAULT_STACK,
     DEFAULT_THING_GROUP,
     DEFAULT_TOKEN_EXCHANGE_ROLE,
@@ -135,7 +137,35 @@ def add_cloud_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="alarm to the SNS topic when more than this many devices, or N%% of the reporting devices, "
         f"are in alarm at once ({DEFAULT_FLEET_ALARM_THRESHOLD})",
     )
+    setup.add_argument(
+        "--silent-check",
+        choices=("on", "off"),
+        help="a scheduled function that alerts once when a device's shadow stops being updated, and once "
+        "when it reports again (default: on with --fleet on)",
+    )
+    setup.add_argument(
+        "--silent-after",
+        type=int,
+        default=DEFAULT_SILENT_AFTER,
+        metavar="SECONDS",
+        help=f"a device is silent after this long without a shadow update ({DEFAULT_SILENT_AFTER}: three "
+        "missed hourly updates; 7200 to 604800)",
+    )
+    setup.add_argument(
+        "--silent-every",
+        type=int,
+        default=DEFAULT_SILENT_EVERY,
+        metavar="MINUTES",
+        help=f"how often the silent-device check runs ({DEFAULT_SILENT_EVERY}; 5 to 60)",
+    )
     status.add_argument("--thing-group", help="only devices in this thing group")
+    status.add_argument(
+        "--silent-after",
+        type=int,
+        default=DEFAULT_SILENT_AFTER,
+        metavar="SECONDS",
+        help=f"list devices without a shadow update for this long as silent ({DEFAULT_SILENT_AFTER})",
+    )
     status.add_argument("--behavior", help="only devices with this behavior in alarm")
     status.add_argument("--json", action="store_true", help="print JSON")
     release.add_argument("thing", help="the thing name of the device")
@@ -172,8 +202,15 @@ def options_from_args(args: argparse.Namespace) -> tuple[CloudOptions, Profile]:
         quarantine_policy=getattr(args, "quarantine_policy", True),
         fleet=getattr(args, "fleet", "on") == "on",
         fleet_alarm_threshold=getattr(args, "fleet_alarm_threshold", DEFAULT_FLEET_ALARM_THRESHOLD),
+        silent_check=_on_off(getattr(args, "silent_check", None)),
+        silent_after=getattr(args, "silent_after", DEFAULT_SILENT_AFTER),
+        silent_every=getattr(args, "silent_every", DEFAULT_SILENT_EVERY),
     )
     return opts, profile
+
+
+def _on_off(value: Optional[str]) -> Optional[bool]:
+    return None if value is None else value == "on"
 
 
 def _simple_options(args: argparse.Namespace) -> CloudOptions:
@@ -305,7 +342,7 @@ def _run(
         from ddcustom.tooling.cloud.steps import error_code
 
         try:
-            status = fleet_status(aws, args.thing_group, args.behavior, time.time())
+            status = fleet_status(aws, args.thing_group, args.behavior, time.time(), args.silent_after)
         except ClientError as exc:
             if error_code(exc) not in NO_INDEX:
                 raise

@@ -9,14 +9,17 @@ from ddcustom.tooling.cloud import policies
 from ddcustom.tooling.cloud.behaviors import cloud_behaviors
 from ddcustom.tooling.cloud.deployment import DeploymentStep
 from ddcustom.tooling.cloud.fleet import FleetAlarmStep, FleetMetricStep, IndexingStep
+from ddcustom.tooling.cloud.fleet_index import REPORTED
 from ddcustom.tooling.cloud.lambda_steps import IOT_SERVICE
-from ddcustom.tooling.cloud.options import FLEET_SHADOW, CloudOptions
+from ddcustom.tooling.cloud.options import CloudOptions
 from ddcustom.tooling.cloud.quarantine_steps import (
     IotPolicyAttachmentStep,
     IotPolicyStep,
     policy_owner_sid,
     quarantine_steps,
 )
+from ddcustom.tooling.cloud.schedule_steps import ScheduleGroupStep
+from ddcustom.tooling.cloud.silent_steps import silent_steps
 from ddcustom.tooling.cloud.steps import (
     CustomMetricStep,
     EmailSubscriptionStep,
@@ -103,17 +106,19 @@ def build_steps(opts: CloudOptions, env: Env, profile: Profile) -> tuple[list[St
         )
         steps += [IotPolicyStep(opts, document), IotPolicyAttachmentStep(opts, quarantine_arn)]
     if opts.fleet:
-        reported = f"shadow.name.{FLEET_SHADOW}.reported"
         steps += [
             IndexingStep(opts),
             FleetMetricStep(
-                opts, opts.fleet_metric_in_alarm, f"{reported}.inAlarm:true", "ddcustom devices in alarm"
+                opts, opts.fleet_metric_in_alarm, f"{REPORTED}inAlarm:true", "ddcustom devices in alarm"
             ),
             FleetMetricStep(
-                opts, opts.fleet_metric_reporting, f"{reported}.alarmCount>=0", "ddcustom devices reporting"
+                opts, opts.fleet_metric_reporting, f"{REPORTED}alarmCount>=0", "ddcustom devices reporting"
             ),
             FleetAlarmStep(opts, topic.topic_arn),
         ]
+    if opts.silent_check_on:
+        steps.append(ScheduleGroupStep(opts, env))
+        steps += silent_steps(opts, env, topic.topic_arn)
     if opts.detect:
         behaviors, notes = cloud_behaviors(profile)
         steps += [CustomMetricStep(opts, m.name, m.cloud_type, m.description) for m in CUSTOM_METRICS]
