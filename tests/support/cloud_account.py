@@ -72,6 +72,7 @@ MOTO_SERVICES = (
     "cloudwatch",
     "ssm",
     "scheduler",
+    "dynamodb",
 )
 
 
@@ -155,6 +156,7 @@ class Account:
                 for g in self.moto["scheduler"].list_schedule_groups()["ScheduleGroups"]
                 if g["Name"] != "default"
             ),
+            "tables": sorted(self.moto["dynamodb"].list_tables()["TableNames"]),
         }
 
 

@@ -1,4 +1,4 @@
-"""The stack's Lambda packages: each is its handler and the package's own modules it needs, byte
+"""The stack's three Lambda packages: each is its handler and the package's own modules it needs, byte
 for byte the same for the same sources (setup compares the hash), and imports with the standard library
 and boto3 alone, as in Lambda."""
 
@@ -16,22 +16,27 @@ import pytest
 
 from ddcustom.tooling.cloud.lambda_steps import COMMON_FILES, FunctionSpec
 from ddcustom.tooling.cloud.options import CloudOptions
+from ddcustom.tooling.cloud.prevalence_steps import prevalence_spec
 from ddcustom.tooling.cloud.quarantine_steps import quarantine_package, quarantine_spec
 from ddcustom.tooling.cloud.silent_steps import silent_spec
+from ddcustom.tooling.cloud.steps import Env
 from support.helpers import ROOT
 
 OPTIONS = CloudOptions(region="eu-west-1")
+ENV = Env(account="111122223333", region="eu-west-1")
 TOPIC = "arn:aws:sns:eu-west-1:111122223333:ddcustom-alerts"
 SPECS = {
     "quarantine": quarantine_spec(OPTIONS),
     "silent": silent_spec(OPTIONS, TOPIC),
+    "prevalence": prevalence_spec(OPTIONS, ENV, TOPIC),
 }
 # What each handler must see of ddcustom in Lambda: the modules in its package, nothing else.
 CHECKS = {
     "quarantine": "import quarantine; print(quarantine.handler(['x'], iot=object())['ignored'])",
     "silent": "import silent, ddcustom.tooling.cloud.fleet_index as f; print(silent.ATTRIBUTE, f.INDEX)",
+    "prevalence": "import prevalence, ddcustom.tooling.cloud.prevalence_aggregate as a; print(a.KIND)",
 }
-PRINTED = {"quarantine": "['']", "silent": "ddcustomSilent AWS_Things"}
+PRINTED = {"quarantine": "['']", "silent": "ddcustomSilent AWS_Things", "prevalence": "rare-program"}
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))

@@ -50,8 +50,8 @@ from support.cloud_account import (
 )
 
 # These tests are about the alert routing, Detect and the deployment; the quarantine function, the fleet
-# views and the silent-device check have their own (test_fleet.py).
-PARTS_OFF = ("--quarantine", "off", "--fleet", "off")
+# views, the silent-device check and prevalence have their own (test_fleet.py).
+PARTS_OFF = ("--quarantine", "off", "--fleet", "off", "--prevalence", "off")
 METRIC_NAMES = [m.name for m in CUSTOM_METRICS]
 # CreateCustomMetric's types for the list metrics; the other custom metrics are numbers
 LIST_METRIC_TYPES = {
@@ -266,6 +266,7 @@ def test_cloud_setup_twice_then_teardown(aws: None) -> None:
         "iot_policies": [],
         "schedules": [],
         "schedule_groups": [],
+        "tables": [],
     }
     assert "created  Greengrass deployment" in out
 

@@ -12,6 +12,7 @@ from ddcustom.tooling.cloud.fleet import FleetAlarmStep, FleetMetricStep, Indexi
 from ddcustom.tooling.cloud.fleet_index import REPORTED
 from ddcustom.tooling.cloud.lambda_steps import IOT_SERVICE
 from ddcustom.tooling.cloud.options import CloudOptions
+from ddcustom.tooling.cloud.prevalence_steps import prevalence_steps
 from ddcustom.tooling.cloud.quarantine_steps import (
     IotPolicyAttachmentStep,
     IotPolicyStep,
@@ -116,9 +117,12 @@ def build_steps(opts: CloudOptions, env: Env, profile: Profile) -> tuple[list[St
             ),
             FleetAlarmStep(opts, topic.topic_arn),
         ]
-    if opts.silent_check_on:
+    if opts.silent_check_on or opts.prevalence:
         steps.append(ScheduleGroupStep(opts, env))
+    if opts.silent_check_on:
         steps += silent_steps(opts, env, topic.topic_arn)
+    if opts.prevalence:
+        steps += prevalence_steps(opts, env, topic.topic_arn)
     if opts.detect:
         behaviors, notes = cloud_behaviors(profile)
         steps += [CustomMetricStep(opts, m.name, m.cloud_type, m.description) for m in CUSTOM_METRICS]

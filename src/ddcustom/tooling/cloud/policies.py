@@ -116,6 +116,7 @@ def prevalence_statements(
                 "dynamodb:GetItem",
                 "dynamodb:PutItem",
                 "dynamodb:UpdateItem",
+                "dynamodb:DeleteItem",
                 "dynamodb:Query",
                 "dynamodb:BatchGetItem",
                 "dynamodb:BatchWriteItem",
