@@ -124,7 +124,8 @@ def build_steps(opts: CloudOptions, env: Env, profile: Profile) -> tuple[list[St
     if opts.prevalence:
         steps += prevalence_steps(opts, env, topic.topic_arn)
     if opts.detect:
-        behaviors, notes = cloud_behaviors(profile)
+        behaviors, detect_notes = cloud_behaviors(profile)
+        notes += detect_notes
         steps += [CustomMetricStep(opts, m.name, m.cloud_type, m.description) for m in CUSTOM_METRICS]
         steps += [
             SecurityProfileStep(opts, behaviors, topic.topic_arn, iot_role_arn),
