@@ -27,6 +27,7 @@ from ddcustom.tooling.cloud.steps import (
     RoleStep,
     Status,
     Step,
+    TopicRuleStep,
     _changed,
     _or_none,
     code_sha256,
@@ -187,6 +188,17 @@ class LambdaFunctionStep(OwnedStep):
 
     def remove(self, aws: Clients) -> list[Call]:
         return [Call("lambda", "DeleteFunction", {"FunctionName": self.name})]  # its permissions go with it
+
+
+def rule_to_function(
+    opts: CloudOptions, env: Env, function: str, rule: str, sql: str, purpose: str
+) -> list[Step]:
+    """An IoT topic rule whose one action invokes ``function``, and IoT's permission to, for that rule."""
+    action = {"lambda": {"functionArn": env.arn("lambda", f"function:{function}")}}
+    return [
+        RuleInvokePermissionStep(env, function, rule),
+        TopicRuleStep(opts, rule, sql, [action], purpose),
+    ]
 
 
 class RuleInvokePermissionStep(AttachmentStep):

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from ddcustom.tooling.cloud import policies
 from ddcustom.tooling.cloud.inventory import THING_LEVEL, TOPIC_FILTER
-from ddcustom.tooling.cloud.lambda_steps import FunctionSpec, RuleInvokePermissionStep, function_steps
+from ddcustom.tooling.cloud.lambda_steps import FunctionSpec, function_steps, rule_to_function
 from ddcustom.tooling.cloud.options import CloudOptions
 from ddcustom.tooling.cloud.prevalence_table import table_definition
 from ddcustom.tooling.cloud.schedule_steps import rate, scheduled
@@ -19,7 +19,6 @@ from ddcustom.tooling.cloud.steps import (
     OwnedStep,
     Status,
     Step,
-    TopicRuleStep,
     _changed,
     _has_tag,
     _or_none,
@@ -69,19 +68,12 @@ def prevalence_steps(opts: CloudOptions, env: Env, topic_arn: str) -> list[Step]
         topic_arn,
         env.arn("greengrass", "deployments:*"),
     )
-    function_arn = env.arn("lambda", f"function:{spec.name}")
     sql = f"SELECT *, topic({THING_LEVEL}) AS topicThing FROM '{TOPIC_FILTER}'"
+    purpose = "the devices' inventory messages to the prevalence function"
     return [
         table,
         *function_steps(opts, env, spec, "prevalence", statements),
-        RuleInvokePermissionStep(env, spec.name, opts.inventory_rule),
-        TopicRuleStep(
-            opts,
-            opts.inventory_rule,
-            sql,
-            [{"lambda": {"functionArn": function_arn}}],
-            "the devices' inventory messages to the prevalence function",
-        ),
+        *rule_to_function(opts, env, spec.name, opts.inventory_rule, sql, purpose),
         *scheduled(
             opts,
             env,

@@ -10,9 +10,9 @@ from ddcustom.tooling.cloud import policies
 from ddcustom.tooling.cloud.lambda_steps import (
     COMMON_FILES,
     FunctionSpec,
-    RuleInvokePermissionStep,
     function_steps,
     package,
+    rule_to_function,
 )
 from ddcustom.tooling.cloud.options import CloudOptions
 from ddcustom.tooling.cloud.policies import as_json
@@ -25,7 +25,6 @@ from ddcustom.tooling.cloud.steps import (
     OwnedStep,
     Status,
     Step,
-    TopicRuleStep,
     _changed,
     _or_none,
     _tag_list,
@@ -62,7 +61,6 @@ def quarantine_steps(opts: CloudOptions, env: Env) -> list[Step]:
     """The quarantine function, its role and log group, and the rule that feeds it the in-alarm alerts
     of the quarantine behaviors with the thing named by the topic (``topicThing``)."""
     spec = quarantine_spec(opts)
-    function_arn = env.arn("lambda", f"function:{spec.name}")
     behaviors = " OR ".join(f"behavior.name = '{name}'" for name in opts.quarantine_behaviors)
     sql = (
         f"SELECT *, topic({opts.alert_topic_thing_level()}) AS topicThing FROM '{opts.alert_topic_filter()}' "
@@ -71,16 +69,10 @@ def quarantine_steps(opts: CloudOptions, env: Env) -> list[Step]:
     statements = policies.quarantine_statements(
         env.arn("iot", f"thinggroup/{opts.quarantine_group_name}"), env.arn("iot", "thing/*")
     )
+    purpose = "in-alarm alerts of the quarantine behaviors to the quarantine function"
     return [
         *function_steps(opts, env, spec, "quarantine", statements),
-        RuleInvokePermissionStep(env, spec.name, opts.quarantine_rule),
-        TopicRuleStep(
-            opts,
-            opts.quarantine_rule,
-            sql,
-            [{"lambda": {"functionArn": function_arn}}],
-            "in-alarm alerts of the quarantine behaviors to the quarantine function",
-        ),
+        *rule_to_function(opts, env, spec.name, opts.quarantine_rule, sql, purpose),
     ]
 
 
