@@ -14,7 +14,13 @@ from typing import Any, Optional, TextIO
 
 from ddcustom.tooling.cloud import prevalence_table as layout
 from ddcustom.tooling.cloud.lambda_common import duration, utc
-from ddcustom.tooling.cloud.options import CloudOptions, OptionError
+from ddcustom.tooling.cloud.options import (
+    DEFAULT_RARE_DEVICES,
+    DEFAULT_RARE_MIN_GROUP,
+    DEFAULT_RARE_SHARE,
+    CloudOptions,
+    OptionError,
+)
 
 SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 KNOWN_AFTER_RANGE = (3600, 90 * 86400)
@@ -27,18 +33,26 @@ def is_rare(devices: int, group: dict[str, Any]) -> bool:
 
 
 def _thresholds(group: dict[str, Any]) -> tuple[int, float, int]:
+    """The rare thresholds the function wrote into the group's item (setup's defaults before it has)."""
     return (
-        int(group.get("rareDevices", 2)),
-        float(group.get("rareShare", 1.0)),
-        int(group.get("minGroup", 20)),
+        int(group.get("rareDevices", DEFAULT_RARE_DEVICES)),
+        float(group.get("rareShare", DEFAULT_RARE_SHARE)),
+        int(group.get("minGroup", DEFAULT_RARE_MIN_GROUP)),
     )
 
 
 def _groups(table: Any, thing_group: Optional[str]) -> list[dict[str, Any]]:
-    found = layout.groups(table)
+    found = [_with_thresholds(group) for group in layout.groups(table)]
     if thing_group is None:
         return found
-    return [g for g in found if g["sk"] == thing_group] or [{"sk": thing_group, "devices": 0}]
+    return [g for g in found if g["sk"] == thing_group] or [
+        _with_thresholds({"sk": thing_group, "devices": 0})
+    ]
+
+
+def _with_thresholds(group: dict[str, Any]) -> dict[str, Any]:
+    rare_devices, rare_share, min_group = _thresholds(group)
+    return {**group, "rareDevices": rare_devices, "rareShare": rare_share, "minGroup": min_group}
 
 
 def _identity(counter: dict[str, Any], group: dict[str, Any]) -> dict[str, Any]:
@@ -64,7 +78,7 @@ def listing(table: Any, thing_group: Optional[str], rare_only: bool, limit: Opti
     groups = []
     for group in _groups(table, thing_group):
         total = int(group.get("devices", 0))
-        if rare_only and total < int(group.get("minGroup", 20)):
+        if rare_only and total < group["minGroup"]:
             counters: list[dict[str, Any]] = []
         else:
             rare_devices, rare_share, _ = _thresholds(group)
@@ -118,9 +132,8 @@ def lookup(table: Any, what: str, thing_group: Optional[str], limit: Optional[in
 def known(table: Any, thing_group: str, share: float, after: int, now: float) -> list[str]:
     """The group's identities on at least ``share`` percent of its reporting devices, continuously (as the
     hourly look sees it) for at least ``after`` seconds."""
-    group = next((g for g in layout.groups(table) if g["sk"] == thing_group), None)
-    total = int(group.get("devices", 0)) if group else 0
-    least = int(group.get("minGroup", 20)) if group else 20
+    [group] = _groups(table, thing_group)
+    total, least = int(group.get("devices", 0)), int(group["minGroup"])
     if total < least:
         raise OptionError(
             f"thing group {thing_group}: {total} devices report their inventory, fewer than {least}: too few "
