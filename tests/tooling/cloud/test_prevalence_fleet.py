@@ -52,7 +52,13 @@ def simulated(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
 
 
 def prevalence(*argv: str) -> tuple[int, str, str]:
-    return cloud(Account(), "prevalence", *argv)
+    """`ddcustom cloud prevalence ...`: it reads the table through boto3, which moto answers; it makes no
+    other call, so it needs none of the account's other clients."""
+
+    def nothing_else(service: str) -> None:
+        raise AssertionError(f"cloud prevalence called {service}")
+
+    return cloud(nothing_else, "prevalence", *argv)  # type: ignore[arg-type]
 
 
 def test_cloud_prevalence_simulated_fleet_finds_the_miner(simulated: World) -> None:
@@ -101,35 +107,32 @@ def recipe(defaults: dict[str, Any]) -> dict[str, Any]:
     return {"recipeOutputFormat": "JSON", "recipe": json.dumps(body).encode()}
 
 
-def test_cloud_prevalence_publish_known_contents_and_refusals(simulated: World) -> None:
+def deployed(account: Account, recipe_defaults: dict[str, Any]) -> None:
+    """The group's current deployment holds the component, version 1.0.0, whose recipe declares these."""
+    components = {COMPONENT: {"componentVersion": "1.0.0", "configurationUpdate": {"merge": "{}"}}}
+    account.greengrass.add_response("list_deployments", {"deployments": [{"deploymentId": "d-7"}]}, None)
+    found = {"deploymentId": "d-7", "deploymentName": "ddcustom-x", "components": components}
+    account.greengrass.add_response("get_deployment", found, None)
+    account.greengrass.add_response("get_component", recipe(recipe_defaults), None)
+
+
+PUBLISH = ("prevalence", "--publish-known", "--thing-group", GROUP, "--known-after", "3600")
+
+
+def test_cloud_prevalence_publish_known_writes_the_common_programs(simulated: World) -> None:
     table = simulated.clients.table
     assert known(table, GROUP, 50, 3600, simulated.now + 3600) == []  # nothing common for an hour yet
     simulated.now += HOURLY_SECONDS  # the hourly look notes since when each program is common
     simulated.aggregate()
     assert known(table, GROUP, 50, DEFAULT_KNOWN_AFTER, simulated.now + 3600) == []  # not for a week yet
     account = Account()
-    components = {COMPONENT: {"componentVersion": "1.0.0", "configurationUpdate": {"merge": "{}"}}}
-
-    def deployed(recipe_defaults: dict[str, Any]) -> None:
-        account.greengrass.add_response("list_deployments", {"deployments": [{"deploymentId": "d-7"}]}, None)
-        found = {"deploymentId": "d-7", "deploymentName": "ddcustom-x", "components": components}
-        account.greengrass.add_response("get_deployment", found, None)
-        account.greengrass.add_response("get_component", recipe(recipe_defaults), None)
-
-    publish = ("prevalence", "--publish-known", "--thing-group", GROUP, "--known-after", "3600")
-    # a component version that does not read the key: refused, nothing deployed
-    deployed({"LogLevel": "INFO"})
-    code, out, _ = cloud(account, *publish)
-    assert code == 2
-    assert "does not read FleetKnownExecutables (its recipe's default configuration lacks it)" in out
 
     # --dry-run shows the revision: the 301 common programs, not the miner
-    deployed({FLEET_KNOWN_KEY: []})
-    code, out, _ = cloud(account, *publish, "--dry-run")
+    deployed(account, {FLEET_KNOWN_KEY: []})
+    code, out, _ = cloud(account, *PUBLISH, "--dry-run")
     assert code == 0
-    [call] = [
-        line for line in out.splitlines() if line.startswith("would call greengrassv2 CreateDeployment")
-    ]
+    create = "would call greengrassv2 CreateDeployment"
+    [call] = [line for line in out.splitlines() if line.startswith(create)]
     params = json.loads(call.split(" ", 4)[4])
     published = json.loads(params["components"][COMPONENT]["configurationUpdate"]["merge"])[FLEET_KNOWN_KEY]
     assert len(published) == 301
@@ -137,20 +140,41 @@ def test_cloud_prevalence_publish_known_contents_and_refusals(simulated: World) 
     assert published == sorted(published)
 
     # published: the group's deployment, that one key changed
-    deployed({FLEET_KNOWN_KEY: []})
+    deployed(account, {FLEET_KNOWN_KEY: []})
     merge = json.dumps({FLEET_KNOWN_KEY: published}, sort_keys=True)
     revision = {COMPONENT: {"componentVersion": "1.0.0", "configurationUpdate": {"merge": merge}}}
     expected = {"targetArn": GROUP_ARN, "deploymentName": "ddcustom-x", "components": revision}
     account.greengrass.add_response("create_deployment", {"deploymentId": "d-8"}, expected)
-    code, out, err = cloud(account, *publish)
+    code, out, err = cloud(account, *PUBLISH)
     assert (code, err) == (0, ""), out
     assert "301 programs run on at least 50 % of the devices of line-3" in out
     assert "updated  FleetKnownExecutables (301 SHA-256) in the deployment" in out
     account.greengrass.assert_no_pending_responses()
 
-    code, _, err = cloud(account, "prevalence", "--publish-known", "--known-share", "20")
-    assert code == 2
-    assert "--known-share 20: expected 50 to 100" in err
+
+def test_cloud_prevalence_publish_known_refusals(monkeypatch: pytest.MonkeyPatch) -> None:
+    with mocked_account(monkeypatch):
+        small = world(rare_min_group=2)  # a group of 3 is enough for these thresholds
+        for thing in THINGS[:3]:
+            small.device(thing)
+            small.full(thing, PROGRAMS[:5])
+        small.aggregate()
+        small.now += HOURLY_SECONDS
+        small.aggregate()
+        account = Account()
+        # a component version that does not read the key: refused, nothing deployed
+        deployed(account, {"LogLevel": "INFO"})
+        code, out, _ = cloud(account, *PUBLISH)
+        assert code == 2
+        assert "does not read FleetKnownExecutables (its recipe's default configuration lacks it)" in out
+        account.greengrass.assert_no_pending_responses()
+        # a group too small for the thresholds: one device of two would be half of it
+        code, _, err = cloud(account, "prevalence", "--publish-known", "--thing-group", "line-9")
+        assert code == 2
+        assert "thing group line-9: 0 devices report their inventory, fewer than 20" in err
+        code, _, err = cloud(account, "prevalence", "--publish-known", "--known-share", "20")
+        assert code == 2
+        assert "--known-share 20: expected 50 to 100" in err
 
 
 def test_cloud_prevalence_without_a_table_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
