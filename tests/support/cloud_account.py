@@ -60,7 +60,20 @@ DEPLOYED_COMPONENTS = {
 NOT_FOUND = "ResourceNotFoundException"
 
 
-MOTO_SERVICES = ("iam", "sns", "sts", "iot", "iot-data", "lambda", "logs", "cloudwatch", "ssm")
+MOTO_SERVICES = (
+    "iam",
+    "sns",
+    "sqs",
+    "sts",
+    "iot",
+    "iot-data",
+    "lambda",
+    "logs",
+    "cloudwatch",
+    "ssm",
+    "scheduler",
+    "dynamodb",
+)
 
 
 @contextmanager
@@ -135,6 +148,15 @@ class Account:
             ),
             "parameters": sorted(p["Name"] for p in self.moto["ssm"].describe_parameters()["Parameters"]),
             "iot_policies": sorted(p["policyName"] for p in iot.list_policies()["policies"]),
+            "schedules": sorted(
+                f"{s['GroupName']}/{s['Name']}" for s in self.moto["scheduler"].list_schedules()["Schedules"]
+            ),
+            "schedule_groups": sorted(
+                g["Name"]
+                for g in self.moto["scheduler"].list_schedule_groups()["ScheduleGroups"]
+                if g["Name"] != "default"
+            ),
+            "tables": sorted(self.moto["dynamodb"].list_tables()["TableNames"]),
         }
 
 
@@ -230,3 +252,30 @@ def expect_no_fleet_metrics(account: Account) -> None:
         account.fleet.add_client_error(
             "describe_fleet_metric", "ResourceNotFoundException", expected_params={"metricName": name}
         )
+
+
+class Inbox:
+    """What an SNS topic delivers, read from an SQS queue subscribed to it (moto delivers it there)."""
+
+    def __init__(self, sns: Any, sqs: Any, topic_arn: str, name: str = "inbox") -> None:
+        self.sqs = sqs
+        self.url = sqs.create_queue(QueueName=name)["QueueUrl"]
+        queue_arn = sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
+        sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
+
+    def take(self) -> list[dict[str, Any]]:
+        """The notifications delivered since the last call: Subject, Message, and the JSON after ``--``."""
+        taken: list[dict[str, Any]] = []
+        while True:
+            found = self.sqs.receive_message(QueueUrl=self.url, MaxNumberOfMessages=10)
+            messages = found.get("Messages", [])
+            if not messages:
+                return taken
+            for received in messages:
+                envelope = json.loads(received["Body"])
+                body = envelope["Message"]
+                data = json.loads(body.rsplit("\n--\n", 1)[1]) if "\n--\n" in body else None
+                taken.append({"Subject": envelope.get("Subject"), "Message": body, "data": data})
+                self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=received["ReceiptHandle"])

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import threading
@@ -28,6 +29,14 @@ _PACKAGE = resources.files("ddcustom")
 REPORT_SCHEMA = json.loads((_PACKAGE / "schemas" / "report.schema.json").read_text(encoding="utf-8"))
 BUILT_IN_PROFILE = json.loads((_PACKAGE / "profiles" / "crypto-mining.json").read_text(encoding="utf-8"))
 MINING_RULES = ("gpu-load-per-inference", "avg-inference-time")  # the article's two rules
+
+
+def documented_json(document: str, heading: str) -> Any:
+    """The first ```json block after ``heading`` in a document of docs/, parsed: what the docs promise."""
+    text = (ROOT / "docs" / document).read_text(encoding="utf-8")
+    block = re.search(re.escape(heading) + r".*?```json\n(.*?)```", text, re.S)
+    assert block, f"docs/{document} lost the JSON example under {heading!r}"
+    return json.loads(block.group(1))
 
 
 def poll(condition: Callable[[], object], what: str, timeout: float = WAIT) -> None:

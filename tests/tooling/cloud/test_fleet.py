@@ -161,6 +161,8 @@ def expect_teardown(account: Account, config: dict[str, Any], restored_config: d
 
 
 SETUP = ("setup", "--no-detect", "--quarantine-policy", "--email", "ops@example.com")
+# For the tests of other parts: the silent-device check and prevalence left out (the first test has them)
+NEW_PARTS_OFF = ("--silent-check", "off", "--prevalence", "off")
 TEARDOWN = ("teardown", "--no-detect")
 
 
@@ -179,13 +181,31 @@ def test_cloud_fleet_setup_twice_then_teardown(aws: None) -> None:
         "shadow.name.ddcustom.reported.inAlarm, shadow.name.ddcustom.reported.updated added)"
     ) in out
     after = account.snapshot()
-    assert {key: after[key] for key in ("roles", "rules", "functions", "log_groups", "alarms")} == {
-        "roles": ["GreengrassV2TokenExchangeRole", "ddcustom-iot-alerts", "ddcustom-quarantine-function"],
-        "rules": ["ddcustom_alerts", "ddcustom_quarantine"],
-        "functions": ["ddcustom-quarantine"],
-        "log_groups": ["/aws/lambda/ddcustom-quarantine"],
+    made = ("roles", "rules", "functions", "log_groups", "alarms", "schedule_groups", "schedules", "tables")
+    assert {key: after[key] for key in made} == {
+        "roles": [
+            "GreengrassV2TokenExchangeRole",
+            "ddcustom-iot-alerts",
+            "ddcustom-prevalence-function",
+            "ddcustom-prevalence-schedule",
+            "ddcustom-quarantine-function",
+            "ddcustom-silent-devices-function",
+            "ddcustom-silent-devices-schedule",
+        ],
+        "rules": ["ddcustom_alerts", "ddcustom_inventory", "ddcustom_quarantine"],
+        "functions": ["ddcustom-prevalence", "ddcustom-quarantine", "ddcustom-silent-devices"],
+        "log_groups": [
+            "/aws/lambda/ddcustom-prevalence",
+            "/aws/lambda/ddcustom-quarantine",
+            "/aws/lambda/ddcustom-silent-devices",
+        ],
         "alarms": ["ddcustom-fleet-in-alarm"],
+        "schedule_groups": ["ddcustom"],
+        "schedules": ["ddcustom/ddcustom-prevalence", "ddcustom/ddcustom-silent-devices"],
+        "tables": ["ddcustom-prevalence"],
     }
+    silent_check_made_as_documented(account)
+    prevalence_made_as_documented(account)
     assert after["parameters"] == [RECORD]
     assert after["iot_policies"] == ["ddcustom-quarantine-policy"]
 
@@ -287,6 +307,112 @@ def test_cloud_fleet_setup_twice_then_teardown(aws: None) -> None:
     assert account.snapshot() == before
 
 
+def silent_check_made_as_documented(account: Account) -> None:
+    """The silent-device function, its role (least privilege) and its schedule in the stack's group."""
+    iam, lam, scheduler = account.moto["iam"], account.moto["lambda"], account.moto["scheduler"]
+    function = lam.get_function(FunctionName="ddcustom-silent-devices")
+    assert function["Tags"] == {"ddcustom:stack": "ddcustom"}
+    config = function["Configuration"]
+    assert config["Handler"] == "silent.handler"
+    assert config["Environment"]["Variables"] == {
+        "THING_GROUP": GROUP,
+        "SILENT_AFTER": "10800",
+        "ALERT_TOPIC_ARN": TOPIC_ARN,
+        "STACK": "ddcustom",
+    }
+    policy = iam.get_role_policy(RoleName="ddcustom-silent-devices-function", PolicyName="silent-devices")
+    assert policy["PolicyDocument"]["Statement"] == [
+        {
+            "Effect": "Allow",
+            "Action": "iot:SearchIndex",
+            "Resource": f"arn:aws:iot:{REGION}:{ACCOUNT}:index/AWS_Things",
+        },
+        {
+            "Effect": "Allow",
+            "Action": ["iot:DescribeThing", "iot:UpdateThing"],
+            "Resource": f"arn:aws:iot:{REGION}:{ACCOUNT}:thing/*",
+        },
+        {"Effect": "Allow", "Action": "sns:Publish", "Resource": TOPIC_ARN},
+        {
+            "Effect": "Allow",
+            "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+            "Resource": f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/lambda/ddcustom-silent-devices:*",
+        },
+    ]
+    schedule = scheduler.get_schedule(Name="ddcustom-silent-devices", GroupName="ddcustom")
+    assert schedule["ScheduleExpression"] == "rate(15 minutes)"
+    assert schedule["Target"]["Arn"] == f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:ddcustom-silent-devices"
+    assert schedule["Target"]["RoleArn"] == f"arn:aws:iam::{ACCOUNT}:role/ddcustom-silent-devices-schedule"
+    group_arn = f"arn:aws:scheduler:{REGION}:{ACCOUNT}:schedule-group/ddcustom"
+    assert scheduler.list_tags_for_resource(ResourceArn=group_arn)["Tags"] == TAGS
+    # Scheduler may assume the role for this group of this account only, to invoke that function only
+    role = iam.get_role(RoleName="ddcustom-silent-devices-schedule")["Role"]
+    [trust] = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "scheduler.amazonaws.com"}
+    assert trust["Condition"] == {
+        "StringEquals": {"aws:SourceAccount": ACCOUNT},
+        "ArnEquals": {"aws:SourceArn": [group_arn]},
+    }
+    invoke = iam.get_role_policy(RoleName="ddcustom-silent-devices-schedule", PolicyName="invoke")
+    assert invoke["PolicyDocument"]["Statement"] == [
+        {"Effect": "Allow", "Action": "lambda:InvokeFunction", "Resource": schedule["Target"]["Arn"]}
+    ]
+
+
+def prevalence_made_as_documented(account: Account) -> None:
+    """The table (tagged, on demand), the function and its least-privilege role, the inventory rule."""
+    iam, iot, lam = account.moto["iam"], account.moto["iot"], account.moto["lambda"]
+    dynamodb = account.moto["dynamodb"]
+    table = dynamodb.describe_table(TableName="ddcustom-prevalence")["Table"]
+    assert dynamodb.list_tags_of_resource(ResourceArn=table["TableArn"])["Tags"] == TAGS
+    assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
+    assert sorted(i["IndexName"] for i in table["GlobalSecondaryIndexes"]) == ["by-group", "pending"]
+    rule = iot.get_topic_rule(ruleName="ddcustom_inventory")["rule"]
+    assert rule["sql"] == "SELECT *, topic(2) AS topicThing FROM 'ddcustom/+/inventory'"
+    function_arn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:ddcustom-prevalence"
+    assert rule["actions"] == [{"lambda": {"functionArn": function_arn}}]
+    [statement] = json.loads(lam.get_policy(FunctionName="ddcustom-prevalence")["Policy"])["Statement"]
+    assert statement["Condition"]["ArnLike"] == {
+        "AWS:SourceArn": f"arn:aws:iot:{REGION}:{ACCOUNT}:rule/ddcustom_inventory"
+    }
+    config = lam.get_function(FunctionName="ddcustom-prevalence")["Configuration"]
+    assert config["Environment"]["Variables"] == {
+        "TABLE": "ddcustom-prevalence",
+        "THING_GROUP": GROUP,
+        "THING_GROUP_ARN": f"arn:aws:iot:{REGION}:{ACCOUNT}:thinggroup/{GROUP}",
+        "ALERT_TOPIC_ARN": TOPIC_ARN,
+        "RARE_DEVICES": "2",
+        "RARE_SHARE": "1",
+        "RARE_MIN_GROUP": "20",
+        "STACK": "ddcustom",
+    }
+    statements = iam.get_role_policy(RoleName="ddcustom-prevalence-function", PolicyName="prevalence")[
+        "PolicyDocument"
+    ]["Statement"]
+    table_arn = table["TableArn"]
+    assert statements[0]["Resource"] == [table_arn, f"{table_arn}/index/*"]
+    assert (
+        "dynamodb:Scan" not in statements[0]["Action"]
+        and "dynamodb:DeleteTable" not in statements[0]["Action"]
+    )
+    assert statements[1:4] == [
+        {
+            "Effect": "Allow",
+            "Action": "iot:ListThingGroupsForThing",
+            "Resource": f"arn:aws:iot:{REGION}:{ACCOUNT}:thing/*",
+        },
+        {"Effect": "Allow", "Action": "greengrass:ListDeployments", "Resource": "*"},
+        {
+            "Effect": "Allow",
+            "Action": "greengrass:GetDeployment",
+            "Resource": f"arn:aws:greengrass:{REGION}:{ACCOUNT}:deployments:*",
+        },
+    ]
+    schedule = account.moto["scheduler"].get_schedule(Name="ddcustom-prevalence", GroupName="ddcustom")
+    assert schedule["ScheduleExpression"] == "rate(1 minute)"
+    assert json.loads(schedule["Target"]["Input"]) == {"action": "aggregate"}
+
+
 def test_cloud_fleet_teardown_restores_an_untouched_configuration(aws: None) -> None:
     """An account without fleet indexing: setup turns it on, teardown turns it off again."""
     account = fleet()
@@ -298,7 +424,7 @@ def test_cloud_fleet_teardown_restores_an_untouched_configuration(aws: None) -> 
         "filter": {"namedShadowNames": ["ddcustom"]},
     }
     expect_first_setup(account, {"thingIndexingMode": "OFF"}, turned_on)
-    code, out, err = cloud(account, "setup", "--no-detect")
+    code, out, err = cloud(account, "setup", "--no-detect", *NEW_PARTS_OFF)
     assert (code, err) == (0, "")
     assert "thingIndexingMode OFF -> REGISTRY; namedShadowIndexingMode OFF -> ON" in out
     off = {"thingIndexingMode": "OFF", "namedShadowIndexingMode": "OFF", "customFields": []}
@@ -334,8 +460,14 @@ def test_cloud_fleet_dry_run_lists_function_rule_indexing_metrics_alarm(aws: Non
         assert expected in operations, expected
     [indexing] = [params for _, operation, params in calls if operation == "UpdateIndexingConfiguration"]
     assert indexing == {"thingIndexingConfiguration": MERGED}
-    [function] = [params for _, operation, params in calls if operation == "CreateFunction"]
-    assert function["Code"]["ZipFile"].startswith("<")  # its size and hash, not the bytes
+    functions = [params for _, operation, params in calls if operation == "CreateFunction"]
+    assert [f["FunctionName"] for f in functions] == [
+        "ddcustom-quarantine",
+        "ddcustom-silent-devices",
+        "ddcustom-prevalence",
+    ]
+    assert all(f["Code"]["ZipFile"].startswith("<") for f in functions)  # their size and hash, not the bytes
+    assert ("scheduler", "CreateSchedule") in [(service, operation) for service, operation, _ in calls]
 
 
 def test_cloud_plan_needs_no_credentials_and_calls_nothing(
@@ -360,6 +492,23 @@ def test_cloud_plan_needs_no_credentials_and_calls_nothing(
     assert operations[-1] == "CreateDeployment"
     assert "arn:aws:iam::<account-id>:role/ddcustom-quarantine-function" in out
     assert "thingIndexingMode OFF -> REGISTRY" in out
+    # the silent-device check and prevalence, with the rest
+    made = [line[len("would make ") :] for line in out.splitlines() if line.startswith("would make ")]
+    for expected in (
+        "EventBridge Scheduler schedule group ddcustom",
+        "Lambda function ddcustom-silent-devices",
+        "EventBridge Scheduler schedule ddcustom-silent-devices (rate(15 minutes))",
+        "DynamoDB table ddcustom-prevalence",
+        "Lambda function ddcustom-prevalence",
+        "IoT topic rule ddcustom_inventory",
+        "EventBridge Scheduler schedule ddcustom-prevalence (rate(1 minute))",
+    ):
+        assert expected in made, expected
+    code, out, _ = cloud(no_aws, "setup", "--plan", "--silent-check", "off", "--prevalence", "off")  # type: ignore[arg-type]
+    assert code == 0
+    assert (
+        "ddcustom-silent-devices" not in out and "ddcustom-prevalence" not in out and "Scheduler" not in out
+    )
 
 
 def test_cloud_plan_and_dry_run_together_are_refused(aws: None) -> None:
@@ -398,7 +547,7 @@ def test_cloud_lambda_refused_says_what_was_made_and_teardown_removes_it(aws: No
     account.deny()
     expect_component_published(account)
     expect_latest_deployment(account, "d-quickstart", EXISTING_COMPONENTS, {})
-    code, _, err = cloud(account, "setup", "--no-detect", "--fleet", "off")
+    code, _, err = cloud(account, "setup", "--no-detect", "--fleet", "off", "--prevalence", "off")
     assert code == 1
     assert "Lambda function ddcustom-quarantine: CreateFunction: AccessDeniedException" in err
     assert "grant it, or leave that part out (--quarantine off, --fleet off)" in err
@@ -423,7 +572,7 @@ def test_cloud_fleet_indexing_refused_changes_nothing(aws: None) -> None:
         "AccessDeniedException",
         "not authorized to perform: iot:GetIndexingConfiguration",
     )
-    code, _, err = cloud(account, "setup", "--no-detect")
+    code, _, err = cloud(account, "setup", "--no-detect", *NEW_PARTS_OFF)
     assert code == 1
     assert "GetIndexingConfiguration: AccessDeniedException" in err
     assert "--fleet off" in err
@@ -439,7 +588,7 @@ def test_cloud_fleet_custom_field_of_another_type_stops_setup(aws: None) -> None
     expect_metrics_missing(account, list(METRICS))
     expect_component_published(account)
     expect_latest_deployment(account, "d-quickstart", EXISTING_COMPONENTS, {})
-    code, out, _ = cloud(account, "setup", "--no-detect")
+    code, out, _ = cloud(account, "setup", "--no-detect", *NEW_PARTS_OFF)
     assert code == 2
     assert "custom field shadow.name.ddcustom.reported.alarmCount as String, not Number" in out
     assert account.snapshot() == before
@@ -452,7 +601,7 @@ def test_cloud_fleet_record_not_ours_stops_setup(aws: None) -> None:
     expect_metrics_missing(account, list(METRICS))
     expect_component_published(account)
     expect_latest_deployment(account, "d-quickstart", EXISTING_COMPONENTS, {})
-    code, out, _ = cloud(account, "setup", "--no-detect")
+    code, out, _ = cloud(account, "setup", "--no-detect", *NEW_PARTS_OFF)
     assert code == 2
     assert f"SSM parameter {RECORD} already exists and is not tagged ddcustom:stack=ddcustom" in out
     assert account.snapshot() == before
@@ -466,12 +615,12 @@ def test_cloud_quarantine_group_deleted_by_hand(aws: None) -> None:
     expect_component_published(account)
     expect_latest_deployment(account, "d-quickstart", EXISTING_COMPONENTS, {})
     account.greengrass.add_response("create_deployment", {"deploymentId": "d-ddcustom"}, None)
-    assert cloud(account, "setup", "--no-detect", "--fleet", "off")[0] == 0
+    assert cloud(account, "setup", "--no-detect", "--fleet", "off", "--prevalence", "off")[0] == 0
     account.moto["iot"].delete_thing_group(thingGroupName="ddcustom-quarantine")
 
     expect_component_published(account)
     expect_latest_deployment(account, "d-ddcustom", DEPLOYED, {"ddcustom:stack": "ddcustom"})
-    code, out, err = cloud(account, "setup", "--no-detect", "--fleet", "off")
+    code, out, err = cloud(account, "setup", "--no-detect", "--fleet", "off", "--prevalence", "off")
     assert (code, err) == (0, "")
     assert "created  IoT thing group ddcustom-quarantine" in out
 
@@ -504,7 +653,9 @@ def test_cloud_fleet_alarm_on_a_share_of_the_reporting_devices(aws: None) -> Non
         if run == 0:
             for name in METRICS:
                 account.fleet.add_response("create_fleet_metric", {"metricName": name}, None)
-        code, out, err = cloud(account, "setup", "--no-detect", "--fleet-alarm-threshold", "2.5%")
+        code, out, err = cloud(
+            account, "setup", "--no-detect", "--fleet-alarm-threshold", "2.5%", *NEW_PARTS_OFF
+        )
         assert (code, err) == (0, "")
         account.all_stubs_used()
     assert "CloudWatch alarm" not in out.replace("owned    CloudWatch alarm", "")  # second run: no change
@@ -642,7 +793,7 @@ def quarantine_only(account: Account, *argv: str) -> tuple[int, str, str]:
     expect_component_published(account)
     expect_latest_deployment(account, "d-quickstart", EXISTING_COMPONENTS, {})
     account.greengrass.add_response("create_deployment", {"deploymentId": "d-ddcustom"}, None)
-    return cloud(account, "setup", "--no-detect", "--fleet", "off", *argv)
+    return cloud(account, "setup", "--no-detect", "--fleet", "off", "--prevalence", "off", *argv)
 
 
 def test_cloud_quarantine_settings_and_handler_are_updated_in_place(aws: None) -> None:
@@ -675,7 +826,7 @@ def test_cloud_quarantine_function_of_another_role_is_a_conflict(aws: None) -> N
     lam.update_function_configuration(FunctionName="ddcustom-quarantine", Role=other)
     expect_component_published(account)
     expect_latest_deployment(account, "d-ddcustom", DEPLOYED, {"ddcustom:stack": "ddcustom"})
-    code, out, _ = cloud(account, "setup", "--no-detect", "--fleet", "off")
+    code, out, _ = cloud(account, "setup", "--no-detect", "--fleet", "off", "--prevalence", "off")
     assert code == 2
     assert "Lambda function ddcustom-quarantine exists with another role, runtime or handler" in out
 
@@ -692,7 +843,7 @@ def test_cloud_indexing_update_refused_leaves_a_tagged_record_teardown_removes(a
         "UnauthorizedException",
         "not authorized to perform: iot:UpdateIndexingConfiguration",
     )
-    code, _, err = cloud(account, "setup", "--no-detect", "--quarantine", "off")
+    code, _, err = cloud(account, "setup", "--no-detect", "--quarantine", "off", *NEW_PARTS_OFF)
     assert code == 1
     assert "fleet indexing of named shadow ddcustom" in err
     assert "UpdateIndexingConfiguration: UnauthorizedException" in err

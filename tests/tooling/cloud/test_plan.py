@@ -165,3 +165,19 @@ def test_cloud_merge_configuration_file_errors(tmp_path: Path) -> None:
     bad.write_text('{"EnableGPUMetrics": "yes"}', encoding="utf-8")
     with pytest.raises(OptionError, match="EnableGPUMetrics"):
         parse_merge_configuration(f"@{bad}")
+
+
+def test_cloud_plan_keeps_every_note(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A quarantine behavior the profile lacks is named, with Detect on as with it off."""
+    from support.cloud_account import cloud
+
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+
+    def no_aws(service: str) -> None:
+        raise AssertionError(f"--plan called {service}")
+
+    for detect in ((), ("--no-detect",)):
+        argv = ("setup", "--plan", "--quarantine-behaviors", "miner-processes,no-such-behavior", *detect)
+        code, out, err = cloud(no_aws, *argv)  # type: ignore[arg-type]
+        assert (code, err) == (0, "")
+        assert "note     quarantine behavior 'no-such-behavior' is not in profile 'crypto-mining'" in out

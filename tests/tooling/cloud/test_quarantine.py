@@ -1,17 +1,11 @@
 """The quarantine handler on alerts as the quarantine rule delivers them (today's alert JSON plus the
-topic's thing), against moto's IoT registry; and its deployment package."""
+topic's thing), against moto's IoT registry (its package: test_lambda_packages.py)."""
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import re
-import subprocess
-import sys
-import zipfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -23,8 +17,7 @@ from hypothesis import strategies as st
 from moto import mock_aws
 
 from ddcustom.tooling.cloud.quarantine import ATTRIBUTE, QuarantineError, handler, record_value
-from ddcustom.tooling.cloud.quarantine_steps import quarantine_package
-from support.helpers import FIXTURES, ROOT
+from support.helpers import FIXTURES
 
 CLOUD_FIXTURES = FIXTURES / "cloud"
 GROUP = "ddcustom-quarantine"
@@ -196,33 +189,3 @@ def test_cloud_quarantine_record_is_a_valid_attribute_value(behavior: str, viola
     assert len(value) <= VALUE_PATTERN.metadata["max"]
     assert re.fullmatch(VALUE_PATTERN.metadata["pattern"], value)
     assert value.startswith("at=2025-12-02T04:33:20Z,behavior=")
-
-
-def test_cloud_quarantine_package_is_the_handler_and_the_alert_it_reads(tmp_path: Path) -> None:
-    """Lambda gets the handler and the package's alert: it must import with the standard library and
-    boto3 only, and the package must be the same bytes for the same source (setup compares its hash)."""
-    package = quarantine_package()
-    assert package == quarantine_package()
-    src = ROOT / "src/ddcustom"
-    with zipfile.ZipFile(io.BytesIO(package)) as archive:
-        assert sorted(archive.namelist()) == [
-            "ddcustom/__init__.py",
-            "ddcustom/device/__init__.py",
-            "ddcustom/device/detect/__init__.py",
-            "ddcustom/device/detect/events.py",
-            "quarantine.py",
-        ]
-        assert archive.read("quarantine.py") == (src / "tooling/cloud/quarantine.py").read_bytes()
-        events = src / "device/detect/events.py"
-        assert archive.read("ddcustom/device/detect/events.py") == events.read_bytes()
-    (tmp_path / "function.zip").write_bytes(package)
-    # An isolated interpreter that sees the package and nothing of ddcustom, as Lambda would.
-    check = "import quarantine; print(quarantine.handler(['x'], iot=object()))"
-    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(tmp_path / "function.zip")}
-    done = subprocess.run(
-        [sys.executable, "-S", "-c", check], env=env, capture_output=True, text=True, timeout=60, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == str(
-        {"quarantined": [], "already_quarantined": [], "ignored": [""], "refused": []}
-    )

@@ -49,9 +49,9 @@ from support.cloud_account import (
     would_call,
 )
 
-# These tests are about the alert routing, Detect and the deployment; the quarantine function and the
-# fleet views have their own (test_cloud_fleet.py).
-PARTS_OFF = ("--quarantine", "off", "--fleet", "off")
+# These tests are about the alert routing, Detect and the deployment; the quarantine function, the fleet
+# views, the silent-device check and prevalence have their own (test_fleet.py).
+PARTS_OFF = ("--quarantine", "off", "--fleet", "off", "--prevalence", "off")
 METRIC_NAMES = [m.name for m in CUSTOM_METRICS]
 # CreateCustomMetric's types for the list metrics; the other custom metrics are numbers
 LIST_METRIC_TYPES = {
@@ -264,6 +264,9 @@ def test_cloud_setup_twice_then_teardown(aws: None) -> None:
         "alarms": [],
         "parameters": [],
         "iot_policies": [],
+        "schedules": [],
+        "schedule_groups": [],
+        "tables": [],
     }
     assert "created  Greengrass deployment" in out
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 import copy
 import io
 import json
-import re
 from typing import Any
 
 import boto3
 from botocore.stub import ANY, Stubber
 
 from ddcustom.tooling.cloud.status import fleet_status, print_status
-from support.helpers import ROOT
+from support.helpers import documented_json
 
 REPORTED = "shadow.name.ddcustom.reported."
 NOW = 1764660000
@@ -21,10 +20,7 @@ NOW = 1764660000
 
 def contract() -> dict[str, Any]:
     """The reported document exactly as docs/fleet.md states it."""
-    text = (ROOT / "docs/fleet.md").read_text(encoding="utf-8")
-    block = re.search(r"## The named shadow `ddcustom`.*?```json\n(.*?)```", text, re.S)
-    assert block, "docs/fleet.md lost its contract block"
-    document: dict[str, Any] = json.loads(block.group(1))
+    document: dict[str, Any] = documented_json("fleet.md", "## The named shadow `ddcustom`")
     return document
 
 
@@ -44,7 +40,7 @@ def stubbed() -> tuple[Any, Stubber]:
     return client, Stubber(client)
 
 
-def search(query: str, token: Any = None) -> dict[str, Any]:
+def search(query: Any, token: Any = None) -> dict[str, Any]:
     params = {
         "indexName": "AWS_Things",
         "queryString": query,
@@ -84,17 +80,30 @@ def test_cloud_status_pages_through_every_device_in_alarm() -> None:
         stub.add_response(
             "get_statistics", {"statistics": {"count": 1800}}, statistics(REPORTED + "alarmCount>=0")
         )
-        stub.add_response(
-            "get_statistics", {"statistics": {"count": 3}}, statistics(f"{REPORTED}updated<{NOW - 7200}")
-        )
+        silent_query = f"{REPORTED}updated<{NOW - 10800}"  # three missed hourly updates
+        stub.add_response("get_statistics", {"statistics": {"count": 3}}, statistics(silent_query))
+        quiet = dict(reported, updated=NOW - 5 * 3600, alarmCount=0)
+        silent = [
+            {**search_thing("gpu-edge-700", dict(quiet, updated=NOW - 4 * 3600), ["line-3"])},
+            {**search_thing("gpu-edge-701", quiet, ["line-3"]), "attributes": {"ddcustomSilent": "since=x"}},
+            search_thing("gpu-edge-702", dict(quiet, updated=NOW - 26 * 3600), ["line-4"]),
+        ]
+        stub.add_response("search_index", {"things": silent}, search(silent_query))
         status = fleet_status(lambda _: client, None, None, NOW)
         stub.assert_no_pending_responses()
     assert status["totals"] == {
         "reporting": 1800,
         "inAlarm": 502,
         "silent": 3,
+        "silentAfterSeconds": 10800,
         "byBehavior": {"miner-processes": 502, "mining-pool-connections": 1},
     }
+    # the silent devices, longest silent first, with whether the silent-device check has alerted
+    assert [(d["thingName"], d["silentSeconds"], d["reported"]) for d in status["silentDevices"]] == [
+        ("gpu-edge-702", 26 * 3600, False),
+        ("gpu-edge-701", 5 * 3600, True),
+        ("gpu-edge-700", 4 * 3600, False),
+    ]
     devices = status["devices"]
     assert [d["thingName"] for d in devices[:2]] == ["gpu-edge-900", "gpu-edge-000"]  # oldest alarm first
     assert devices[0]["since"] == 1764640000
@@ -107,7 +116,22 @@ def test_cloud_status_pages_through_every_device_in_alarm() -> None:
     lines = text.getvalue().splitlines()
     assert lines[0].split() == ["THING", "IN", "ALARM", "SINCE", "(UTC)", "BEHAVIORS"]
     assert lines[1].split() == ["gpu-edge-900", "2025-12-02", "01:46:40Z", "miner-processes"]
-    assert "502 in alarm of 1800 reporting; 3 silent for more than 2 h" in lines
+    assert "502 in alarm of 1800 reporting; 3 silent for more than 3 h" in lines
+    silent_table = lines[lines.index("  mining-pool-connections: 1") + 1 :]
+    assert silent_table[0].split() == [
+        "SILENT",
+        "THING",
+        "LAST",
+        "UPDATE",
+        "(UTC)",
+        "SILENT",
+        "FOR",
+        "ALERT",
+        "SENT",
+    ]
+    assert silent_table[1].split()[0] == "gpu-edge-702"
+    assert "1 d 2 h" in silent_table[1] and silent_table[1].endswith("not yet")
+    assert "5 h" in silent_table[2] and silent_table[2].endswith("yes")
     as_json = io.StringIO()
     print_status(status, as_json, as_json=True)
     assert json.loads(as_json.getvalue()) == status
@@ -133,7 +157,7 @@ def test_cloud_status_filters_by_group_and_behavior() -> None:
     print_status(status, out, as_json=False)
     assert out.getvalue().splitlines()[:2] == [
         "no device in alarm",
-        "0 in alarm of 40 reporting; 0 silent for more than 2 h",
+        "0 in alarm of 40 reporting; 0 silent for more than 3 h",
     ]
 
 
@@ -163,11 +187,16 @@ def test_cloud_status_command_prints_json() -> None:
         stub.add_response("search_index", {"things": things}, search(REPORTED + "inAlarm:true"))
         stub.add_response("get_statistics", {"statistics": {"count": 9}}, statistics(ANY))
         stub.add_response("get_statistics", {"statistics": {"count": 1}}, statistics(ANY))
-        code, out, err = cloud(lambda _: client, "status", "--json")  # type: ignore[arg-type]
+        silent = [search_thing("gpu-edge-3", dict(reported, updated=NOW - 9000), ["line-3"])]
+        stub.add_response("search_index", {"things": silent}, search(ANY))
+        arguments = ("status", "--json", "--silent-after", "7200")
+        code, out, err = cloud(lambda _: client, *arguments)  # type: ignore[arg-type]
     assert (code, err) == (0, "")
     status = json.loads(out)
     assert status["totals"]["reporting"] == 9
     assert status["devices"][0]["alarms"] == reported["alarms"]
+    assert status["totals"]["silentAfterSeconds"] == 7200
+    assert [d["thingName"] for d in status["silentDevices"]] == ["gpu-edge-3"]
 
 
 def test_cloud_status_without_a_fleet_index_says_what_to_do() -> None:

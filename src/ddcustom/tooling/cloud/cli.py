@@ -16,9 +16,16 @@ from typing import TYPE_CHECKING, Any, Optional, TextIO
 from ddcustom.tooling.cloud.options import (
     DEFAULT_BUCKET,
     DEFAULT_FLEET_ALARM_THRESHOLD,
+    DEFAULT_KNOWN_AFTER,
+    DEFAULT_KNOWN_SHARE,
     DEFAULT_MERGE_CONFIGURATION,
     DEFAULT_PROFILE,
     DEFAULT_QUARANTINE_BEHAVIORS,
+    DEFAULT_RARE_DEVICES,
+    DEFAULT_RARE_MIN_GROUP,
+    DEFAULT_RARE_SHARE,
+    DEFAULT_SILENT_AFTER,
+    DEFAULT_SILENT_EVERY,
     DEFAULT_STACK,
     DEFAULT_THING_GROUP,
     DEFAULT_TOKEN_EXCHANGE_ROLE,
@@ -48,13 +55,23 @@ def add_cloud_parser(subparsers: Any) -> argparse.ArgumentParser:
         "(status), take a device out of quarantine (release). Setup and teardown are safe to run twice; "
         f"teardown removes only what carries the tag {TAG_KEY}=<stack>.",
     )
-    actions = parser.add_subparsers(dest="cloud_command", metavar="{setup,teardown,status,release}")
+    actions = parser.add_subparsers(
+        dest="cloud_command", metavar="{setup,teardown,status,release,prevalence}"
+    )
     actions.required = True
     setup = actions.add_parser("setup", help="create what is missing (idempotent)")
     teardown = actions.add_parser("teardown", help="remove what setup created (tagged with the stack)")
     status = actions.add_parser("status", help="devices in alarm now and fleet totals (fleet index)")
     release = actions.add_parser("release", help="take a device out of the quarantine group")
-    for sub in (setup, teardown, status, release):
+    prevalence = actions.add_parser(
+        "prevalence",
+        help="how many devices of the group run each program (rare first), the devices that run one, or "
+        "--publish-known",
+        description="Read the prevalence table that setup makes (--prevalence on): the programs the devices "
+        "of a thing group run, rarest first; with SHA256 or PATH, the devices that run it; with "
+        "--publish-known, the group's common programs into the deployment (FleetKnownExecutables).",
+    )
+    for sub in (setup, teardown, status, release, prevalence):
         sub.add_argument(
             "--region", help="AWS region (default: AWS_REGION, AWS_DEFAULT_REGION, config, us-east-1)"
         )
@@ -135,12 +152,111 @@ def add_cloud_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="alarm to the SNS topic when more than this many devices, or N%% of the reporting devices, "
         f"are in alarm at once ({DEFAULT_FLEET_ALARM_THRESHOLD})",
     )
+    setup.add_argument(
+        "--silent-check",
+        choices=("on", "off"),
+        help="a scheduled function that alerts once when a device's shadow stops being updated, and once "
+        "when it reports again (default: on with --fleet on)",
+    )
+    setup.add_argument(
+        "--silent-after",
+        type=int,
+        default=DEFAULT_SILENT_AFTER,
+        metavar="SECONDS",
+        help=f"a device is silent after this long without a shadow update ({DEFAULT_SILENT_AFTER}: three "
+        "missed hourly updates; 7200 to 604800)",
+    )
+    setup.add_argument(
+        "--silent-every",
+        type=int,
+        default=DEFAULT_SILENT_EVERY,
+        metavar="MINUTES",
+        help=f"how often the silent-device check runs ({DEFAULT_SILENT_EVERY}; 5 to 60)",
+    )
+    setup.add_argument(
+        "--prevalence",
+        choices=("on", "off"),
+        default="on",
+        help="the devices' inventories in DynamoDB, how many devices of the group run each program, and "
+        "an alert for a program few devices run (default on; docs/fleet.md)",
+    )
+    setup.add_argument(
+        "--rare-devices",
+        type=int,
+        default=DEFAULT_RARE_DEVICES,
+        help=f"a program on at most this many devices is rare ({DEFAULT_RARE_DEVICES})",
+    )
+    setup.add_argument(
+        "--rare-share",
+        type=float,
+        default=DEFAULT_RARE_SHARE,
+        metavar="PERCENT",
+        help=f"...or on under this share of the group's devices ({DEFAULT_RARE_SHARE:g})",
+    )
+    setup.add_argument(
+        "--rare-min-group",
+        type=int,
+        default=DEFAULT_RARE_MIN_GROUP,
+        help=f"no program is rare in a group of fewer reporting devices ({DEFAULT_RARE_MIN_GROUP})",
+    )
     status.add_argument("--thing-group", help="only devices in this thing group")
+    status.add_argument(
+        "--silent-after",
+        type=int,
+        default=DEFAULT_SILENT_AFTER,
+        metavar="SECONDS",
+        help=f"list devices without a shadow update for this long as silent ({DEFAULT_SILENT_AFTER})",
+    )
     status.add_argument("--behavior", help="only devices with this behavior in alarm")
     status.add_argument("--json", action="store_true", help="print JSON")
     release.add_argument("thing", help="the thing name of the device")
+    _add_prevalence_arguments(prevalence)
     parser.set_defaults(func=run_cloud)
     return parser
+
+
+def _add_prevalence_arguments(prevalence: argparse.ArgumentParser) -> None:
+    from ddcustom import COMPONENT_NAME
+
+    prevalence.add_argument(
+        "identity", nargs="?", metavar="SHA256|PATH", help="list the devices that run this program"
+    )
+    prevalence.add_argument(
+        "--stack",
+        default=DEFAULT_STACK,
+        help=f"stack name: its table is <stack>-prevalence ({DEFAULT_STACK})",
+    )
+    prevalence.add_argument(
+        "--thing-group", help=f"only this thing group (--publish-known: default {DEFAULT_THING_GROUP})"
+    )
+    prevalence.add_argument("--rare", action="store_true", help="only the rare programs")
+    prevalence.add_argument("--json", action="store_true", help="print JSON")
+    prevalence.add_argument("--limit", type=int, help="at most this many programs (or devices) per group")
+    prevalence.add_argument(
+        "--publish-known",
+        action="store_true",
+        help="write the group's common programs into the deployment's configuration of the component "
+        "(FleetKnownExecutables): a new device knows them from its first hour",
+    )
+    prevalence.add_argument(
+        "--known-share",
+        type=float,
+        default=DEFAULT_KNOWN_SHARE,
+        metavar="PERCENT",
+        help="--publish-known: programs on at least this share of the group's devices "
+        f"({DEFAULT_KNOWN_SHARE:g}; 50 to 100)",
+    )
+    prevalence.add_argument(
+        "--known-after",
+        type=int,
+        default=DEFAULT_KNOWN_AFTER,
+        metavar="SECONDS",
+        help=f"--publish-known: ...for at least this long ({DEFAULT_KNOWN_AFTER}: a week)",
+    )
+    prevalence.add_argument("--component", default=COMPONENT_NAME, help=f"component name ({COMPONENT_NAME})")
+    prevalence.add_argument(
+        "--dry-run", action="store_true", help="--publish-known: print the deployment it would make"
+    )
 
 
 def options_from_args(args: argparse.Namespace) -> tuple[CloudOptions, Profile]:
@@ -172,16 +288,31 @@ def options_from_args(args: argparse.Namespace) -> tuple[CloudOptions, Profile]:
         quarantine_policy=getattr(args, "quarantine_policy", True),
         fleet=getattr(args, "fleet", "on") == "on",
         fleet_alarm_threshold=getattr(args, "fleet_alarm_threshold", DEFAULT_FLEET_ALARM_THRESHOLD),
+        silent_check=_on_off(getattr(args, "silent_check", None)),
+        silent_after=getattr(args, "silent_after", DEFAULT_SILENT_AFTER),
+        silent_every=getattr(args, "silent_every", DEFAULT_SILENT_EVERY),
+        prevalence=getattr(args, "prevalence", "on") == "on",
+        rare_devices=getattr(args, "rare_devices", DEFAULT_RARE_DEVICES),
+        rare_share=getattr(args, "rare_share", DEFAULT_RARE_SHARE),
+        rare_min_group=getattr(args, "rare_min_group", DEFAULT_RARE_MIN_GROUP),
     )
     return opts, profile
 
 
+def _on_off(value: Optional[str]) -> Optional[bool]:
+    return None if value is None else value == "on"
+
+
 def _simple_options(args: argparse.Namespace) -> CloudOptions:
-    """The options of ``status`` and ``release``: no profile, no deployment."""
+    """The options of ``status``, ``release`` and ``prevalence``: no profile, no deployment."""
+    from ddcustom import COMPONENT_NAME
+
     return CloudOptions(
         region=args.region or default_region(),
         stack=getattr(args, "stack", DEFAULT_STACK),
         quarantine_group=getattr(args, "quarantine_group", ""),
+        thing_group=getattr(args, "thing_group", None) or DEFAULT_THING_GROUP,
+        component=getattr(args, "component", COMPONENT_NAME),
     )
 
 
@@ -229,7 +360,7 @@ def run_cloud(
     from ddcustom.tooling.cloud.steps import error_code
 
     try:
-        if args.cloud_command in ("status", "release"):
+        if args.cloud_command in ("status", "release", "prevalence"):
             opts, profile = _simple_options(args), None
         else:
             opts, profile = options_from_args(args)
@@ -305,7 +436,7 @@ def _run(
         from ddcustom.tooling.cloud.steps import error_code
 
         try:
-            status = fleet_status(aws, args.thing_group, args.behavior, time.time())
+            status = fleet_status(aws, args.thing_group, args.behavior, time.time(), args.silent_after)
         except ClientError as exc:
             if error_code(exc) not in NO_INDEX:
                 raise
@@ -319,6 +450,8 @@ def _run(
         from ddcustom.tooling.cloud.release import release
 
         return release(aws, opts, args.thing, out)
+    if args.cloud_command == "prevalence":
+        return _prevalence(args, opts, aws, out)
     assert profile is not None
     identity = aws("sts").get_caller_identity()
     env = Env(account=identity["Account"], region=opts.region, partition=identity["Arn"].split(":")[1])
@@ -331,6 +464,24 @@ def _run(
     if args.cloud_command == "teardown":
         return runner.teardown(steps, aws, out, dry_run=args.dry_run)
     return runner.setup(steps, aws, out, dry_run=args.dry_run)
+
+
+def _prevalence(args: argparse.Namespace, opts: CloudOptions, aws: Any, out: TextIO) -> int:
+    from botocore.exceptions import ClientError
+
+    from ddcustom.tooling.cloud.clients import dynamodb_table
+    from ddcustom.tooling.cloud.prevalence_commands import run_prevalence
+    from ddcustom.tooling.cloud.steps import error_code
+
+    try:
+        return run_prevalence(aws, dynamodb_table(opts.region, opts.prevalence_table), opts, args, out)
+    except ClientError as exc:
+        if error_code(exc) != "ResourceNotFoundException" or exc.operation_name not in ("Query", "GetItem"):
+            raise
+        raise OptionError(
+            f"no prevalence table {opts.prevalence_table} in {opts.region}: `ddcustom cloud setup` makes it "
+            "(--prevalence on; give the same --stack)"
+        ) from None
 
 
 def _partition(region: str) -> str:

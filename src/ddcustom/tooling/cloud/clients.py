@@ -26,3 +26,12 @@ def client_factory(region: str) -> Clients:
         return cache[service]
 
     return get
+
+
+def dynamodb_table(region: str, name: str) -> Any:
+    """A DynamoDB table (boto3's Table resource: plain values in and out), with the same retries."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(region_name=region, retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS})
+    return boto3.Session(region_name=region).resource("dynamodb", config=config).Table(name)

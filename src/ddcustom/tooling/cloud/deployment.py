@@ -19,6 +19,9 @@ NUCLEUS = "aws.greengrass.Nucleus"
 # The recipe's access control uses {iot:thingName}: nucleus >= 2.6.0 with this option (docs/packaging.md).
 MIN_NUCLEUS = (2, 6, 0)
 NUCLEUS_MERGE = {"interpolateComponentConfiguration": True}
+# The group's common programs, written by `ddcustom cloud prevalence --publish-known` (docs/fleet.md).
+# Setup keeps it when it writes the component's merge configuration again.
+FLEET_KNOWN_KEY = "FleetKnownExecutables"
 # GetDeployment fields that CreateDeployment takes as they are: a new revision keeps them.
 CARRIED_FIELDS = ("deploymentPolicies", "iotJobConfiguration")
 
@@ -37,12 +40,7 @@ class DeploymentStep(Step):
         self.carried: dict[str, Any] = {}  # CARRIED_FIELDS of the group's latest deployment
 
     def _latest(self, aws: Clients) -> Optional[dict[str, Any]]:
-        greengrass = aws("greengrassv2")
-        found = greengrass.list_deployments(targetArn=self.group_arn, historyFilter="LATEST_ONLY")
-        deployments = found.get("deployments", [])
-        if not deployments:
-            return None
-        return dict(greengrass.get_deployment(deploymentId=deployments[0]["deploymentId"]))
+        return latest_deployment(aws, self.group_arn)
 
     def _newest_nucleus(self, aws: Clients) -> str:
         versions = aws("greengrassv2").list_component_versions(arn=self.nucleus_arn, maxResults=1)
@@ -80,7 +78,11 @@ class DeploymentStep(Step):
         nucleus_update = dict(nucleus.get("configurationUpdate", {}))
         nucleus_merge = {**json.loads(nucleus_update.get("merge") or "{}"), **NUCLEUS_MERGE}
         nucleus_update["merge"] = json.dumps(nucleus_merge, sort_keys=True)
-        merge = json.dumps(self.opts.merge_configuration, sort_keys=True)
+        wanted = dict(self.opts.merge_configuration)
+        published = _merge_of(current.get(self.opts.component, {}))
+        if FLEET_KNOWN_KEY in published and FLEET_KNOWN_KEY not in wanted:
+            wanted[FLEET_KNOWN_KEY] = published[FLEET_KNOWN_KEY]  # --publish-known's, kept
+        merge = json.dumps(wanted, sort_keys=True)
         return {
             **current,
             NUCLEUS: {**nucleus, "componentVersion": nucleus_version, "configurationUpdate": nucleus_update},
@@ -126,6 +128,80 @@ class DeploymentStep(Step):
             **_carried(latest),
         }
         return [Call("greengrassv2", "CreateDeployment", params)]
+
+
+def latest_deployment(aws: Clients, group_arn: str) -> Optional[dict[str, Any]]:
+    """The thing group's current deployment (GetDeployment), or None."""
+    greengrass = aws("greengrassv2")
+    found = greengrass.list_deployments(targetArn=group_arn, historyFilter="LATEST_ONLY")
+    deployments = found.get("deployments", [])
+    if not deployments:
+        return None
+    return dict(greengrass.get_deployment(deploymentId=deployments[0]["deploymentId"]))
+
+
+def _merge_of(spec: dict[str, Any]) -> dict[str, Any]:
+    merge = json.loads(spec.get("configurationUpdate", {}).get("merge") or "{}")
+    return merge if isinstance(merge, dict) else {}
+
+
+class KnownExecutablesStep(Step):
+    """``FleetKnownExecutables`` in the merge configuration of the component in the group's current
+    deployment: a new revision with that one key changed, everything else (other components, policies,
+    tags) as it is. Refused when the deployed version of the component does not declare the key in its
+    recipe's default configuration: the component refuses a configuration with a key it does not know."""
+
+    def __init__(self, opts: CloudOptions, env: Env, group_arn: str, known: list[str]) -> None:
+        self.opts, self.env, self.group_arn, self.known = opts, env, group_arn, sorted(known)
+        self.label = (
+            f"{FLEET_KNOWN_KEY} ({len(self.known)} SHA-256) in the deployment of {opts.component} to "
+            f"{opts.thing_group}"
+        )
+        self.params: Optional[dict[str, Any]] = None  # set by check()
+
+    def check(self, aws: Clients) -> Status:
+        latest = latest_deployment(aws, self.group_arn)
+        components = dict(latest.get("components", {})) if latest else {}
+        spec = components.get(self.opts.component)
+        if latest is None or spec is None:
+            raise Conflict(
+                f"the thing group {self.opts.thing_group} has no deployment of {self.opts.component}: "
+                "deploy it first (`ddcustom cloud setup`)"
+            )
+        version = str(spec.get("componentVersion"))
+        self._check_recipe(aws, version)
+        merge = _merge_of(spec)
+        if merge.get(FLEET_KNOWN_KEY) == self.known:
+            return Status.PRESENT
+        update = {**spec.get("configurationUpdate", {})}
+        update["merge"] = json.dumps({**merge, FLEET_KNOWN_KEY: self.known}, sort_keys=True)
+        components[self.opts.component] = {**spec, "configurationUpdate": update}
+        self.params = {
+            "targetArn": self.group_arn,
+            "deploymentName": latest.get("deploymentName") or self.opts.deployment_name,
+            "components": components,
+            **_carried(latest),
+        }
+        if latest.get("tags"):
+            self.params["tags"] = dict(latest["tags"])
+        return Status.CHANGED
+
+    def _check_recipe(self, aws: Clients, version: str) -> None:
+        arn = self.env.arn("greengrass", f"components:{self.opts.component}:versions:{version}")
+        found = aws("greengrassv2").get_component(arn=arn, recipeOutputFormat="JSON")
+        recipe = json.loads(found["recipe"])
+        defaults = recipe.get("ComponentConfiguration", {}).get("DefaultConfiguration", {})
+        if FLEET_KNOWN_KEY not in defaults:
+            raise Conflict(
+                f"{self.opts.component} {version}, deployed to {self.opts.thing_group}, does not read "
+                f"{FLEET_KNOWN_KEY} (its recipe's default configuration lacks it): it would refuse the "
+                "configuration. Deploy a version that reads it first; nothing was changed"
+            )
+
+    def create(self) -> list[Call]:
+        if self.params is None:
+            raise RuntimeError("KnownExecutablesStep.create() before check()")
+        return [Call("greengrassv2", "CreateDeployment", self.params)]
 
 
 def _carried(deployment: Optional[dict[str, Any]]) -> dict[str, Any]:

@@ -14,7 +14,8 @@ import copy
 import json
 from typing import Any, Optional
 
-from ddcustom.tooling.cloud.options import FLEET_SHADOW, CloudOptions
+from ddcustom.tooling.cloud.fleet_index import FLEET_SHADOW, INDEX, QUERY_VERSION, REPORTED, quoted
+from ddcustom.tooling.cloud.options import CloudOptions
 from ddcustom.tooling.cloud.steps import (
     Call,
     Clients,
@@ -28,7 +29,6 @@ from ddcustom.tooling.cloud.steps import (
     _tag_list,
 )
 
-REPORTED = f"shadow.name.{FLEET_SHADOW}.reported."
 # Typed fields for the fleet metrics' aggregation and for queries on the shadow (docs/fleet.md).
 CUSTOM_FIELDS = (
     {"name": REPORTED + "alarmCount", "type": "Number"},
@@ -37,17 +37,10 @@ CUSTOM_FIELDS = (
 )
 MODE_ORDER = ("OFF", "REGISTRY", "REGISTRY_AND_SHADOW")
 MAX_SHADOW_NAMES = 10  # the default quota of named shadows in the indexing filter
-INDEX = "AWS_Things"
-QUERY_VERSION = "2017-09-30"
 METRIC_PERIOD = 300  # seconds between fleet metric emissions, as the devices' report interval
 METRIC_NAMESPACE = "IoTFleetMetrics"  # where IoT puts fleet metrics in CloudWatch
 EMPTY_CONFIGURATION: dict[str, Any] = {"thingIndexingMode": "OFF"}
 MODE_KEYS = ("thingIndexingMode", "namedShadowIndexingMode")
-
-
-def quoted(value: str) -> str:
-    """A query value in double quotes (thing group names may hold ':')."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 # ---- fleet indexing ----

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ddcustom import COMPONENT_NAME, __version__
+from ddcustom.tooling.cloud.fleet_index import FLEET_SHADOW as FLEET_SHADOW
 
 TAG_KEY = "ddcustom:stack"
 DEFAULT_STACK = "ddcustom"
@@ -26,7 +27,20 @@ MAX_NAME = 128  # security profile names
 # a person decides. docs/deploying.md says the same.
 DEFAULT_QUARANTINE_BEHAVIORS = ("miner-processes", "mining-pool-connections", "gpu-unknown-processes")
 DEFAULT_FLEET_ALARM_THRESHOLD = "5"  # devices in alarm at once; "N%" for a share of the reporting fleet
-FLEET_SHADOW = "ddcustom"  # the named shadow the component keeps current (docs/fleet.md)
+# The silent-device check: three missed hourly heartbeats. At least two (one missed heartbeat is a
+# reconnect), at most a week (later is no detector); runs every 15 minutes, between 5 and 60.
+DEFAULT_SILENT_AFTER = 3 * 3600
+SILENT_AFTER_RANGE = (2 * 3600, 7 * 86400)
+DEFAULT_SILENT_EVERY = 15
+SILENT_EVERY_RANGE = (5, 60)
+# Rare programs (docs/fleet.md says why): on at most 2 devices, or under 1 % of them, in a group of at
+# least 20 devices that report their inventory.
+DEFAULT_RARE_DEVICES = 2
+DEFAULT_RARE_SHARE = 1.0
+DEFAULT_RARE_MIN_GROUP = 20
+# `ddcustom cloud prevalence --publish-known`: programs on half of the group's devices for a week.
+DEFAULT_KNOWN_SHARE = 50.0
+DEFAULT_KNOWN_AFTER = 7 * 86400
 
 _STACK_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,31}$")
 _GROUP_RE = re.compile(r"^[a-zA-Z0-9:_-]{1,128}$")
@@ -58,6 +72,13 @@ class CloudOptions:
     quarantine_policy: bool = False  # the IoT policy on the quarantine group
     fleet: bool = True  # fleet indexing of the named shadow, fleet metrics, the fleet alarm
     fleet_alarm_threshold: str = DEFAULT_FLEET_ALARM_THRESHOLD
+    silent_check: Optional[bool] = None  # None: on when the fleet views are
+    silent_after: int = DEFAULT_SILENT_AFTER
+    silent_every: int = DEFAULT_SILENT_EVERY  # minutes between two runs of the check
+    prevalence: bool = True  # the inventory rule, the prevalence function and table, rare-program alerts
+    rare_devices: int = DEFAULT_RARE_DEVICES
+    rare_share: float = DEFAULT_RARE_SHARE  # percent of the group's reporting devices
+    rare_min_group: int = DEFAULT_RARE_MIN_GROUP
 
     def __post_init__(self) -> None:
         if not _STACK_RE.match(self.stack):
@@ -85,8 +106,35 @@ class CloudOptions:
                     f"--quarantine-behaviors {behavior!r}: expected 1-128 of letters, digits, ':', '_', '-'"
                 )
         self.fleet_threshold()  # refuses a bad value now, before any call
+        self._check_silent()
+        self._check_rare()
         if self.quarantine:
             self.alert_topic_thing_level()
+
+    def _check_silent(self) -> None:
+        low, high = SILENT_AFTER_RANGE
+        if not low <= self.silent_after <= high:
+            raise OptionError(
+                f"--silent-after {self.silent_after}: expected {low} to {high} seconds (the component "
+                "updates its shadow at least hourly: less than two hours would flag healthy devices)"
+            )
+        low, high = SILENT_EVERY_RANGE
+        if not low <= self.silent_every <= high:
+            raise OptionError(f"--silent-every {self.silent_every}: expected {low} to {high} minutes")
+        if self.silent_check and not self.fleet:
+            raise OptionError("--silent-check on needs the fleet index of the shadow: use --fleet on")
+
+    def _check_rare(self) -> None:
+        if not 1 <= self.rare_devices <= 1000:
+            raise OptionError(f"--rare-devices {self.rare_devices}: expected 1 to 1000 devices")
+        if not 0 <= self.rare_share <= 50:
+            raise OptionError(f"--rare-share {self.rare_share:g}: expected a percentage from 0 to 50")
+        if not 2 <= self.rare_min_group <= 1_000_000:
+            raise OptionError(f"--rare-min-group {self.rare_min_group}: expected 2 to 1000000 devices")
+
+    @property
+    def silent_check_on(self) -> bool:
+        return self.fleet if self.silent_check is None else self.silent_check
 
     # ---- names derived from the stack (teardown finds them again from the same options) ----
     @property
@@ -162,6 +210,43 @@ class CloudOptions:
     def indexing_record(self) -> str:
         """SSM parameter that records what setup added to the account's fleet indexing configuration."""
         return f"/ddcustom/{self.stack}/fleet-indexing-added"
+
+    @property
+    def schedule_group(self) -> str:
+        """The EventBridge Scheduler group that holds the stack's schedules (and carries its tag)."""
+        return self.stack
+
+    @property
+    def silent_function(self) -> str:
+        return f"{self.stack}-silent-devices"
+
+    @property
+    def silent_function_role(self) -> str:
+        return f"{self.stack}-silent-devices-function"
+
+    @property
+    def silent_schedule_role(self) -> str:
+        return f"{self.stack}-silent-devices-schedule"
+
+    @property
+    def prevalence_function(self) -> str:
+        return f"{self.stack}-prevalence"
+
+    @property
+    def prevalence_function_role(self) -> str:
+        return f"{self.stack}-prevalence-function"
+
+    @property
+    def prevalence_schedule_role(self) -> str:
+        return f"{self.stack}-prevalence-schedule"
+
+    @property
+    def prevalence_table(self) -> str:
+        return f"{self.stack}-prevalence"
+
+    @property
+    def inventory_rule(self) -> str:
+        return self.stack.replace("-", "_") + "_inventory"
 
     @property
     def tags(self) -> dict[str, str]:

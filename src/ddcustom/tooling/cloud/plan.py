@@ -9,15 +9,18 @@ from ddcustom.tooling.cloud import policies
 from ddcustom.tooling.cloud.behaviors import cloud_behaviors
 from ddcustom.tooling.cloud.deployment import DeploymentStep
 from ddcustom.tooling.cloud.fleet import FleetAlarmStep, FleetMetricStep, IndexingStep
-from ddcustom.tooling.cloud.options import FLEET_SHADOW, CloudOptions
+from ddcustom.tooling.cloud.fleet_index import REPORTED
+from ddcustom.tooling.cloud.lambda_steps import IOT_SERVICE
+from ddcustom.tooling.cloud.options import CloudOptions
+from ddcustom.tooling.cloud.prevalence_steps import prevalence_steps
 from ddcustom.tooling.cloud.quarantine_steps import (
     IotPolicyAttachmentStep,
     IotPolicyStep,
-    LambdaFunctionStep,
-    LambdaPermissionStep,
-    LogGroupStep,
     policy_owner_sid,
+    quarantine_steps,
 )
+from ddcustom.tooling.cloud.schedule_steps import ScheduleGroupStep
+from ddcustom.tooling.cloud.silent_steps import silent_steps
 from ddcustom.tooling.cloud.steps import (
     CustomMetricStep,
     EmailSubscriptionStep,
@@ -37,8 +40,6 @@ from ddcustom.tooling.cloud.steps import (
 if TYPE_CHECKING:
     from ddcustom.device.detect.profile import Profile
 
-IOT_SERVICE = "iot.amazonaws.com"
-LAMBDA_SERVICE = "lambda.amazonaws.com"
 TOKEN_EXCHANGE_HINT = (
     "the Greengrass installer creates it with --provision true; name yours with --token-exchange-role"
 )
@@ -106,19 +107,25 @@ def build_steps(opts: CloudOptions, env: Env, profile: Profile) -> tuple[list[St
         )
         steps += [IotPolicyStep(opts, document), IotPolicyAttachmentStep(opts, quarantine_arn)]
     if opts.fleet:
-        reported = f"shadow.name.{FLEET_SHADOW}.reported"
         steps += [
             IndexingStep(opts),
             FleetMetricStep(
-                opts, opts.fleet_metric_in_alarm, f"{reported}.inAlarm:true", "ddcustom devices in alarm"
+                opts, opts.fleet_metric_in_alarm, f"{REPORTED}inAlarm:true", "ddcustom devices in alarm"
             ),
             FleetMetricStep(
-                opts, opts.fleet_metric_reporting, f"{reported}.alarmCount>=0", "ddcustom devices reporting"
+                opts, opts.fleet_metric_reporting, f"{REPORTED}alarmCount>=0", "ddcustom devices reporting"
             ),
             FleetAlarmStep(opts, topic.topic_arn),
         ]
+    if opts.silent_check_on or opts.prevalence:
+        steps.append(ScheduleGroupStep(opts, env))
+    if opts.silent_check_on:
+        steps += silent_steps(opts, env, topic.topic_arn)
+    if opts.prevalence:
+        steps += prevalence_steps(opts, env, topic.topic_arn)
     if opts.detect:
-        behaviors, notes = cloud_behaviors(profile)
+        behaviors, detect_notes = cloud_behaviors(profile)
+        notes += detect_notes
         steps += [CustomMetricStep(opts, m.name, m.cloud_type, m.description) for m in CUSTOM_METRICS]
         steps += [
             SecurityProfileStep(opts, behaviors, topic.topic_arn, iot_role_arn),
@@ -137,39 +144,3 @@ def build_steps(opts: CloudOptions, env: Env, profile: Profile) -> tuple[list[St
         ]
     steps.append(DeploymentStep(opts, env, group_arn))
     return steps, notes
-
-
-def quarantine_steps(opts: CloudOptions, env: Env) -> list[Step]:
-    """The quarantine function, its role and log group, and the rule that feeds it the in-alarm alerts
-    of the quarantine behaviors with the thing named by the topic (``topicThing``)."""
-    log_group = LogGroupStep(opts, env)
-    role_arn = env.arn("iam", f"role/{opts.quarantine_function_role}", regional=False)
-    function_arn = env.arn("lambda", f"function:{opts.quarantine_function}")
-    behaviors = " OR ".join(f"behavior.name = '{name}'" for name in opts.quarantine_behaviors)
-    sql = (
-        f"SELECT *, topic({opts.alert_topic_thing_level()}) AS topicThing FROM '{opts.alert_topic_filter()}' "
-        f"WHERE violationEventType = 'in-alarm' AND ({behaviors})"
-    )
-    return [
-        log_group,
-        RoleStep(
-            opts,
-            opts.quarantine_function_role,
-            policies.service_trust_policy(LAMBDA_SERVICE),
-            "quarantine",
-            policies.quarantine_function_policy(
-                env.arn("iot", f"thinggroup/{opts.quarantine_group_name}"),
-                env.arn("iot", "thing/*"),
-                log_group.arn,
-            ),
-        ),
-        LambdaFunctionStep(opts, role_arn),
-        LambdaPermissionStep(opts, env),
-        TopicRuleStep(
-            opts,
-            opts.quarantine_rule,
-            sql,
-            [{"lambda": {"functionArn": function_arn}}],
-            "in-alarm alerts of the quarantine behaviors to the quarantine function",
-        ),
-    ]

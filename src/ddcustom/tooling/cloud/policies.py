@@ -72,24 +72,70 @@ def service_trust_policy(service: str) -> dict:
     }
 
 
-def quarantine_function_policy(group_arn: str, things_arn: str, log_group_arn: str) -> dict:
-    """What the quarantine function needs and nothing more: look up and record on things, add them to the
-    one quarantine group, write to its own log group (setup creates the group, so no CreateLogGroup)."""
+def function_policy(statements: list[dict[str, Any]], log_group_arn: str) -> dict:
+    """A function's execution role: ``statements`` and writing to its own log group, nothing more (setup
+    creates the log group, so no logs:CreateLogGroup)."""
+    logs = {
+        "Effect": "Allow",
+        "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+        "Resource": f"{log_group_arn}:*",
+    }
+    return {"Version": VERSION, "Statement": [*statements, logs]}
+
+
+def quarantine_statements(group_arn: str, things_arn: str) -> list[dict[str, Any]]:
+    """The quarantine function: look up and record on things, add them to the one quarantine group."""
+    return [
+        {"Effect": "Allow", "Action": "iot:AddThingToThingGroup", "Resource": [group_arn, things_arn]},
+        {
+            "Effect": "Allow",
+            "Action": ["iot:ListThingGroupsForThing", "iot:UpdateThing"],
+            "Resource": things_arn,
+        },
+    ]
+
+
+def silent_statements(index_arn: str, things_arn: str, topic_arn: str) -> list[dict[str, Any]]:
+    """The silent-device check: query the fleet index, read and mark things, publish to the alert topic."""
+    return [
+        {"Effect": "Allow", "Action": "iot:SearchIndex", "Resource": index_arn},
+        {"Effect": "Allow", "Action": ["iot:DescribeThing", "iot:UpdateThing"], "Resource": things_arn},
+        {"Effect": "Allow", "Action": "sns:Publish", "Resource": topic_arn},
+    ]
+
+
+def prevalence_statements(
+    table_arn: str, things_arn: str, topic_arn: str, deployments_arn: str
+) -> list[dict[str, Any]]:
+    """The prevalence function: its table and its indexes, the thing groups of a thing (membership),
+    the group's Greengrass deployment (which components a deployment placed), the alert topic."""
+    return [
+        {
+            "Effect": "Allow",
+            "Action": [
+                "dynamodb:GetItem",
+                "dynamodb:PutItem",
+                "dynamodb:UpdateItem",
+                "dynamodb:DeleteItem",
+                "dynamodb:Query",
+                "dynamodb:BatchGetItem",
+                "dynamodb:BatchWriteItem",
+            ],
+            "Resource": [table_arn, f"{table_arn}/index/*"],
+        },
+        {"Effect": "Allow", "Action": "iot:ListThingGroupsForThing", "Resource": things_arn},
+        # ListDeployments takes no resource-level permission; GetDeployment takes the deployment.
+        {"Effect": "Allow", "Action": "greengrass:ListDeployments", "Resource": "*"},
+        {"Effect": "Allow", "Action": "greengrass:GetDeployment", "Resource": deployments_arn},
+        {"Effect": "Allow", "Action": "sns:Publish", "Resource": topic_arn},
+    ]
+
+
+def invoke_policy(function_arn: str) -> dict:
+    """What EventBridge Scheduler needs to run one function, and nothing more."""
     return {
         "Version": VERSION,
-        "Statement": [
-            {"Effect": "Allow", "Action": "iot:AddThingToThingGroup", "Resource": [group_arn, things_arn]},
-            {
-                "Effect": "Allow",
-                "Action": ["iot:ListThingGroupsForThing", "iot:UpdateThing"],
-                "Resource": things_arn,
-            },
-            {
-                "Effect": "Allow",
-                "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
-                "Resource": f"{log_group_arn}:*",
-            },
-        ],
+        "Statement": [{"Effect": "Allow", "Action": "lambda:InvokeFunction", "Resource": function_arn}],
     }
 
 

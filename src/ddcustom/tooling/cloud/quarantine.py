@@ -1,10 +1,11 @@
 """Quarantine handler: puts the thing of an in-alarm alert into the quarantine thing group.
 
 ``ddcustom cloud setup`` deploys this file as an AWS Lambda function (handler ``quarantine.handler``),
-with the package's alert (``ddcustom.device.detect.events``) beside it; it needs only the standard library and
-boto3, which Lambda provides. It sits behind an IoT rule on the alert topic (``ddcustom/+/alerts``): the
-rule selects the in-alarm alerts of the quarantine behaviors and adds ``topicThing``, the thing named by
-the MQTT topic, which the device's IoT policy ties to its own identity. An alert is read as the
+with the package's alert (``ddcustom.device.detect.events``) and the handlers' helpers (lambda_common.py)
+beside it; it needs only the standard library and boto3, which Lambda provides. It sits behind an IoT
+rule on the alert topic (``ddcustom/+/alerts``): the rule selects the in-alarm alerts of the quarantine
+behaviors and adds ``topicThing``, the thing named by the MQTT topic, which the device's IoT policy ties
+to its own identity. An alert is read as the
 component wrote it (``ViolationEvent.from_json``); one that is not an alert is ignored, logged.
 
 The handler
@@ -27,6 +28,7 @@ import time
 from typing import Any, Optional
 
 from ddcustom.device.detect.events import IN_ALARM, ViolationEvent
+from ddcustom.tooling.cloud.lambda_common import error_code
 
 DEFAULT_GROUP = "ddcustom-quarantine"
 # One thing attribute holds the record: "at=<UTC time>,behavior=<name>,violation=<violationId>".
@@ -94,7 +96,7 @@ def _quarantine(iot: Any, data: Any, group: str, behaviors: set[str]) -> tuple[s
     try:
         iot.add_thing_to_thing_group(thingGroupName=group, thingName=thing)
     except Exception as exc:
-        if _code(exc) == "ResourceNotFoundException":
+        if error_code(exc) == "ResourceNotFoundException":
             message = (
                 f"cannot quarantine {thing}: the thing group {group} does not exist (deleted by hand?); "
                 "run `ddcustom cloud setup` again to recreate it"
@@ -131,13 +133,8 @@ def _record(iot: Any, thing: str, behavior: str, violation: Any) -> None:
     try:
         iot.update_thing(thingName=thing, attributePayload=payload)
     except Exception as exc:
-        if _code(exc) != "InvalidRequestException":
+        if error_code(exc) != "InvalidRequestException":
             raise
         # e.g. a thing without a thing type that already has its maximum of attributes: quarantine it
         # all the same; the log keeps the reason.
         log.warning("could not record the quarantine on %s (%s); quarantining it all the same", thing, exc)
-
-
-def _code(exc: Exception) -> str:
-    response = getattr(exc, "response", None)
-    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
