@@ -1,5 +1,6 @@
 """The fleet inventory: what of the baseline it names, when it publishes, in messages the cloud's schema
-takes, through failures and restarts; and under the stand-in nucleus, through the recipe's grant."""
+and prevalence function take, through failures and restarts; and under the stand-in nucleus, through the
+recipe's grant."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from ddcustom.device.outputs.inventory import (
 from ddcustom.device.sample import ProcessInfo, ProcessStats, Sample
 from ddcustom.device.sources.identity import IdentityReader, identity_key
 from ddcustom.device.sources.process_details import ProcessDetails
+from ddcustom.tooling.cloud.inventory import parse
 from support.fakes import RecordingSink
 from support.greengrass import THING, Component
 from support.helpers import ROOT, poll
@@ -39,7 +41,14 @@ T0 = 1_800_000_000.0  # a wall-clock time; the publisher's monotonic times start
 
 
 def valid(message: dict[str, Any]) -> dict[str, Any]:
+    """``message``, checked against the schema and read by the cloud's prevalence function as it is."""
     jsonschema.validate(message, SCHEMA)
+    read = parse(message)
+    assert (read.thing, read.seq, len(read.identities)) == (
+        message["thingName"],
+        message["seq"],
+        len(message["identities"]),
+    )
     return message
 
 

@@ -39,6 +39,14 @@ NOT_FOUND = "ResourceNotFoundException"
 COMPONENT = "com.awsiotblog.DeviceDefenderCustom"
 DEPLOYED = {
     **KEPT_COMPONENTS,
+    COMPONENT: {
+        "componentVersion": "1.0.0",
+        "configurationUpdate": {"merge": '{"EnableGPUMetrics": true, "FleetInventory": true}'},
+    },
+}
+# The same, as a setup with --prevalence off deploys it (the devices send no inventory).
+DEPLOYED_WITHOUT_INVENTORY = {
+    **KEPT_COMPONENTS,
     COMPONENT: {"componentVersion": "1.0.0", "configurationUpdate": {"merge": '{"EnableGPUMetrics": true}'}},
 }
 REPORTED = "shadow.name.ddcustom.reported."
@@ -263,6 +271,7 @@ def test_cloud_fleet_setup_twice_then_teardown(aws: None) -> None:
     assert document["Statement"][0]["NotResource"] == [
         f"arn:aws:iot:{REGION}:{ACCOUNT}:topic/$aws/things/${{iot:ClientId}}/*",
         f"arn:aws:iot:{REGION}:{ACCOUNT}:topic/ddcustom/${{iot:ClientId}}/alerts",
+        f"arn:aws:iot:{REGION}:{ACCOUNT}:topic/ddcustom/${{iot:ClientId}}/inventory",
     ]
     # the fleet alarm, to the stack's topic
     [alarm] = account.moto["cloudwatch"].describe_alarms(AlarmNames=["ddcustom-fleet-in-alarm"])[
@@ -619,7 +628,9 @@ def test_cloud_quarantine_group_deleted_by_hand(aws: None) -> None:
     account.moto["iot"].delete_thing_group(thingGroupName="ddcustom-quarantine")
 
     expect_component_published(account)
-    expect_latest_deployment(account, "d-ddcustom", DEPLOYED, {"ddcustom:stack": "ddcustom"})
+    expect_latest_deployment(
+        account, "d-ddcustom", DEPLOYED_WITHOUT_INVENTORY, {"ddcustom:stack": "ddcustom"}
+    )
     code, out, err = cloud(account, "setup", "--no-detect", "--fleet", "off", "--prevalence", "off")
     assert (code, err) == (0, "")
     assert "created  IoT thing group ddcustom-quarantine" in out

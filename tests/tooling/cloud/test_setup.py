@@ -8,7 +8,7 @@ import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 from botocore.stub import ANY
@@ -627,6 +627,22 @@ def test_cloud_profile_file_goes_to_the_devices_too(aws: None, tmp_path: Path) -
         "EnableGPUMetrics": True,
         "SecurityProfile": {"name": "strict", "behaviors": behaviors},
     }
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        ((), None),  # --prevalence off: nothing reads inventories
+        (("--prevalence", "on"), True),
+        (("--prevalence", "on", "--merge-config", '{"FleetInventory": false}'), False),
+    ],
+)
+def test_cloud_prevalence_on_turns_the_devices_inventory_on_unless_told_otherwise(
+    aws: None, argv: tuple[str, ...], expected: Optional[bool]
+) -> None:
+    code, err, calls = dry_run(fleet(), *argv)
+    assert (code, err) == (0, "")
+    assert component_merge(calls).get("FleetInventory") is expected
 
 
 def test_cloud_profile_in_the_merge_configuration_names_the_cloud_profile(aws: None) -> None:

@@ -22,6 +22,9 @@ NUCLEUS_MERGE = {"interpolateComponentConfiguration": True}
 # The group's common programs, written by `ddcustom cloud prevalence --publish-known` (docs/fleet.md).
 # Setup keeps it when it writes the component's merge configuration again.
 FLEET_KNOWN_KEY = "FleetKnownExecutables"
+# On with --prevalence on (unless the merge configuration says otherwise): the devices publish their
+# inventory, which the prevalence function reads.
+INVENTORY_KEY = "FleetInventory"
 # GetDeployment fields that CreateDeployment takes as they are: a new revision keeps them.
 CARRIED_FIELDS = ("deploymentPolicies", "iotJobConfiguration")
 
@@ -82,6 +85,8 @@ class DeploymentStep(Step):
         published = _merge_of(current.get(self.opts.component, {}))
         if FLEET_KNOWN_KEY in published and FLEET_KNOWN_KEY not in wanted:
             wanted[FLEET_KNOWN_KEY] = published[FLEET_KNOWN_KEY]  # --publish-known's, kept
+        if self.opts.prevalence:
+            wanted.setdefault(INVENTORY_KEY, True)  # the devices send what prevalence counts
         merge = json.dumps(wanted, sort_keys=True)
         return {
             **current,

@@ -142,7 +142,8 @@ def invoke_policy(function_arn: str) -> dict:
 def quarantine_iot_policy(topic_arn_prefix: str, alert_topic: str, stack_sid: str) -> dict:
     """IoT policy for the quarantine thing group: denies every publish except the device's own reserved
     topics ($aws/things/<thing>/..., where Greengrass deployments (jobs, the deployment shadow), Device
-    Defender reports and shadows travel) and its own alert topic. Subscribe, receive, connect and the
+    Defender reports and shadows travel), its own alert topic and its own fleet inventory (the fleet's
+    prevalence goes on counting what a quarantined device runs). Subscribe, receive, connect and the
     Greengrass data plane (artifact downloads) are left to the device's own policy.
 
     A thing group policy applies only where the MQTT client ID is the thing name, so ``${iot:ClientId}``
@@ -160,6 +161,7 @@ def quarantine_iot_policy(topic_arn_prefix: str, alert_topic: str, stack_sid: st
                 "NotResource": [
                     f"{topic_arn_prefix}$aws/things/${{iot:ClientId}}/*",
                     f"{topic_arn_prefix}{own_alerts}",
+                    f"{topic_arn_prefix}ddcustom/${{iot:ClientId}}/inventory",
                 ],
             }
         ],
