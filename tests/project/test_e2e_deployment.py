@@ -174,9 +174,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
 
 @contextmanager
 def component(deployment: Deployment, nucleus: DevNucleus, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """The recipe's Run step as the nucleus starts it; killed at the end if a test left it running."""
+    """The recipe's Startup step as the nucleus starts it; killed at the end if a test left it running."""
     shutil.rmtree(deployment.work_path / "state", ignore_errors=True)  # report_id and spool: a new device
-    run = deployment.steps(nucleus.configuration)["run"]
+    run = deployment.steps(nucleus.configuration)["startup"]
     with log.open("wb") as output:
         process = start(
             ["sh", "-c", run.script],
@@ -276,7 +276,7 @@ def test_e2e_install_puts_the_artifact_in_a_root_venv_and_reruns_as_a_no_op(depl
     python = venv / "bin" / "python"
     where = subprocess.run(
         [str(python), "-c", "import sys, ddcustom; print(ddcustom.__file__); print(*sys.version_info[:2])"],
-        env=nucleus_environment(deployment, deployment.steps()["run"]),
+        env=nucleus_environment(deployment, deployment.steps()["startup"]),
         capture_output=True,
         text=True,
         timeout=WAIT,

@@ -110,17 +110,20 @@ def test_packaging_linux_manifest_lifecycle(recipe: dict[str, Any]) -> None:
     (manifest,) = recipe["Manifests"]
     assert manifest["Platform"] == {"os": "linux"}
     lifecycle = manifest["Lifecycle"]
-    assert set(lifecycle) == {"Setenv", "Install", "Run"}
-    # Both as root: Install makes a virtual environment only root may change, because Run starts it as
+    assert set(lifecycle) == {"Setenv", "Install", "Startup"}
+    # Both as root: Install makes a virtual environment only root may change, because Startup starts it as
     # root to fork the privileged reader before the component drops to its own user.
-    for phase in ("Install", "Run"):
+    for phase in ("Install", "Startup"):
         assert lifecycle[phase]["RequiresPrivilege"] is True
+    # Startup, not Run: the nucleus waits for the component to report RUNNING (docs/greengrass.md), at most
+    # this long; the component reports it within seconds of its start.
+    assert 60 <= lifecycle["Startup"]["Timeout"] <= 600
     assert 60 <= lifecycle["Install"]["Timeout"] <= 3600
     install = lifecycle["Install"]["Script"]
     assert '"$PY" -m venv "$VENV"' in install and 'HOME_DIR="{kernel:rootPath}/ddcustom"' in install
     assert 'chown root:root "$HOME_DIR"' in install and 'chmod 0755 "$HOME_DIR"' in install
     assert "{artifacts:decompressedPath}/com.awsiotblog.DeviceDefenderCustom" in install
-    assert lifecycle["Run"]["Script"] == (
+    assert lifecycle["Startup"]["Script"] == (
         'exec "{kernel:rootPath}/ddcustom/venv/bin/python" -m ddcustom run '
         '--privileged-reader "{configuration:/PrivilegedReader}"'
     )
@@ -153,13 +156,13 @@ def test_packaging_lifecycle_steps_substitute_recipe_variables(recipe: dict[str,
         thing_name="edge-1",
         kernel_root="/gg",
     )
-    assert set(steps) == {"install", "run"}
+    assert set(steps) == {"install", "startup"}
     assert (
-        steps["run"].script
+        steps["startup"].script
         == 'exec "/gg/ddcustom/venv/bin/python" -m ddcustom run --privileged-reader "true"'
     )
-    assert steps["run"].requires_privilege and steps["install"].requires_privilege
-    assert steps["run"].timeout is None
+    assert steps["startup"].requires_privilege and steps["install"].requires_privilege
+    assert steps["startup"].timeout == recipe["Manifests"][0]["Lifecycle"]["Startup"]["Timeout"]
     assert steps["install"].timeout == recipe["Manifests"][0]["Lifecycle"]["Install"]["Timeout"]
     assert 'SRC="/gg/packages/artifacts-unarchived/c/1.0.0/com.awsiotblog.DeviceDefenderCustom"' in (
         steps["install"].script

@@ -8,7 +8,7 @@ import threading
 from typing import Any, Optional, Union
 
 from ddcustom.device.config import ConfigError, Settings
-from ddcustom.device.detect.events import ViolationEvent
+from ddcustom.device.detect.events import Alert, UncleanStopEvent, ViolationEvent
 from ddcustom.device.outputs.sink import SinkError
 
 
@@ -39,6 +39,7 @@ class RecordingSink:
     def __init__(self) -> None:
         self.reports: list[dict[str, Any]] = []
         self.alerts: list[ViolationEvent] = []
+        self.stops: list[UncleanStopEvent] = []  # unclean-stop alerts, apart from the violations
         self.shadows: list[dict[str, Any]] = []
         self.inventories: list[dict[str, Any]] = []
         self.settings: list[Settings] = []
@@ -56,9 +57,12 @@ class RecordingSink:
         self.reports.append(report)
         return True
 
-    def publish_alert(self, alert: ViolationEvent) -> None:
+    def publish_alert(self, alert: Alert) -> None:
         self._check()
-        self.alerts.append(alert)
+        if isinstance(alert, UncleanStopEvent):
+            self.stops.append(alert)
+        else:
+            self.alerts.append(alert)
 
     def publish_shadow(self, document: dict[str, Any]) -> bool:
         self._check()

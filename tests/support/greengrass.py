@@ -43,12 +43,12 @@ class InProcess:
         self.configuration = GreengrassConfiguration(connection)
         self.sink = GreengrassSink(connection, thing_name)
         self.stop = threading.Event()
-        self.thread = threading.Thread(
-            target=run,
-            args=(self.configuration, self.sink, thing_name, self.stop, connection.wake),
-            daemon=True,
-        )
+        self.status: Optional[int] = None  # the runner's exit status, once it has returned
+        self.thread = threading.Thread(target=self._run, args=(thing_name,), daemon=True)
         self.thread.start()
+
+    def _run(self, thing_name: str) -> None:
+        self.status = run(self.configuration, self.sink, thing_name, self.stop, self.connection.wake)
 
     @property
     def settings(self) -> Optional[Settings]:

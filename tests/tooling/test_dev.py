@@ -81,34 +81,67 @@ def test_devnucleus_dev_prints_reports_takes_typed_merges_and_stops_on_sigterm(t
         assert alive == [], "the component outlived ddcustom dev"
         while not any("states reported: ['RUNNING']" in line for line in stderr.seen):
             stderr.next()
+        assert not any("FAILED" in line for line in stderr.seen)
+    finally:
+        reap(process)
+
+
+def test_devnucleus_dev_shows_a_typed_merge_the_component_refuses_as_a_failed_deployment() -> None:
+    # What an operator gets from a bad merge on a device: the deployment fails before anything applies,
+    # with the component's reason, and the component runs on with its settings.
+    process = dev("--thing", THING)
+    assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+    stdout, stderr = Lines(process.stdout), Lines(process.stderr)
+    try:
+        first = published(stdout, is_report)
+        process.stdin.write(json.dumps({"EnableGPUMetrics": "yes"}) + "\n")
+        process.stdin.flush()
+        while "deployment of the typed merge" not in (line := stderr.next()):
+            pass
+        assert "FAILED (FAILED_NO_STATE_CHANGE)" in line
+        assert "Components reported that their to-be-deployed configuration is invalid" in line
+        assert "configuration key 'EnableGPUMetrics'" in line and '"yes"' in line
+        while "nothing was applied" not in stderr.next():  # the component's own log may come between
+            pass
+        # it runs on, with its settings: a valid merge after it applies and reports at once
+        process.stdin.write(json.dumps({"MaxReportListSize": 50}) + "\n")
+        process.stdin.flush()
+        later = published(stdout, is_report)
+        assert later["header"]["report_id"] > first["header"]["report_id"]
+        assert "gpu_load_per_inference" not in later.get("custom_metrics", {})  # GPU metrics still off
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(WAIT) == 1
+        while not any("1 deployment(s) failed: exit 1" in line for line in stderr.seen):
+            stderr.next()
     finally:
         reap(process)
 
 
 def test_devnucleus_dev_ends_with_the_component_and_reports_its_failure() -> None:
-    # An empty thing name makes the component exit at once with status 1: dev must not wait out --seconds.
+    # An empty thing name makes the component exit at once with status 1: restarted, then BROKEN, and dev
+    # ends without waiting out --seconds.
     process = dev("--thing", "", "--seconds", "300")
     try:
         _out, err = process.communicate(timeout=WAIT)
     finally:
         reap(process)
     assert process.returncode == 1
-    assert "the component exited with status 1" in err
+    assert err.count("the process exited with status 1") == 3
+    assert "the component is BROKEN" in err
+    assert "in broken state after deployment" in err
 
 
-def test_devnucleus_dev_exits_1_when_the_component_reports_errored() -> None:
-    # An invalid merge: the component reports ERRORED and waits for a corrected configuration.
+def test_devnucleus_dev_shows_a_merge_refused_at_start_as_the_deployment_failure_it_would_be() -> None:
+    # The deployment that adds the component with an invalid merge: no component runs to ask first, so it
+    # starts, reports ERRORED, is started again, is BROKEN at the third error, and the deployment fails
+    # and rolls back.
     process = dev("--thing", THING, "--merge", '{"DetectIntervalSeconds": -1}', "--seconds", "300")
-    assert process.stderr is not None and process.stdin is not None
-    stderr = Lines(process.stderr)
     try:
-        while "the component reported ERRORED" not in stderr.next():
-            pass
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(WAIT) == 1
-        while not any("ddcustom dev: the component reported ERRORED: exit 1" in line for line in stderr.seen):
-            stderr.next()
+        _out, err = process.communicate(timeout=WAIT)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(WAIT)
+        reap(process)
+    assert process.returncode == 1
+    assert err.count("the component is ERRORED (the component reported ERRORED") == 2
+    assert "the component is BROKEN" in err
+    assert "with --merge: deployment" in err and "FAILED (FAILED_ROLLBACK_COMPLETE)" in err
+    assert "in broken state after deployment" in err and "rolled back: the component is removed" in err

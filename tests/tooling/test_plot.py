@@ -183,6 +183,14 @@ def test_bad_lines_are_skipped_and_counted() -> None:
     assert parse_history(["[]"]).first_problem == "line 1: not a report or an alert"
 
 
+def test_an_unclean_stop_of_a_run_in_the_history_is_neither_drawn_nor_a_bad_line() -> None:
+    # a local run killed and started again prints its unclean-stop alert between the others
+    stop = {"eventType": "unclean-stop", "eventId": "e", "thingName": "t", "eventTime": 1764650000}
+    lines = record()
+    history = parse_history([*lines[:5], json.dumps({"kind": "alert", "alert": stop}), *lines[5:]])
+    assert history.skipped == 0 and alarm_spans(history) == EXPECTED_ALARMS
+
+
 def test_values_that_are_not_finite_numbers_are_not_plotted() -> None:
     report: dict[str, Any] = {"header": {"report_id": START * 1000}}
     report["custom_metrics"] = {

@@ -57,11 +57,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"ddcustom run: --user: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    started_as_root = os.geteuid() == 0
     started = privileges.start(account, with_reader=args.privileged_reader)
     log.info("other users' processes: %s", privileges.MODES[started.mode])
     machine = Machine(privileged=started.reader)
     if under_greengrass:
-        return run_under_greengrass(config_path=args.config, machine=machine)
+        return run_under_greengrass(config_path=args.config, machine=machine, started_as_root=started_as_root)
     if not args.config:
         log.info("no --config: the default settings (`ddcustom check --config FILE` validates a file)")
     return run_local(load_settings(args.config), args.thing, machine)

@@ -23,7 +23,7 @@ from ddcustom.device.backoff import backoff_delays
 from ddcustom.device.baseline.observer import BaselineObserver
 from ddcustom.device.config import Settings
 from ddcustom.device.detect.engine import Engine
-from ddcustom.device.detect.events import IN_ALARM, ViolationEvent
+from ddcustom.device.detect.events import IN_ALARM, Alert, UncleanStopEvent, ViolationEvent
 from ddcustom.device.fileio import read_bounded, write_atomic
 from ddcustom.device.metrics import BASELINE_METRICS, METRICS
 from ddcustom.device.outputs.inventory import InventoryPublisher
@@ -171,25 +171,41 @@ class Agent:
         for event in events:
             self._raise_alert(event)
 
-    def _raise_alert(self, event: ViolationEvent) -> None:
+    def raise_alert(self, event: Alert) -> None:
+        """Spool an alert raised outside detection (the unclean stop of the last run) and send it with the
+        others, in order, at the next cycle."""
+        self._raise_alert(event)
+
+    def _raise_alert(self, event: Alert) -> None:
         self.counters.alerts_raised += 1
-        log.warning(
-            "%s: behavior %r on %s (value %s)",
-            event.event_type,
-            event.behavior_name,
-            self.thing_name,
-            event.metric_value,
-        )
+        if isinstance(event, UncleanStopEvent):
+            log.error(
+                "%s: the last run of the component on %s did not stop cleanly (%s); detection was down for "
+                "%s s (alert %s)",
+                event.event_type,
+                self.thing_name,
+                event.cause,
+                event.detection_down.get("seconds"),
+                event.event_id,
+            )
+        else:
+            log.warning(
+                "%s: behavior %r on %s (value %s)",
+                event.event_type,
+                event.behavior_name,
+                self.thing_name,
+                event.metric_value,
+            )
         try:
             self._spool.append(event)
         except SpoolError as exc:
             # Larger than the whole spool (a huge list value): still try to deliver it, just not durably.
-            log.error("alert %s could not be spooled (%s); sending it directly", event.violation_id, exc)
+            log.error("alert %s could not be spooled (%s); sending it directly", event.identity[0], exc)
             try:
                 self.sink.publish_alert(event)
                 self.counters.alerts_sent += 1
             except SinkError as send_exc:
-                log.error("alert %s lost: %s", event.violation_id, send_exc)
+                log.error("alert %s lost: %s", event.identity[0], send_exc)
 
     def _send_report(self, sample: Sample) -> None:
         report = self._builder.build(sample, self._last_reported)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import yaml
 
+from ddcustom.device.alerts.stops import MARKER_NAME
 from ddcustom.device.documents import (
     CONTROL_CHARACTERS,
     MAX_DOCUMENT_BYTES,
@@ -69,6 +70,25 @@ class ConfigError(ValueError):
     def __init__(self, *problems: str) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+
+    def summary(self, limit: int) -> str:
+        """The problems as ``ddcustom check`` lists them, in one line of about ``limit`` characters at most:
+        one problem as it is, several counted and joined; those that do not fit are counted at the end."""
+        problems = list(self.problems) or [str(self)]
+        if len(problems) == 1:
+            return shorten(problems[0], max(limit - 30, 1))
+        text = f"{len(problems)} configuration problems: "
+        for index, problem in enumerate(problems):
+            rest = len(problems) - index
+            more = f"; and {rest} more (`ddcustom check` lists them all)"
+            item = problem if index == 0 else f"; {problem}"
+            if len(text) + len(item) + (len(more) if rest > 1 else 0) > limit:
+                if index == 0:  # the first problem is always named, cut short if need be
+                    text += shorten(problem, max(limit - len(text) - len(more) - 30, 1))
+                    more = f"; and {rest - 1} more (`ddcustom check` lists them all)"
+                return text + more
+            text += item
+        return text
 
 
 @dataclass(frozen=True)
@@ -135,6 +155,11 @@ class Settings:
     def report_id_file(self) -> str:
         """The last report_id sent, so a restarted component continues above it."""
         return os.path.join(resolve_state_directory(self.state_directory), "report_id")
+
+    @property
+    def run_marker_file(self) -> str:
+        """Present while detection runs, removed at a clean stop: the next start tells an unclean stop."""
+        return os.path.join(resolve_state_directory(self.state_directory), MARKER_NAME)
 
 
 def resolve_state_directory(configured: str) -> str:
@@ -355,14 +380,14 @@ SCHEMA: dict[str, tuple[Any, _Parser, str, str]] = {
     "LocalAlertTopic": ("ddcustom/alerts", _topic, "local_alert_topic",
         "local pub/sub topic for alerts, for other components"),
     "StateDirectory": ("", _path_or_auto, "state_directory",
-        "alert spool, open alarms and last report id. Automatic: `state/` in the component's work folder "
-        "under Greengrass, `~/.local/state/ddcustom` elsewhere"),
+        "alert spool, open alarms, last report id and the run marker. Automatic: `state/` in the component's "
+        "work folder under Greengrass, `~/.local/state/ddcustom` elsewhere"),
     "FleetShadow": (True, _bool, "fleet_shadow",
         "keep the thing's named shadow `ddcustom` current (its alarms now, on change and hourly), for fleet "
         "indexing and `ddcustom cloud status`"),
     "PrivilegedReader": (True, _bool, "privileged_reader",
-        "started as root (the recipe's Run step is), fork the privileged reader before the component drops "
-        "to its own user, so that it sees other users' processes as root does; `false`: other users' "
+        "started as root (the recipe's Startup step is), fork the privileged reader before the component "
+        "drops to its own user, so that it sees other users' processes as root does; `false`: other users' "
         "processes are known only by what anyone may read. Read when the component starts"),
     "BaselineLearningSeconds": (86400, _int_range(0, 366 * 86400), "baseline_learning_seconds",
         "how long the device learns what it runs and talks to (its baseline) before what it has not seen "

@@ -1,11 +1,13 @@
 """``ddcustom dev``: the component under the stand-in nucleus, showing what it publishes.
 
-The nucleus serves the recipe's configuration (with ``--merge`` applied as a deployment would) and
-enforces its accessControl, so a topic the recipe does not grant fails here as it would on a device.
-The component runs as a child process in a temporary work folder, as Greengrass runs it. Each line of
-JSON typed on stdin is merged into the configuration while it runs, as a new deployment would be.
-Each state the component reports is printed when it arrives. The exit status is 1 when the component
-reported ERRORED (as a device's deployment would fail) or exited with a non-zero status.
+The nucleus serves the recipe's configuration (with ``--merge`` applied, as the deployment that adds the
+component would) and enforces its accessControl, so a topic the recipe does not grant fails here as it
+would on a device. It runs the component as a child process in a temporary work folder under the
+nucleus's lifecycle (devnucleus/service.py): restarted after an error, BROKEN at the third error within
+the error reset time. Each line of JSON typed on stdin is a new deployment merging into the
+configuration: the running component is asked to validate it first, and a refusal is shown as the
+deployment failure it would be, with nothing applied. Every state change and deployment outcome is
+printed as it happens. The exit status is 1 when a deployment failed or the component ended BROKEN.
 """
 
 from __future__ import annotations
@@ -15,17 +17,23 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from typing import Any, Optional, TextIO
 
-from ddcustom.tooling.child import stop_child
 from ddcustom.tooling.devnucleus import DevNucleus, Published, RecipeError
+from ddcustom.tooling.devnucleus.server import DeploymentResult
+from ddcustom.tooling.devnucleus.service import BROKEN, FINISHED, Transition
 
-POLL = 0.2  # seconds between looks at the component and the states it reported
+POLL = 0.2  # seconds between looks at the component
+NOT_CHANGED = {
+    "FAILED_NO_STATE_CHANGE": "nothing was applied: the component keeps its configuration",
+    "FAILED_ROLLBACK_COMPLETE": "rolled back: the previous configuration is restored and the component "
+    "started again with it",
+}
+REMOVED = "rolled back: the component is removed, as it was not on the device before this deployment"
 
 
 def _show(published: Published) -> None:
@@ -37,6 +45,22 @@ def _show(published: Published) -> None:
     print(f"--> {where} {published.topic}\n{json.dumps(body, indent=2)}", flush=True)
 
 
+def _say(text: str) -> None:
+    print(f"ddcustom dev: {text}", file=sys.stderr, flush=True)
+
+
+def _show_transition(transition: Transition) -> None:
+    _say(f"the component is {transition.state} ({transition.reason})")
+
+
+def _show_deployment(result: DeploymentResult, what: str, first: bool = False) -> None:
+    _say(f"{what}: {result.describe()}")
+    if first and result.detailed_status == "FAILED_ROLLBACK_COMPLETE":
+        _say(REMOVED)
+    elif not result.succeeded and result.detailed_status in NOT_CHANGED:
+        _say(NOT_CHANGED[result.detailed_status])
+
+
 def _parse_merge(text: str) -> dict[str, Any]:
     merge = json.loads(text)
     if not isinstance(merge, dict):
@@ -45,16 +69,21 @@ def _parse_merge(text: str) -> dict[str, Any]:
 
 
 def _apply_typed_merges(lines: TextIO, nucleus: DevNucleus) -> None:
-    """Merge each JSON line read from ``lines`` into the configuration, until end of file."""
+    """Deploy each JSON line read from ``lines`` as a merge, until end of file."""
     for line in lines:
         if not line.strip():
             continue
         try:
-            changed = nucleus.update_configuration(_parse_merge(line))
-        except (ValueError, RecipeError) as exc:
-            print(f"ddcustom dev: merge refused: {exc}", file=sys.stderr, flush=True)
+            merge = _parse_merge(line)
+        except ValueError as exc:
+            _say(f"not a merge: {exc}")
             continue
-        print(f"ddcustom dev: configuration changed: {changed or 'nothing'}", file=sys.stderr, flush=True)
+        try:
+            result = nucleus.deploy(merge)
+        except RecipeError as exc:
+            _say(f"deployment refused before it started: {exc}")
+            continue
+        _show_deployment(result, "deployment of the typed merge")
 
 
 def _stdin_is_ours() -> bool:
@@ -69,26 +98,14 @@ def _raise_keyboard_interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _print_new_states(nucleus: DevNucleus, shown: int) -> int:
-    """Print the states reported since the first ``shown``; how many are shown now."""
-    states = nucleus.states
-    for state in states[shown:]:
-        print(f"ddcustom dev: the component reported {state}", file=sys.stderr, flush=True)
-    return len(states)
-
-
-def _wait(child: subprocess.Popen[bytes], nucleus: DevNucleus, seconds: Optional[float]) -> int:
-    """Wait for the component for ``seconds`` (None: until it ends or Ctrl-C), printing the states it
-    reports, then stop it; its exit status."""
-    deadline = None if seconds is None else time.monotonic() + seconds
-    shown = 0
+def _wait(nucleus: DevNucleus, deadline: Optional[float]) -> None:
+    """Until ``deadline`` (None: Ctrl-C), or until the component is down for good (BROKEN, FINISHED)."""
+    service = nucleus.service
     with contextlib.suppress(KeyboardInterrupt):
-        while child.poll() is None and (deadline is None or time.monotonic() < deadline):
-            shown = _print_new_states(nucleus, shown)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(timeout=POLL)
-    _print_new_states(nucleus, shown)
-    return stop_child(child)
+        while deadline is None or time.monotonic() < deadline:
+            if service is None or service.state in (BROKEN, FINISHED):
+                return
+            time.sleep(POLL)
 
 
 def run_dev(args: argparse.Namespace) -> int:
@@ -100,27 +117,44 @@ def run_dev(args: argparse.Namespace) -> int:
         return 2
     # SIGTERM (`timeout`, `kill`) stops the component too, as Ctrl-C does, instead of orphaning it.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    with nucleus, tempfile.TemporaryDirectory(prefix="ddcustom-work-") as work:
+    deadline = time.monotonic() + args.seconds if args.seconds > 0 else None
+    # the nucleus stops the component before its work folder goes
+    with tempfile.TemporaryDirectory(prefix="ddcustom-work-") as work, nucleus:
+        _say(
+            f"stand-in nucleus for {nucleus.component_name} as thing {args.thing!r} (lifecycle step "
+            f'{nucleus.lifecycle_step()!r}); type a JSON merge such as {{"EnableGPUMetrics": true}} and '
+            "Enter to deploy it"
+        )
+        try:
+            first = nucleus.run_component(
+                [sys.executable, "-m", "ddcustom", "run"],
+                cwd=work,
+                on_transition=_show_transition,
+                wait_seconds=max(1.0, deadline - time.monotonic()) if deadline is not None else 3600.0,
+            )
+            what = "the deployment that adds the component" + (" with --merge" if merge else "")
+            _show_deployment(first, what, first=True)
+            if first.succeeded:
+                if _stdin_is_ours():
+                    threading.Thread(
+                        target=_apply_typed_merges, args=(sys.stdin, nucleus), daemon=True
+                    ).start()
+                _wait(nucleus, deadline)
+        except KeyboardInterrupt:
+            pass
+        states = nucleus.states
+        service = nucleus.service
+        final = service.state if service is not None else "not installed"
+        published = len(nucleus.published)
         print(
-            f"stand-in nucleus for {nucleus.component_name} as thing {args.thing!r}; type a JSON merge "
-            'such as {"EnableGPUMetrics": true} and Enter to change the configuration',
+            f"states reported: {states}; {published} messages published; the component is {final}",
             file=sys.stderr,
         )
-        child = subprocess.Popen(
-            [sys.executable, "-m", "ddcustom", "run"],
-            env={**os.environ, **nucleus.env()},
-            cwd=work,
-            stdin=subprocess.DEVNULL,  # stdin is for the merges
-        )
-        if _stdin_is_ours():
-            threading.Thread(target=_apply_typed_merges, args=(sys.stdin, nucleus), daemon=True).start()
-        status = _wait(child, nucleus, args.seconds if args.seconds > 0 else None)
-        states = nucleus.states
-        print(f"states reported: {states}; {len(nucleus.published)} messages published", file=sys.stderr)
-    if status != 0:
-        print(f"ddcustom dev: the component exited with status {status}", file=sys.stderr)
+        failed = [result for result in nucleus.deployments if not result.succeeded]
+    if failed:
+        _say(f"{len(failed)} deployment(s) failed: exit 1")
         return 1
-    if "ERRORED" in states:
-        print("ddcustom dev: the component reported ERRORED: exit 1", file=sys.stderr)
+    if final == BROKEN:
+        _say("the component is BROKEN: exit 1")
         return 1
     return 0

@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from ddcustom.device.detect.events import ViolationEvent
+from ddcustom.device.detect.events import UNCLEAN_STOP, ViolationEvent
 from ddcustom.device.detect.profile import Profile
 from ddcustom.device.metrics import CUSTOM_METRICS
 from ddcustom.device.outputs.report import SHORT_NAMES
@@ -140,7 +140,10 @@ def parse_history(lines: Iterable[str], thing: Optional[str] = None) -> History:
         try:
             item = json.loads(line)
             if isinstance(item, dict) and item.get("kind") == "alert":
-                events.append(_alert(item.get("alert")))
+                alert = item.get("alert")
+                if isinstance(alert, dict) and alert.get("eventType") == UNCLEAN_STOP:
+                    continue  # the last run's unclean stop: no behavior, nothing to draw
+                events.append(_alert(alert))
             elif isinstance(item, dict) and item.get("kind") == "report":
                 topic = item.get("topic")
                 match = TOPIC_THING.fullmatch(topic) if isinstance(topic, str) else None

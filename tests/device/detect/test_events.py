@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from ddcustom.device.alerts.spool import AlertSpool
-from ddcustom.device.detect.events import ViolationEvent
+from ddcustom.device.detect.events import UncleanStopEvent, ViolationEvent, alert_from_json
 from ddcustom.device.outputs.sink import serialise
 
 EVENT = ViolationEvent(
@@ -82,3 +82,64 @@ def test_an_alert_spooled_by_version_1_0_is_replayed_after_an_upgrade(tmp_path: 
     spool = AlertSpool(tmp_path, 1_000_000)
     assert list(spool.pending()) == [("0000000000000007.alert.json", EVENT)]
     assert spool.append(EVENT) == "0000000000000007.alert.json"  # recognised as the same alert
+
+
+# ---- the unclean-stop event ------------------------------------------------------------------------
+
+# Written by hand: the wire form docs/responding.md describes.
+STOP_WIRE = {
+    "eventType": "unclean-stop",
+    "eventId": "9b2f0c1d4e5a6b7c8d9e0f1a2b3c4d5e",
+    "thingName": "cam-42",
+    "eventTime": 1764650060,
+    "source": "device",
+    "cause": "killed-or-crashed",
+    "stopped": {"pid": 4242, "version": "1.0.0", "startedAt": 1764640000, "lastSeenAt": 1764650000},
+    "detectionDown": {"since": 1764650000, "seconds": 60, "exact": False, "heartbeatSeconds": 60.0},
+}
+
+
+def test_an_unclean_stop_reads_back_and_writes_the_same_wire_form() -> None:
+    event = alert_from_json(STOP_WIRE)
+    assert isinstance(event, UncleanStopEvent)
+    assert event.identity == ("9b2f0c1d4e5a6b7c8d9e0f1a2b3c4d5e", "unclean-stop")
+    assert event.to_json() == STOP_WIRE
+    assert alert_from_json(json.loads(WIRE)) == EVENT  # a violation is still read as one
+
+
+def test_an_unclean_stop_is_never_taken_for_a_violation() -> None:
+    # The quarantine rule selects violationEventType = 'in-alarm'; the quarantine function and the
+    # history plots read violations with ViolationEvent.from_json. Neither takes the unclean stop.
+    assert "violationEventType" not in STOP_WIRE and "violationId" not in STOP_WIRE
+    with pytest.raises(ValueError):
+        ViolationEvent.from_json(STOP_WIRE)
+    # what the quarantine rule would hand the function if its WHERE clause let it through
+    from ddcustom.tooling.cloud.quarantine import handler
+
+    passed = {**STOP_WIRE, "topicThing": "cam-42"}
+    assert handler(passed, iot=object())["ignored"] == ["cam-42"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"eventId": 7}, "eventId"),
+        ({"eventTime": "soon"}, "eventTime"),
+        ({"detectionDown": []}, "detectionDown"),
+    ],
+)
+def test_a_malformed_unclean_stop_is_refused_with_the_field_named(
+    change: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        alert_from_json({**STOP_WIRE, **change})
+
+
+def test_the_spool_keeps_both_kinds_in_order_across_a_restart(tmp_path: Path) -> None:
+    spool = AlertSpool(tmp_path / "alerts", 1_000_000)
+    stop = UncleanStopEvent.from_json(STOP_WIRE)
+    spool.append(stop)
+    spool.append(EVENT)
+    spool.append(stop)  # the same alert again (a start that crashed before replacing its marker): kept once
+    replayed = [event for _, event in AlertSpool(tmp_path / "alerts", 1_000_000).pending()]
+    assert replayed == [stop, EVENT]

@@ -17,7 +17,9 @@ from typing import Any, Callable
 import jsonschema
 import pytest
 
+from ddcustom.cli.main import main
 from ddcustom.device.outputs.greengrass.connection import GreengrassConnection
+from ddcustom.device.run.runner import EXIT_INVALID_CONFIGURATION
 from ddcustom.tooling.devnucleus import DevNucleus
 from support.greengrass import (
     ALERT_TOPIC,
@@ -29,7 +31,7 @@ from support.greengrass import (
     is_report,
     reports,
 )
-from support.helpers import REPORT_SCHEMA, ROOT, poll
+from support.helpers import REPORT_SCHEMA, ROOT, WAIT, poll
 
 
 @pytest.fixture
@@ -132,15 +134,62 @@ def test_bad_update_is_refused_and_the_old_settings_stay(
     )
 
 
-def test_invalid_initial_configuration_reports_errored_and_waits_for_a_fix(
+def test_invalid_initial_configuration_reports_errored_and_the_component_exits(
     start: Callable[..., Component],
 ) -> None:
+    # Not "waiting for a corrected configuration": the nucleus would stop it and start it again anyway
+    # (tests/device/run/test_lifecycle.py follows that through to BROKEN).
     c = start(MaxReportListSize=0)
-    poll(lambda: "ERRORED" in c.nucleus.states, what="UpdateState ERRORED")
-    assert reports(c.nucleus) == []
-    c.nucleus.update_configuration({"MaxReportListSize": 10})
+    c.thread.join(WAIT)
+    assert not c.thread.is_alive()
+    assert c.status == EXIT_INVALID_CONFIGURATION != 0
+    assert c.nucleus.states == ["ERRORED"]
+    assert reports(c.nucleus) == [] and c.settings is None
+
+
+def test_a_merge_the_component_refuses_fails_the_deployment_before_anything_applies(
+    start: Callable[..., Component], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    c = start()
     c.nucleus.wait_for(is_report, timeout=15)
-    poll(lambda: "RUNNING" in c.nucleus.states, what="UpdateState RUNNING")
+    poll(lambda: c.nucleus.subscriptions("validate") == [""], what="the validation subscription")
+    before, configuration = c.settings, c.nucleus.configuration
+
+    result = c.nucleus.deploy({"EnableGPUMetrics": "yes"})
+
+    assert (result.status, result.detailed_status) == ("FAILED", "FAILED_NO_STATE_CHANGE")
+    assert "COMPONENT_CONFIGURATION_NOT_VALID" in result.error_stack
+    assert f"name = {c.nucleus.component_name}" in result.failure_cause
+    # the refusal says what `ddcustom check` says of the same configuration
+    proposed = tmp_path / "proposed.json"
+    proposed.write_text(json.dumps({**configuration, "EnableGPUMetrics": "yes"}))
+    capsys.readouterr()
+    assert main(["check", "--config", str(proposed)]) == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "configuration error:" in line]
+    problem = line.split("ddcustom: configuration error: ", 1)[1]
+    assert "'EnableGPUMetrics'" in problem and problem in result.failure_cause
+    # nothing applied: the nucleus keeps the configuration, the component its settings, and it runs on
+    assert c.nucleus.configuration == configuration
+    assert c.settings is before
+    count = len(reports(c.nucleus))
+    assert c.nucleus.deploy({"MaxReportListSize": 99}).succeeded  # a valid one goes through, and applies
+    poll(lambda: c.settings is not None and c.settings.max_report_list_size == 99, what="the update applied")
+    poll(lambda: len(reports(c.nucleus)) > count, what="a report with the new settings")
+    assert c.thread.is_alive()
+
+
+def test_a_refusal_of_many_problems_fits_the_deployment_status(start: Callable[..., Component]) -> None:
+    # IoT Jobs keeps 1024 characters of each status detail, the failure cause among them.
+    c = start()
+    c.nucleus.wait_for(is_report, timeout=15)
+    poll(lambda: c.nucleus.subscriptions("validate") == [""], what="the validation subscription")
+    merge: dict[str, Any] = {f"Unknown{i}": "x" * 300 for i in range(40)}
+    merge.update(DetectIntervalSeconds=-1, LogLevel="LOUD", MiningPoolPorts=["x" * 5000])
+    result = c.nucleus.deploy(merge)
+    assert result.detailed_status == "FAILED_NO_STATE_CHANGE"
+    assert len(result.failure_cause) <= 1024
+    assert "4 configuration problems" in result.failure_cause and "more" in result.failure_cause
+    assert c.thread.is_alive()
 
 
 def test_twenty_dropped_connections_in_a_row_then_publishing_again(start: Callable[..., Component]) -> None:

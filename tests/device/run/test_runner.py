@@ -6,7 +6,9 @@ Driven by a scripted configuration source (one step per cycle, never a wait) and
 
 from __future__ import annotations
 
+import json
 import logging
+import signal
 import threading
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,8 @@ import pytest
 
 from ddcustom.device.agent import Agent
 from ddcustom.device.config import ConfigError, Settings
-from ddcustom.device.run.runner import run
+from ddcustom.device.run.process import StopSignal
+from ddcustom.device.run.runner import EXIT_INVALID_CONFIGURATION, run
 from support.fakes import RecordingSink, ScriptedConfiguration, Step
 from support.helpers import MINING_RULES, settings
 
@@ -98,3 +101,75 @@ def test_stopped_before_any_settings_builds_nothing_and_closes_the_sink() -> Non
     assert run(source, sink, "t", stop, threading.Event()) == 0
     assert sink.settings == [] and sink.reports == [] and source.polls == 0
     assert sink.closed
+
+
+# ---- the first configuration refused, and the run marker -------------------------------------------
+
+
+class RefusedAtStart(ScriptedConfiguration):
+    def first_settings(self, stop: threading.Event) -> Settings:
+        raise ConfigError("configuration key 'X': bad")
+
+
+def test_an_invalid_first_configuration_builds_nothing_and_exits_non_zero(tmp_path: Path) -> None:
+    stop = threading.Event()
+    sink = RecordingSink()
+    status = run(RefusedAtStart(None, [], stop), sink, "t", stop, threading.Event())
+    assert status == EXIT_INVALID_CONFIGURATION != 0
+    assert sink.settings == [] and sink.reports == [] and sink.closed
+
+
+def test_a_run_that_was_not_stopped_cleanly_is_reported_by_the_next_start(tmp_path: Path) -> None:
+    first = settings_for(tmp_path)
+    marker = Path(first.run_marker_file)
+    sink, status = run_script(first, [None])
+    assert status == 0 and not marker.exists()  # stopped cleanly: nothing left behind
+    assert sink.stops == []
+
+    marker.write_text(json.dumps({"pid": 4242, "version": "0.9.0", "bootId": "x", "lastSeenAt": 1.0}))
+    sink, status = run_script(first, [None])
+
+    (alert,) = sink.stops
+    assert alert.thing_name == "t" and alert.stopped["pid"] == 4242 and alert.stopped["version"] == "0.9.0"
+    assert sink.alerts == []  # no violation came with it
+    assert status == 0 and not marker.exists()
+
+
+def test_a_stop_the_nucleus_did_not_ask_for_exits_non_zero_and_is_reported_next(tmp_path: Path) -> None:
+    first = settings_for(tmp_path)
+    stop = threading.Event()
+    sink = RecordingSink()
+    foreign = StopSignal(signal.SIGTERM, 777, 1001, 1_764_650_000.0)
+    status = run(
+        ScriptedConfiguration(first, [None], stop),
+        sink,
+        "t",
+        stop,
+        threading.Event(),
+        unrequested_stop=lambda: foreign,
+    )
+    assert status == 128 + signal.SIGTERM  # the nucleus takes it as an error and starts it again
+    kept = json.loads(Path(first.run_marker_file).read_text())
+    assert kept["signal"] == {"name": "SIGTERM", "senderPid": 777, "senderUid": 1001, "at": 1_764_650_000.0}
+
+    sink, _ = run_script(first, [None])
+
+    (alert,) = sink.stops
+    assert alert.cause == "stopped-by-signal" and alert.stopped["signal"]["senderUid"] == 1001
+    assert alert.detection_down["exact"] is True
+
+
+def test_the_marker_follows_a_new_state_folder(tmp_path: Path) -> None:
+    first = settings_for(tmp_path)
+    moved = settings_for(tmp_path, StateDirectory=str(tmp_path / "elsewhere"))
+    stop = threading.Event()
+    seen: list[bool] = []
+
+    class Watch(ScriptedConfiguration):
+        def poll(self) -> Settings | None:
+            seen.append(Path(moved.run_marker_file).exists())
+            return super().poll()
+
+    run(Watch(first, [moved, None], stop), RecordingSink(), "t", stop, threading.Event())
+    assert seen == [False, True, True]  # written in the new folder as soon as the settings moved there
+    assert not Path(first.run_marker_file).exists() and not Path(moved.run_marker_file).exists()

@@ -400,3 +400,139 @@ def test_devnucleus_a_subscription_is_live_once_its_response_arrives(
         result(operation[0])
         assert nucleus.deliver_iot(topic, b"x") == 1, f"subscription {i} was not live yet"
         operation[1].close()
+
+
+# ---- a deployment's configuration validation (DynamicComponentConfigurationValidator) ----------------
+
+
+class Validator:
+    """A component that validates configurations with the unmodified client: it records each request and
+    answers with ``answer(deployment_id, configuration)`` -> (status, message), or not at all (None)."""
+
+    def __init__(self, client: GreengrassCoreIPCClientV2, answer: Any) -> None:
+        self.requests: list[model.ValidateConfigurationUpdateEvent] = []
+        self.reports: list[Future] = []
+        self._client = client
+        self._answer = answer
+        result(client.subscribe_to_validate_configuration_updates_async(on_stream_event=self._on_event)[0])
+
+    def _on_event(self, event: model.ValidateConfigurationUpdateEvents) -> None:
+        request = event.validate_configuration_update_event
+        self.requests.append(request)
+        answer = self._answer(request.deployment_id, request.configuration)
+        if answer is not None:
+            status, message = answer
+            report = model.ConfigurationValidityReport(
+                status=status, deployment_id=request.deployment_id, message=message
+            )
+            self.reports.append(
+                self._client.send_configuration_validity_report_async(configuration_validity_report=report)
+            )
+
+
+def updates(client: GreengrassCoreIPCClientV2) -> list[list[str]]:
+    """The key paths of the configuration update events the client will receive."""
+    paths: list[list[str]] = []
+    result(
+        client.subscribe_to_configuration_update_async(
+            key_path=[], on_stream_event=lambda e: paths.append(e.configuration_update_event.key_path)
+        )[0]
+    )
+    return paths
+
+
+def test_devnucleus_a_deployment_the_component_accepts_applies(
+    nucleus: DevNucleus, client: GreengrassCoreIPCClientV2
+) -> None:
+    validator = Validator(
+        client, lambda _id, _configuration: (model.ConfigurationValidityStatus.ACCEPTED, None)
+    )
+    changed = updates(client)
+    nucleus.wait_until(lambda: len(nucleus.subscriptions("validate")) == 1)
+
+    outcome = nucleus.deploy({"SampleIntervalSeconds": 900})
+
+    assert (outcome.status, outcome.detailed_status) == ("SUCCEEDED", "SUCCESSFUL")
+    (request,) = validator.requests
+    assert request.deployment_id == outcome.deployment_id
+    # the whole configuration as it would be, not the merge alone
+    assert request.configuration["SampleIntervalSeconds"] == 900
+    assert request.configuration["Gpu"] == {"Enabled": True, "FeedbackFile": "/var/gpu_load_fb"}
+    result(validator.reports[0])
+    assert nucleus.configuration["SampleIntervalSeconds"] == 900
+    nucleus.wait_until(lambda: changed == [["SampleIntervalSeconds"]])
+    assert nucleus.deployments == [outcome]
+
+
+def test_devnucleus_a_deployment_the_component_refuses_fails_and_applies_nothing(
+    nucleus: DevNucleus, client: GreengrassCoreIPCClientV2
+) -> None:
+    refuse = (model.ConfigurationValidityStatus.REJECTED, "SampleIntervalSeconds: 1 is too often")
+    validator = Validator(client, lambda _id, _configuration: refuse)
+    changed = updates(client)
+    nucleus.wait_until(lambda: len(nucleus.subscriptions("validate")) == 1)
+    before = nucleus.configuration
+
+    outcome = nucleus.deploy({"SampleIntervalSeconds": 1})
+
+    assert (outcome.status, outcome.detailed_status) == ("FAILED", "FAILED_NO_STATE_CHANGE")
+    assert outcome.failure_cause == (
+        "Components reported that their to-be-deployed configuration is invalid "
+        f"{{ name = {COMPONENT}, message = SampleIntervalSeconds: 1 is too often }}"
+    )
+    assert outcome.error_stack == ("DEPLOYMENT_FAILURE", "COMPONENT_CONFIGURATION_NOT_VALID")
+    result(validator.reports[0])
+    assert nucleus.configuration == before and changed == []
+    # the answer was taken: the same report again is one for no request
+    again = model.ConfigurationValidityReport(
+        status=model.ConfigurationValidityStatus.REJECTED, deployment_id=outcome.deployment_id
+    )
+    late = error_of(client.send_configuration_validity_report_async(configuration_validity_report=again))
+    assert isinstance(late, model.InvalidArgumentsError)
+
+
+def test_devnucleus_a_deployment_without_an_answer_in_time_fails_and_applies_nothing(
+    nucleus: DevNucleus, client: GreengrassCoreIPCClientV2
+) -> None:
+    silent = Validator(client, lambda _id, _configuration: None)
+    changed = updates(client)
+    nucleus.wait_until(lambda: len(nucleus.subscriptions("validate")) == 1)
+    before = nucleus.configuration
+
+    outcome = nucleus.deploy({"SampleIntervalSeconds": 900}, validation_timeout=0.2)
+
+    assert (outcome.status, outcome.detailed_status) == ("FAILED", "FAILED_NO_STATE_CHANGE")
+    assert outcome.failure_cause.startswith(
+        "Error while waiting for validation report for one or more components:"
+    )
+    assert len(silent.requests) == 1
+    assert nucleus.configuration == before and changed == []
+    # a report after the deployment gave up is refused, as the nucleus refuses it
+    late = model.ConfigurationValidityReport(
+        status=model.ConfigurationValidityStatus.ACCEPTED, deployment_id=silent.requests[0].deployment_id
+    )
+    refused = error_of(client.send_configuration_validity_report_async(configuration_validity_report=late))
+    assert isinstance(refused, model.InvalidArgumentsError)
+    assert "timed out or was never made" in refused.message
+    assert nucleus.configuration == before
+
+
+def test_devnucleus_a_validity_report_must_name_its_deployment(client: GreengrassCoreIPCClientV2) -> None:
+    report = model.ConfigurationValidityReport(status=model.ConfigurationValidityStatus.ACCEPTED)
+    refused = error_of(client.send_configuration_validity_report_async(configuration_validity_report=report))
+    assert isinstance(refused, model.InvalidArgumentsError)
+    assert "deployment ID provided was null" in refused.message
+
+
+def test_devnucleus_a_deployment_without_a_validating_component_applies_at_once(
+    nucleus: DevNucleus, client: GreengrassCoreIPCClientV2
+) -> None:
+    changed = updates(client)
+    outcome = nucleus.deploy({"SampleIntervalSeconds": 900}, validation_timeout=60)
+    assert outcome.succeeded
+    nucleus.wait_until(lambda: changed == [["SampleIntervalSeconds"]])
+    # nor is anyone asked about a deployment that changes nothing
+    validator = Validator(client, lambda _id, _configuration: None)
+    nucleus.wait_until(lambda: len(nucleus.subscriptions("validate")) == 1)
+    assert nucleus.deploy({"SampleIntervalSeconds": 900}, validation_timeout=60).succeeded
+    assert validator.requests == []

@@ -7,7 +7,7 @@ fails (full, read-only, directory missing) an alert is kept in memory under its 
 written as soon as a later write works, so it is sent in order and only a crash during the outage
 loses it. A file that is not an alert (truncated, corrupt) is moved to ``corrupt/`` with a warning. A
 crash after the send but before the ack replays that alert again: receivers recognise duplicates by
-(violationId, violationEventType).
+(violationId, violationEventType), or for an unclean-stop event by its eventId.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional, Union
 
-from ddcustom.device.detect.events import ViolationEvent
+from ddcustom.device.detect.events import Alert, alert_from_json
 from ddcustom.device.fileio import fsync_directory, read_bounded, write_atomic
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class AlertSpool:
     def size_bytes(self) -> int:
         return self._total
 
-    def append(self, event: ViolationEvent) -> str:
+    def append(self, event: Alert) -> str:
         """Store ``event`` durably and return its key; an alert already pending returns the pending key."""
         data = json.dumps(event.to_json(), separators=(",", ":"), sort_keys=True).encode()
         if len(data) > self.max_bytes:
@@ -100,7 +100,7 @@ class AlertSpool:
             self._write_pending()
             return key
 
-    def pending(self) -> Iterator[tuple[str, ViolationEvent]]:
+    def pending(self) -> Iterator[tuple[str, Alert]]:
         """Alerts not yet acknowledged, oldest first; each is read when the iteration reaches it."""
         with self._lock:
             keys = list(self._sizes)
@@ -200,9 +200,9 @@ class AlertSpool:
                 return
             del self._in_memory[key]
 
-    def _load(self, key: str) -> Optional[ViolationEvent]:
+    def _load(self, key: str) -> Optional[Alert]:
         if key in self._in_memory:
-            return ViolationEvent.from_json(json.loads(self._in_memory[key]))
+            return alert_from_json(json.loads(self._in_memory[key]))
         path = self.directory / key
         if not path.exists():
             log.warning("spooled alert %s disappeared from %s", key, self.directory)
@@ -212,12 +212,12 @@ class AlertSpool:
             self._set_aside(path, "it does not parse")
         return event
 
-    def _parse(self, path: Path) -> Optional[ViolationEvent]:
+    def _parse(self, path: Path) -> Optional[Alert]:
         try:
             data = read_bounded(path, self.max_bytes + 1)
             if len(data) > self.max_bytes:
                 raise ValueError(f"larger than the spool ({self.max_bytes} bytes)")
-            return ViolationEvent.from_json(json.loads(data))
+            return alert_from_json(json.loads(data))
         except (OSError, ValueError) as exc:
             log.debug("spooled alert %s unreadable: %s", path.name, exc)
             return None

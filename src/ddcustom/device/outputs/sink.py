@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
-from ddcustom.device.detect.events import ViolationEvent
+from ddcustom.device.detect.events import Alert
 
 
 class SinkError(Exception):
@@ -17,7 +17,7 @@ class Sink(Protocol):
     def publish_report(self, report: dict[str, Any]) -> bool:
         """Deliver a Device Defender report. False when this sink does not take reports now."""
 
-    def publish_alert(self, alert: ViolationEvent) -> None:
+    def publish_alert(self, alert: Alert) -> None:
         """Deliver one alert; return only once it is acknowledged, else raise SinkError."""
 
     def publish_shadow(self, document: dict[str, Any]) -> bool:

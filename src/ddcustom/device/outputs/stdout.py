@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Optional, TextIO
 
-from ddcustom.device.detect.events import ViolationEvent
+from ddcustom.device.detect.events import Alert
 from ddcustom.device.outputs.inventory import inventory_topic
 from ddcustom.device.outputs.sink import SinkError, SinkSettings, report_topic, serialise
 
@@ -40,7 +40,7 @@ class JsonLinesSink:
         self._write({"kind": "report", "topic": report_topic(self._thing_name), "report": report})
         return True
 
-    def publish_alert(self, alert: ViolationEvent) -> None:
+    def publish_alert(self, alert: Alert) -> None:
         self._write({"kind": "alert", "topic": self.alert_topic, "alert": alert.to_json()})
 
     def publish_shadow(self, document: dict[str, Any]) -> bool:

@@ -1,6 +1,6 @@
 """Starting as root, running unprivileged: the privileged reader forked off, then the privileges dropped.
 
-The recipe's Run step starts ``ddcustom run`` as root (``RequiresPrivilege``) so that the component can
+The recipe's Startup step starts ``ddcustom run`` as root (``RequiresPrivilege``) so that the component can
 see what root sees without being root. Before anything else (no thread, no configuration read, no IPC),
 ``start`` makes a socket pair, forks the privileged reader, which keeps root and one end and answers
 only the questions of ``sources/privileged/protocol.py``, and then drops this process to the component's

@@ -1,8 +1,16 @@
 """A stand-in Greengrass nucleus: the IPC server side of event-stream RPC over a Unix socket.
 
 It serves the unmodified ``awsiot.greengrasscoreipc`` client: connect (SVCUID check), ping, IoT Core and
-local publish/subscribe, configuration and its updates, UpdateState. It enforces the recipe's
-accessControl, records what is published, and injects faults on command (drop, error, delay).
+local publish/subscribe, configuration and its updates, configuration validation, UpdateState. It
+enforces the recipe's accessControl, records what is published, and injects faults on command (drop,
+error, delay).
+
+It also runs what the component depends on of the nucleus beyond IPC (docs/greengrass.md names the
+nucleus's source for each): a deployment (``deploy``) asks the running component to validate the
+configuration it proposes, fails without applying anything when the component refuses it or does not
+answer in time, and otherwise applies it and waits for the component; ``run_component`` starts the
+component's process under the lifecycle of service.py (restarts after errors, BROKEN), as the first
+deployment of the component would.
 """
 
 from __future__ import annotations
@@ -19,12 +27,16 @@ import socket
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from ddcustom.tooling.build import get_nocase
 from ddcustom.tooling.devnucleus import access
 from ddcustom.tooling.devnucleus.codec import FrameError, Header, Message, encode, read_message
+from ddcustom.tooling.devnucleus.lifecycle import select_manifest
+from ddcustom.tooling.devnucleus.service import BROKEN, FINISHED, RUNNING, ComponentService, Transition
 
 # message types and flags of the RPC layer (aws-c-event-stream event_stream_rpc.h)
 APPLICATION_MESSAGE = 0
@@ -43,6 +55,22 @@ NS = "aws.greengrass#"
 
 LIFECYCLE_STATES = ("RUNNING", "ERRORED")
 
+# A deployment's configurationValidationPolicy.timeoutInSeconds when it gives none (CreateDeployment's
+# default; a nucleus handed a deployment without the policy waits DynamicComponentConfigurationValidator's
+# DEFAULT_TIMEOUT_SECOND, 20 s).
+DEFAULT_VALIDATION_TIMEOUT = 30.0
+ROLLBACK = "ROLLBACK"
+DO_NOTHING = "DO_NOTHING"
+# DeploymentResult.DeploymentStatus
+SUCCESSFUL = "SUCCESSFUL"
+FAILED_NO_STATE_CHANGE = "FAILED_NO_STATE_CHANGE"
+FAILED_ROLLBACK_NOT_REQUESTED = "FAILED_ROLLBACK_NOT_REQUESTED"
+FAILED_ROLLBACK_COMPLETE = "FAILED_ROLLBACK_COMPLETE"
+FAILED_UNABLE_TO_ROLLBACK = "FAILED_UNABLE_TO_ROLLBACK"
+# DynamicComponentConfigurationValidator's failure causes
+REFUSED_CAUSE = "Components reported that their to-be-deployed configuration is invalid"
+NO_REPORT_CAUSE = "Error while waiting for validation report for one or more components:"
+
 
 @dataclass(frozen=True)
 class Published:
@@ -53,6 +81,45 @@ class Published:
     qos: Optional[int]  # None for local pub/sub
     time: float
     service: str
+
+
+@dataclass(frozen=True)
+class DeploymentResult:
+    """How a deployment ended on this device, as the nucleus reports it to AWS IoT Greengrass (the job's
+    status details: ``detailed-deployment-status``, ``deployment-failure-cause``, ``deployment-error-stack``,
+    ``deployment-error-types``)."""
+
+    deployment_id: str
+    detailed_status: str  # SUCCESSFUL, FAILED_NO_STATE_CHANGE, FAILED_ROLLBACK_...
+    failure_cause: str = ""
+    error_stack: tuple[str, ...] = ()
+    error_types: tuple[str, ...] = ()
+
+    @property
+    def succeeded(self) -> bool:
+        return self.detailed_status == SUCCESSFUL
+
+    @property
+    def status(self) -> str:
+        """The IoT job execution's status: SUCCEEDED or FAILED."""
+        return "SUCCEEDED" if self.succeeded else "FAILED"
+
+    def describe(self) -> str:
+        """One line, as ``aws greengrassv2 list-effective-deployments`` would show it."""
+        if self.succeeded:
+            return f"deployment {self.deployment_id}: {self.status} ({self.detailed_status})"
+        return (
+            f"deployment {self.deployment_id}: {self.status} ({self.detailed_status}): {self.failure_cause} "
+            f"[errorStack {', '.join(self.error_stack)}; errorTypes {', '.join(self.error_types) or '-'}]"
+        )
+
+
+@dataclass
+class _Validation:
+    """A validation request sent to the component, waiting for its report."""
+
+    done: threading.Event
+    report: Optional[dict[str, Any]] = None
 
 
 class _Fault(Exception):
@@ -68,7 +135,7 @@ class _Fault(Exception):
 class _Subscription:
     conn: _Connection
     stream_id: int
-    kind: str  # "iot" | "local" | "config"
+    kind: str  # "iot" | "local" | "config" | "validate"
     topic: str = ""  # topic filter for "iot" / "local"
     key_path: tuple[str, ...] = ()  # for "config"
     from_others_only: bool = False
@@ -135,7 +202,8 @@ class DevNucleus:
         token: Optional[str] = None,
         on_publish: Optional[Callable[[Published], None]] = None,
     ) -> None:
-        component = access.component_from_recipe(access.load_recipe(recipe), merge)
+        self._recipe = access.load_recipe(recipe)
+        component = access.component_from_recipe(self._recipe, merge)
         self.component_name = component.name
         self.thing_name = thing_name
         self.token = token or secrets.token_hex(16)
@@ -162,6 +230,10 @@ class DevNucleus:
         self._stopping = threading.Event()
         self._listener: Optional[socket.socket] = None
         self._accept_thread: Optional[threading.Thread] = None
+        self._validations: dict[str, _Validation] = {}  # deployment id -> the request waiting for a report
+        self._deploying = threading.Lock()  # one deployment at a time, as the nucleus's deployment queue
+        self.deployments: list[DeploymentResult] = []
+        self.service: Optional[ComponentService] = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> DevNucleus:
@@ -183,7 +255,10 @@ class DevNucleus:
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Close every connection and the socket; join the threads within ``timeout`` seconds."""
+        """Stop the component's process if it runs one; close every connection and the socket; join the
+        threads within ``timeout`` seconds."""
+        if self.service is not None:
+            self.service.close()
         self._stopping.set()
         deadline = time.monotonic() + timeout
         if self._accept_thread is not None:
@@ -293,6 +368,11 @@ class DevNucleus:
             self._policies = access.parse_policies(after, self.thing_name)
             self._configuration = after
             paths = access.changed_paths(before, after)
+        self._notify_update(paths)
+        return ["/".join(path) for path in paths]
+
+    def _notify_update(self, paths: list[tuple[str, ...]]) -> None:
+        with self._lock:
             subscribers = [sub for sub in self._subscriptions if sub.kind == "config"]
         for path in paths:
             for sub in subscribers:
@@ -303,7 +383,111 @@ class DevNucleus:
                     "configurationUpdateEvent": {"componentName": self.component_name, "keyPath": list(path)}
                 }
                 self._send_event(sub, NS + "ConfigurationUpdateEvents", event)
-        return ["/".join(path) for path in paths]
+
+    def run_component(
+        self,
+        command: list[str],
+        *,
+        cwd: str,
+        step: Optional[str] = None,
+        failure_handling: str = ROLLBACK,
+        wait_seconds: float = 60.0,
+        env: Optional[Mapping[str, str]] = None,
+        on_transition: Optional[Callable[[Transition], None]] = None,
+        **lifecycle: Any,
+    ) -> DeploymentResult:
+        """The deployment that adds the component: start ``command`` in ``cwd`` with the nucleus's
+        environment (plus ``env``) under the lifecycle of service.py, and wait (at most ``wait_seconds``) for
+        the deployment's outcome: RUNNING (or FINISHED) succeeds, BROKEN fails. ``step``: "run" or
+        "startup", by default the recipe's. ``lifecycle``: ComponentService's options (max_errors,
+        error_reset_seconds, stdout, stderr, ...). A failed deployment with ROLLBACK removes the component
+        (it was not there before): its process is stopped."""
+        if self.service is not None:
+            raise RuntimeError("the component already runs")
+        deployment_id = str(uuid.uuid4())
+        self.service = ComponentService(
+            command,
+            env={**os.environ, **(env or {}), **self.env()},
+            cwd=cwd,
+            step=step or self.lifecycle_step(),
+            on_transition=on_transition,
+            **lifecycle,
+        )
+        with self._deploying:
+            self.service.start()
+            failure = self._wait_for_component(wait_seconds)
+            if failure is None:
+                result = DeploymentResult(deployment_id, SUCCESSFUL)
+            elif failure_handling == ROLLBACK:
+                self.service.stop()  # the rollback removes what the deployment added
+                result = self._broken(deployment_id, FAILED_ROLLBACK_COMPLETE, failure)
+            else:
+                result = self._broken(deployment_id, FAILED_ROLLBACK_NOT_REQUESTED, failure)
+            self._finished(result)
+        return result
+
+    def lifecycle_step(self) -> str:
+        """The recipe's step that starts the component: "startup" when its Linux manifest has one, else
+        "run"."""
+        lifecycle = get_nocase(select_manifest(self._recipe), "Lifecycle", {}) or {}
+        return "startup" if get_nocase(lifecycle, "Startup") is not None else "run"
+
+    def deploy(
+        self,
+        merge: Mapping[str, Any],
+        *,
+        validation_timeout: float = DEFAULT_VALIDATION_TIMEOUT,
+        failure_handling: str = ROLLBACK,
+        wait_seconds: float = 60.0,
+    ) -> DeploymentResult:
+        """A deployment that merges ``merge`` into the component's configuration, as the nucleus runs it.
+
+        When the configuration would change and the component subscribed to validation requests, it is
+        asked first and given ``validation_timeout`` seconds: a refusal or no report fails the deployment
+        (FAILED_NO_STATE_CHANGE) and nothing is applied. Otherwise the configuration is applied (update
+        events), a BROKEN component is reinstalled, and the deployment waits, at most ``wait_seconds``, for
+        the component to be RUNNING (succeeded) or BROKEN (failed; with ROLLBACK the previous configuration
+        is restored and the component reinstalled). A malformed accessControl raises RecipeError before
+        anything is asked or applied.
+        """
+        deployment_id = str(uuid.uuid4())
+        with self._deploying:
+            before = self.configuration
+            proposed = access.merge_config(before, merge)
+            access.parse_policies(proposed, self.thing_name)
+            if access.changed_paths(before, proposed):
+                failure = self._validate(deployment_id, proposed, validation_timeout)
+                if failure is not None:
+                    result = DeploymentResult(
+                        deployment_id,
+                        FAILED_NO_STATE_CHANGE,
+                        failure,
+                        ("DEPLOYMENT_FAILURE", "COMPONENT_CONFIGURATION_NOT_VALID"),
+                    )
+                    self._finished(result)
+                    return result
+            self.update_configuration(merge)
+            service = self.service
+            if service is None:
+                result = DeploymentResult(deployment_id, SUCCESSFUL)
+            else:
+                merged = len(service.transitions)
+                if service.state == BROKEN:
+                    service.reinstall()
+                broken = self._wait_for_component(wait_seconds, since=merged)
+                if broken is None:
+                    result = DeploymentResult(deployment_id, SUCCESSFUL)
+                elif failure_handling != ROLLBACK:
+                    result = self._broken(deployment_id, FAILED_ROLLBACK_NOT_REQUESTED, broken)
+                else:
+                    self._replace_configuration(before)
+                    rolled_back = len(service.transitions)
+                    service.reinstall()
+                    again = self._wait_for_component(wait_seconds, since=rolled_back)
+                    status = FAILED_ROLLBACK_COMPLETE if again is None else FAILED_UNABLE_TO_ROLLBACK
+                    result = self._broken(deployment_id, status, broken)
+            self._finished(result)
+            return result
 
     def drop_connections(self, refuse_next: int = 0) -> None:
         """Close every client connection now; also close the next ``refuse_next`` connects at once."""
@@ -325,6 +509,73 @@ class DevNucleus:
         with self._lock:
             self._delay = seconds
             self._delay_operation = operation
+
+    # ------------------------------------------------------------------ deployments
+    def _validate(self, deployment_id: str, proposed: dict[str, Any], timeout: float) -> Optional[str]:
+        """Ask the component to validate ``proposed``; the failure cause, or None when it accepted (or was
+        not asked: no validation subscription, as for a component that does not run)."""
+        with self._lock:
+            listeners = [sub for sub in self._subscriptions if sub.kind == "validate"]
+            pending = _Validation(threading.Event())
+            if self.service is not None and self.service.pid is None:
+                # its process is gone (BROKEN, stopped): the nucleus dropped its listener with its stream,
+                # even if this server has not read the end of its connection yet
+                listeners = []
+            if listeners:
+                self._validations[deployment_id] = pending
+        if not listeners:
+            return None
+        # the nucleus keeps one validation listener per component: the first subscription's
+        request = {"configuration": proposed, "deploymentId": deployment_id}
+        event = {"validateConfigurationUpdateEvent": request}
+        self._send_event(listeners[0], NS + "ValidateConfigurationUpdateEvents", event)
+        answered = pending.done.wait(timeout)
+        with self._lock:
+            self._validations.pop(deployment_id, None)  # a report after this is refused: timed out
+        if not answered or pending.report is None:
+            return f"{NO_REPORT_CAUSE} no report within {timeout:g} s"
+        if pending.report.get("status") == "REJECTED":
+            message = pending.report.get("message")
+            return f"{REFUSED_CAUSE} {{ name = {self.component_name}, message = {message} }}"
+        return None
+
+    def _wait_for_component(self, seconds: float, since: int = 0) -> Optional[str]:
+        """Wait for the component to be RUNNING or FINISHED (None) or BROKEN (the failure cause). Only a
+        BROKEN reached after its first ``since`` transitions counts, as the nucleus counts only a BROKEN
+        state changed after the deployment's merge (DeploymentConfigMerger.waitForServicesToStart)."""
+        service = self.service
+        if service is None:
+            return None
+
+        def settled(state: str) -> bool:
+            return state in (RUNNING, FINISHED) or (state == BROKEN and len(service.transitions) > since)
+
+        try:
+            state = service.wait_for(settled, seconds)
+        except TimeoutError as exc:
+            return f"the component did not reach RUNNING: {exc}"
+        if state == BROKEN:
+            return f"Service {self.component_name} in broken state after deployment"
+        return None
+
+    @staticmethod
+    def _broken(deployment_id: str, status: str, cause: str) -> DeploymentResult:
+        stack = ("DEPLOYMENT_FAILURE", "COMPONENT_UPDATE_ERROR", "COMPONENT_BROKEN")
+        return DeploymentResult(deployment_id, status, cause, stack, ("USER_COMPONENT_ERROR",))
+
+    def _finished(self, result: DeploymentResult) -> None:
+        with self._lock:
+            self.deployments.append(result)
+            self._lock.notify_all()
+
+    def _replace_configuration(self, configuration: dict[str, Any]) -> None:
+        """A rollback: the configuration as it was, with update events for what changes back."""
+        with self._lock:
+            before = self._configuration
+            self._policies = access.parse_policies(configuration, self.thing_name)
+            self._configuration = copy.deepcopy(configuration)
+            paths = access.changed_paths(before, configuration)
+        self._notify_update(paths)
 
     # ------------------------------------------------------------------ connections
     def _accept_loop(self) -> None:
@@ -471,6 +722,8 @@ class DevNucleus:
             NS + "SubscribeToTopic": self._subscribe_to_topic,
             NS + "GetConfiguration": self._get_configuration,
             NS + "SubscribeToConfigurationUpdate": self._subscribe_to_configuration_update,
+            NS + "SubscribeToValidateConfigurationUpdates": self._subscribe_to_validate_configuration_updates,
+            NS + "SendConfigurationValidityReport": self._send_configuration_validity_report,
             NS + "UpdateState": self._update_state,
         }
         handler = handlers.get(operation)
@@ -576,6 +829,31 @@ class DevNucleus:
         subscription = _Subscription(conn, stream_id, "config", key_path=key_path)
         return _Answer(NS + "SubscribeToConfigurationUpdateResponse", {}, subscription)
 
+    def _subscribe_to_validate_configuration_updates(
+        self, conn: _Connection, stream_id: int, request: dict
+    ) -> _Answer:
+        subscription = _Subscription(conn, stream_id, "validate")
+        return _Answer(NS + "SubscribeToValidateConfigurationUpdatesResponse", {}, subscription)
+
+    def _send_configuration_validity_report(
+        self, conn: _Connection, stream_id: int, request: dict
+    ) -> _Answer:
+        # As ConfigStoreIPCEventStreamAgent's handler: the report names the deployment it answers, and
+        # only a request still waiting takes it.
+        report = request.get("configurationValidityReport")
+        if not isinstance(report, dict) or report.get("deploymentId") is None:
+            raise _Fault(
+                "InvalidArgumentsError",
+                "Cannot accept configuration validity report, the deployment ID provided was null",
+            )
+        with self._lock:
+            pending = self._validations.pop(str(report["deploymentId"]), None)
+        if pending is None:
+            raise _Fault("InvalidArgumentsError", "Validation request either timed out or was never made")
+        pending.report = report
+        pending.done.set()
+        return _Answer(NS + "SendConfigurationValidityReportResponse", {})
+
     def _update_state(self, conn: _Connection, stream_id: int, request: dict) -> _Answer:
         state = request.get("state")
         if state not in LIFECYCLE_STATES:
@@ -583,6 +861,8 @@ class DevNucleus:
         with self._lock:
             self._states.append(str(state))
             self._lock.notify_all()
+        if self.service is not None:
+            self.service.report(str(state))
         return _Answer(NS + "UpdateStateResponse", {})
 
     # ------------------------------------------------------------------ events

@@ -11,6 +11,7 @@ import pytest
 
 from ddcustom.device.backoff import backoff_delays
 from ddcustom.device.outputs.greengrass.ipc import (
+    MAX_VALIDITY_MESSAGE_CHARS,
     UNANSWERED_CALLS_BEFORE_RECONNECT,
     GreengrassIpc,
     IpcError,
@@ -19,6 +20,7 @@ from ddcustom.device.outputs.greengrass.ipc import (
 )
 from ddcustom.tooling.devnucleus import DevNucleus
 from support.fakes import Highest
+from support.helpers import poll
 
 REPORT_TOPIC = "$aws/things/test-thing/defender/metrics/json"  # the thing of the nucleus fixture
 WAIT = 5.0
@@ -358,3 +360,56 @@ def test_ipc_reconnect_drops_a_subscription_the_nucleus_no_longer_grants(
     nucleus.wait_until(lambda: nucleus.connection_count == 0)  # its subscriptions gone with it
     ipc.connect()  # and it is not tried again
     assert nucleus.subscriptions() == [""]
+
+
+def test_ipc_answers_a_validation_request_within_the_message_bound(
+    nucleus: DevNucleus, ipc: GreengrassIpc
+) -> None:
+    asked: list[tuple[str, dict]] = []
+
+    def on_request(deployment_id: str, configuration: dict) -> None:
+        asked.append((deployment_id, configuration))
+        ipc.send_validity_report(deployment_id, False, "too long: " + "x" * 5000)
+
+    ipc.subscribe_validation(on_request)
+    nucleus.wait_until(lambda: nucleus.subscriptions("validate") == [""])
+    result = nucleus.deploy({"SampleIntervalSeconds": 600})
+    ((deployment_id, configuration),) = asked
+    assert deployment_id == result.deployment_id and configuration["SampleIntervalSeconds"] == 600
+    assert result.detailed_status == "FAILED_NO_STATE_CHANGE"
+    message = result.failure_cause.split("message = ", 1)[1].rstrip(" }")
+    assert message.startswith("too long: xxx") and len(message) == MAX_VALIDITY_MESSAGE_CHARS
+    assert nucleus.configuration["SampleIntervalSeconds"] == 300
+
+    # after a reconnect the subscription is made again, and an accepted configuration applies
+    accept: list[str] = []
+
+    def on_accept(deployment_id: str, _configuration: dict) -> None:
+        accept.append(deployment_id)
+        ipc.send_validity_report(deployment_id, True)
+
+    ipc.subscribe_validation(on_accept)
+    nucleus.drop_connections()
+    poll(lambda: not ipc.connected, what="the drop seen")
+    ipc.connect()
+    nucleus.wait_until(lambda: nucleus.subscriptions("validate") == [""])
+    assert nucleus.deploy({"SampleIntervalSeconds": 600}).succeeded and len(accept) == 1
+    assert nucleus.configuration["SampleIntervalSeconds"] == 600
+
+
+def test_a_reconnect_goes_on_without_a_validation_subscription_the_nucleus_does_not_answer(
+    nucleus: DevNucleus, disconnects: Disconnects
+) -> None:
+    # An older nucleus, or one that does not answer it: updates are then checked once applied.
+    ipc = GreengrassIpc(timeout=0.5, on_disconnect=disconnects)
+    ipc.connect()
+    try:
+        ipc.subscribe_validation(lambda _deployment, _configuration: None)
+        nucleus.delay(5.0, "aws.greengrass#SubscribeToValidateConfigurationUpdates")
+        nucleus.drop_connections()
+        disconnects.wait()
+        ipc.connect()  # does not fail for want of it
+        assert ipc.connected and ipc.missing_subscriptions() == ["validate"]
+    finally:
+        nucleus.delay(0)
+        ipc.close()

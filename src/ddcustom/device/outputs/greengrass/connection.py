@@ -13,7 +13,7 @@ import logging
 import random
 import threading
 import time
-from typing import Callable, Optional, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
 from ddcustom.device.backoff import backoff_delays
 from ddcustom.device.outputs.greengrass.ipc import GreengrassIpc, IpcError, UnauthorizedIpcError
@@ -79,6 +79,15 @@ class GreengrassConnection:
         self._before_first_connection()
         self._optional.append((topic, unseen, lambda: self._ipc.subscribe_iot(topic, on_message)))
 
+    def subscribe_validation(self, on_request: Callable[[str, dict[str, Any]], None], unseen: str) -> None:
+        """``on_request(deployment_id, configuration)`` when a deployment asks, before it applies a
+        configuration, whether the component accepts it; answer with ``send_validity_report``. The
+        connection is good without it: a refusal is logged with ``unseen``."""
+        self._before_first_connection()
+        self._optional.append(
+            ("configuration validation requests", unseen, lambda: self._ipc.subscribe_validation(on_request))
+        )
+
     def on_reconnect(self, callback: Callable[[], None]) -> None:
         """``callback()`` after every reconnect (on the thread that reconnected), not after the first
         connection: whatever was published to the component meanwhile was missed."""
@@ -132,6 +141,15 @@ class GreengrassConnection:
             if not self._ipc.connected:
                 self._next_attempt = self._clock() + next(self._delays)
             raise SinkError(f"{what}: {exc}") from exc
+
+    def send_validity_report(self, deployment_id: str, accepted: bool, message: str = "") -> None:
+        """Answer a deployment's validation request; SinkError when it cannot be sent. Safe from another
+        thread than the loop's: it uses the connection the request came on and never reconnects (the
+        loop's thread does that)."""
+        try:
+            self._ipc.send_validity_report(deployment_id, accepted, message)
+        except IpcError as exc:
+            raise SinkError(f"SendConfigurationValidityReport: {exc}") from exc
 
     def update_state(self, state: str) -> None:
         """Tell the nucleus the component's state, once per connection (a repeat is skipped); a failure

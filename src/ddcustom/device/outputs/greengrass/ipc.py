@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 SOCKET_ENV = "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT"
 TOKEN_ENV = "SVCUID"
 LIFECYCLE_STATES = ("RUNNING", "ERRORED")
+# The nucleus puts a refusal's message into the deployment's failure cause, and IoT Jobs keeps 1024 characters
+# of each status detail (IotJobsHelper truncates there): a longer message would be cut in the cloud anyway.
+MAX_VALIDITY_MESSAGE_CHARS = 800
 # Timeouts in a row after which a connection counts as lost (a slow nucleus answers well before that).
 UNANSWERED_CALLS_BEFORE_RECONNECT = 3
 
@@ -76,7 +79,8 @@ class GreengrassIpc:
         self._lock = threading.Lock()
         self._client: Optional[GreengrassCoreIPCClientV2] = None
         self._generation = 0
-        # (kind, topic) -> callback; kind "iot": callback(topic, payload), "config": callback()
+        # (kind, topic) -> callback; kind "iot": callback(topic, payload), "config": callback(),
+        # "validate": callback(deployment_id, configuration)
         self._subscriptions: dict[tuple[str, str], Callable[..., None]] = {}
         self._live: set[tuple[str, str]] = set()  # subscribed on the current connection
         self._unanswered = 0  # calls in a row the current connection left without an answer
@@ -136,10 +140,11 @@ class GreengrassIpc:
                     self._subscriptions.pop(key, None)
                 logger.warning("%s; no longer subscribed", exc)
             except IpcError as exc:
-                if key[0] != "iot" or not self.connected:
+                if key[0] == "config" or not self.connected:
                     self.close()
                     raise
-                # An IoT Core subscription may wait on the cloud: the connection is good without it.
+                # An IoT Core subscription may wait on the cloud, validation requests are a refinement: the
+                # connection is good without them.
                 logger.warning("%s; subscribing again later", exc)
 
     def missing_subscriptions(self) -> list[str]:
@@ -216,6 +221,27 @@ class GreengrassIpc:
         """Call ``on_update()`` (on a pool thread) whenever the component's configuration changes."""
         self._remember(("config", ""), on_update)
 
+    def subscribe_validation(self, on_request: Callable[[str, dict[str, Any]], None]) -> None:
+        """Call ``on_request(deployment_id, configuration)`` (on a pool thread) when a deployment asks the
+        component whether it accepts a configuration, before the deployment applies it
+        (SubscribeToValidateConfigurationUpdates). Answer with ``send_validity_report``."""
+        self._remember(("validate", ""), on_request)
+
+    def send_validity_report(self, deployment_id: str, accepted: bool, message: str = "") -> None:
+        """Answer a validation request (SendConfigurationValidityReport): ACCEPTED, or REJECTED with
+        ``message`` (cut to MAX_VALIDITY_MESSAGE_CHARS characters)."""
+        statuses = model.ConfigurationValidityStatus
+        status = statuses.ACCEPTED if accepted else statuses.REJECTED
+        if len(message) > MAX_VALIDITY_MESSAGE_CHARS:
+            message = message[: MAX_VALIDITY_MESSAGE_CHARS - 3] + "..."
+        report = model.ConfigurationValidityReport(
+            status=status, deployment_id=deployment_id, message=message or None
+        )
+        self._call(
+            f"SendConfigurationValidityReport {status}",
+            lambda c: c.send_configuration_validity_report_async(configuration_validity_report=report),
+        )
+
     # ------------------------------------------------------------------ internals
     def _remember(self, key: tuple[str, str], callback: Callable[..., None]) -> None:
         with self._lock:
@@ -269,6 +295,20 @@ class GreengrassIpc:
                     qos=model.QOS.AT_LEAST_ONCE,
                     on_stream_event=on_iot,
                     on_stream_closed=closed,
+                ),
+            )
+        elif kind == "validate":
+
+            def on_validate(event: model.ValidateConfigurationUpdateEvents) -> None:
+                request = event.validate_configuration_update_event
+                if request is not None:
+                    configuration = request.configuration if isinstance(request.configuration, dict) else {}
+                    self._deliver(key, request.deployment_id or "", configuration)
+
+            self._call(
+                "SubscribeToValidateConfigurationUpdates",
+                lambda c: c.subscribe_to_validate_configuration_updates_async(
+                    on_stream_event=on_validate, on_stream_closed=closed
                 ),
             )
         else:

@@ -14,7 +14,7 @@ import json
 import logging
 from typing import Any, Optional
 
-from ddcustom.device.detect.events import ViolationEvent
+from ddcustom.device.detect.events import Alert
 from ddcustom.device.outputs.greengrass.connection import GreengrassConnection
 from ddcustom.device.outputs.inventory import inventory_topic
 from ddcustom.device.outputs.shadow import shadow_update_topic
@@ -56,7 +56,7 @@ class GreengrassSink:
         self.connection.call("PublishToIoTCore (report)", lambda ipc: ipc.publish_iot(topic, payload))
         return True
 
-    def publish_alert(self, alert: ViolationEvent) -> None:
+    def publish_alert(self, alert: Alert) -> None:
         assert self.settings is not None
         payload = serialise(alert.to_json()).encode()
         topic, local_topic = self.settings.alert_topic_for(self.thing_name), self.settings.local_alert_topic
@@ -66,7 +66,7 @@ class GreengrassSink:
                 "PublishToTopic (local alert)", lambda ipc: ipc.publish_local(local_topic, payload)
             )
         except SinkError as exc:  # IoT Core has it; local subscribers are a convenience
-            log.warning("alert %s not published locally: %s", alert.violation_id, exc)
+            log.warning("alert %s not published locally: %s", alert.identity[0], exc)
 
     def publish_shadow(self, document: dict[str, Any]) -> bool:
         payload = serialise(document).encode()
