@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -231,10 +232,19 @@ def test_config_file_read_is_bounded(tmp_path: Path) -> None:
         load_config_file(big)
 
 
-def test_config_file_that_never_ends_is_refused(tmp_path: Path) -> None:
+def test_config_file_that_never_ends_or_blocks_is_refused(tmp_path: Path) -> None:
     (tmp_path / "zero.yaml").symlink_to("/dev/zero")
-    with pytest.raises(ConfigError, match="larger than"):
+    with pytest.raises(ConfigError, match=r"zero\.yaml': it is a device, not a regular file"):
         load_config_file(tmp_path / "zero.yaml")
+    os.mkfifo(tmp_path / "fifo.yaml")  # nobody writes it: opening it to read would wait forever
+    with pytest.raises(ConfigError, match=r"fifo\.yaml': it is a FIFO, not a regular file"):
+        load_config_file(tmp_path / "fifo.yaml")
+
+
+def test_a_profile_path_that_is_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "profile.json")
+    with pytest.raises(ConfigError, match="is a FIFO, not a regular file"):
+        parse_settings({"SecurityProfile": str(tmp_path / "profile.json")})
 
 
 def test_config_file_not_utf8_is_a_config_error(tmp_path: Path) -> None:

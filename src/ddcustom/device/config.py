@@ -28,7 +28,7 @@ from ddcustom.device.documents import (
     shorten,
     shown,
 )
-from ddcustom.device.fileio import read_bounded
+from ddcustom.device.fileio import NotRegularFile, read_regular
 
 if TYPE_CHECKING:
     from ddcustom.device.detect.profile import Profile
@@ -470,12 +470,15 @@ def parse_settings(
 def load_config_file(path: Union[str, Path], what: str = "configuration file") -> dict[str, Any]:
     """Read a JSON or YAML file holding a mapping (not yet validated); ``what`` names it in errors.
 
-    Bounded (the path may be /dev/zero) and strict: UTF-8 text, JSON data (YAML read as JSON would
+    Bounded and never blocking (only a regular file is read: the path may be a FIFO or /dev/zero)
+    and strict: UTF-8 text, JSON data (YAML read as JSON would
     read it, without aliases) within the bounds, a mapping at the top level.
     """
     p = Path(path)
     try:
-        data_bytes = read_bounded(p, MAX_DOCUMENT_BYTES + 1)
+        data_bytes, _ = read_regular(p, MAX_DOCUMENT_BYTES + 1)
+    except NotRegularFile as exc:  # a FIFO would block, a device might never end
+        raise ConfigError(f"cannot read {what} {str(p)!r}: it is {exc}, not a regular file") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {str(p)!r}: {exc.strerror or exc}") from None
     if len(data_bytes) > MAX_DOCUMENT_BYTES:

@@ -28,7 +28,7 @@ from ddcustom.device.documents import (
     shorten,
     shown,
 )
-from ddcustom.device.fileio import read_bounded
+from ddcustom.device.fileio import NotRegularFile, read_regular
 from ddcustom.device.metrics import LIST_VALUE_KEYS, METRICS
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,9 @@ def _json(text: str, what: str) -> Any:
 
 def _read_file(path: Path) -> Any:
     try:
-        data = read_bounded(path, MAX_PROFILE_FILE_BYTES + 1)
+        data, _ = read_regular(path, MAX_PROFILE_FILE_BYTES + 1)
+    except NotRegularFile as exc:  # a FIFO would block the loop (and a deployment's validation)
+        raise ProfileError(f"security profile {shown(str(path))} is {exc}, not a regular file") from None
     except OSError as exc:
         raise ProfileError(
             f"security profile {shown(str(path))} is neither a built-in profile "
