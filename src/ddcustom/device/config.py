@@ -471,8 +471,8 @@ def load_config_file(path: Union[str, Path], what: str = "configuration file") -
     """Read a JSON or YAML file holding a mapping (not yet validated); ``what`` names it in errors.
 
     Bounded and never blocking (only a regular file is read: the path may be a FIFO or /dev/zero)
-    and strict: UTF-8 text, JSON data (YAML read as JSON would
-    read it, without aliases) within the bounds, a mapping at the top level.
+    and strict: UTF-8 text, JSON data (YAML read as JSON would read it, without aliases) within the
+    bounds, a mapping at the top level.
     """
     p = Path(path)
     try:
