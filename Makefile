@@ -41,9 +41,10 @@ pytest: $(DEV_STAMP)
 demo: $(DEMO_STAMP)
 	$(BIN)/python -m ddcustom.tooling.demo
 
-# README.md's metric and configuration tables, from metrics.py and config.py
+# README.md's metric and configuration tables, from metrics.py and config.py; docs/cli.md from the parser
 docs: $(DEMO_STAMP)
 	$(BIN)/python tools/docs_tables.py
+	$(BIN)/python tools/docs_cli.py
 
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/collect_cost.py
