@@ -433,8 +433,8 @@ SCHEMA: dict[str, tuple[Any, _Parser, str, str]] = {
         "`--prevalence on`. The IoT policy must allow the topic (README, Topics)"),
     "EvidenceRedactPatterns": ([], _redact_patterns, "evidence_redact_patterns",
         "Python regular expressions for what else an alert's evidence must not carry: what they match in a "
-        "command line or a process name is replaced by `[redacted]`, after the built-in rules "
-        "([docs/threat-model.md](docs/threat-model.md#redaction)); a pattern with groups cuts what its "
+        "command line, a process name or a loader variable is replaced by `[redacted]`, after the built-in "
+        "rules ([docs/threat-model.md](docs/threat-model.md#redaction)); a pattern with groups cuts what its "
         "groups match. At most 16 patterns of at most 200 characters, each refused unless safe to run on "
         "text an attacker wrote (no backreferences; an estimated worst case bounded)"),
     "AlertSpoolMaxBytes": (10_000_000, _int_range(65536, 1_000_000_000), "alert_spool_max_bytes",

@@ -210,6 +210,7 @@ def test_every_free_text_field_is_redacted_and_the_evidence_says_what_was_cut(pr
         10: ProcessInfo(10, 1, "tok-ACME12", "sh", "sh"),  # a parent whose name a pattern cuts
         20: ProcessInfo(20, 10, "acme-ACME34", "x", "./x --password=hunter2 https://u:pw1@h/ -v"),
     }
+    (proc / "20" / "environ").write_bytes(b"HOME=/root\0LD_PRELOAD=/opt/ACME56/libhook.so\0")
     evidence = redacting(proc, r"ACME\d\d").describe(sample_with(processes), ((20,), (), ()))
 
     assert evidence is not None
@@ -217,9 +218,11 @@ def test_every_free_text_field_is_redacted_and_the_evidence_says_what_was_cut(pr
     assert described["cmdline"] == f"./x --password={REDACTED} https://u:{REDACTED}@h/ -v"
     assert described["name"] == f"acme-{REDACTED}"
     assert described["parents"] == [{"pid": 10, "name": f"tok-{REDACTED}"}, {"pid": 1, "name": "init"}]
+    assert described["loader"] == {"LD_PRELOAD": f"/opt/{REDACTED}/libhook.so"}
     assert described["redacted"] == {
         "name": ["pattern"],
         "cmdline": ["secret-option", "url-password"],
+        "loader": ["pattern"],
         "parents": ["pattern"],
     }
     # what is not free text is kept: the path and hash of what runs, the user
