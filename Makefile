@@ -3,10 +3,13 @@
 PYTHON ?= python3
 VENV ?= $(if $(filter python3,$(PYTHON)),.venv,.venv-$(notdir $(PYTHON)))
 BIN := $(VENV)/bin
-# What `make test` needs (the package, its dev and bench extras) and what `make demo` needs (the package
-# alone): separate stamps, so a demo first does not make `make test` skip the dev tools.
+# What `make test` needs (the package, its dev and bench extras), what `make demo` needs (the package
+# alone) and what `make build` needs (the package and its build extra, jsonschema): separate stamps, so
+# a demo or a build first does not make `make test` skip the dev tools, nor a demo make `make build`
+# skip jsonschema.
 DEV_STAMP := $(VENV)/.installed-dev
 DEMO_STAMP := $(VENV)/.installed-demo
+BUILD_STAMP := $(VENV)/.installed-build
 
 .PHONY: test lint typecheck pytest demo docs bench build clean
 
@@ -16,11 +19,15 @@ $(BIN)/python:
 $(DEV_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
-	touch $(DEV_STAMP) $(DEMO_STAMP)
+	touch $(DEV_STAMP) $(DEMO_STAMP) $(BUILD_STAMP)
 
 $(DEMO_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	touch $(DEMO_STAMP)
+
+$(BUILD_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[build]'
+	touch $(BUILD_STAMP) $(DEMO_STAMP)
 
 test: lint typecheck pytest
 
@@ -41,9 +48,10 @@ pytest: $(DEV_STAMP)
 demo: $(DEMO_STAMP)
 	$(BIN)/python -m ddcustom.tooling.demo
 
-# README.md's metric and configuration tables, from metrics.py and config.py
+# README.md's metric and configuration tables, from metrics.py and config.py; docs/cli.md from the parser
 docs: $(DEMO_STAMP)
 	$(BIN)/python tools/docs_tables.py
+	$(BIN)/python tools/docs_cli.py
 
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/collect_cost.py
@@ -52,7 +60,8 @@ bench: $(DEV_STAMP)
 	$(BIN)/python bench/gpu_scenarios.py --quick
 	$(BIN)/python bench/evasion.py
 
-build: $(DEV_STAMP)
+# the artifact and recipe as `gdk component build` lays them out; needs the package and jsonschema only
+build: $(BUILD_STAMP)
 	$(BIN)/python -m ddcustom.tooling.build
 
 clean:

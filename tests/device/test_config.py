@@ -125,6 +125,10 @@ def test_short_interval_kept_when_device_defender_reports_are_off() -> None:
         ("SecurityProfile", 42),
         ("FleetKnownExecutables", "0" * 64),
         ("FleetInventory", "yes"),
+        ("EvidenceRedactPatterns", "password=\\S+"),  # a list, not one string: a pattern may hold commas
+        ("EvidenceRedactPatterns", ["("]),
+        ("EvidenceRedactPatterns", [r"(a+)+b"]),
+        ("EvidenceRedactPatterns", [r"x\d"] * 17),
     ],
 )
 def test_wrong_values_are_rejected_with_the_key(key: str, value: object) -> None:
@@ -137,6 +141,18 @@ def test_the_groups_common_programs_are_hashes_kept_lower_case_and_sorted() -> N
     assert settings.fleet_known_executables == ("a" * 64, "b" * 64)
     with pytest.raises(ConfigError, match="FleetKnownExecutables entry '/usr/bin/app': expected a SHA-256"):
         parse_settings({"FleetKnownExecutables": ["a" * 64, "/usr/bin/app"]})
+
+
+def test_redaction_patterns_are_checked_each_saying_why() -> None:
+    assert parse_settings({"EvidenceRedactPatterns": [r"corp-[A-Z0-9]{12}"]})[0].evidence_redact_patterns == (
+        r"corp-[A-Z0-9]{12}",
+    )
+    with pytest.raises(ConfigError) as raised:
+        parse_settings({"EvidenceRedactPatterns": [r"ok\d", r"(\w)\1", r"\s*\S+x"]})
+    assert len(raised.value.problems) == 2
+    assert raised.value.problems[0].startswith("configuration key 'EvidenceRedactPatterns': pattern ")
+    assert "refused: backreferences" in raised.value.problems[0]
+    assert "refused: its worst case" in raised.value.problems[1]
 
 
 def test_names_accept_a_comma_separated_string_and_drop_duplicates() -> None:

@@ -1,14 +1,18 @@
-"""``make demo`` (python -m ddcustom.tooling.demo) as a user runs it: its output, and Ctrl-C."""
+"""``make demo`` (python -m ddcustom.tooling.demo) as a user runs it: its output (the stand-in miner caught
+with its evidence redacted, the feedback switch, the timeline), and Ctrl-C."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import IO, Any
 
 import psutil
@@ -37,16 +41,23 @@ def demo(*args: str, **popen: Any) -> subprocess.Popen[str]:
     )
 
 
-def test_demo_prints_each_step_with_its_time_the_rules_in_words_and_the_timeline() -> None:
-    process = demo("--seconds", "12", "--detect-interval", "0.5", "--report-interval", "5")
+@pytest.fixture(scope="module")
+def demo_output() -> str:
+    """What a short demo prints (one run for the tests below); it exits 0."""
+    process = demo("--seconds", "20", "--detect-interval", "0.5", "--report-interval", "5")
     try:
-        out, err = process.communicate(timeout=90)
+        out, err = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(WAIT)
     assert process.returncode == 0, out + err
-    assert "`ddcustom simulate mining` only writes two numbers" in out
+    return out
+
+
+def test_demo_prints_each_step_with_its_time_the_rules_in_words_and_the_timeline(demo_output: str) -> None:
+    out = demo_output
+    assert "`ddcustom simulate mining` writes two numbers into the feedback files" in out
     assert (
         ">>> ddcustom simulate mining (writes two numbers into the feedback files; no miner is started)"
         in out
@@ -80,6 +91,49 @@ def test_demo_prints_each_step_with_its_time_the_rules_in_words_and_the_timeline
         r"normal values written at [\d.]+ s;.* cleared at [\d.]+ s, [\d.]+ s after the write", out
     )
     assert "Done: 2 of 2 feedback rules raised their alarm and cleared it" in out
+
+
+def test_demo_catches_a_stand_in_miner_with_the_evidence_an_operator_acts_on_redacted(
+    demo_output: str,
+) -> None:
+    out = demo_output
+
+    # The stand-in as the demo started it: a renamed copy of yes, whose command line holds a made-up token.
+    started = re.search(r"^ +(/\S+/demo-miner) (.*--http-access-token=(\w+))$", out, re.MULTILINE)
+    assert started is not None, out
+    path, arguments, token = started.groups()
+    original = os.path.realpath(str(shutil.which("yes")))  # the copy is gone with the demo's folder
+
+    # The alert names it, with what an operator acts on: what runs, its hash, who started it, its command
+    # line with the token cut and the pool, the wallet and -p x kept as evidence.
+    block = re.search(
+        r"^\[ *[\d.]+ s\] ALERT   new-executables: new_executables must stay at or below 0; saw 1\n"
+        r"(?P<evidence>(?: {11}.*\n)+)",
+        out,
+        re.MULTILINE,
+    )
+    assert block is not None, out
+    evidence = dict(
+        line.strip().split(maxsplit=1) for line in block.group("evidence").splitlines()[1:] if line.strip()
+    )
+    assert evidence["exe"] == path
+    assert evidence["sha256"] == hashlib.sha256(Path(original).read_bytes()).hexdigest()
+    assert evidence["process"].startswith("demo-miner (pid ")
+    assert evidence["parents"]
+    assert evidence["cmdline"] == f"{path} {arguments.replace(token, '[redacted]')}"
+    assert (
+        "stratum+tcp://pool.invalid:3333 -u 4DemoWa11et" in evidence["cmdline"]
+        and " -p x " in evidence["cmdline"]
+    )
+    assert evidence["redacted"] == "cmdline: secret-option"
+    assert out.count(token) == 1, "the token is in the demo's own account of the start only"
+
+    # Stopping it ends the alarm.
+    stopped = re.search(r"^\[ *([\d.]+) s\] >>> stand-in miner stopped", out, re.MULTILINE)
+    ended = re.search(r"^\[ *([\d.]+) s\] CLEARED new-executables: .*; saw 0$", out, re.MULTILINE)
+    assert stopped is not None and ended is not None, out
+    assert float(ended.group(1)) >= float(stopped.group(1))
+    assert "the stand-in miner was caught and its alarms cleared" in out
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -12,7 +13,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from ddcustom import __version__
 from ddcustom.device.config import ConfigError, Settings, load_config_file, parse_settings
@@ -24,6 +25,25 @@ EXIT_CONFIG = 2
 
 # Values `simulate` writes: the article's mining scenario, and values well inside the default profile.
 SCENARIOS = {"mining": (85.0, 180.0), "normal": (20.0, 45.0)}
+# What `ddcustom cloud` says where boto3 is missing (its commands' own check says the same: cloud/cli.py).
+CLOUD_NEEDS_BOTO3 = (
+    "ddcustom cloud needs boto3: pip install boto3 (in the ddcustom repository: pip install '.[cloud]')"
+)
+CLOUD_HELP_WITHOUT_BOTO3 = (
+    "ddcustom cloud needs boto3, which this Python does not have: pip install boto3 (in the ddcustom "
+    "repository: pip install '.[cloud]')"
+)
+
+
+def boto3_available() -> bool:
+    """Whether boto3 and botocore can be imported here: looked up, not imported (that takes a while)."""
+    for name in ("boto3", "botocore"):
+        try:
+            if importlib.util.find_spec(name) is None:
+                return False
+        except (ImportError, ValueError):  # ValueError: an entry of None in sys.modules
+            return False
+    return True
 
 
 def load_settings(path: Optional[str]) -> Settings:
@@ -212,7 +232,10 @@ def _on_off(text: str) -> bool:
     return value in ("on", "true")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_boto3: Optional[bool] = None) -> argparse.ArgumentParser:
+    """The ``ddcustom`` parser. ``with_boto3``: whether boto3 is installed (None: look); without it, the
+    help of ``ddcustom`` and of every ``ddcustom cloud`` command says how to install it. The commands and
+    options are the same either way (docs/cli.md is written from ``build_parser(True)``)."""
     parser = argparse.ArgumentParser(
         prog="ddcustom",
         description="Cryptojacking detection for AWS IoT Greengrass v2 GPU edge devices.",
@@ -288,17 +311,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_baseline_parser(sub)
 
-    try:
-        from ddcustom.tooling.cloud.cli import add_cloud_parser
-    except ImportError:  # the cloud extra (boto3) is optional on devices
-        pass
-    else:
-        add_cloud_parser(sub)
+    # The cloud's command line imports no boto3 (it is optional on devices): the command is always there.
+    from ddcustom.tooling.cloud.cli import add_cloud_parser
+
+    cloud = add_cloud_parser(sub)
+    if not (boto3_available() if with_boto3 is None else with_boto3):
+        _say_boto3_is_missing(parser, sub, cloud)
     return parser
 
 
+def _say_boto3_is_missing(parser: argparse.ArgumentParser, sub: Any, cloud: argparse.ArgumentParser) -> None:
+    """The help of ``ddcustom``, of ``ddcustom cloud`` and of each of its commands ends with how to
+    install boto3; the command list says it is needed."""
+    parser.epilog = CLOUD_HELP_WITHOUT_BOTO3
+    for choice in sub._choices_actions:  # argparse keeps the command list's entries only there
+        if choice.dest == "cloud":
+            choice.help = f"{choice.help} (needs boto3, not installed here)"
+    for action in cloud._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                command.epilog = parser.epilog
+    cloud.epilog = parser.epilog
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    with_boto3 = boto3_available()
+    if argv[:1] == ["cloud"] and not with_boto3 and not {"-h", "--help"} & set(argv):
+        # before argparse, which would answer `ddcustom cloud` alone with its list of commands only
+        print(CLOUD_NEEDS_BOTO3, file=sys.stderr)
+        return EXIT_CONFIG
+    args = build_parser(with_boto3).parse_args(argv)
     setup_logging()
     try:
         return int(args.func(args))

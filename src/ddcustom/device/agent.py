@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 from ddcustom.device.alerts.evidence import EvidenceReader
 from ddcustom.device.alerts.open_alarms import load_open_alarms, save_open_alarms
+from ddcustom.device.alerts.redact import Redactor
 from ddcustom.device.alerts.spool import AlertSpool, SpoolError
 from ddcustom.device.backoff import backoff_delays
 from ddcustom.device.baseline.observer import BaselineObserver
@@ -77,7 +78,9 @@ class Agent:
         # the stages after the sources read single processes through the collector's readers
         self._observer = BaselineObserver(self._collector.identities, self._collector.details)
         self._observer.configure(settings, uses_baseline(settings))
-        self._evidence = EvidenceReader(self._collector.identities, self._collector.details)
+        self._evidence = EvidenceReader(
+            self._collector.identities, self._collector.details, Redactor(settings.evidence_redact_patterns)
+        )
         try:
             last_id: Optional[int] = int(read_bounded(settings.report_id_file, 32))
         except (OSError, ValueError):  # none yet, or unreadable: ids go on from the clock
@@ -108,6 +111,8 @@ class Agent:
         self.settings = settings
         self._collector.apply_settings(settings)
         self._observer.configure(settings, uses_baseline(settings))
+        if settings.evidence_redact_patterns != old.evidence_redact_patterns:
+            self._evidence.redactor = Redactor(settings.evidence_redact_patterns)
         last_id = self._builder.last_report_id
         self._builder = ReportBuilder(settings, last_report_id=last_id)
         if (

@@ -125,6 +125,7 @@ class Settings:
     approved_cpu_levels: tuple[tuple[str, float], ...]  # (program SHA-256 or path, % of one core)
     fleet_known_executables: tuple[str, ...]
     fleet_inventory: bool
+    evidence_redact_patterns: tuple[str, ...]
     alert_spool_max_bytes: int
     max_report_list_size: int
     log_level: str
@@ -299,6 +300,24 @@ def _levels(key: str, value: Any) -> tuple[tuple[str, float], ...]:
     return tuple(sorted(parsed.items()))
 
 
+def _redact_patterns(key: str, value: Any) -> tuple[str, ...]:
+    from ddcustom.device.alerts.redact import MAX_PATTERNS, UnsafePattern, check_pattern
+
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _fail(key, value, "expected a list of Python regular expressions")
+    if len(value) > MAX_PATTERNS:
+        raise _fail(key, value, f"expected at most {MAX_PATTERNS} patterns")
+    problems = []
+    for pattern in value:
+        try:
+            check_pattern(pattern)
+        except UnsafePattern as exc:
+            problems.append(f"configuration key {key!r}: pattern {shown(pattern)} refused: {exc}")
+    if problems:
+        raise ConfigError(*problems)
+    return tuple(dict.fromkeys(value))
+
+
 def _ports(key: str, value: Any) -> frozenset[int]:
     if not isinstance(value, list):
         raise _fail(key, value, "expected a list of port numbers from 1 to 65535")
@@ -412,6 +431,12 @@ SCHEMA: dict[str, tuple[Any, _Parser, str, str]] = {
         "publish the executables the baseline knows to `ddcustom/{thingName}/inventory` (daily in full, "
         "changes every 5 minutes), for the cloud's prevalence; `ddcustom cloud setup` turns it on with "
         "`--prevalence on`. The IoT policy must allow the topic (README, Topics)"),
+    "EvidenceRedactPatterns": ([], _redact_patterns, "evidence_redact_patterns",
+        "Python regular expressions for what else an alert's evidence must not carry: what they match in a "
+        "command line, a process name or a loader variable is replaced by `[redacted]`, after the built-in "
+        "rules ([docs/threat-model.md](docs/threat-model.md#redaction)); a pattern with groups cuts what its "
+        "groups match. At most 16 patterns of at most 200 characters, each refused unless safe to run on "
+        "text an attacker wrote (no backreferences; an estimated worst case bounded)"),
     "AlertSpoolMaxBytes": (10_000_000, _int_range(65536, 1_000_000_000), "alert_spool_max_bytes",
         "bound of the alert spool on disk"),
     "MaxReportListSize": (100, _int_range(1, MAX_REPORT_LIST_SIZE), "max_report_list_size",

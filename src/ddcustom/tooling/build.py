@@ -10,8 +10,9 @@ the URI of each built artifact to ``s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VE
 the recipe against gdk's schema (keys lower-cased) and the 16,000-byte limit; write it.
 
 Standard library and PyYAML only. The zip is deterministic (sorted entries, fixed times and modes).
-``jsonschema`` is used for full schema validation when installed (it is in the dev extra); without it
-only the schema's required and allowed top-level keys are checked.
+``jsonschema`` is used for full schema validation when installed (the build extra, which `make build`
+installs; the dev extra has it too); without it only the schema's required and allowed top-level keys
+are checked.
 
 ``get_nocase``/``set_nocase`` read and write recipe keys case-insensitively (the stand-in nucleus
 uses them too).

@@ -17,9 +17,11 @@ from typing import Any
 import pytest
 
 from ddcustom.device.alerts.evidence import MAX_BYTES, MAX_CMDLINE_CHARS, MAX_PROCESSES, EvidenceReader
+from ddcustom.device.alerts.redact import REDACTED, Redactor
 from ddcustom.device.sample import (
     BaselineStats,
     Connection,
+    MinerProcess,
     NetCounters,
     NetworkStats,
     NewProcess,
@@ -193,3 +195,70 @@ def test_without_the_reader_a_connection_names_the_processes_of_its_user(proc: P
     assert evidence is not None
     assert [p["pid"] for p in evidence["processes"]] == [20]
     assert evidence["holder"] == "the only process of user root"
+
+
+# ---- redaction (redact.py's rules are tested there; here: where the evidence applies them) ---------
+
+
+def redacting(proc: Path, *patterns: str) -> EvidenceReader:
+    return EvidenceReader(IdentityReader(str(proc)), ProcessDetails(str(proc)), Redactor(patterns))
+
+
+def test_every_free_text_field_is_redacted_and_the_evidence_says_what_was_cut(proc: Path) -> None:
+    processes = {
+        **table(),
+        10: ProcessInfo(10, 1, "tok-ACME12", "sh", "sh"),  # a parent whose name a pattern cuts
+        20: ProcessInfo(20, 10, "acme-ACME34", "x", "./x --password=hunter2 https://u:pw1@h/ -v"),
+    }
+    (proc / "20" / "environ").write_bytes(b"HOME=/root\0LD_PRELOAD=/opt/ACME56/libhook.so\0")
+    evidence = redacting(proc, r"ACME\d\d").describe(sample_with(processes), ((20,), (), ()))
+
+    assert evidence is not None
+    [described] = evidence["processes"]
+    assert described["cmdline"] == f"./x --password={REDACTED} https://u:{REDACTED}@h/ -v"
+    assert described["name"] == f"acme-{REDACTED}"
+    assert described["parents"] == [{"pid": 10, "name": f"tok-{REDACTED}"}, {"pid": 1, "name": "init"}]
+    assert described["loader"] == {"LD_PRELOAD": f"/opt/{REDACTED}/libhook.so"}
+    assert described["redacted"] == {
+        "name": ["pattern"],
+        "cmdline": ["secret-option", "url-password"],
+        "loader": ["pattern"],
+        "parents": ["pattern"],
+    }
+    # what is not free text is kept: the path and hash of what runs, the user
+    assert (described["exe"], described["sha256"]) == ("/bin/sh", sha256_of("/bin/sh"))
+    assert "hunter2" not in json.dumps(evidence) and "pw1" not in json.dumps(evidence)
+
+
+def test_nothing_cut_adds_no_redacted_field(proc: Path) -> None:
+    evidence = redacting(proc).describe(sample_with(table()), ((20,), (), ()))
+    assert evidence is not None
+    assert "redacted" not in evidence["processes"][0]
+
+
+def test_a_miners_pool_login_is_kept_as_evidence(proc: Path) -> None:
+    line = "./xmrig -o pool:3333 -u WALLET -p x --pass=rig7 --api-token=t0k"
+    processes = {**table(), 20: ProcessInfo(20, 10, "xmrig", "xmrig", line)}
+    network = NetworkStats((), (), (), NetCounters(0, 0, 0, 0))
+    counted = ProcessStats(0, (MinerProcess(20, "xmrig", "name"),), (), table=processes)
+    evidence = redacting(proc).describe(sample(processes=counted, network=network), ((20,), (), ()))
+    assert evidence is not None
+    assert (
+        evidence["processes"][0]["cmdline"]
+        == f"./xmrig -o pool:3333 -u WALLET -p x --pass=rig7 --api-token={REDACTED}"
+    )
+
+    # the same line, of a process the miner rule does not count: --pass is a password
+    evidence = redacting(proc).describe(sample_with(processes), ((20,), (), ()))
+    assert evidence is not None
+    assert "rig7" not in evidence["processes"][0]["cmdline"]
+
+
+def test_a_long_command_line_is_cut_between_words_before_it_is_redacted(proc: Path) -> None:
+    token = "7Hq2Lm9XcV4bN8kP3sR6tY1wZ5aD0fGj"
+    head = "y" * (MAX_CMDLINE_CHARS - 10)
+    # the token straddles the cut: its first characters alone would be too short to look like one
+    processes = {**table(), 20: ProcessInfo(20, 10, "x", "x", f"{head} {token} tail")}
+    evidence = redacting(proc).describe(sample_with(processes), ((20,), (), ()))
+    assert evidence is not None
+    assert evidence["processes"][0]["cmdline"] == head

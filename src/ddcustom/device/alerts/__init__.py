@@ -1,1 +1,2 @@
-"""What happens to an alert after detection: its evidence, the record of open alarms, the durable spool."""
+"""What happens to an alert after detection: its evidence (redacted), the record of open alarms, the durable
+spool."""

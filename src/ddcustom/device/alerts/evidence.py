@@ -9,6 +9,11 @@ loader variables (``LD_PRELOAD`` ...) when it has any, parent chain up to pid 1,
 of its established connections; a connection whose process is not named is matched to the process
 holding its socket. Everything is bounded, so that an alert stays far below IoT Core's 128 KB message
 size whatever the device runs.
+
+The free text of the evidence (a process's command line, its name, its loader variables and its parents'
+names: what the process or its starter chose) passes through redact.py before it is put in: secrets are
+replaced by ``[redacted]`` and ``redacted`` says, per field, which kinds of thing were cut. Paths,
+hashes, users and addresses are not free text and are kept.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import pwd
 from collections.abc import Mapping
 from typing import Any, Optional
 
+from ddcustom.device.alerts.redact import Redactor
 from ddcustom.device.metrics import Culprits
 from ddcustom.device.sample import Connection, ProcessInfo, Sample
 from ddcustom.device.sources.identity import NO_ACCESS, IdentityReader
@@ -42,9 +48,12 @@ WEAK_IDENTITY = (
 class EvidenceReader:
     """Describes what an alert points at; shares the identity reader (and its hashes) with the baseline."""
 
-    def __init__(self, identities: IdentityReader, details: ProcessDetails) -> None:
+    def __init__(
+        self, identities: IdentityReader, details: ProcessDetails, redactor: Optional[Redactor] = None
+    ) -> None:
         self._identities = identities
         self._details = details
+        self.redactor = redactor or Redactor()  # replaced when EvidenceRedactPatterns changes
 
     def collect(self, sample: Sample, culprits: Culprits) -> Optional[dict[str, Any]]:
         """``describe``, for the agent: never raises (evidence is a help; its failure must not cost the
@@ -62,6 +71,9 @@ class EvidenceReader:
         established = sample.network.established_tcp if sample.network is not None else ()
         by_inode = {c.inode: c for c in established if c.inode}
         chosen = list(dict.fromkeys(pids))[:MAX_PROCESSES]
+        miners = (
+            frozenset(m.pid for m in sample.processes.miners) if sample.processes is not None else frozenset()
+        )
         evidence: dict[str, Any] = {}
         if connections and not chosen:  # the processes holding those connections
             wanted = {c.inode for c in connections if c.inode}
@@ -69,7 +81,8 @@ class EvidenceReader:
             chosen = list(holders)[:MAX_PROCESSES]
             if not chosen:
                 chosen = self._candidates(connections, sample, evidence)
-        processes = [p for p in (self._process(pid, table, by_inode) for pid in chosen) if p is not None]
+        described = (self._process(pid, table, by_inode, pid in miners) for pid in chosen)
+        processes = [p for p in described if p is not None]
         if processes:
             evidence["processes"] = processes
         if connections:
@@ -104,13 +117,23 @@ class EvidenceReader:
         return candidates[:MAX_PROCESSES]
 
     def _process(
-        self, pid: int, table: Mapping[int, ProcessInfo], by_inode: Mapping[int, Connection]
+        self, pid: int, table: Mapping[int, ProcessInfo], by_inode: Mapping[int, Connection], miner: bool
     ) -> Optional[dict[str, Any]]:
+        """``miner``: the miner rule counts it (its pool login and wallets are evidence: redact.py)."""
         info = table.get(pid)
         uid = self._details.owner(pid)
         if uid is None:
             return None  # it has exited since the sample
-        described: dict[str, Any] = {"pid": pid, "name": info.comm if info else ""}
+        redacted: dict[str, list[str]] = {}
+
+        def text(field: str, value: str, miner: bool = False) -> str:
+            result = self.redactor.redact(value, miner)
+            if result.kinds:
+                kinds = redacted.setdefault(field, [])
+                kinds.extend(k for k in result.kinds if k not in kinds)
+            return result.text
+
+        described: dict[str, Any] = {"pid": pid, "name": text("name", info.comm if info else "")}
         identity = self._identities.read(pid, process=info)
         if identity is not None:
             described["exe"] = identity.path
@@ -124,20 +147,35 @@ class EvidenceReader:
                 described["identity"] = WEAK_IDENTITY
                 described["code_kb"] = self._details.code_sizes(pid)
         if info is not None:
-            described["cmdline"] = info.cmdline[:MAX_CMDLINE_CHARS]
+            described["cmdline"] = text("cmdline", _cut(info.cmdline), miner)
             started = self._details.started(info.start_ticks)
             if started is not None:
                 described["started"] = started
         described["user"] = _user(uid)
         loader = self._details.loader_variables(pid)
         if loader:  # LD_PRELOAD and the like: code the process was told to load
-            described["loader"] = loader
-        described["parents"] = _parents(pid, table)
+            described["loader"] = {name: text("loader", value) for name, value in loader.items()}
+        described["parents"] = [
+            {**parent, "name": text("parents", parent["name"])} for parent in _parents(pid, table)
+        ]
         endpoints = sorted(
             {by_inode[i].remote_addr for i in self._details.socket_inodes(pid) if i in by_inode}
         )
         described["endpoints"] = endpoints[:MAX_ENDPOINTS]
+        if redacted:
+            described["redacted"] = redacted
         return described
+
+
+def _cut(cmdline: str) -> str:
+    """The first MAX_CMDLINE_CHARS characters, without a word cut in two (whose rest could be a secret
+    too short for the redaction's rules to recognize)."""
+    if len(cmdline) <= MAX_CMDLINE_CHARS:
+        return cmdline
+    cut = cmdline[:MAX_CMDLINE_CHARS]
+    if not cmdline[MAX_CMDLINE_CHARS].isspace() and " " in cut:
+        cut = cut[: cut.rindex(" ")]
+    return cut.rstrip()
 
 
 def _user(uid: int) -> str:
