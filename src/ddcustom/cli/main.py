@@ -25,10 +25,6 @@ EXIT_CONFIG = 2
 
 # Values `simulate` writes: the article's mining scenario, and values well inside the default profile.
 SCENARIOS = {"mining": (85.0, 180.0), "normal": (20.0, 45.0)}
-# What `ddcustom cloud` says where boto3 is missing (its commands' own check says the same: cloud/cli.py).
-CLOUD_NEEDS_BOTO3 = (
-    "ddcustom cloud needs boto3: pip install boto3 (in the ddcustom repository: pip install '.[cloud]')"
-)
 CLOUD_HELP_WITHOUT_BOTO3 = (
     "ddcustom cloud needs boto3, which this Python does not have: pip install boto3 (in the ddcustom "
     "repository: pip install '.[cloud]')"
@@ -339,7 +335,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with_boto3 = boto3_available()
     if argv[:1] == ["cloud"] and not with_boto3 and not {"-h", "--help"} & set(argv):
         # before argparse, which would answer `ddcustom cloud` alone with its list of commands only
-        print(CLOUD_NEEDS_BOTO3, file=sys.stderr)
+        from ddcustom.tooling.cloud.cli import NEEDS_BOTO3
+
+        print(NEEDS_BOTO3, file=sys.stderr)
         return EXIT_CONFIG
     args = build_parser(with_boto3).parse_args(argv)
     setup_logging()

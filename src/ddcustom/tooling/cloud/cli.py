@@ -44,6 +44,12 @@ PLAN_ACCOUNT = "<account-id>"  # what --plan shows in place of the account id
 NO_INDEX = frozenset({"ResourceNotFoundException", "InvalidRequestException", "IndexNotReadyException"})
 
 
+# What a cloud command says where boto3 is missing (``ddcustom cloud`` alone says the same: cli/main.py).
+NEEDS_BOTO3 = (
+    "ddcustom cloud needs boto3: pip install boto3 (in the ddcustom repository: pip install '.[cloud]')"
+)
+
+
 def add_cloud_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Adds ``cloud setup|teardown|status|release`` to the main parser's subparsers."""
     from ddcustom import COMPONENT_NAME, __version__
@@ -350,11 +356,7 @@ def run_cloud(
     try:
         import botocore.exceptions as boto_errors
     except ImportError:
-        print(
-            "ddcustom cloud needs boto3: pip install boto3 "
-            "(in the ddcustom repository: pip install '.[cloud]')",
-            file=err,
-        )
+        print(NEEDS_BOTO3, file=err)
         return 2
     from ddcustom.tooling.cloud import runner
     from ddcustom.tooling.cloud.steps import error_code
