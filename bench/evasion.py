@@ -1674,12 +1674,15 @@ def compare_cell(result: Optional[dict[str, Any]]) -> str:
     if not result["caught"]:
         return "**not caught**"
     cycle = result.get("first_alarm_cycle")
-    return f"cycle {cycle if cycle is not None else '?'}; {evidence_text(result)}"
+    when = f"cycle {cycle}" if cycle is not None and cycle <= 2 else f"**cycle {cycle or '?'}**"
+    evidence = evidence_text(result)
+    return f"{when}; " + (evidence if result.get("evidence") == EVIDENCE_FULL else f"**{evidence}**")
 
 
 def compare_markdown(documents: list[dict[str, Any]], names: list[str]) -> str:
     """One table of the attacks of several results (a column each, headed by its mode), and one of
-    their benign runs' in-alarms."""
+    their benign runs' in-alarms; in bold what misses a target (caught after the second cycle, without
+    the miner's path and SHA-256 in the first alert's evidence, not caught)."""
     heads = [f"{d.get('mode', 'privileged (before modes)')}" for d in documents]
     lines = [
         f"{head}: {name}, started {d.get('started_at', '?')}"

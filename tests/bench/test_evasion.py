@@ -516,3 +516,7 @@ def test_the_tables_say_the_mode_the_attacker_and_the_evidence_and_compare_modes
     table = evasion.compare_markdown([document, fallback], ["a.json", "b.json"])
     assert "| scenario | attacker | deployed | fallback |" in table
     assert "| sshd-proxy | root | cycle 2; path + SHA-256 (new-executables) | **not caught** |" in table
+    late = {**attack, "first_alarm_cycle": 3, "evidence": evasion.EVIDENCE_NO_PATH}
+    assert "| **cycle 3**; **no path (new-executables)** |" in evasion.compare_markdown(
+        [{**document, "attacks": [late]}], ["c"]
+    )
