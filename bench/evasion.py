@@ -3,14 +3,75 @@
 The device
   A Greengrass core device in a temporary folder, laid out as the nucleus lays it out (packages/,
   work/): the stand-in nucleus (src/ddcustom/devnucleus) serves this repository's recipe.yaml with a
-  deployment's merge configuration; the component runs as its recipe's Run does (``python -m ddcustom
-  run``, from the source tree) in work/com.awsiotblog.DeviceDefenderCustom; the watched application is a
-  Greengrass component too, com.example.InferApp (bench/evasion_app.py, named ``infer-app``, 10 % of one
-  core), started by its own recipe's Run step from packages/artifacts/com.example.InferApp/1.0.0/.
-  Alerts are what the component publishes to IoT Core through the nucleus. The configuration:
-  SecurityProfile (--profile, default crypto-mining), DetectIntervalSeconds 5, EnableDeviceDefenderReport
-  false, WatchedProcesses [infer-app], BaselineLearningSeconds (the learning period), and IncludeLoopback
-  true when the pool is on loopback.
+  deployment's merge configuration; the component runs as the nucleus runs its recipe's Run step (the
+  step's script with the configuration substituted, ``sh -c`` in work/com.awsiotblog.DeviceDefenderCustom,
+  as root since the step RequiresPrivilege): ``{kernel:rootPath}/ddcustom/venv/bin/python -m ddcustom run
+  --privileged-reader <PrivilegedReader>``. That venv is made as the recipe's Install leaves it (root's,
+  mode 0755), with a ``.pth`` putting this repository's src/ and the running environment's site-packages
+  (the dependencies) on its path instead of an installed wheel. The watched application is a Greengrass
+  component too, com.example.InferApp (bench/evasion_app.py, named ``infer-app``, 10 % of one core),
+  started by its own recipe's Run step from packages/artifacts/com.example.InferApp/1.0.0/. Alerts are
+  what the component publishes to IoT Core through the nucleus. The configuration: SecurityProfile
+  (--profile, default crypto-mining), DetectIntervalSeconds 5, EnableDeviceDefenderReport false,
+  WatchedProcesses [infer-app], BaselineLearningSeconds (the learning period), IncludeLoopback true when
+  the pool is on loopback, and PrivilegedReader false in the fallback mode.
+
+  The device's own programs, running as root from before learning to the end: a daemon named ``sshd``
+  (a copy of sleep(1) started with argv[0] /usr/sbin/sshd), the root daemon a miner may name itself
+  after; and an egress client (bench/evasion_pool.py --egress) that always holds a connection through
+  the HTTP CONNECT proxy, 30 s each, so that the proxy's address is an endpoint the device is known to
+  use (its usual egress proxy: what a miner reaching its pool through it hides behind).
+
+Modes (--mode): how the component runs
+  deployed (default): as the recipe deploys it. Its work folder belongs to a component user of its own
+  (a free uid without passwd entry, as ggc_user is to Greengrass: the nucleus makes the work folder the
+  runWith user's), so ``ddcustom run``, started as root, forks the privileged reader and drops to that
+  user. fallback: the same with PrivilegedReader false (no reader: other users' processes are known by
+  what anyone may read). privileged: the work folder root's, so the component stays root (every figure
+  of this benchmark before the modes). The benchmark checks what the component logged at its start
+  ("other users' processes: ..."), its uid, and whether it has a child running as root (the reader), and
+  fails the run (status 1) when they are not those of the mode asked for.
+
+  What the component's user must reach, and does: the temporary folder and the device's root (0755),
+  its own work folder (its state folder is work/.../state, which it makes there), the venv (root's,
+  0755), this repository's src/ and the site-packages it runs from (world-readable where the benchmark
+  runs; checked at the start by loading the component as that user, which fails the run with the reason
+  otherwise), and the nucleus's IPC socket (opened to every user, 0666 in a 0711 folder, as Greengrass
+  leaves its ipc.socket; the SVCUID token identifies the component). Nothing else needs to change: the
+  component reads its configuration and publishes through that socket, reads /proc and the kernel's
+  socket tables (sock_diag) as any user may, and asks the privileged reader for what only root may read
+  of other users' processes; GPU metrics are off, and it writes nowhere but its state folder. The
+  interpreter of that venv must be one both users may run with its standard library (after dropping its
+  privileges the component still imports modules lazily): the running one when they may, else the
+  system's python3 of the same version (the dependencies are compiled for it); none is a failure.
+
+Users and attackers
+  The watched application runs as an application user of its own (another free uid), as a nucleus runs
+  a component whose Run step does not RequiresPrivilege, in a work folder of that user's. Every attack
+  has an attacker: root, or the application's user (the miner started as that uid, its files that
+  user's). The choice follows who would plausibly run it, so that both are covered where it matters:
+  - the application's user: what a compromised application can do: its child (child-of-app, necessarily),
+    its namesake (app-namesake), a downloaded `xmrig` (xmrig-stratum), `python3` (python3-nice), an
+    interpreter running a script dropped in world-writable /dev/shm (shm-interpreter);
+  - root: names of the kernel's threads and of root daemons, which only root's processes plausibly bear
+    (kworker-443, kworker-proxy, on-off as `kswapd0`, sshd-443, sshd-proxy), and pool-1-in-7.
+  Where the attacker changes what the component can know, the scenario runs for both: the daemon's
+  namesake reaching its pool through the usual proxy (sshd-proxy as root, sshd-proxy-app as the
+  application's user): without the privileged reader the component knows other users' processes only
+  by user, name and argv[0], which match the daemon's for root's miner and not for the application
+  user's. To the component (its own user), root's and the application user's processes are alike other
+  users' otherwise: both need the reader for their executable's path and SHA-256.
+
+Evidence
+  For every caught attack, the in-alarm alerts of the first detection cycle that raised any (those
+  arriving within half an interval of the first: their order within a cycle is the order of the rules)
+  are checked for the miner: "path + SHA-256" when one of them describes a process with the path of the
+  file the benchmark started (the copied binary; for the interpreted miner, its script) and that file's
+  SHA-256; "path, no SHA-256"; "no path" when it describes the miner's process (by pid) without its path
+  (``"unknowable": "no access"``); "process not named" when none describes it (an alert naming only an
+  address). The best of them is shown, with the behaviors giving it; the JSON also has, per behavior,
+  the best any of its alerts reached, and the first cycle's alerts in full. Target: every attack caught
+  with the miner's path and SHA-256 in the first alert's evidence.
 
   Processes: as root, the benchmark runs in a PID namespace of its own (bench/evasion_pidns.py; not
   with --share-pids), so the component sees the benchmark's processes only, not the host's other ones
@@ -33,9 +94,9 @@ The "remote" pool
   As root: a network namespace ddc-evasion-<pid> joined by a veth pair in a /30 picked unused in
   10.200.0.0/16 (checked against ``ip -4 addr`` and the routes); only that /30 is routed. The pool
   (ports 3333 and 443) and the HTTP CONNECT proxy (port 80) run inside it (bench/evasion_pool.py).
-  Namespace and veth are deleted at the end, also on Ctrl-C, SIGTERM or an error. Otherwise (not root,
-  ``ip netns`` failing, or --loopback) they listen on 127.0.0.1 and IncludeLoopback is true, with ports
-  3333, 443 and 80 as root, 3333, 8443 and 8080 otherwise; the output says which and why. Every address
+  Namespace and veth are deleted at the end, also on Ctrl-C, SIGTERM or an error. Otherwise (``ip
+  netns`` failing, or --loopback) they listen on 127.0.0.1 (ports 3333, 443 and 80) and IncludeLoopback
+  is true; the output says which and why. Every address
   handed to a miner, the proxy or the pool is checked to be inside the /30 or loopback, by the benchmark
   and again by the miners and the proxy, before anything connects; nothing is sent anywhere else (pip
   runs with --no-index). Before the component starts, the benchmark checks once that the pool answers.
@@ -44,12 +105,13 @@ Miners
   bench/miner.c, compiled with cc at start into the temporary folder and copied under each scenario's
   name: it burns CPU at a set duty cycle and keeps a stratum-like connection (mining.subscribe, then a
   mining.submit JSON line every 3 s). The /dev/shm scenario runs bench/miner.py, copied there, with the
-  Python interpreter. Seconds to the first in-alarm count from the miner's start to the alert's
-  arrival; seconds to clear from its stop (0 or less: cleared before it stopped). Target: caught within
-  2 detection intervals, that is by the first or second detection cycle after the miner started ("by
-  cycle"). The component samples on a fixed grid; the grid's phase is inferred from when all its alerts
-  arrived (see cycle_phase), so the count leaves out the alert's delivery after its cycle: a rule that
-  needs two datapoints alarms at the second cycle, up to two intervals plus that delay after the start.
+  Python interpreter the application runs with. Seconds to the first in-alarm count from the miner's
+  start to the alert's arrival; seconds to clear from its stop (0 or less: cleared before it stopped).
+  Target: caught within 2 detection intervals, that is by the first or second detection cycle after the
+  miner started ("by cycle"). The component samples on a fixed grid; the grid's phase is inferred from
+  when all its alerts arrived (see cycle_phase), so the count leaves out the alert's delivery after its
+  cycle: a rule that needs two datapoints alarms at the second cycle, up to two intervals plus that
+  delay after the start.
 
 Benign runs
   In-alarms are counted from the run's start to one interval after its end. Target: none.
@@ -67,26 +129,36 @@ Output
   failed to run, 2 for bad options, 130 when interrupted. Every process started is in its own process
   group, killed at the end, and ends by itself a little after its run in any case.
 
+  --compare A.json B.json ... runs nothing: it prints one table of the attacks of those results, a column
+  per result (headed by its mode), and one of the benign runs' in-alarms. The benchmark needs root (the
+  component is started as root, the application and the attackers as users of their own): otherwise it
+  exits with status 2.
+
     .venv/bin/python bench/evasion.py --quick
+    .venv/bin/python bench/evasion.py --mode privileged --scenarios attacks
+    .venv/bin/python bench/evasion.py --mode fallback --scenarios sshd-443,sshd-proxy,kworker-443
     .venv/bin/python bench/evasion.py --quick --without-baseline --scenarios attacks
-    .venv/bin/python bench/evasion.py --scenarios kworker-443,build --learning-seconds 120
+    .venv/bin/python bench/evasion.py --compare privileged.json deployed.json fallback.json
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import grp
 import hashlib
 import ipaddress
 import json
 import math
 import os
 import platform
+import pwd
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -98,6 +170,7 @@ from typing import IO, Any, Optional
 import yaml
 
 import evasion_pidns
+from ddcustom.device.run import privileges
 from ddcustom.tooling.devnucleus import DevNucleus, Published
 from ddcustom.tooling.devnucleus.lifecycle import lifecycle_steps
 from evasion_pool import LOOPBACK, Namespace, NamespaceError, require_allowed
@@ -112,14 +185,37 @@ ALERT_TOPIC = f"ddcustom/{THING}/alerts"  # the recipe's AlertTopic for this thi
 APP_NAME = "infer-app"  # the watched application's process name
 APP_COMPONENT = "com.example.InferApp"
 BASELINE_KEY = "BaselineLearningSeconds"
-# The interpreter the application and the /dev/shm miner run with: the real binary, not a venv's link.
-INTERPRETER = os.path.realpath(sys.executable)
 LIFETIME_MARGIN = 120.0  # seconds every started process outlives its run by at most, even if we die
 STOP_GRACE = 5.0
 
 
 class BenchError(RuntimeError):
     """The benchmark cannot go on: the component, the pool or a process it needs failed."""
+
+
+# ---- how the component runs, and as whom the other processes run -------------------------------------
+
+DEPLOYED, FALLBACK, PRIVILEGED = "deployed", "fallback", "privileged"
+MODES = (DEPLOYED, FALLBACK, PRIVILEGED)
+# What the component logs at its start ("other users' processes: ...") in each mode.
+LOGGED_MODE = {
+    DEPLOYED: privileges.PRIVILEGED_READER,
+    FALLBACK: privileges.UNPRIVILEGED,
+    PRIVILEGED: privileges.ROOT,
+}
+MODE_LOG_PREFIX = "other users' processes: "
+ROOT, APP = "root", "app"  # attackers: root, or the watched application's user
+FIRST_FREE_UID = 61000  # where the search for the component's and the application's uids starts
+# The device's own root daemon, as a miner would name itself after it (argv[0] and process name).
+DAEMON_ARGV0 = "/usr/sbin/sshd"
+DAEMON_NAME = "sshd"
+EGRESS_HOLD = 30.0  # seconds the device's egress client keeps each connection through the proxy open
+# Evidence of a caught attack, best first (see evidence_class).
+EVIDENCE_FULL = "path + SHA-256"
+EVIDENCE_PATH_ONLY = "path, no SHA-256"
+EVIDENCE_NO_PATH = "no path"
+EVIDENCE_NOT_NAMED = "process not named"
+EVIDENCE_ORDER = (EVIDENCE_FULL, EVIDENCE_PATH_ONLY, EVIDENCE_NO_PATH, EVIDENCE_NOT_NAMED)
 
 
 # ---- scenarios -------------------------------------------------------------------------------------
@@ -137,6 +233,12 @@ class Attack:
     via_proxy: bool = False
     launcher: str = "benchmark"  # "benchmark", "app" (a child of the watched application), "interpreter"
     min_seconds: float = 0.0
+    attacker: str = ROOT  # who runs the miner: ROOT, or APP (the watched application's user)
+    argv0: str = ""  # argv[0] when not process_name (a daemon's full path)
+
+    @property
+    def shown_argv0(self) -> str:
+        return self.argv0 or self.process_name
 
 
 @dataclass(frozen=True)
@@ -147,24 +249,32 @@ class Benign:
 
 ATTACKS = (
     Attack("xmrig-stratum", "`xmrig` with a stratum URL on the command line, pool port 3333, 2 cores busy",
-           "xmrig", ("-t", "2", "--duty", "100"), pool="stratum", port="pool"),
+           "xmrig", ("-t", "2", "--duty", "100"), pool="stratum", port="pool", attacker=APP),
     Attack("child-of-app", "miner started as a child of the watched application (45 % of a core, port 443)",
-           "infer-worker", ("--duty", "45"), launcher="app"),
+           "infer-worker", ("--duty", "45"), launcher="app", attacker=APP),
     Attack("app-namesake", "miner started elsewhere under the watched application's name (45 %, port 443)",
-           APP_NAME, ("--duty", "45")),
+           APP_NAME, ("--duty", "45"), attacker=APP),
     Attack("pool-1-in-7", "pool port 3333 connected only 1 s out of every 7 s (45 %, at least 21 s)",
            "sync-agent", ("--duty", "45", "--connect", "1", "--every", "7"), pool="cmdline", port="pool",
            min_seconds=21),
     Attack("kworker-443", "binary renamed `kworker/0:2` (prctl + argv[0]), 45 % of one core, pool on port "
            "443, pool address in a config file", "kworker/0:2", ("--duty", "45")),
-    Attack("kworker-proxy", "the same, reaching its pool through an HTTP CONNECT proxy on port 80",
-           "kworker/0:2", ("--duty", "45"), via_proxy=True),
+    Attack("kworker-proxy", "the same, reaching its pool through the device's usual HTTP CONNECT proxy "
+           "(port 80)", "kworker/0:2", ("--duty", "45"), via_proxy=True),
     Attack("python3-nice", "named `python3`, nice 19, 25 % of one core, port 443", "python3",
-           ("--duty", "25", "--nice", "19")),
+           ("--duty", "25", "--nice", "19"), attacker=APP),
     Attack("on-off", "`kswapd0` mining 20 s on / 20 s off (100 % of a core and connected while on, port "
            "443, at least 45 s)", "kswapd0", ("--duty", "100", "--on", "20", "--off", "20"), min_seconds=45),
     Attack("shm-interpreter", "miner run by an interpreter from /dev/shm (`python3 /dev/shm/.../x.py`), "
-           "45 %, port 443", "python3", ("--duty", "45"), pool="cmdline", launcher="interpreter"),
+           "45 %, port 443", "python3", ("--duty", "45"), pool="cmdline", launcher="interpreter",
+           attacker=APP),
+    Attack("sshd-443", f"named like the device's root daemon (`{DAEMON_NAME}`, argv[0] `{DAEMON_ARGV0}`), "
+           "45 %, pool on port 443, pool address in a config file", DAEMON_NAME, ("--duty", "45"),
+           argv0=DAEMON_ARGV0),
+    Attack("sshd-proxy", "the same, reaching its pool through the device's usual HTTP CONNECT proxy "
+           "(port 80)", DAEMON_NAME, ("--duty", "45"), via_proxy=True, argv0=DAEMON_ARGV0),
+    Attack("sshd-proxy-app", "the same as the application's user (the daemon's name and argv[0], another "
+           "user)", DAEMON_NAME, ("--duty", "45"), via_proxy=True, argv0=DAEMON_ARGV0, attacker=APP),
 )  # fmt: skip
 
 BENIGN = (
@@ -220,6 +330,18 @@ class Started:
                 return None
             time.sleep(0.05)
 
+    def line_with(self, text: str, timeout: float = 0.0) -> Optional[str]:
+        """The first line holding ``text`` (anywhere), waiting up to ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for _, line in list(self.lines):
+                if text in line:
+                    return line
+            ended = self.reader is None or not self.reader.is_alive()
+            if ended or time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
+
 
 class Processes:
     """Every process the benchmark starts, each in its own session (so its own process group); stop()
@@ -239,8 +361,13 @@ class Processes:
         env: Optional[dict[str, str]] = None,
         stdin: Optional[int] = None,
         watch: bool = False,
+        user: Optional[int] = None,
+        watch_stderr: bool = False,
     ) -> Started:
-        self.write_log(f"starting {argv}\n")
+        """Start ``argv``; ``user``: as that uid (its own group, no other), as a nucleus runs a
+        component's step; ``watch_stderr``: stderr watched with stdout (``watch``)."""
+        self.write_log(f"starting {argv}" + ("" if user is None else f" as uid {user}") + "\n")
+        as_user: dict[str, Any] = {} if user is None else {"user": user, "group": user, "extra_groups": []}
         process = subprocess.Popen(
             argv,
             executable=executable,
@@ -248,9 +375,10 @@ class Processes:
             env=env,
             stdin=stdin if stdin is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE if watch else self.log,
-            stderr=self.log,
+            stderr=subprocess.STDOUT if watch and watch_stderr else self.log,
             text=True,
             start_new_session=True,
+            **as_user,
         )
         started = Started(process)
         if watch:
@@ -292,7 +420,7 @@ class Alarms:
 
     def __init__(self) -> None:
         self._events: list[tuple[float, str, str]] = []
-        self._evidence: list[tuple[float, str, Any]] = []
+        self._evidence: list[tuple[float, str, Any]] = []  # every in-alarm alert's (None: none given)
         self._lock = threading.Lock()
 
     def record(self, published: Published) -> None:
@@ -305,13 +433,18 @@ class Alarms:
             return
         with self._lock:
             self._events.append(event)
-            if "evidence" in alert:
-                self._evidence.append((event[0], event[1], alert["evidence"]))
+            if event[2] == "in-alarm":
+                self._evidence.append((event[0], event[1], alert.get("evidence")))
 
     def evidence(self, start: float, end: float) -> list[tuple[str, Any]]:
-        """(behavior, evidence) of the in-alarm events between ``start`` and ``end``."""
+        """(behavior, evidence) of the in-alarm events between ``start`` and ``end`` that carry evidence."""
         with self._lock:
-            return [(b, e) for t, b, e in self._evidence if start <= t <= end]
+            return [(b, e) for t, b, e in self._evidence if start <= t <= end and e is not None]
+
+    def in_alarm_alerts(self, start: float, end: float) -> list[tuple[float, str, Any]]:
+        """(time, behavior, evidence or None) of every in-alarm alert between ``start`` and ``end``."""
+        with self._lock:
+            return [(t, b, e) for t, b, e in self._evidence if start <= t <= end]
 
     def raised(self, start: float, end: float) -> list[tuple[float, str]]:
         """In-alarm events between ``start`` and ``end``: (time, behavior), in order."""
@@ -375,11 +508,141 @@ def cycles_between(phase: float, interval: float, start: float, end: float) -> i
     return math.floor((end - phase) / interval) - math.floor((start - phase) / interval)
 
 
+# ---- what the alerts say about the miner -------------------------------------------------------------
+
+
+def evidence_class(evidence: Any, path: str, sha256: str, pids: set[int], script: bool = False) -> str:
+    """How an alert's evidence names the miner started from the file ``path`` (SHA-256 ``sha256``) as
+    the processes ``pids``: EVIDENCE_FULL when a process it describes shows that path and that SHA-256
+    (``script``: an interpreter's script and its SHA-256, for the interpreted miner), EVIDENCE_PATH_ONLY
+    when the path without the SHA-256, EVIDENCE_NO_PATH when it describes the miner's process (by pid)
+    without its path, EVIDENCE_NOT_NAMED when it describes no process of the miner (or has no evidence:
+    an alert that names only addresses, or nothing)."""
+    best = EVIDENCE_NOT_NAMED
+    processes = evidence.get("processes") if isinstance(evidence, dict) else None
+    for described in processes if isinstance(processes, list) else []:
+        if not isinstance(described, dict):
+            continue
+        shown_path = described.get("script" if script else "exe") or ""
+        shown_sha256 = described.get("script_sha256" if script else "sha256") or ""
+        if shown_path == path and shown_sha256 == sha256:
+            return EVIDENCE_FULL
+        if shown_path == path:
+            found = EVIDENCE_PATH_ONLY
+        elif described.get("pid") in pids:
+            found = EVIDENCE_NO_PATH
+        else:
+            continue
+        best = min(best, found, key=EVIDENCE_ORDER.index)
+    return best
+
+
+def first_alert_evidence(
+    alerts: list[tuple[float, str, Any]], classify: Any, same_cycle: float = INTERVAL / 2
+) -> dict[str, Any]:
+    """The evidence of the first in-alarm alert(s) of a run: those arriving within ``same_cycle`` s of the
+    first, that is raised by the same detection cycle (their order within a cycle is the component's
+    order of rules, not a matter of detection), as the best class (``classify``: evidence -> class) among
+    them and the behaviors giving it; and the best class each behavior reached during the run."""
+    if not alerts:
+        return {"evidence": None, "evidence_by": [], "evidence_by_behavior": {}, "first_evidence": []}
+    first_at = min(t for t, _, _ in alerts)
+    first = [(b, classify(e), e) for t, b, e in alerts if t - first_at <= same_cycle]
+    best = min((c for _, c, _ in first), key=EVIDENCE_ORDER.index)
+    by_behavior: dict[str, str] = {}
+    for _, behavior, evidence in alerts:
+        found = classify(evidence)
+        by_behavior[behavior] = min(by_behavior.get(behavior, found), found, key=EVIDENCE_ORDER.index)
+    return {
+        "evidence": best,
+        "evidence_by": sorted({b for b, c, _ in first if c == best}),
+        "evidence_by_behavior": dict(sorted(by_behavior.items())),
+        "first_evidence": [{"behavior": b, "class": c, "evidence": e} for b, c, e in first],
+    }
+
+
+def mode_problem(
+    asked: str, logged_mode: Optional[str], uid: Optional[int], component_uid: int, root_children: list[int]
+) -> Optional[str]:
+    """Why the component did not run in the mode ``asked`` (None: it did): what it logged at its start
+    (``logged_mode``, a key of privileges.MODES, None when it logged none we know), the uid it runs as,
+    and its children running as root (the privileged reader)."""
+    problems = []
+    wanted = LOGGED_MODE[asked]
+    if logged_mode != wanted:
+        problems.append(
+            f'it logged "{MODE_LOG_PREFIX}{privileges.MODES.get(logged_mode or "", "(nothing known)")}", '
+            f'not "{MODE_LOG_PREFIX}{privileges.MODES[wanted]}"'
+        )
+    wanted_uid = 0 if asked == PRIVILEGED else component_uid
+    if uid != wanted_uid:
+        problems.append(f"it runs as uid {uid}, not {wanted_uid}")
+    if asked == DEPLOYED and not root_children:
+        problems.append("it has no privileged reader (no child running as root)")
+    if asked == FALLBACK and root_children:
+        problems.append(f"it has children running as root: {root_children}")
+    if not problems:
+        return None
+    return f"the component did not run in the {asked} mode: " + "; ".join(problems)
+
+
+def process_uid(pid: int) -> Optional[int]:
+    """The real uid of process ``pid``; None when it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    return None
+
+
+def all_pids() -> list[int]:
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    found = []
+    for child in all_pids():
+        try:
+            stat = Path(f"/proc/{child}/stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rpartition(")")[2].split()[1]) == pid:
+            found.append(child)
+    return found
+
+
+def pids_running(path: str, script: bool) -> set[int]:
+    """The processes running the executable ``path`` (``script``: an interpreter running the script
+    ``path``), as root sees them."""
+    found = set()
+    for pid in all_pids():
+        try:
+            if script:
+                running = path in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split(
+                    "\0"
+                )
+            else:
+                running = os.readlink(f"/proc/{pid}/exe") == path
+        except OSError:
+            continue
+        if running:
+            found.add(pid)
+    return found
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 # ---- the device: nucleus, component, watched application ------------------------------------------
 
 
-def app_recipe(version: str, lifetime: float) -> dict[str, Any]:
-    run = f'exec "{INTERPRETER}" -u "{{artifacts:path}}/infer_app.py" --seconds {lifetime:.0f}'
+def app_recipe(version: str, lifetime: float, interpreter: str) -> dict[str, Any]:
+    run = f'exec "{interpreter}" -u "{{artifacts:path}}/infer_app.py" --seconds {lifetime:.0f}'
     return {
         "RecipeFormatVersion": "2020-01-25",
         "ComponentName": APP_COMPONENT,
@@ -396,25 +659,204 @@ def app_recipe(version: str, lifetime: float) -> dict[str, Any]:
     }
 
 
-class Device:
-    """A Greengrass core device in ``root``: the stand-in nucleus, the component, the watched app."""
+@dataclass(frozen=True)
+class Users:
+    """The uids of the device's users besides root, each without a passwd entry (a user of its own, as
+    ggc_user is) and with a group of the same number."""
 
-    def __init__(self, root: Path, processes: Processes, alarms: Alarms, lifetime: float) -> None:
+    component: int  # the component's user in the deployed and fallback modes: its work folder's owner
+    app: int  # the watched application's user, and the APP attacker
+
+
+def free_uids(count: int, start: int = FIRST_FREE_UID) -> list[int]:
+    """``count`` uids from ``start`` on with no passwd or group entry that no process runs as."""
+    busy: set[int] = set()
+    for pid in all_pids():
+        uid = process_uid(pid)
+        if uid is not None:
+            busy.add(uid)
+    found: list[int] = []
+    uid = start
+    while len(found) < count:
+        try:
+            pwd.getpwuid(uid)
+        except KeyError:
+            try:
+                grp.getgrgid(uid)
+            except KeyError:
+                if uid not in busy:
+                    found.append(uid)
+        uid += 1
+    return found
+
+
+def run_as(uid: int, argv: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``argv`` run as ``uid`` (its own group, no other) from /, with this environment but PYTHONPATH; a
+    program it may not run gives status 126 and the error."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    try:
+        return subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, cwd="/", env=env, user=uid, group=uid,
+            extra_groups=[], start_new_session=True,
+        )  # fmt: skip
+    except OSError as exc:
+        return subprocess.CompletedProcess(argv, 126, "", str(exc))
+
+
+# What an unprivileged user must be able to load from an interpreter: the standard library, lazily
+# imported modules included (after dropping its privileges, the component still imports some).
+STDLIB_PROBE = "import os, concurrent.futures.thread; os.listdir(os.path.dirname(os.__file__)); print('ok')"
+COMPONENT_PROBE = (
+    "import ddcustom.cli.main, ddcustom.device.run.greengrass, awsiot.greengrasscoreipc.clientv2; "
+    + STDLIB_PROBE
+)
+
+
+def shared_interpreter(uids: list[int]) -> str:
+    """A Python interpreter that every user of ``uids`` may run, standard library included, of the
+    running interpreter's version (the component loads this environment's compiled dependencies): the
+    running one (resolved) when they may, else the system's python3."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    candidates = [os.path.realpath(sys.executable)]
+    for name in (f"python{version}", "python3"):
+        found = shutil.which(name, path="/usr/local/bin:/usr/bin:/bin")
+        if found is not None:
+            candidates.append(os.path.realpath(found))
+    problems = []
+    for candidate in dict.fromkeys(candidates):
+        check = [candidate, "-c", f"import sys; sys.exit(sys.version_info[:2] != {sys.version_info[:2]})"]
+        if subprocess.run(check, capture_output=True, timeout=60).returncode != 0:
+            problems.append(f"{candidate}: not Python {version}")
+            continue
+        failed = [run_as(uid, [candidate, "-c", STDLIB_PROBE]) for uid in uids]
+        refused = [
+            f"uid {uid}: {done.stderr.strip()[-300:]}" for uid, done in zip(uids, failed) if done.returncode
+        ]
+        if not refused:
+            return candidate
+        problems.append(f"{candidate}: " + "; ".join(refused))
+    raise BenchError(
+        f"no Python {version} that the component's and the application's users may run: "
+        + " | ".join(problems)
+    )
+
+
+def share_ipc_socket(socket_path: str) -> None:
+    """The nucleus's IPC socket open to every component's user, as Greengrass leaves its ipc.socket (any
+    user may connect; the SVCUID token says which component it is)."""
+    os.chmod(os.path.dirname(socket_path), 0o711)
+    os.chmod(socket_path, 0o666)
+
+
+class Device:
+    """A Greengrass core device in ``root``: the stand-in nucleus, the component, the watched app, and
+    the device's own programs (a root daemon, an egress client through the proxy)."""
+
+    def __init__(
+        self,
+        root: Path,
+        processes: Processes,
+        alarms: Alarms,
+        lifetime: float,
+        users: Users,
+        interpreter: str,
+    ) -> None:
         self.root = root
         self.processes = processes
         self.alarms = alarms
         self.lifetime = lifetime
+        self.users = users
+        self.interpreter = interpreter
         self.nucleus: Optional[DevNucleus] = None
         self.component: Optional[Started] = None
+        self.component_mode: dict[str, Any] = {}
         self.app: Optional[Started] = None
 
-    def start_component(self, configuration: dict[str, Any]) -> None:
+    def install_component(self) -> Path:
+        """``{kernel:rootPath}/ddcustom/venv``, which the recipe's Run step starts, as its Install step
+        leaves it (root's, mode 0755), made with ``interpreter`` and with this repository's src/ and the
+        dependencies of the running environment on its path instead of an installed wheel; checked to
+        load as the component's user."""
+        home = self.root / "ddcustom"
+        home.mkdir(mode=0o755, parents=True)
+        venv = home / "venv"
+        made = subprocess.run(
+            [self.interpreter, "-m", "venv", "--without-pip", str(venv)],
+            capture_output=True, text=True, timeout=120, start_new_session=True,
+        )  # fmt: skip
+        if made.returncode != 0:
+            raise BenchError(f"cannot make the component's venv: {made.stderr.strip()[-1000:]}")
+        python = venv / "bin" / "python"
+        where = subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        ours = sysconfig.get_paths()
+        paths = [str(REPO / "src"), *dict.fromkeys([ours["purelib"], ours["platlib"]])]
+        (Path(where.stdout.strip()) / "ddcustom-bench.pth").write_text("\n".join(paths) + "\n")
+        probe = run_as(self.users.component, [str(python), "-c", COMPONENT_PROBE])
+        if probe.returncode != 0:
+            raise BenchError(
+                f"the component's user (uid {self.users.component}) cannot load the component from "
+                f"{python} ({', '.join(paths)}): {probe.stderr.strip()[-1000:]}"
+            )
+        return python
+
+    def start_daemons(self, network: Network) -> None:
+        """The device's own programs, running from before learning to the end: a root daemon named
+        DAEMON_NAME (a copy of sleep(1) started as DAEMON_ARGV0), and a root client holding a connection
+        through the HTTP CONNECT proxy (the device's usual egress: the proxy's address is a known
+        endpoint)."""
+        sleep = shutil.which("sleep")
+        if sleep is None:
+            raise BenchError("no sleep(1) to stand in for the device's daemon")
+        sbin = self.root.parent / "usr" / "sbin"
+        sbin.mkdir(parents=True)
+        daemon = sbin / DAEMON_NAME
+        shutil.copy2(sleep, daemon)
+        self.processes.start([DAEMON_ARGV0, f"{self.lifetime:.0f}"], executable=str(daemon))
+        host = str(require_allowed(network.pool_host, network.allowed))
+        argv = [
+            sys.executable, str(BENCH / "evasion_pool.py"), "--allow", str(network.allowed),
+            "--egress", f"{host}:{network.proxy_port}", "--target", f"{host}:{network.tls_port}",
+            "--hold", f"{EGRESS_HOLD:g}", "--seconds", f"{self.lifetime:.0f}",
+        ]  # fmt: skip
+        client = self.processes.start(argv, watch=True)
+        if client.first_line("egress connected", timeout=30) is None:
+            raise BenchError("the device's egress client did not get through the proxy (see the log)")
+
+    def start_component(self, configuration: dict[str, Any], mode: str) -> None:
+        """The component started as the nucleus starts it: its recipe's Run step, with the configuration
+        substituted, ``sh -c`` in its work folder, as root when the step RequiresPrivilege (else as the
+        work folder's owner); the work folder the component user's (deployed, fallback) or root's
+        (privileged). Then checked to run in ``mode`` (BenchError if not)."""
         self.nucleus = DevNucleus(REPO / "recipe.yaml", THING, configuration, on_publish=self.alarms.record)
         self.nucleus.start()
-        work = self.root / "work" / self.nucleus.component_name
+        share_ipc_socket(self.nucleus.socket_path)
+        self.install_component()
+        name = self.nucleus.component_name
+        work = self.root / "work" / name
         work.mkdir(parents=True)
-        env = {**child_env(), **self.nucleus.env()}
-        self.component = self.processes.start([sys.executable, "-m", "ddcustom", "run"], cwd=work, env=env)
+        owner = 0 if mode == PRIVILEGED else self.users.component
+        os.chown(work, owner, owner)
+        packages = self.root / "packages"
+        recipe = yaml.safe_load((REPO / "recipe.yaml").read_text(encoding="utf-8"))
+        step = lifecycle_steps(
+            recipe,
+            artifacts_path=str(packages / "artifacts" / name / "1.0.0"),
+            decompressed_path=str(packages / "artifacts-unarchived" / name / "1.0.0"),
+            work_path=str(work),
+            thing_name=THING,
+            kernel_root=str(self.root),
+            configuration=self.nucleus.configuration,
+        )["run"]
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+        env = {**env, **step.setenv, **self.nucleus.env()}
+        self.component = self.processes.start(
+            ["sh", "-c", step.script], cwd=work, env=env, watch=True, watch_stderr=True,
+            user=None if step.requires_privilege else owner,
+        )  # fmt: skip
+        self.component_mode = {"asked": mode, "run_step": step.script, "as_root": step.requires_privilege}
         nucleus, process = self.nucleus, self.component.process
         try:
             nucleus.wait_until(lambda: bool(nucleus.states) or process.poll() is not None, 60)
@@ -422,6 +864,32 @@ class Device:
             raise BenchError("the component reported no state within 60 s") from None
         if nucleus.states[-1:] != ["RUNNING"]:
             raise BenchError(f"the component did not run: states {nucleus.states}, exit {process.poll()}")
+        self.check_mode(mode)
+
+    def check_mode(self, mode: str) -> None:
+        """BenchError unless the component runs in ``mode``: what it logged at its start, its uid, and
+        whether a child of it runs as root (the privileged reader)."""
+        assert self.component is not None
+        line = self.component.line_with(MODE_LOG_PREFIX, timeout=30)
+        logged = line.split(MODE_LOG_PREFIX, 1)[1].strip() if line is not None else None
+        logged_mode = next((key for key, text in privileges.MODES.items() if text == logged), None)
+        pid = self.component.process.pid  # sh exec'd the interpreter: the same process
+        uid = process_uid(pid)
+        root_children = [child for child in children_of(pid) if process_uid(child) == 0]
+        self.component_mode.update(
+            logged=logged, logged_mode=logged_mode, uid=uid, privileged_reader_pids=root_children
+        )
+        problem = mode_problem(mode, logged_mode, uid, self.users.component, root_children)
+        self.component_mode["problem"] = problem
+        if problem is not None:
+            raise BenchError(problem)
+
+    def component_errors(self) -> list[str]:
+        """The component's lines that tell of an error (a traceback, an ERROR or CRITICAL log line)."""
+        if self.component is None:
+            return []
+        marks = ("Traceback", " ERROR ", " CRITICAL ")
+        return [line for _, line in list(self.component.lines) if any(m in line for m in marks)][:20]
 
     def component_alive(self) -> None:
         if self.component is not None and self.component.process.poll() is not None:
@@ -429,17 +897,19 @@ class Device:
 
     def deploy_app(self, version: str) -> None:
         """As a deployment does: the version's artifact and recipe are placed, the running version is
-        stopped, the new one's Run step started (``sh -c`` in the component's work folder)."""
+        stopped, the new one's Run step started (``sh -c`` in the component's work folder, which belongs
+        to the application's user, as that user: the step does not RequiresPrivilege)."""
         packages = self.root / "packages"
         artifacts = packages / "artifacts" / APP_COMPONENT / version
         artifacts.mkdir(parents=True)
         source = (BENCH / "evasion_app.py").read_text(encoding="utf-8")
         (artifacts / "infer_app.py").write_text(source.replace('VERSION = "1.0.0"', f'VERSION = "{version}"'))
-        recipe = app_recipe(version, self.lifetime)
+        recipe = app_recipe(version, self.lifetime, self.interpreter)
         (packages / "recipes").mkdir(exist_ok=True)
         (packages / "recipes" / f"{APP_COMPONENT}-{version}.yaml").write_text(yaml.safe_dump(recipe))
         work = self.root / "work" / APP_COMPONENT
         work.mkdir(parents=True, exist_ok=True)
+        os.chown(work, self.users.app, self.users.app)
         run = lifecycle_steps(
             recipe,
             artifacts_path=str(artifacts),
@@ -456,6 +926,7 @@ class Device:
             env={**os.environ, **run.setenv},
             stdin=subprocess.PIPE,
             watch=True,
+            user=None if run.requires_privilege else self.users.app,
         )
         if self.app.first_line(f"infer-app {version} started", timeout=30) is None:
             raise BenchError(f"{APP_COMPONENT} {version} did not start (see the log)")
@@ -567,6 +1038,8 @@ def component_configuration(
         "IncludeLoopback": network.mode == "loopback",
         "LogLevel": "INFO",
     }
+    if args.mode == FALLBACK:
+        configuration["PrivilegedReader"] = False
     if args.without_baseline:
         why = "--without-baseline"
     else:
@@ -584,15 +1057,22 @@ def component_configuration(
 
 
 def miner_command(
-    attack: Attack, network: Network, miner: Path, shm_script: Path, folder: Path, seconds: float
+    attack: Attack,
+    network: Network,
+    miner: Path,
+    shm_script: Path,
+    folder: Path,
+    seconds: float,
+    interpreter: Optional[str] = None,
 ) -> tuple[str, list[str]]:
-    """(executable, argv) of the attack's miner; every address in it checked to be allowed."""
+    """(executable, argv) of the attack's miner, its files placed in ``folder`` (``interpreter``: the
+    interpreted miner's, default the running one); every address in it checked to be allowed."""
     host = str(require_allowed(network.pool_host, network.allowed))
     port = network.pool_port if attack.port == "pool" else network.tls_port
     common = ["--allow", str(network.allowed), "--seconds", f"{seconds + LIFETIME_MARGIN:.0f}"]
     if attack.launcher == "interpreter":
-        argv = [attack.process_name, str(shm_script), "--pool", f"{host}:{port}", *attack.options, *common]
-        return INTERPRETER, argv
+        argv = [attack.shown_argv0, str(shm_script), "--pool", f"{host}:{port}", *attack.options, *common]
+        return interpreter or os.path.realpath(sys.executable), argv
     binary = folder / attack.process_name.split("/")[0]
     shutil.copy2(miner, binary)
     if attack.pool == "stratum":
@@ -605,7 +1085,8 @@ def miner_command(
         pool = ["-c", str(config)]
     if attack.via_proxy:
         pool += ["-x", f"{host}:{network.proxy_port}"]
-    return str(binary), [attack.process_name, *pool, *attack.options, "--name", attack.process_name, *common]
+    argv = [attack.shown_argv0, *pool, *attack.options, "--name", attack.process_name, *common]
+    return str(binary), argv
 
 
 BUILD_SCRIPT = """
@@ -656,6 +1137,8 @@ class Bench:
         self, device: Device, processes: Processes, alarms: Alarms, network: Network, timing: Timing,
         folder: Path, miner: Path, shm_script: Path,
     ) -> None:  # fmt: skip
+        """``folder`` (the run's temporary folder, which every user may enter) holds the scenarios' files;
+        ``shm_script`` the interpreted miner, placed by its attacker."""
         self.device = device
         self.processes = processes
         self.alarms = alarms
@@ -685,19 +1168,35 @@ class Bench:
             clears[behavior] = None if behavior in still or cleared is None else round(cleared - stopped, 1)
         return raised, clears
 
+    def attacker_uid(self, attack: Attack) -> Optional[int]:
+        """The uid the attack's miner runs as (None: root, the benchmark's own)."""
+        return self.device.users.app if attack.attacker == APP else None
+
     def run_attack(self, attack: Attack) -> dict[str, Any]:
         already = sorted(self.alarms.wait_quiet(None, self.timing.clear))
         seconds = max(self.timing.attack, attack.min_seconds)
         folder = self.folder / "scenarios" / attack.name
         folder.mkdir(parents=True)
-        executable, argv = miner_command(attack, self.network, self.miner, self.shm_script, folder, seconds)
+        executable, argv = miner_command(
+            attack, self.network, self.miner, self.shm_script, folder, seconds, self.device.interpreter
+        )
+        uid = self.attacker_uid(attack)
+        if uid is not None:  # the attacker's own files
+            for path in (folder, *folder.rglob("*")):
+                os.chown(path, uid, uid)
+        script = attack.launcher == "interpreter"
+        started_file = self.shm_script if script else Path(executable)
         started = time.monotonic()
         miner: Optional[Started] = None
         if attack.launcher == "app":
             self.device.app_command({"start-child": {"executable": executable, "argv": argv}})
         else:
-            miner = self.processes.start(argv, executable=executable, watch=True)
+            miner = self.processes.start(argv, executable=executable, watch=True, user=uid)
+        self.sleep_until(started + min(2.0, seconds))
+        pids = pids_running(str(started_file), script)
         self.sleep_until(started + seconds)
+        pids |= pids_running(str(started_file), script)
+        miner_uids = sorted({u for u in map(process_uid, pids) if u is not None})
         stopped = time.monotonic()
         exited = miner.process.poll() if miner is not None else None
         if miner is not None:
@@ -717,14 +1216,30 @@ class Bench:
             status = f"failed: the miner exited early with status {exited}"
         elif not connected:
             status = "failed: the miner never reached its pool"
+        elif not pids:
+            status = f"failed: no process ran {started_file}"
+        elif miner_uids != [0 if uid is None else uid]:
+            status = f"failed: the miner ran as uid(s) {miner_uids}, not as its attacker"
         first_alarm = min(first.values()) if first else None
         known_clears = [v for v in clears.values() if v is not None]
+        sha256 = sha256_of(started_file)
+
+        def classify(evidence: Any) -> str:
+            return evidence_class(evidence, str(started_file), sha256, pids, script)
+
+        evidence = first_alert_evidence(self.alarms.in_alarm_alerts(started, time.monotonic()), classify)
         return {
             "scenario": attack.name,
             "description": attack.description,
+            "attacker": attack.attacker,
+            "attacker_uid": 0 if uid is None else uid,
             "status": status,
             "seconds": seconds,
             "command": argv,
+            "miner_file": str(started_file),
+            "miner_sha256": sha256,
+            "miner_pids": sorted(pids),
+            "miner_uids": miner_uids,
             "caught": bool(raised),
             "behaviors": sorted(first),
             "first_alarm_s": first_alarm,
@@ -737,6 +1252,7 @@ class Bench:
             "clear_s": max(known_clears) if known_clears and len(known_clears) == len(clears) else None,
             "clear_by_behavior_s": clears,
             "already_in_alarm": already,
+            **evidence,
         }
 
     def start_benign(self, benign: Benign, seconds: float, learning: bool = False) -> Optional[Started]:
@@ -839,8 +1355,10 @@ def run(
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
         "machine": f"{platform.machine()} {os.cpu_count()} cpu(s), {platform.platform()}, Python "
         f"{platform.python_version()}",
+        "started_at": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "load_average_at_start": os.getloadavg(),
         "detect_interval_s": INTERVAL,
+        "mode": args.mode,
         "profile": args.profile,
         "processes_seen": processes_seen,
         "timing": asdict(timing),
@@ -849,29 +1367,40 @@ def run(
         "failure": None,
     }
     sources = source_hashes()
+    os.umask(0o022)  # what the benchmark makes is readable by the device's other users, as it says
+    users = Users(*free_uids(2))
+    document["users"] = {"component": users.component, "app": users.app}
     with tempfile.TemporaryDirectory(prefix="ddc-evasion-") as tmp:
         folder = Path(tmp)
+        folder.chmod(0o755)  # the device's root and the scenarios' files lie here: every user enters it
         log_path = folder / "processes.log"
         with open(log_path, "w") as log:
             processes = Processes(log)
             alarms = Alarms()
-            device = Device(folder / "greengrass", processes, alarms, lifetime)
+            device = Device(folder / "greengrass", processes, alarms, lifetime, users, interpreter="")
             namespace: Optional[Namespace] = None
             shm: Optional[Path] = None
             try:
+                device.interpreter = shared_interpreter([users.component, users.app])
+                document["interpreter"] = device.interpreter
                 miner = compile_miner(folder)
                 network, namespace = open_network(not args.loopback, processes, lifetime)
                 document["network"] = {**asdict(network), "allowed": str(network.allowed)}
                 print(
                     f"pool: {network.mode} {network.pool_host} ({network.allowed}) {network.note}", flush=True
                 )
-                shm, shm_script = place_shm_miner(folder)
+                shm, shm_script = place_shm_miner(folder, users.app)
                 document["shm_miner"] = str(shm_script)
                 configuration, why_no_baseline = component_configuration(args, network, timing, folder)
                 document["configuration"] = configuration
                 document["baseline"] = {"used": not why_no_baseline, "why_not": why_no_baseline}
+                device.start_daemons(network)
                 device.deploy_app("1.0.0")
-                device.start_component(configuration)
+                try:
+                    device.start_component(configuration, args.mode)
+                finally:
+                    document["component"] = device.component_mode
+                print(f"component: {args.mode} mode, {MODE_LOG_PREFIX}{device.component_mode['logged']}")
                 learn = timing.learning + INTERVAL if not why_no_baseline else 2 * INTERVAL
                 print(
                     f"baseline: learning for {learn:g} s" if not why_no_baseline
@@ -902,11 +1431,13 @@ def run(
                     )
             except BenchError as exc:
                 document["failure"] = str(exc)
+                print(f"\nfailed: {exc}", flush=True)
                 print(f"\nfailed: {exc}\nlast lines of the log ({log_path}):", file=sys.stderr)
                 log.flush()
                 print("\n".join(log_path.read_text(errors="replace").splitlines()[-30:]), file=sys.stderr)
             finally:
                 with signals_ignored():
+                    document["component_errors"] = device.component_errors()
                     processes.stop_all()
                     device.close()
                     if namespace is not None:
@@ -947,8 +1478,9 @@ def signals_ignored() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def place_shm_miner(folder: Path) -> tuple[Optional[Path], Path]:
-    """bench/miner.py as x.py in a new folder under /dev/shm (or ``folder`` without /dev/shm)."""
+def place_shm_miner(folder: Path, owner: int) -> tuple[Optional[Path], Path]:
+    """bench/miner.py as x.py in a new folder under /dev/shm (or ``folder`` without /dev/shm), folder and
+    file belonging to ``owner`` (the attacker who dropped it), readable by all."""
     try:
         shm: Optional[Path] = Path(tempfile.mkdtemp(prefix="ddc-evasion-", dir="/dev/shm"))
     except OSError:
@@ -956,6 +1488,11 @@ def place_shm_miner(folder: Path) -> tuple[Optional[Path], Path]:
         shm = None
     script = (shm or folder) / "x.py"
     shutil.copy2(BENCH / "miner.py", script)
+    script.chmod(0o644)
+    if shm is not None:
+        shm.chmod(0o755)
+        os.chown(shm, owner, owner)
+    os.chown(script, owner, owner)
     return shm, script
 
 
@@ -977,7 +1514,43 @@ def summary(result: dict[str, Any]) -> str:
     if not result["caught"]:
         return f"{result['status']}: not caught"
     return (
-        f"{result['status']}: caught after {result['first_alarm_s']:g} s by {', '.join(result['behaviors'])}"
+        f"{result['status']}: caught after {result['first_alarm_s']:g} s by "
+        f"{', '.join(result['behaviors'])}; first alert's evidence: {evidence_text(result)}"
+    )
+
+
+def evidence_text(result: dict[str, Any]) -> str:
+    """The first in-alarm alert's evidence of the miner, and by which behaviors ("-": not caught)."""
+    if not result.get("evidence"):
+        return "-"
+    by = result.get("evidence_by") or []
+    return f"{result['evidence']} ({', '.join(by)})" if by else str(result["evidence"])
+
+
+def attacker_text(result: dict[str, Any]) -> str:
+    return "root" if result.get("attacker", ROOT) == ROOT else f"app user ({result.get('attacker_uid')})"
+
+
+def evidence_misses(result: dict[str, Any]) -> Optional[str]:
+    """What the evidence of a caught attack showed when its first alert did not name the miner by path
+    and SHA-256; None when it did (or the attack was not caught)."""
+    if not result["caught"] or result.get("evidence") == EVIDENCE_FULL:
+        return None
+    described = []
+    for first in result.get("first_evidence", []):
+        evidence = first.get("evidence") or {}
+        shown = [
+            f"pid {p.get('pid')} {p.get('name')!r} exe {p.get('exe') or '-'}"
+            + (f" unknowable: {p['unknowable']}" if p.get("unknowable") else "")
+            for p in evidence.get("processes", [])
+        ]
+        shown += [f"address {a}" for a in evidence.get("connections", [])]
+        shown += [f"item {i}" for i in evidence.get("items", [])]
+        described.append(f"{first['behavior']}: {first['class']} ({'; '.join(shown) or 'no evidence'})")
+    later = ", ".join(f"{b}: {c}" for b, c in result.get("evidence_by_behavior", {}).items())
+    return (
+        f"{result['scenario']} ({attacker_text(result)}): first alert(s): {' | '.join(described)}; "
+        f"best over the run: {later}"
     )
 
 
@@ -1003,12 +1576,20 @@ def markdown(document: dict[str, Any]) -> str:
             f"DetectIntervalSeconds {INTERVAL}, profile {document['profile']}, baseline {learned}; pool: "
             f"{network.get('mode')} {network.get('allowed')} {network.get('note', '')}\n"
         )
+    if document.get("mode"):
+        component = document.get("component") or {}
+        users = document.get("users") or {}
+        lines.append(
+            f'component: {document["mode"]} mode, logged "{MODE_LOG_PREFIX}{component.get("logged")}", '
+            f"uid {component.get('uid')}; the application and the app-user attacker: uid {users.get('app')}; "
+            f"interpreter {document.get('interpreter')}\n"
+        )
     if document["attacks"]:
         lines.append(
-            "| scenario | what | caught | by | 1st in-alarm (s) | by cycle | within 2 intervals "
-            "| clear after stop (s) |"
+            "| scenario | attacker | what | caught | by | first alert's evidence | 1st in-alarm (s) "
+            "| by cycle | within 2 intervals | clear after stop (s) |"
         )
-        lines.append("|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
         for r in document["attacks"]:
             caught = ("yes" if r["caught"] else "**no**") + (
                 "" if r["status"] == "ran" else f" ({r['status']})"
@@ -1019,9 +1600,11 @@ def markdown(document: dict[str, Any]) -> str:
             clear = cleared_text(r, document["timing"]["clear"])
             cells = [
                 r["scenario"],
+                attacker_text(r),
                 r["description"],
                 caught,
                 ", ".join(r["behaviors"]) or "-",
+                evidence_text(r),
                 first,
                 cycle,
                 within,
@@ -1061,6 +1644,12 @@ def markdown(document: dict[str, Any]) -> str:
     if attacks:
         met = sum(1 for r in attacks if r["within_two_intervals"])
         lines.append(f"targets: {met} of {len(attacks)} attacks caught within 2 intervals")
+        named = sum(1 for r in attacks if r.get("evidence") == EVIDENCE_FULL)
+        lines.append(
+            f"targets: {named} of {len(attacks)} attacks caught with the miner's path and SHA-256 in the "
+            "first alert's evidence"
+        )
+        lines += [miss for miss in map(evidence_misses, attacks) if miss is not None]
     if document["benign"]:
         count = sum(r["in_alarms"] for r in document["benign"])
         lines.append(f"targets: {count} in-alarm(s) in the benign runs (target 0)")
@@ -1070,8 +1659,62 @@ def markdown(document: dict[str, Any]) -> str:
             "process is a new executable: alarms may be the edit's): "
             + ", ".join(document["files_changed_during_run"])
         )
+    if document.get("component_errors"):
+        lines.append("WARNING: the component logged errors: " + " / ".join(document["component_errors"]))
     if document["failure"]:
         lines.append(f"FAILED: {document['failure']}")
+    return "\n".join(lines)
+
+
+def compare_cell(result: Optional[dict[str, Any]]) -> str:
+    if result is None:
+        return "not run"
+    if result["status"] != "ran":
+        return result["status"]
+    if not result["caught"]:
+        return "**not caught**"
+    cycle = result.get("first_alarm_cycle")
+    when = f"cycle {cycle}" if cycle is not None and cycle <= 2 else f"**cycle {cycle or '?'}**"
+    evidence = evidence_text(result)
+    return f"{when}; " + (evidence if result.get("evidence") == EVIDENCE_FULL else f"**{evidence}**")
+
+
+def compare_markdown(documents: list[dict[str, Any]], names: list[str]) -> str:
+    """One table of the attacks of several results (a column each, headed by its mode), and one of
+    their benign runs' in-alarms; in bold what misses a target (caught after the second cycle, without
+    the miner's path and SHA-256 in the first alert's evidence, not caught)."""
+    heads = [f"{d.get('mode', 'privileged (before modes)')}" for d in documents]
+    lines = [
+        f"{head}: {name}, started {d.get('started_at', '?')}"
+        for head, name, d in zip(heads, names, documents)
+    ]
+    lines.append("")
+    scenarios: dict[str, str] = {}
+    for document in documents:
+        for r in document["attacks"]:
+            scenarios.setdefault(r["scenario"], attacker_text(r))
+    if scenarios:
+        lines.append("| scenario | attacker | " + " | ".join(heads) + " |")
+        lines.append("|---|---|" + "---|" * len(heads))
+        for name, attacker in scenarios.items():
+            cells = [
+                compare_cell(next((r for r in d["attacks"] if r["scenario"] == name), None))
+                for d in documents
+            ]
+            lines.append(f"| {name} | {attacker} | " + " | ".join(cells) + " |")
+        lines.append("")
+    benign = list(dict.fromkeys(r["scenario"] for d in documents for r in d["benign"]))
+    if benign:
+        lines.append("| benign run | " + " | ".join(f"{head}: in-alarms" for head in heads) + " |")
+        lines.append("|---|" + "---|" * len(heads))
+        for name in benign:
+            cells = []
+            for document in documents:
+                r = next((r for r in document["benign"] if r["scenario"] == name), None)
+                cells.append(
+                    "not run" if r is None else f"{r['in_alarms']} {', '.join(r['behaviors'])}".strip()
+                )
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -1119,6 +1762,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="how long to wait after a run for its alarms to clear (default 60, quick 30)",
     )
     add("--benign-seconds", type=positive, help="length of each benign run (default 300, quick 30)")
+    add(
+        "--mode",
+        choices=MODES,
+        default=DEPLOYED,
+        help="how the component runs (default deployed): deployed, as the recipe deploys it (started as "
+        "root, its own user with the privileged reader); fallback, the same with PrivilegedReader false (no "
+        "reader); privileged, staying root (its work folder root's)",
+    )
+    add(
+        "--compare",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="run nothing: print one table of the attacks (and benign runs) of these results, a column each",
+    )
     add("--profile", default="crypto-mining", help="SecurityProfile: a built-in name or a JSON file")
     add(
         "--without-baseline",
@@ -1179,10 +1837,25 @@ def _interrupt(signum: int, _frame: Any) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.compare:
+        try:
+            documents = [json.loads(path.read_text()) for path in args.compare]
+        except (OSError, ValueError) as exc:
+            print(f"evasion.py: --compare: {exc}", file=sys.stderr)
+            return 2
+        print(compare_markdown(documents, [str(path) for path in args.compare]))
+        return 0
     try:
         attacks, benign = select_scenarios(args.scenarios)
     except ValueError as exc:
         print(f"evasion.py: {exc}", file=sys.stderr)
+        return 2
+    if os.geteuid() != 0:
+        print(
+            "evasion.py: needs root: the component is started as root as its recipe's Run step does, and "
+            "the application and the attackers run as users of their own",
+            file=sys.stderr,
+        )
         return 2
     timing = timing_of(args)
     if evasion_pidns.inside():

@@ -8,6 +8,12 @@ and loopback: ``require_allowed`` is checked before every connection and bind. R
 serves until killed or ``--seconds`` (stdlib only: it runs inside the namespace with ``ip netns exec``):
 
     python bench/evasion_pool.py --allow 10.200.3.0/30 --pool 10.200.3.2:3333 --proxy 10.200.3.2:80
+
+With ``--egress`` it is instead the device's egress client: it keeps a connection through the proxy to
+``--target`` open, ``--hold`` seconds at a time (a JSON line every EGRESS_EVERY seconds), and opens the
+next one, until ``--seconds``; it prints ``egress connected`` for each:
+
+    python bench/evasion_pool.py --allow 10.200.3.0/30 --egress 10.200.3.2:80 --target 10.200.3.2:443
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
 MAX_LINE = 65536  # bytes of one JSON line the pool reads
 MAX_HEAD = 4096  # bytes of a CONNECT request head
 RELAY_IDLE = 600.0  # seconds without traffic after which a relayed connection is closed
+EGRESS_EVERY = 5.0  # seconds between the egress client's lines
 
 
 def require_allowed(host: str, allowed: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
@@ -215,6 +222,41 @@ def relay(a: socket.socket, b: socket.socket) -> None:
                 peers[sock].sendall(data)
 
 
+def egress(
+    proxy: tuple[str, int],
+    target: tuple[str, int],
+    allowed: ipaddress.IPv4Network,
+    hold: float,
+    seconds: float,
+) -> int:
+    """The egress client (see the module's docstring); 1 when an address is not allowed."""
+    try:
+        require_allowed(proxy[0], allowed)
+        require_allowed(target[0], allowed)
+    except ValueError as exc:
+        print(f"evasion_pool: {exc}", file=sys.stderr)
+        return 1
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        try:
+            with socket.create_connection(proxy, timeout=5) as sock:
+                host = f"{target[0]}:{target[1]}"
+                sock.sendall(f"CONNECT {host} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+                if not read_head(sock).startswith(b"HTTP/1.1 200 "):
+                    raise OSError("the proxy refused the CONNECT")
+                print("egress connected", flush=True)
+                end = min(until, time.monotonic() + hold)
+                while time.monotonic() < end:
+                    sock.sendall(b'{"id": 1, "method": "update.check", "params": []}\n')
+                    if not sock.recv(4096):
+                        raise OSError("closed by the far end")
+                    time.sleep(max(0.0, min(EGRESS_EVERY, end - time.monotonic())))
+        except (OSError, ValueError) as exc:
+            print(f"evasion_pool: egress: {exc}", file=sys.stderr, flush=True)
+            time.sleep(1.0)
+    return 0
+
+
 def endpoint(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     return host, int(port)
@@ -228,7 +270,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--pool", action="append", default=[], type=endpoint, help="HOST:PORT, repeatable")
     parser.add_argument("--proxy", type=endpoint, help="HOST:PORT of the HTTP CONNECT proxy")
     parser.add_argument("--seconds", type=float, default=7200.0, help="exit after this long")
+    parser.add_argument("--egress", type=endpoint, help="HOST:PORT of the proxy: be the egress client")
+    parser.add_argument("--target", type=endpoint, help="HOST:PORT the egress client CONNECTs to")
+    parser.add_argument("--hold", type=float, default=30.0, help="seconds each egress connection stays open")
     args = parser.parse_args(argv)
+    if args.egress is not None:
+        if args.target is None:
+            parser.error("--egress needs --target")
+        return egress(args.egress, args.target, args.allow, args.hold, args.seconds)
     try:
         servers = [Server(host, port, PoolHandler, args.allow).start() for host, port in args.pool]
         if args.proxy is not None:

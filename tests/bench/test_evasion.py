@@ -237,7 +237,8 @@ def test_every_miner_command_points_only_inside_the_private_network(tmp_path: Pa
         addresses = set(re.findall(r"\d+\.\d+\.\d+\.\d+", text))
         assert "10.200.9.2" in addresses, attack.name
         assert all(ipaddress.ip_address(a) in subnet for a in addresses), (attack.name, addresses)
-        assert argv[0] == attack.process_name
+        assert argv[0] == attack.shown_argv0
+        assert attack.launcher == "interpreter" or argv[argv.index("--name") + 1] == attack.process_name
         assert ("-x" in argv) == attack.via_proxy
     outside = evasion.Network("namespace", "", subnet, "10.200.9.6", 3333, 443, 80)
     with pytest.raises(ValueError):
@@ -361,3 +362,161 @@ def test_the_watched_app_names_itself_and_starts_and_stops_a_child_on_command(
         if app.poll() is None:
             os.killpg(app.pid, 9)
             app.wait(WAIT)
+
+
+def test_the_egress_client_holds_connections_through_the_proxy(
+    pool: evasion_pool.Server, proxy: evasion_pool.Server
+) -> None:
+    argv = [
+        sys.executable, str(BENCH / "evasion_pool.py"), "--allow", "127.0.0.0/8",
+        "--egress", f"127.0.0.1:{port_of(proxy)}", "--target", f"127.0.0.1:{port_of(pool)}",
+        "--hold", "0.5", "--seconds", "30",
+    ]  # fmt: skip
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "egress connected"
+        assert process.stdout.readline().strip() == "egress connected"  # the next connection after --hold
+        assert wait_for_methods(pool, {"update.check"})
+    finally:
+        process.kill()
+        process.wait(WAIT)
+    refused = [*argv[:4], "--egress", "192.0.2.1:80", "--target", f"127.0.0.1:{port_of(pool)}"]
+    done = subprocess.run(refused, capture_output=True, text=True, timeout=WAIT)
+    assert done.returncode == 1 and "refused" in done.stderr
+
+
+def test_the_mode_is_deployed_unless_asked_and_unknown_modes_are_refused() -> None:
+    assert evasion.parse_args([]).mode == evasion.DEPLOYED
+    assert evasion.parse_args(["--mode", "fallback"]).mode == evasion.FALLBACK
+    assert evasion.parse_args(["--mode", "privileged"]).mode == evasion.PRIVILEGED
+    with pytest.raises(SystemExit):
+        evasion.parse_args(["--mode", "root"])
+
+
+def test_the_run_fails_when_the_component_is_not_in_the_mode_asked_for() -> None:
+    modes = evasion.privileges
+    ok = {
+        evasion.DEPLOYED: (modes.PRIVILEGED_READER, 4321, [99]),
+        evasion.FALLBACK: (modes.UNPRIVILEGED, 4321, []),
+        evasion.PRIVILEGED: (modes.ROOT, 0, []),
+    }
+    for asked, (logged, uid, root_children) in ok.items():
+        assert evasion.mode_problem(asked, logged, uid, 4321, root_children) is None, asked
+    # stayed root although deployed was asked for (a work folder of root's, say)
+    problem = evasion.mode_problem(evasion.DEPLOYED, modes.ROOT, 0, 4321, [])
+    assert problem is not None and "did not run in the deployed mode" in problem
+    assert (
+        modes.MODES[modes.ROOT] in problem and "uid 0, not 4321" in problem and "privileged reader" in problem
+    )
+    # dropped, but without the reader: the fallback, not the deployment
+    problem = evasion.mode_problem(evasion.DEPLOYED, modes.UNPRIVILEGED, 4321, 4321, [])
+    assert problem is not None and "privileged reader" in problem
+    # a reader although PrivilegedReader was false
+    assert evasion.mode_problem(evasion.FALLBACK, modes.UNPRIVILEGED, 4321, 4321, [77]) is not None
+    # logged nothing known (an older component): never taken for the mode asked for
+    assert evasion.mode_problem(evasion.PRIVILEGED, None, 0, 4321, []) is not None
+
+
+MINER = "/tmp/ddc-evasion-x/scenarios/sshd-443/sshd"
+DIGEST = "ab" * 32
+
+
+def described(**fields: Any) -> dict[str, Any]:
+    return {"pid": 41, "name": "sshd", "user": "root", **fields}
+
+
+@pytest.mark.parametrize(
+    ("evidence", "expected"),
+    [
+        ({"processes": [described(exe=MINER, sha256=DIGEST)]}, evasion.EVIDENCE_FULL),
+        # another process first, the miner second: still named
+        ({"processes": [described(pid=7, exe="/usr/bin/x", sha256="cd" * 32),
+                        described(exe=MINER, sha256=DIGEST)]}, evasion.EVIDENCE_FULL),
+        ({"processes": [described(exe=MINER, sha256="")]}, evasion.EVIDENCE_PATH_ONLY),
+        # the fallback's "no access": the process is there, its path and hash are not
+        ({"processes": [described(exe="", sha256="", unknowable="no access")]}, evasion.EVIDENCE_NO_PATH),
+        # the address only (new-outbound-endpoints without the process holding it)
+        ({"connections": ["10.200.0.2:443"]}, evasion.EVIDENCE_NOT_NAMED),
+        ({"processes": [described(pid=7, exe="/usr/sbin/sshd", sha256=DIGEST)]}, evasion.EVIDENCE_NOT_NAMED),
+        (None, evasion.EVIDENCE_NOT_NAMED),
+        ("not a dict", evasion.EVIDENCE_NOT_NAMED),
+    ],
+)  # fmt: skip
+def test_the_evidence_names_the_miner_by_path_and_sha256_or_says_what_is_missing(
+    evidence: Any, expected: str
+) -> None:
+    assert evasion.evidence_class(evidence, MINER, DIGEST, {41}) == expected
+
+
+def test_an_interpreted_miner_is_named_by_its_script_and_the_scripts_sha256() -> None:
+    script = "/dev/shm/ddc-evasion-x/x.py"
+    python = described(exe="/usr/bin/python3.11", sha256="cd" * 32, script=script, script_sha256=DIGEST)
+    assert (
+        evasion.evidence_class({"processes": [python]}, script, DIGEST, {41}, script=True) == "path + SHA-256"
+    )
+    assert evasion.evidence_class({"processes": [python]}, script, "00" * 32, {41}, script=True) == (
+        evasion.EVIDENCE_PATH_ONLY
+    )
+
+
+def test_the_first_alerts_are_those_of_the_first_cycle_and_the_best_of_them_counts() -> None:
+    def classify(evidence: Any) -> str:
+        return evasion.evidence_class(evidence, MINER, DIGEST, {41})
+
+    alerts = [
+        (10.0, "new-outbound-endpoints", {"connections": ["10.200.0.2:80"]}),
+        (10.2, "new-executables", {"processes": [described(exe="", sha256="", unknowable="no access")]}),
+        (15.1, "unknown-process-cpu", {"processes": [described(exe=MINER, sha256=DIGEST)]}),
+    ]
+    found = evasion.first_alert_evidence(alerts, classify, same_cycle=2.5)
+    assert found["evidence"] == evasion.EVIDENCE_NO_PATH and found["evidence_by"] == ["new-executables"]
+    assert found["evidence_by_behavior"] == {
+        "new-executables": "no path",
+        "new-outbound-endpoints": "process not named",
+        "unknown-process-cpu": "path + SHA-256",
+    }
+    assert [f["behavior"] for f in found["first_evidence"]] == ["new-outbound-endpoints", "new-executables"]
+    assert evasion.first_alert_evidence([], classify)["evidence"] is None
+    result = {"scenario": "sshd-443", "caught": True, "attacker": "root", **found}
+    miss = evasion.evidence_misses(result)
+    assert miss is not None and "unknowable: no access" in miss and "address 10.200.0.2:80" in miss
+    assert evasion.evidence_misses({**result, "evidence": evasion.EVIDENCE_FULL}) is None
+
+
+def test_both_attackers_are_covered_and_the_daemon_namesakes_take_its_name_and_argv0() -> None:
+    attackers = {a.attacker for a in evasion.ATTACKS}
+    assert attackers == {evasion.ROOT, evasion.APP}
+    by_name = {a.name: a for a in evasion.ATTACKS}
+    assert by_name["child-of-app"].attacker == evasion.APP  # a child of the application is its user's
+    for name in ("sshd-443", "sshd-proxy", "sshd-proxy-app"):
+        attack = by_name[name]
+        assert (attack.process_name, attack.shown_argv0) == (evasion.DAEMON_NAME, evasion.DAEMON_ARGV0)
+    assert by_name["sshd-443"].attacker == by_name["sshd-proxy"].attacker == evasion.ROOT
+    assert by_name["sshd-proxy"].via_proxy and by_name["sshd-proxy-app"].attacker == evasion.APP
+
+
+def test_the_tables_say_the_mode_the_attacker_and_the_evidence_and_compare_modes() -> None:
+    attack = {
+        "scenario": "sshd-proxy", "description": "d", "attacker": "root", "attacker_uid": 0, "status": "ran",
+        "caught": True, "behaviors": ["new-executables"], "first_alarm_s": 9.9, "first_alarm_cycle": 2,
+        "within_two_intervals": True, "clear_s": 10.0, "already_in_alarm": [],
+        "evidence": evasion.EVIDENCE_FULL, "evidence_by": ["new-executables"],
+    }  # fmt: skip
+    document: dict[str, Any] = {
+        "mode": "deployed", "component": {"logged": "unprivileged, with ...", "uid": 61000},
+        "users": {"app": 61001}, "timing": {"clear": 60}, "attacks": [attack], "benign": [], "failure": None,
+    }  # fmt: skip
+    text = evasion.markdown(document)
+    assert "component: deployed mode" in text and "| sshd-proxy | root |" in text
+    assert "path + SHA-256 (new-executables)" in text
+    assert "1 of 1 attacks caught with the miner's path and SHA-256" in text
+    missed = {**attack, "caught": False, "evidence": None, "first_alarm_cycle": None}
+    fallback = {**document, "mode": "fallback", "attacks": [missed]}
+    table = evasion.compare_markdown([document, fallback], ["a.json", "b.json"])
+    assert "| scenario | attacker | deployed | fallback |" in table
+    assert "| sshd-proxy | root | cycle 2; path + SHA-256 (new-executables) | **not caught** |" in table
+    late = {**attack, "first_alarm_cycle": 3, "evidence": evasion.EVIDENCE_NO_PATH}
+    assert "| **cycle 3**; **no path (new-executables)** |" in evasion.compare_markdown(
+        [{**document, "attacks": [late]}], ["c"]
+    )
