@@ -52,9 +52,11 @@ Users and attackers
   user's). The choice follows who would plausibly run it, so that both are covered where it matters:
   - the application's user: what a compromised application can do: its child (child-of-app, necessarily),
     its namesake (app-namesake), a downloaded `xmrig` (xmrig-stratum), `python3` (python3-nice), an
-    interpreter running a script dropped in world-writable /dev/shm (shm-interpreter);
+    interpreter running a script dropped in world-writable /dev/shm (shm-interpreter), code it is made
+    to load (app-library);
   - root: names of the kernel's threads and of root daemons, which only root's processes plausibly bear
-    (kworker-443, kworker-proxy, on-off as `kswapd0`, sshd-443, sshd-proxy), and pool-1-in-7.
+    (kworker-443, kworker-proxy, on-off as `kswapd0`, sshd-443, sshd-proxy), pool-1-in-7, and the root
+    daemon started again with a preloaded library (preload-daemon).
   Where the attacker changes what the component can know, the scenario runs for both: the daemon's
   namesake reaching its pool through the usual proxy (sshd-proxy as root, sshd-proxy-app as the
   application's user): without the privileged reader the component knows other users' processes only
@@ -113,8 +115,23 @@ Miners
   cycle: a rule that needs two datapoints alarms at the second cycle, up to two intervals plus that
   delay after the start.
 
+  Known programs doing unknown things: bench/miner_lib.c, compiled at start as a shared object, mines
+  on a thread of whatever process loads it (no new process, no new executable, no connection): the
+  watched application loads it at run time (app-library, 100 % of a core, through the application's
+  "load-library" command: ctypes, as a compromised application would) or the device's root daemon is
+  started again with it in LD_PRELOAD (preload-daemon, 50 %). Each scenario gets a copy with bytes of
+  its own (its own SHA-256). The evidence is checked for the library's path and SHA-256 with a process
+  that maps it (library_evidence_class). Targets: within 2 intervals by the new library, and within
+  60 s by the CPU above the program's learned level (known-process-cpu, a 30 s window: shown in the
+  targets lines).
+
 Benign runs
-  In-alarms are counted from the run's start to one interval after its end. Target: none.
+  In-alarms are counted from the run's start to one interval after its end. Target: none. Three are
+  known programs doing what they did while learning, which the learning period therefore runs together
+  for its first half (KNOWN_PROGRAMS_AT_WORK): the application bursting (app-bursty), a batch job whose
+  CPU steps through a fixed pattern (batch-varies, bench/evasion_batch.py) and the application loading
+  a plug-in it loaded while learning (app-plugin: miner_lib.c's code with bytes of its own, which does
+  nothing without DDC_LIB_DUTY).
 
 Editing the project during a run
   Processes of the run execute files of this repository: the pool and the proxy run
@@ -231,14 +248,22 @@ class Attack:
     pool: str = "config"
     port: str = "tls"  # "pool" (3333) or "tls" (443)
     via_proxy: bool = False
-    launcher: str = "benchmark"  # "benchmark", "app" (a child of the watched application), "interpreter"
+    # "benchmark", "app" (a child of the watched application), "interpreter", "app-library", "preload"
+    launcher: str = "benchmark"
     min_seconds: float = 0.0
     attacker: str = ROOT  # who runs the miner: ROOT, or APP (the watched application's user)
     argv0: str = ""  # argv[0] when not process_name (a daemon's full path)
+    # A miner that comes as a shared object (bench/miner_lib.c, mining on a thread at this % of a core):
+    # launcher "app-library" (the watched application loads it) or "preload" (LD_PRELOAD of the daemon).
+    library_duty: int = 0
 
     @property
     def shown_argv0(self) -> str:
         return self.argv0 or self.process_name
+
+    @property
+    def library(self) -> bool:
+        return self.launcher in ("app-library", "preload")
 
 
 @dataclass(frozen=True)
@@ -275,17 +300,36 @@ ATTACKS = (
            "(port 80)", DAEMON_NAME, ("--duty", "45"), via_proxy=True, argv0=DAEMON_ARGV0),
     Attack("sshd-proxy-app", "the same as the application's user (the daemon's name and argv[0], another "
            "user)", DAEMON_NAME, ("--duty", "45"), via_proxy=True, argv0=DAEMON_ARGV0, attacker=APP),
+    Attack("app-library", "the watched application made to load a shared object at run time (ctypes: "
+           "dlopen) whose thread mines at 100 % of a core: no new process, no new executable, no "
+           "connection (at least 50 s)", APP_NAME, (), launcher="app-library", attacker=APP,
+           library_duty=100, min_seconds=50),
+    Attack("preload-daemon", f"the device's root daemon (`{DAEMON_NAME}`, a known program) started again "
+           "with LD_PRELOAD of a shared object mining at 50 % of a core on a thread of the daemon; no "
+           "connection (at least 50 s)", DAEMON_NAME, (), launcher="preload", argv0=DAEMON_ARGV0,
+           library_duty=50, min_seconds=50),
 )  # fmt: skip
 
 BENIGN = (
     Benign("build", "CPU-heavy build: cc -O2 of a generated C file, one job per CPU, over and over"),
     Benign("pip-install", "pip install of this project's wheel (pip wheel --no-deps, built at the start of "
            "the run) into a new venv, over and over; --no-index --find-links"),
-    Benign("app-bursty", "the watched application bursting to 100 % of a core for 2-6 s, 5-15 s apart"),
+    Benign("app-bursty", "the watched application bursting to 100 % of a core for 2-6 s, 5-15 s apart, "
+           "as it did while learning"),
     Benign("fork-storm", "an unrelated shell starting and reaping true(1), 50 at a time, non-stop"),
+    Benign("batch-varies", "a batch job of the device (bench/evasion_batch.py, a known program) whose CPU "
+           "steps through 20, 50, 30 and 60 % of a core, 10 s each, as it did while learning"),
+    Benign("app-plugin", "the watched application loading a plug-in (a shared object, ctypes) it loaded "
+           "while learning, and unloading it at the end"),
     Benign("app-update", f"deployment of {APP_COMPONENT} 1.1.0: new artifact folder and script; the nucleus "
            "stops 1.0.0 and runs 1.1.0's Run step (last: later runs would see 1.1.0)"),
 )  # fmt: skip
+
+
+# The default profile's behavior on a known program's CPU above its learned level.
+CPU_LEVEL_BEHAVIOR = "known-process-cpu"
+# The benign activities of known programs, which the learning period runs together (Bench.rehearse).
+KNOWN_PROGRAMS_AT_WORK = ("app-bursty", "batch-varies", "app-plugin")
 
 
 @dataclass(frozen=True)
@@ -537,6 +581,25 @@ def evidence_class(evidence: Any, path: str, sha256: str, pids: set[int], script
     return best
 
 
+def library_evidence_class(evidence: Any, path: str, sha256: str, pids: set[int]) -> str:
+    """How an alert's evidence names a miner that came as the shared object ``path`` (SHA-256 ``sha256``)
+    mapped by the processes ``pids``: EVIDENCE_FULL when it names the library by path and SHA-256 (the new
+    code a process maps: its ``items``) and describes a process that maps it, EVIDENCE_PATH_ONLY when it
+    names the library without its SHA-256, EVIDENCE_NO_PATH when it describes such a process (by pid: its
+    program, as a CPU level alert does) without the library, EVIDENCE_NOT_NAMED otherwise."""
+    if not isinstance(evidence, dict):
+        return EVIDENCE_NOT_NAMED
+    processes = evidence.get("processes")
+    processes = processes if isinstance(processes, list) else []
+    described = any(isinstance(p, dict) and p.get("pid") in pids for p in processes)
+    items = [i for i in evidence.get("items", []) if isinstance(i, str)]
+    if described and any(f"{path} (sha256 {sha256})" in i for i in items):
+        return EVIDENCE_FULL
+    if described and any(path in i for i in items):
+        return EVIDENCE_PATH_ONLY
+    return EVIDENCE_NO_PATH if described else EVIDENCE_NOT_NAMED
+
+
 def first_alert_evidence(
     alerts: list[tuple[float, str, Any]], classify: Any, same_cycle: float = INTERVAL / 2
 ) -> dict[str, Any]:
@@ -630,6 +693,19 @@ def pids_running(path: str, script: bool) -> set[int]:
         except OSError:
             continue
         if running:
+            found.add(pid)
+    return found
+
+
+def pids_mapping(path: str) -> set[int]:
+    """The processes that map the file ``path`` (a shared object), as root sees them."""
+    found = set()
+    for pid in all_pids():
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text(errors="replace")
+        except OSError:
+            continue
+        if any(line.endswith(" " + path) for line in maps.splitlines()):
             found.add(pid)
     return found
 
@@ -771,6 +847,7 @@ class Device:
         self.component: Optional[Started] = None
         self.component_mode: dict[str, Any] = {}
         self.app: Optional[Started] = None
+        self.daemon: Optional[Path] = None  # the root daemon's program (start_daemons)
 
     def install_component(self) -> Path:
         """``{kernel:rootPath}/ddcustom/venv``, which the recipe's Run step starts, as its Install step
@@ -812,7 +889,7 @@ class Device:
             raise BenchError("no sleep(1) to stand in for the device's daemon")
         sbin = self.root.parent / "usr" / "sbin"
         sbin.mkdir(parents=True)
-        daemon = sbin / DAEMON_NAME
+        daemon = self.daemon = sbin / DAEMON_NAME
         shutil.copy2(sleep, daemon)
         self.processes.start([DAEMON_ARGV0, f"{self.lifetime:.0f}"], executable=str(daemon))
         host = str(require_allowed(network.pool_host, network.allowed))
@@ -1015,6 +1092,26 @@ def compile_miner(folder: Path) -> Path:
     return miner
 
 
+def compile_library(folder: Path) -> tuple[Path, Path]:
+    """bench/miner_lib.c as a shared object, and the application's plug-in: the same code with bytes of
+    its own (another SHA-256), loaded without DDC_LIB_DUTY, so it does nothing."""
+    cc = shutil.which("cc")
+    if cc is None:
+        raise BenchError("no C compiler (cc) to build bench/miner_lib.c")
+    library = folder / "miner_lib.so"
+    done = subprocess.run(
+        [cc, "-O2", "-shared", "-fPIC", "-pthread", "-o", str(library), str(BENCH / "miner_lib.c")],
+        capture_output=True, text=True, timeout=120, start_new_session=True,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise BenchError(f"cc failed to build bench/miner_lib.c:\n{done.stderr[-2000:]}")
+    plugin = folder / "plugins" / "libframefilter.so"
+    plugin.parent.mkdir()
+    plugin.write_bytes(library.read_bytes() + b"\0plug-in")  # trailing bytes: the loader ignores them
+    plugin.chmod(0o755)
+    return library, plugin
+
+
 def check_configuration(configuration: dict[str, Any], folder: Path) -> Optional[str]:
     """What ``ddcustom check`` says is wrong with the configuration, or None."""
     path = folder / "configuration.json"
@@ -1135,10 +1232,11 @@ def build_source(functions: int = 400) -> str:
 class Bench:
     def __init__(
         self, device: Device, processes: Processes, alarms: Alarms, network: Network, timing: Timing,
-        folder: Path, miner: Path, shm_script: Path,
+        folder: Path, miner: Path, shm_script: Path, library: Path, plugin: Path,
     ) -> None:  # fmt: skip
         """``folder`` (the run's temporary folder, which every user may enter) holds the scenarios' files;
-        ``shm_script`` the interpreted miner, placed by its attacker."""
+        ``shm_script`` the interpreted miner, placed by its attacker; ``library`` the miner as a shared
+        object, ``plugin`` the application's plug-in (compile_library)."""
         self.device = device
         self.processes = processes
         self.alarms = alarms
@@ -1147,6 +1245,8 @@ class Bench:
         self.folder = folder
         self.miner = miner
         self.shm_script = shm_script
+        self.library = library
+        self.plugin = plugin
 
     def sleep_until(self, end: float) -> None:
         while time.monotonic() < end:
@@ -1172,8 +1272,106 @@ class Bench:
         """The uid the attack's miner runs as (None: root, the benchmark's own)."""
         return self.device.users.app if attack.attacker == APP else None
 
+    def start_library_miner(
+        self, attack: Attack, folder: Path, seconds: float
+    ) -> tuple[Path, Optional[Started]]:
+        """A library attack's shared object (bytes of its own: its own SHA-256), loaded as the attack
+        says; the file, and the process started for it (None: the application loaded it)."""
+        library = folder / f"lib{attack.name}.so"
+        library.write_bytes(self.library.read_bytes() + b"\0" + attack.name.encode())
+        library.chmod(0o755)
+        uid = self.attacker_uid(attack)
+        if uid is not None:
+            for path in (folder, library):
+                os.chown(path, uid, uid)
+        lifetime = f"{seconds + LIFETIME_MARGIN:.0f}"
+        env = {"DDC_LIB_DUTY": str(attack.library_duty), "DDC_LIB_SECONDS": lifetime}
+        if attack.launcher == "app-library":
+            self.device.app_command({"load-library": {"path": str(library), "env": env}})
+            return library, None
+        if self.device.daemon is None:
+            raise BenchError("the device's daemon was not started")
+        argv = [attack.shown_argv0, lifetime]
+        env = {**os.environ, **env, "LD_PRELOAD": str(library)}
+        return library, self.processes.start(argv, executable=str(self.device.daemon), env=env, user=uid)
+
+    def run_library_attack(self, attack: Attack, already: list[str]) -> dict[str, Any]:
+        """A miner that comes as a shared object: loaded into a known program's process (see Attack)."""
+        seconds = max(self.timing.attack, attack.min_seconds)
+        folder = self.folder / "scenarios" / attack.name
+        folder.mkdir(parents=True)
+        started = time.monotonic()
+        library, process = self.start_library_miner(attack, folder, seconds)
+        self.sleep_until(started + min(2.0, seconds))
+        pids = pids_mapping(str(library))
+        self.sleep_until(started + seconds)
+        pids |= pids_mapping(str(library))
+        host_uids = sorted({u for u in map(process_uid, pids) if u is not None})
+        stopped = time.monotonic()
+        exited = process.process.poll() if process is not None else None
+        if process is not None:
+            self.processes.stop(process)
+        else:
+            self.device.app_command({"unload-libraries": True})
+        raised, clears = self.settle(started, stopped)
+        uid = self.attacker_uid(attack)
+        status = "ran"
+        if exited is not None:
+            status = f"failed: the process exited early with status {exited}"
+        elif not pids:
+            status = f"failed: no process mapped {library}"
+        elif host_uids != [0 if uid is None else uid]:
+            status = f"failed: the library was mapped by uid(s) {host_uids}, not by its attacker's"
+        sha256 = sha256_of(library)
+
+        def classify(evidence: Any) -> str:
+            return library_evidence_class(evidence, str(library), sha256, pids)
+
+        alerts = self.alarms.in_alarm_alerts(started, time.monotonic())
+        return self.attack_result(attack, seconds, started, raised, clears, already, status, {
+            "command": [f"LD_PRELOAD={library}", attack.shown_argv0] if process is not None
+            else ["load-library", str(library)],
+            "miner_file": str(library), "miner_sha256": sha256, "miner_pids": sorted(pids),
+            "miner_uids": host_uids, **first_alert_evidence(alerts, classify),
+        })  # fmt: skip
+
+    def attack_result(
+        self, attack: Attack, seconds: float, started: float, raised: list[tuple[float, str]],
+        clears: dict[str, Optional[float]], already: list[str], status: str, specific: dict[str, Any],
+    ) -> dict[str, Any]:  # fmt: skip
+        """The result document of an attack: what every attack has, and ``specific``."""
+        first: dict[str, float] = {}
+        for t, behavior in raised:
+            first.setdefault(behavior, round(t - started, 1))
+        known_clears = [v for v in clears.values() if v is not None]
+        uid = self.attacker_uid(attack)
+        return {
+            "scenario": attack.name,
+            "description": attack.description,
+            "attacker": attack.attacker,
+            "attacker_uid": 0 if uid is None else uid,
+            "library": attack.library,
+            "status": status,
+            "seconds": seconds,
+            "caught": bool(raised),
+            "behaviors": sorted(first),
+            "first_alarm_s": min(first.values()) if first else None,
+            "first_alarm_by_behavior_s": first,
+            "in_alarm_events": len(raised),
+            "within_two_intervals": None,  # count_cycles sets these two once every run is done
+            "first_alarm_cycle": None,
+            "started_monotonic": started,
+            "first_alarm_monotonic": min((t for t, _ in raised), default=None),
+            "clear_s": max(known_clears) if known_clears and len(known_clears) == len(clears) else None,
+            "clear_by_behavior_s": clears,
+            "already_in_alarm": already,
+            **specific,
+        }
+
     def run_attack(self, attack: Attack) -> dict[str, Any]:
         already = sorted(self.alarms.wait_quiet(None, self.timing.clear))
+        if attack.library:
+            return self.run_library_attack(attack, already)
         seconds = max(self.timing.attack, attack.min_seconds)
         folder = self.folder / "scenarios" / attack.name
         folder.mkdir(parents=True)
@@ -1207,10 +1405,6 @@ class Bench:
         assert output is not None
         connected = output.first_line("connected", after=started) is not None
         raised, clears = self.settle(started, stopped)
-        first: dict[str, float] = {}
-        for t, behavior in raised:
-            first.setdefault(behavior, round(t - started, 1))
-        first_arrival = min((t for t, _ in raised), default=None)
         status = "ran"
         if exited is not None:
             status = f"failed: the miner exited early with status {exited}"
@@ -1220,40 +1414,16 @@ class Bench:
             status = f"failed: no process ran {started_file}"
         elif miner_uids != [0 if uid is None else uid]:
             status = f"failed: the miner ran as uid(s) {miner_uids}, not as its attacker"
-        first_alarm = min(first.values()) if first else None
-        known_clears = [v for v in clears.values() if v is not None]
         sha256 = sha256_of(started_file)
 
         def classify(evidence: Any) -> str:
             return evidence_class(evidence, str(started_file), sha256, pids, script)
 
-        evidence = first_alert_evidence(self.alarms.in_alarm_alerts(started, time.monotonic()), classify)
-        return {
-            "scenario": attack.name,
-            "description": attack.description,
-            "attacker": attack.attacker,
-            "attacker_uid": 0 if uid is None else uid,
-            "status": status,
-            "seconds": seconds,
-            "command": argv,
-            "miner_file": str(started_file),
-            "miner_sha256": sha256,
-            "miner_pids": sorted(pids),
-            "miner_uids": miner_uids,
-            "caught": bool(raised),
-            "behaviors": sorted(first),
-            "first_alarm_s": first_alarm,
-            "first_alarm_by_behavior_s": first,
-            "in_alarm_events": len(raised),
-            "within_two_intervals": None,  # count_cycles sets these two once every run is done
-            "first_alarm_cycle": None,
-            "started_monotonic": started,
-            "first_alarm_monotonic": first_arrival,
-            "clear_s": max(known_clears) if known_clears and len(known_clears) == len(clears) else None,
-            "clear_by_behavior_s": clears,
-            "already_in_alarm": already,
-            **evidence,
-        }
+        alerts = self.alarms.in_alarm_alerts(started, time.monotonic())
+        return self.attack_result(attack, seconds, started, raised, clears, already, status, {
+            "command": argv, "miner_file": str(started_file), "miner_sha256": sha256,
+            "miner_pids": sorted(pids), "miner_uids": miner_uids, **first_alert_evidence(alerts, classify),
+        })  # fmt: skip
 
     def start_benign(self, benign: Benign, seconds: float, learning: bool = False) -> Optional[Started]:
         folder = self.folder / ("learning" if learning else "benign") / benign.name
@@ -1274,29 +1444,53 @@ class Bench:
             script = PIP_SCRIPT.format(python=sys.executable, seconds=end)
         elif benign.name == "fork-storm":
             script = FORK_SCRIPT.format(seconds=end, true=shutil.which("true") or "/bin/true")
+        elif benign.name == "batch-varies":
+            return self.processes.start(
+                [sys.executable, str(BENCH / "evasion_batch.py"), "--seconds", end], cwd=folder
+            )
         elif benign.name == "app-bursty":
             self.device.app_command({"load": "bursty"})
+            return None
+        elif benign.name == "app-plugin":
+            plugin = {"path": str(self.plugin), "env": {"DDC_LIB_DUTY": "0"}}
+            self.device.app_command({"load-library": plugin})
             return None
         else:  # app-update
             self.device.deploy_app("1.1.0")
             return None
         return self.processes.start(["sh", "-c", script], cwd=folder)
 
+    def stop_benign(self, benign: Benign, running: Optional[Started]) -> None:
+        if running is not None:
+            self.processes.stop(running)
+        elif benign.name == "app-bursty":
+            self.device.app_command({"load": "steady"})
+        elif benign.name == "app-plugin":
+            self.device.app_command({"unload-libraries": True})
+
     def rehearse(self, benign: list[Benign], until: float) -> None:
         """The learning period is the device's ordinary work: the application, and a short run of each
-        benign activity but the update (a deployment is trusted by where it puts its files, not learned)."""
-        activities = [b for b in benign if b.name != "app-update"]
-        for index, activity in enumerate(activities):
-            seconds = (until - time.monotonic() - INTERVAL) / (len(activities) - index)
+        benign activity but the update (a deployment is trusted by where it puts its files, not learned).
+        What the known programs do (KNOWN_PROGRAMS_AT_WORK: the application bursting, its plug-in, the
+        batch job) runs together for the first half, long enough for their levels' windows; the others
+        one after the other in the second half."""
+        together = [b for b in benign if b.name in KNOWN_PROGRAMS_AT_WORK]
+        one_by_one = [b for b in benign if b.name not in KNOWN_PROGRAMS_AT_WORK and b.name != "app-update"]
+        if together:
+            seconds = (until - time.monotonic() - INTERVAL) / (2 if one_by_one else 1)
+            started = time.monotonic()
+            running = [(b, self.start_benign(b, seconds, learning=True)) for b in together]
+            self.sleep_until(started + seconds)
+            for activity, process in running:
+                self.stop_benign(activity, process)
+        for index, activity in enumerate(one_by_one):
+            seconds = (until - time.monotonic() - INTERVAL) / (len(one_by_one) - index)
             if seconds < 1:
                 break
             started = time.monotonic()
-            running = self.start_benign(activity, seconds, learning=True)
+            process = self.start_benign(activity, seconds, learning=True)
             self.sleep_until(started + seconds)
-            if running is not None:
-                self.processes.stop(running)
-            elif activity.name == "app-bursty":
-                self.device.app_command({"load": "steady"})
+            self.stop_benign(activity, process)
         self.sleep_until(until)
 
     def run_benign(self, benign: Benign) -> dict[str, Any]:
@@ -1307,10 +1501,7 @@ class Bench:
         self.sleep_until(started + seconds)
         stopped = time.monotonic()
         exited = activity.process.poll() if activity is not None else None
-        if activity is not None:
-            self.processes.stop(activity)
-        elif benign.name == "app-bursty":
-            self.device.app_command({"load": "steady"})
+        self.stop_benign(benign, activity)
         raised, clears = self.settle(started, stopped)
         return {
             "scenario": benign.name,
@@ -1384,6 +1575,7 @@ def run(
                 device.interpreter = shared_interpreter([users.component, users.app])
                 document["interpreter"] = device.interpreter
                 miner = compile_miner(folder)
+                library, plugin = compile_library(folder)
                 network, namespace = open_network(not args.loopback, processes, lifetime)
                 document["network"] = {**asdict(network), "allowed": str(network.allowed)}
                 print(
@@ -1406,7 +1598,9 @@ def run(
                     f"baseline: learning for {learn:g} s" if not why_no_baseline
                     else f"no baseline ({why_no_baseline}): settling for {learn:g} s", flush=True,
                 )  # fmt: skip
-                bench = Bench(device, processes, alarms, network, timing, folder, miner, shm_script)
+                bench = Bench(
+                    device, processes, alarms, network, timing, folder, miner, shm_script, library, plugin
+                )
                 learning_started = time.monotonic()
                 if why_no_baseline:
                     bench.sleep_until(learning_started + learn)
@@ -1650,6 +1844,14 @@ def markdown(document: dict[str, Any]) -> str:
             "first alert's evidence"
         )
         lines += [miss for miss in map(evidence_misses, attacks) if miss is not None]
+        for r in attacks:
+            if r.get("library"):
+                cpu = r["first_alarm_by_behavior_s"].get(CPU_LEVEL_BEHAVIOR)
+                seen = f"after {cpu:g} s" if cpu is not None else "**not raised**"
+                lines.append(
+                    f"targets: {r['scenario']}: the CPU of its known program raised {CPU_LEVEL_BEHAVIOR} "
+                    f"{seen} (target 60 s)"
+                )
     if document["benign"]:
         count = sum(r["in_alarms"] for r in document["benign"])
         lines.append(f"targets: {count} in-alarm(s) in the benign runs (target 0)")

@@ -8,16 +8,22 @@ core (20 ms of hashing every 200 ms), and reads JSON commands on stdin, one a li
     {"load": "bursty"}   bursts of 100 % of one core for 2-6 s, 5-15 s apart (steady between them)
     {"start-child": {"executable": PATH, "argv": [...]}}   start a child process (a scenario's miner)
     {"stop-child": true}  kill it
+    {"load-library": {"path": PATH, "env": {...}}}   set these environment variables and load the shared
+                          object (ctypes, that is dlopen: a plug-in, or the code a compromised
+                          application is made to load); prints "library loaded PATH"
+    {"unload-libraries": true}   stop their threads (ddc_lib_stop, when they have it) and unload them
 
 It exits at the end of its input or after --seconds, killing its child. Standard library only.
 """
 
 from __future__ import annotations
 
+import _ctypes
 import argparse
 import ctypes
 import hashlib
 import json
+import os
 import random
 import select
 import subprocess
@@ -44,6 +50,16 @@ def stop(child: Optional[subprocess.Popen[bytes]]) -> None:
         child.wait()
 
 
+def unload(libraries: list[ctypes.CDLL]) -> None:
+    for library in libraries:
+        stop = getattr(library, "ddc_lib_stop", None)
+        if stop is not None:
+            stop()  # its thread must end before its code goes
+        _ctypes.dlclose(library._handle)
+    libraries.clear()
+    print("libraries unloaded", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -56,6 +72,7 @@ def main() -> int:
     bursty = False
     burst_until = next_burst = 0.0
     child: Optional[subprocess.Popen[bytes]] = None
+    libraries: list[ctypes.CDLL] = []
     try:
         while time.monotonic() < deadline:
             now = time.monotonic()
@@ -84,8 +101,17 @@ def main() -> int:
             elif "stop-child" in command:
                 stop(child)
                 child = None
+            elif "load-library" in command:
+                spec = command["load-library"]
+                os.environ.update(spec.get("env", {}))
+                libraries.append(ctypes.CDLL(spec["path"]))
+                print(f"library loaded {spec['path']}", flush=True)
+            elif "unload-libraries" in command:
+                unload(libraries)
     finally:
         stop(child)
+        if libraries:
+            unload(libraries)
     return 0
 
 

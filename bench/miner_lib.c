@@ -5,7 +5,8 @@
    When loaded, its constructor reads DDC_LIB_DUTY (percent of one core, 0 to 100; unset or 0: it
    does nothing, which is how the benchmark loads it as an ordinary plug-in) and DDC_LIB_SECONDS (how
    long, default 600), and starts one thread that hashes for DDC_LIB_DUTY % of every 100 ms. The thread
-   stops by itself at the end, so nothing outlives a benchmark that died. It opens no connection: the
+   stops by itself at the end, so nothing outlives a benchmark that died, or when the process calls
+   ddc_lib_stop() (before it unloads the library: bench/evasion_app.py). It opens no connection: the
    scenarios that use it measure what the host's programs do with their CPU and the code they map.
 
    cc -O2 -shared -fPIC -pthread -o miner_lib.so miner_lib.c */
@@ -19,6 +20,9 @@
 
 static double duty, lifetime = 600.0;
 static volatile uint64_t sink; /* keeps the hashing from being optimised away */
+static volatile int stopping;
+static pthread_t thread;
+static int running;
 
 static double now(void) {
     struct timespec ts;
@@ -35,7 +39,7 @@ static void *mine(void *unused) {
     (void)unused;
     double end = now() + lifetime;
     uint64_t x = 88172645463325252ULL;
-    while (now() < end) {
+    while (!stopping && now() < end) {
         double busy_until = now() + PERIOD * duty;
         while (now() < busy_until) {
             for (int i = 0; i < 1000; i++) { /* xorshift: work that cannot be skipped */
@@ -61,10 +65,13 @@ __attribute__((constructor)) static void start(void) {
         return;
     if (duty > 1.0)
         duty = 1.0;
-    pthread_t thread;
-    pthread_attr_t attributes;
-    pthread_attr_init(&attributes);
-    pthread_attr_setdetachstate(&attributes, PTHREAD_CREATE_DETACHED);
-    pthread_create(&thread, &attributes, mine, NULL);
-    pthread_attr_destroy(&attributes);
+    running = pthread_create(&thread, NULL, mine, NULL) == 0;
+}
+
+/* Stop the thread and wait for it: the library may then be unloaded. */
+void ddc_lib_stop(void) {
+    stopping = 1;
+    if (running)
+        pthread_join(thread, NULL);
+    running = 0;
 }

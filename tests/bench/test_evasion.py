@@ -36,6 +36,11 @@ def miner(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return evasion.compile_miner(tmp_path_factory.mktemp("miner"))
 
 
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return evasion.compile_library(tmp_path_factory.mktemp("library"))
+
+
 @pytest.fixture
 def pool() -> Iterator[evasion_pool.Server]:
     server = evasion_pool.Server("127.0.0.1", 0, evasion_pool.PoolHandler, LOOPBACK).start()
@@ -230,6 +235,8 @@ def test_every_miner_command_points_only_inside_the_private_network(tmp_path: Pa
     fake_miner = tmp_path / "miner"
     fake_miner.write_bytes(b"\x7fELF")
     for attack in evasion.ATTACKS:
+        if attack.library:
+            continue  # a shared object that mines on a thread: it is given no address at all
         folder = tmp_path / attack.name
         folder.mkdir()
         _executable, argv = evasion.miner_command(attack, network, fake_miner, tmp_path / "x.py", folder, 30)
@@ -520,3 +527,98 @@ def test_the_tables_say_the_mode_the_attacker_and_the_evidence_and_compare_modes
     assert "| **cycle 3**; **no path (new-executables)** |" in evasion.compare_markdown(
         [{**document, "attacks": [late]}], ["c"]
     )
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_the_app_loads_a_library_whose_thread_mines_and_unloads_it_on_command(
+    library: tuple[Path, Path],
+) -> None:
+    miner_lib, plugin = library
+    assert evasion.sha256_of(plugin) != evasion.sha256_of(miner_lib)  # the plug-in is a file of its own
+    app = subprocess.Popen(
+        [sys.executable, str(BENCH / "evasion_app.py"), "--seconds", "60"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    assert app.stdin is not None and app.stdout is not None
+    try:
+        assert app.stdout.readline().strip() == "infer-app 1.0.0 started"
+        load = {"path": str(miner_lib), "env": {"DDC_LIB_DUTY": "100"}}
+        app.stdin.write(json.dumps({"load-library": load}) + "\n")
+        app.stdin.flush()
+        assert app.stdout.readline().strip() == f"library loaded {miner_lib}"
+        assert evasion.pids_mapping(str(miner_lib)) == {app.pid}
+        before = cpu_seconds(app.pid)
+        time.sleep(2)
+        assert cpu_seconds(app.pid) - before > 0.5  # the thread mines (the app alone uses 10 %)
+        app.stdin.write(json.dumps({"unload-libraries": True}) + "\n")
+        app.stdin.flush()
+        assert app.stdout.readline().strip() == "libraries unloaded"
+        assert evasion.pids_mapping(str(miner_lib)) == set()
+        # the plug-in, loaded as an ordinary library, does nothing
+        app.stdin.write(
+            json.dumps({"load-library": {"path": str(plugin), "env": {"DDC_LIB_DUTY": "0"}}}) + "\n"
+        )
+        app.stdin.flush()
+        assert app.stdout.readline().strip() == f"library loaded {plugin}"
+        app.stdin.close()
+        assert app.wait(WAIT) == 0
+    finally:
+        if app.poll() is None:
+            os.killpg(app.pid, 9)
+            app.wait(WAIT)
+
+
+def test_a_preloaded_library_mines_on_a_thread_of_the_program_it_was_preloaded_into(
+    library: tuple[Path, Path],
+) -> None:
+    miner_lib, _ = library
+    sleep = subprocess.Popen(
+        ["sleep", "30"], env={**os.environ, "LD_PRELOAD": str(miner_lib), "DDC_LIB_DUTY": "50"}
+    )
+    try:
+        time.sleep(0.5)
+        assert evasion.pids_mapping(str(miner_lib)) == {sleep.pid}
+        before = cpu_seconds(sleep.pid)
+        time.sleep(2)
+        assert cpu_seconds(sleep.pid) - before > 0.3
+        assert len(os.listdir(f"/proc/{sleep.pid}/task")) == 2  # sleep's own thread and the miner's
+    finally:
+        sleep.kill()
+        sleep.wait(WAIT)
+
+
+LIBRARY = "/tmp/ddc-evasion-x/scenarios/app-library/libapp-library.so"
+
+
+@pytest.mark.parametrize(
+    ("evidence", "expected"),
+    [
+        ({"processes": [described()], "items": [f"python3 (pid 41) maps {LIBRARY} (sha256 {DIGEST})"]},
+         evasion.EVIDENCE_FULL),
+        ({"processes": [described()], "items": [f"python3 (pid 41) maps {LIBRARY} (sha256 unknown)"]},
+         evasion.EVIDENCE_PATH_ONLY),
+        # a CPU level alert: the process and its program, not the library
+        ({"processes": [described()], "items": ["/usr/bin/python3 (pid 41) at 110 % of one core"]},
+         evasion.EVIDENCE_NO_PATH),
+        # the library named, in a process that is not the one mapping it
+        ({"processes": [described(pid=7)], "items": [f"x (pid 7) maps {LIBRARY} (sha256 {DIGEST})"]},
+         evasion.EVIDENCE_NOT_NAMED),
+        (None, evasion.EVIDENCE_NOT_NAMED),
+    ],
+)  # fmt: skip
+def test_a_library_miner_is_named_by_the_library_s_path_and_sha256_with_its_process(
+    evidence: Any, expected: str
+) -> None:
+    assert evasion.library_evidence_class(evidence, LIBRARY, DIGEST, {41}) == expected
+
+
+def test_the_library_attacks_and_the_known_programs_benign_runs_are_there() -> None:
+    by_name = {a.name: a for a in evasion.ATTACKS}
+    assert (by_name["app-library"].launcher, by_name["app-library"].attacker) == ("app-library", evasion.APP)
+    assert by_name["preload-daemon"].shown_argv0 == evasion.DAEMON_ARGV0
+    assert {a.name for a in evasion.ATTACKS if a.library} == {"app-library", "preload-daemon"}
+    assert set(evasion.KNOWN_PROGRAMS_AT_WORK) <= {b.name for b in evasion.BENIGN}
