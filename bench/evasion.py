@@ -3,7 +3,7 @@
 The device
   A Greengrass core device in a temporary folder, laid out as the nucleus lays it out (packages/,
   work/): the stand-in nucleus (src/ddcustom/devnucleus) serves this repository's recipe.yaml with a
-  deployment's merge configuration; the component runs as the nucleus runs its recipe's Run step (the
+  deployment's merge configuration; the component runs as the nucleus runs its recipe's Startup step (the
   step's script with the configuration substituted, ``sh -c`` in work/com.awsiotblog.DeviceDefenderCustom,
   as root since the step RequiresPrivilege): ``{kernel:rootPath}/ddcustom/venv/bin/python -m ddcustom run
   --privileged-reader <PrivilegedReader>``. That venv is made as the recipe's Install leaves it (root's,
@@ -850,7 +850,7 @@ class Device:
         self.daemon: Optional[Path] = None  # the root daemon's program (start_daemons)
 
     def install_component(self) -> Path:
-        """``{kernel:rootPath}/ddcustom/venv``, which the recipe's Run step starts, as its Install step
+        """``{kernel:rootPath}/ddcustom/venv``, which the recipe's Startup step starts, as its Install step
         leaves it (root's, mode 0755), made with ``interpreter`` and with this repository's src/ and the
         dependencies of the running environment on its path instead of an installed wheel; checked to
         load as the component's user."""
@@ -903,7 +903,7 @@ class Device:
             raise BenchError("the device's egress client did not get through the proxy (see the log)")
 
     def start_component(self, configuration: dict[str, Any], mode: str) -> None:
-        """The component started as the nucleus starts it: its recipe's Run step, with the configuration
+        """The component started as the nucleus starts it: its recipe's Startup step, with the configuration
         substituted, ``sh -c`` in its work folder, as root when the step RequiresPrivilege (else as the
         work folder's owner); the work folder the component user's (deployed, fallback) or root's
         (privileged). Then checked to run in ``mode`` (BenchError if not)."""
@@ -918,7 +918,7 @@ class Device:
         os.chown(work, owner, owner)
         packages = self.root / "packages"
         recipe = yaml.safe_load((REPO / "recipe.yaml").read_text(encoding="utf-8"))
-        step = lifecycle_steps(
+        steps = lifecycle_steps(
             recipe,
             artifacts_path=str(packages / "artifacts" / name / "1.0.0"),
             decompressed_path=str(packages / "artifacts-unarchived" / name / "1.0.0"),
@@ -926,7 +926,8 @@ class Device:
             thing_name=THING,
             kernel_root=str(self.root),
             configuration=self.nucleus.configuration,
-        )["run"]
+        )
+        step = steps.get("startup") or steps["run"]  # the recipe starts the component with one of them
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
         env = {**env, **step.setenv, **self.nucleus.env()}
         self.component = self.processes.start(
@@ -2054,7 +2055,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     if os.geteuid() != 0:
         print(
-            "evasion.py: needs root: the component is started as root as its recipe's Run step does, and "
+            "evasion.py: needs root: the component is started as root as its recipe's Startup step does, and "
             "the application and the attackers run as users of their own",
             file=sys.stderr,
         )
