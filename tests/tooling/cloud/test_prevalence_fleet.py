@@ -6,12 +6,16 @@ too, and a program a deployment placed on all 50. The rare alert names the miner
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
 from botocore.stub import ANY
 
+from ddcustom.device.baseline.file import Entry
+from ddcustom.device.outputs.inventory import InventoryPublisher
+from ddcustom.device.sources.identity import identity_key
 from ddcustom.tooling.cloud.deployment import FLEET_KNOWN_KEY
 from ddcustom.tooling.cloud.options import DEFAULT_KNOWN_AFTER
 from ddcustom.tooling.cloud.prevalence_aggregate import HOURLY_SECONDS
@@ -28,6 +32,7 @@ from support.cloud_account import (
     mocked_account,
 )
 from support.cloud_account import GROUP_ARN as QUICKSTART_ARN
+from support.fakes import RecordingSink
 from support.prevalence_world import APP, GROUP, GROUP_ARN, World, identity, sha, world
 
 PROGRAMS = [identity(f"program-{i:03}") for i in range(300)]
@@ -208,3 +213,42 @@ def test_cloud_setup_keeps_the_published_known_programs(monkeypatch: pytest.Monk
         )
         assert (code, err) == (0, ""), out
         account.all_stubs_used()
+
+
+class DeviceBaseline:
+    """A device's baseline as the inventory publisher reads it: executable entries made of identities."""
+
+    def __init__(self, identities: list[dict[str, Any]]) -> None:
+        self.executables: dict[str, Entry] = {}
+        for item in identities:
+            details = {"path": item["path"], "sha256": item["sha256"]}
+            if "component" in item:
+                details["component"] = item["component"]
+            key = identity_key(item["path"], item["sha256"])
+            self.executables[key] = Entry(item["firstSeen"], item["firstSeen"], item["origin"], details)
+
+    def live(self, kind: str) -> Mapping[str, Entry]:
+        return self.executables if kind == "executable" else {}
+
+
+def test_the_devices_own_inventories_find_the_miner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The same fleet, each device's messages made by the component's inventory publisher from its
+    baseline, as the IoT rule hands them over (with the topic's thing)."""
+    with mocked_account(monkeypatch):
+        fleet = world()
+        for thing in THINGS:
+            fleet.device(thing)
+            extra = [MINER] if thing in INFECTED else []
+            sink = RecordingSink()
+            publisher = InventoryPublisher(thing, str(tmp_path / thing / "inventory.json"), lambda: fleet.now)
+            publisher.run(sink, DeviceBaseline([*PROGRAMS, DEPLOYED, *extra]), False, 0.0)
+            assert [m["kind"] for m in sink.inventories] == ["full"]
+            for message in sink.inventories:
+                assert fleet.send({**message, "topicThing": thing}) == "recorded"
+        fleet.deployment({APP: "1.2.0", "aws.greengrass.Nucleus": "2.13.0"})
+        fleet.now += 60
+        fleet.aggregate()
+        [alert] = fleet.inbox.take()
+    assert alert["data"]["sha256"] == MINER["sha256"]
+    assert sorted(alert["data"]["thingNames"]) == sorted(INFECTED)
+    assert (alert["data"]["devices"], alert["data"]["groupDevices"]) == (2, 50)
