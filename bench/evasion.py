@@ -75,9 +75,10 @@ Evidence
   the best any of its alerts reached, and the first cycle's alerts in full. Target: every attack caught
   with the miner's path and SHA-256 in the first alert's evidence.
 
-  Processes: as root, the benchmark runs in a PID namespace of its own (bench/evasion_pidns.py; not
-  with --share-pids), so the component sees the benchmark's processes only, not the host's other ones
-  (other tests' miners would raise alarms that are no scenario's doing). CPU use (cpu_usage, from
+  Processes: as root, the benchmark runs in PID and network namespaces of its own
+  (bench/evasion_pidns.py; not with --share-pids), so the component sees the benchmark's processes and
+  connections only, not the host's other ones (other tests' miners would raise alarms that are no
+  scenario's doing, and a host's pip reaching its package index a new endpoint). CPU use (cpu_usage, from
   /proc/stat) is the host's either way: on a busy host, cpu-usage alarms are the host's load.
 
   Learning: the device runs for --learning-seconds plus one interval its ordinary work: the application,
@@ -1990,7 +1991,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add(
         "--share-pids",
         action="store_true",
-        help="as root, stay in the host's PID namespace (default: a PID namespace of its own, see above)",
+        help="as root, stay in the host's PID and network namespaces (default: its own, see above)",
     )
     add(
         "--out",
@@ -2065,14 +2066,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         status = evasion_pidns.run_as_init()
         if status is not None:
             return status
-        processes_seen = "the benchmark's only (own PID namespace)"
+        processes_seen = "the benchmark's only (own PID and network namespaces)"
     elif args.share_pids:
         processes_seen = "all the host's (--share-pids)"
     else:
         status, why_not = evasion_pidns.enter(str(Path(__file__).resolve()), argv)
         if status is not None:
             return status
-        processes_seen = f"all the host's (no PID namespace: {why_not})"
+        processes_seen = f"all the host's (no PID and network namespaces: {why_not})"
     minutes = estimate_seconds(timing, attacks, benign, baseline=not args.without_baseline) / 60
     print(f"{len(attacks)} attack(s), {len(benign)} benign run(s): about {minutes:.0f} min", flush=True)
     print(f"processes the component sees: {processes_seen}", flush=True)
