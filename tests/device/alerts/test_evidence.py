@@ -164,17 +164,22 @@ def test_a_failure_costs_the_evidence_not_the_alert(proc: Path, caplog: pytest.L
 
 
 class _Owners(ProcessDetails):
-    """Owners as the test says; no process's sockets can be looked into (another user's, no reader)."""
+    """Owners as the test says; no process holds a socket, and no process's sockets can be looked into
+    (another user's, no reader) unless ``visible`` (the privileged reader, or the component as root)."""
 
-    def __init__(self, proc: Path, uids: dict[int, int]) -> None:
+    def __init__(self, proc: Path, uids: dict[int, int], visible: bool = False) -> None:
         super().__init__(str(proc))
         self.uids = uids
+        self.visible = visible
 
     def owner(self, pid: int) -> Any:
         return self.uids.get(pid)
 
     def socket_inodes(self, pid: int) -> set[int]:
         return set()
+
+    def sockets_visible(self, pid: int) -> bool:
+        return self.visible
 
 
 def test_without_the_reader_a_connection_names_the_processes_of_its_user(proc: Path) -> None:
@@ -195,6 +200,21 @@ def test_without_the_reader_a_connection_names_the_processes_of_its_user(proc: P
     assert evidence is not None
     assert [p["pid"] for p in evidence["processes"]] == [20]
     assert evidence["holder"] == "the only process of user root"
+
+
+def test_a_connection_no_process_in_sight_holds_names_no_process(proc: Path) -> None:
+    """Every process of the socket's user looked into (the privileged reader, or the component as root)
+    and none holds it (its process runs in another PID namespace, or closed it): no process is named as
+    a possible holder, and the evidence says why."""
+    pool = Connection("203.0.113.80", 443, 50000, "eth0", inode=4242, uid=0)
+    details = _Owners(proc, {1: 0, 10: 0, 20: 0, 30: 1000}, visible=True)
+    sample = sample_with(table(), (pool,))
+    evidence = EvidenceReader(IdentityReader(str(proc)), details).describe(sample, ((), (pool,), ()))
+
+    assert evidence is not None
+    assert "processes" not in evidence
+    assert evidence["connections"] == ["203.0.113.80:443"]
+    assert evidence["holder"].startswith("none of the processes of user root this component sees")
 
 
 # ---- redaction (redact.py's rules are tested there; here: where the evidence applies them) ---------

@@ -97,18 +97,26 @@ class EvidenceReader:
     def _candidates(
         self, connections: tuple[Connection, ...], sample: Sample, evidence: dict[str, Any]
     ) -> list[int]:
-        """When no process could be looked into for the sockets (another user's, without the privileged
-        reader): the processes of the sockets' user, the new ones first, and a ``holder`` note saying so."""
+        """When no process holds the sockets as far as this component can look: the processes of the
+        sockets' user it could not look into (another user's, without the privileged reader), the new
+        ones first, and a ``holder`` note saying so; none when it looked into every one of them."""
         uids = {c.uid for c in connections if c.uid >= 0}
         table = sample.processes.table if sample.processes is not None else {}
         if not uids or not table:
             return []
-        candidates = [pid for pid in sorted(table) if self._details.owner(pid) in uids]
+        users = ", ".join(_user(uid) for uid in sorted(uids))
+        owned = [pid for pid in sorted(table) if self._details.owner(pid) in uids]
+        candidates = [pid for pid in owned if not self._details.sockets_visible(pid)]
         new = {p.pid for p in sample.baseline.new_processes} if sample.baseline is not None else set()
         candidates.sort(key=lambda pid: pid not in new)
-        users = ", ".join(_user(uid) for uid in sorted(uids))
-        if len(candidates) == 1:
-            evidence["holder"] = f"the only process of user {users}"
+        if owned and not candidates:
+            evidence["holder"] = (
+                f"none of the processes of user {users} this component sees: the holder may run in another "
+                "PID namespace (a container's) or have closed the connection since"
+            )
+        elif len(candidates) == 1:
+            unseen = "" if len(owned) == 1 else " this component may not look into"
+            evidence["holder"] = f"the only process of user {users}{unseen}"
         elif candidates:
             evidence["holder"] = (
                 f"one of the {len(candidates)} processes of user {users} (this component may not see which "

@@ -56,6 +56,11 @@ class ProcessDetails:
                 inodes.add(int(target[8:-1]))
         return inodes
 
+    def sockets_visible(self, pid: int) -> bool:
+        """Whether ``socket_inodes`` can look into the process: its fd folder is readable to this
+        component (its own user's process, or running as root), or the privileged reader answers for it."""
+        return self.privileged is not None or os.access(f"{self.proc_root}/{pid}/fd", os.R_OK)
+
     def started(self, start_ticks: int) -> Optional[int]:
         """A process's start in epoch seconds, from its start time in clock ticks after boot."""
         if self._boot_time is None:
