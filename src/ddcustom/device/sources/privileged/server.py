@@ -20,10 +20,8 @@ from ddcustom.device.sources.identity import IdentityReader
 from ddcustom.device.sources.mapped_code import MappedCodeReader
 from ddcustom.device.sources.privileged.protocol import (
     GONE,
-    LOADER_VARIABLES,
     MAX_REQUEST_BYTES,
     MAX_SOCKETS,
-    MAX_VALUE_CHARS,
     BadRequest,
     encode_answer,
     parse_request,
@@ -32,8 +30,6 @@ from ddcustom.device.sources.process_details import ProcessDetails
 from ddcustom.device.sources.procfs import STAT_BYTES, parse_stat
 
 log = logging.getLogger(__name__)
-
-MAX_ENVIRON_BYTES = 256 * 1024
 
 
 class Answers:
@@ -95,14 +91,7 @@ class Answers:
         return {"inodes": sorted(self._details.socket_inodes(pid))[:MAX_SOCKETS]}
 
     def _preload(self, pid: int) -> dict[str, Any]:
-        raw = read_bounded(f"{self.proc_root}/{pid}/environ", MAX_ENVIRON_BYTES)
-        found: dict[str, str] = {}
-        for entry in raw.split(b"\0"):
-            name, sep, value = entry.partition(b"=")
-            text = name.decode("ascii", "replace")
-            if sep and text in LOADER_VARIABLES and text not in found:
-                found[text] = value.decode("utf-8", "replace")[:MAX_VALUE_CHARS]
-        return {"variables": found}
+        return {"variables": self._details.loader_variables(pid)}  # as root: read directly
 
 
 def serve(connection: socket.socket, answers: Optional[Answers] = None) -> None:
