@@ -319,6 +319,32 @@ def test_a_library_a_known_program_never_mapped_is_new(host: FixtureHost, tmp_pa
     assert f"LD_PRELOAD={evil}" in new.preload
 
 
+def test_a_process_that_executed_another_program_while_read_is_read_again(
+    host: FixtureHost, tmp_path: Path
+) -> None:
+    """A shell's child is sampled and identified as the shell, then executes the command it runs before
+    its code is read: those maps are the command's, not new libraries of the shell (a fork storm of
+    true(1) raised new-program-libraries so). Had the process not executed anything, the same maps
+    would be new."""
+    clock = Clock()
+    shell, true, libc = (host.program(name) for name in ("sh", "true", "libc.so.6"))
+    host.start(200, shell)
+    fixture_maps(host, 200, [shell, libc])
+    observer = observer_on(host, clock, Config(tmp_path / "baseline.json"))
+    run(observer, host, clock, LEARNING + STEP, {200: 0.0})
+
+    host.start(201, shell)  # the sample and the identity say sh ...
+    fixture_maps(host, 201, [true, libc])  # ... the maps, read after, are true's
+    host.rename(201, "true")
+    stats = run(observer, host, clock, STEP, {200: 0.0, 201: 0.0})
+    assert stats is not None and stats.new_libraries == ()
+
+    host.rename(201, "sh")  # the same maps in a process that still runs sh
+    stats = run(observer, host, clock, STEP, {200: 0.0, 201: 0.0})
+    assert stats is not None
+    assert [(n.pid, n.path) for n in stats.new_libraries] == [(201, str(true))]
+
+
 def test_executable_memory_without_a_file_is_new_in_a_program_that_never_had_any(
     host: FixtureHost, tmp_path: Path
 ) -> None:

@@ -14,6 +14,7 @@ from typing import Optional
 from ddcustom.device.fileio import read_bounded, read_text
 from ddcustom.device.sources.privileged.client import PrivilegedReader
 from ddcustom.device.sources.privileged.protocol import LOADER_VARIABLES, MAX_VALUE_CHARS
+from ddcustom.device.sources.procfs import STAT_BYTES, parse_stat
 
 MAX_FDS = 4096  # of one process, when looking for the sockets it holds
 MAX_STATUS_BYTES = 8192
@@ -34,6 +35,15 @@ class ProcessDetails:
             return os.stat(f"{self.proc_root}/{pid}").st_uid
         except OSError:
             return None
+
+    def image(self, pid: int) -> Optional[tuple[str, int]]:
+        """(name, start time in clock ticks) of the process now, as anyone may read them; None when it has
+        exited. A process that executed another program since keeps its start time, not its name."""
+        try:
+            comm, _, _, start = parse_stat(read_bounded(f"{self.proc_root}/{pid}/stat", STAT_BYTES).decode())
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None
+        return comm, start
 
     def socket_inodes(self, pid: int) -> set[int]:
         """Inodes of the sockets process ``pid`` holds (none when it cannot be looked at)."""

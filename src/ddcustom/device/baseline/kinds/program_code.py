@@ -97,7 +97,9 @@ class CodeWatch:
         due.sort(key=lambda item: item[0])
         for _, pid, info in due[:MAX_READS_PER_CYCLE]:
             code = self._reader.read(pid, info.start_ticks)
-            if code is not None:
+            # A process that executed another program since the sample (a shell's child becoming the
+            # command it runs) maps that program's code, not its program's: read it again next cycle.
+            if code is not None and self._context.details.image(pid) == (info.comm, info.start_ticks):
                 self._processes[(pid, info.start_ticks)] = self._look(
                     baseline, programs[pid], pid, code, now, mono
                 )
