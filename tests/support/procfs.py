@@ -118,10 +118,10 @@ class FixtureHost:
         self.table[pid] = ProcessInfo(pid, 1, name or program.name, argv0_name, argv0 or str(program))
         self.rename(pid, name or program.name)
 
-    def rename(self, pid: int, name: str) -> None:
+    def rename(self, pid: int, name: str, state: str = "S") -> None:
         """What /proc/PID/stat says of the process now: ``name`` (another after it executed another
-        program), started at tick 0 as the table says."""
-        (self.proc / str(pid) / "stat").write_text(f"{pid} ({name}) S 1 " + "0 " * 20 + "\n")
+        program) and ``state`` (Z: exiting), started at tick 0 as the table says."""
+        (self.proc / str(pid) / "stat").write_text(f"{pid} ({name}) {state} 1 " + "0 " * 20 + "\n")
 
     def kernel_thread(self, pid: int, name: str) -> None:
         self.table[pid] = ProcessInfo(pid, 2, name, "", "")

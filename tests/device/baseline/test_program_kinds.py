@@ -339,10 +339,41 @@ def test_a_process_that_executed_another_program_while_read_is_read_again(
     stats = run(observer, host, clock, STEP, {200: 0.0, 201: 0.0})
     assert stats is not None and stats.new_libraries == ()
 
+    host.rename(201, "sh", state="Z")  # exiting while read: its maps may be torn down, files unhashed
+    stats = run(observer, host, clock, STEP, {200: 0.0, 201: 0.0})
+    assert stats is not None and stats.new_libraries == ()
+
     host.rename(201, "sh")  # the same maps in a process that still runs sh
     stats = run(observer, host, clock, STEP, {200: 0.0, 201: 0.0})
     assert stats is not None
     assert [(n.pid, n.path) for n in stats.new_libraries] == [(201, str(true))]
+
+
+def test_a_learned_library_deleted_under_a_running_process_is_not_new(
+    host: FixtureHost, tmp_path: Path
+) -> None:
+    """A package upgrade replaces a library that running processes map: their maps name it "(deleted)".
+    Learned at its path, it is not new (here by its path: the component reads its own user's maps, and
+    cannot hash a deleted file by its path); another library deleted after loading is."""
+    clock = Clock()
+    daemon, libc, dropped = (host.program(name) for name in ("daemon", "libc.so.6", "libdrop.so"))
+    host.start(200, daemon)
+    fixture_maps(host, 200, [daemon, libc])
+    observer = observer_on(host, clock, Config(tmp_path / "baseline.json"))
+    run(observer, host, clock, LEARNING + STEP, {200: 0.0})
+
+    host.start(201, daemon)
+    lines = [f"1000-2000 r-xp 0 08:01 1 {daemon}\n", f"2000-3000 r-xp 0 08:01 2 {libc} (deleted)\n"]
+    (host.proc / "201" / "maps").write_text("".join(lines))
+    stats = run(observer, host, clock, STEP, {200: 0.0, 201: 0.0})
+    assert stats is not None and stats.new_libraries == ()
+
+    host.start(202, daemon)
+    lines[1] = f"2000-3000 r-xp 0 08:01 2 {dropped} (deleted)\n"
+    (host.proc / "202" / "maps").write_text("".join(lines))
+    stats = run(observer, host, clock, STEP, {200: 0.0, 201: 0.0, 202: 0.0})
+    assert stats is not None
+    assert [(n.pid, n.path) for n in stats.new_libraries] == [(202, f"{dropped} (deleted)")]
 
 
 def test_executable_memory_without_a_file_is_new_in_a_program_that_never_had_any(

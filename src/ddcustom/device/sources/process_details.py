@@ -38,12 +38,15 @@ class ProcessDetails:
 
     def image(self, pid: int) -> Optional[tuple[str, int]]:
         """(name, start time in clock ticks) of the process now, as anyone may read them; None when it has
-        exited. A process that executed another program since keeps its start time, not its name."""
+        exited or is exiting (a zombie). A process that executed another program since keeps its start
+        time, not its name."""
         try:
-            comm, _, _, start = parse_stat(read_bounded(f"{self.proc_root}/{pid}/stat", STAT_BYTES).decode())
-        except (OSError, ValueError, UnicodeDecodeError):
+            text = read_bounded(f"{self.proc_root}/{pid}/stat", STAT_BYTES).decode("utf-8", "replace")
+            comm, _, _, start = parse_stat(text)
+        except (OSError, ValueError, IndexError):
             return None
-        return comm, start
+        state = text.rpartition(")")[2].split()[:1]
+        return None if state in (["Z"], ["X"]) else (comm, start)
 
     def socket_inodes(self, pid: int) -> set[int]:
         """Inodes of the sockets process ``pid`` holds (none when it cannot be looked at)."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 from urllib.parse import quote
 
 from ddcustom.device.baseline.approvals import parse_sha256
@@ -31,8 +31,8 @@ from ddcustom.device.baseline.file import Entry
 from ddcustom.device.baseline.kinds.kind import Context, ItemError, Items, Kind, Program
 from ddcustom.device.baseline.kinds.levels import FLOOR, learning_until
 from ddcustom.device.sample import NewLibrary, ProcessInfo, Sample
-from ddcustom.device.sources.identity import IdentityReader
-from ddcustom.device.sources.mapped_code import MappedCode, MappedCodeReader
+from ddcustom.device.sources.identity import DELETED_SUFFIX, IdentityReader
+from ddcustom.device.sources.mapped_code import MappedCode, MappedCodeReader, MappedFile
 
 RECHECK_SECONDS = 300.0
 BUSY_RECHECK_SECONDS = 30.0
@@ -98,7 +98,8 @@ class CodeWatch:
         for _, pid, info in due[:MAX_READS_PER_CYCLE]:
             code = self._reader.read(pid, info.start_ticks)
             # A process that executed another program since the sample (a shell's child becoming the
-            # command it runs) maps that program's code, not its program's: read it again next cycle.
+            # command it runs) maps that program's code, not its program's, and one that exited while
+            # read leaves files unhashed: read it again next cycle, if it is still there.
             if code is not None and self._context.details.image(pid) == (info.comm, info.start_ticks):
                 self._processes[(pid, info.start_ticks)] = self._look(
                     baseline, programs[pid], pid, code, now, mono
@@ -124,6 +125,8 @@ class CodeWatch:
                 continue  # the program itself
             key = library_key(program, mapped.path, mapped.sha256)
             entry = entries.get(key)
+            if entry is None and mapped.path.endswith(DELETED_SUFFIX):
+                entry = self._learned_before_deleted(entries, program, mapped)
             if entry is not None:
                 baseline.refresh(self._kind, key, entry, now)
             elif learning:
@@ -148,6 +151,18 @@ class CodeWatch:
             new = [NewLibrary(n.pid, n.program, n.path, n.sha256, preload) for n in new]
             anonymous = [NewLibrary(n.pid, n.program, n.path, n.sha256, preload) for n in anonymous]
         return _Process(mono, tuple(new), tuple(anonymous))
+
+    def _learned_before_deleted(
+        self, entries: Mapping[str, Entry], program: Program, mapped: MappedFile
+    ) -> Optional[Entry]:
+        """The entry of a library the program learned at the path of ``mapped``, a file deleted or
+        replaced since it was mapped (a package upgrade under a running process): with the same SHA-256
+        when it is known (read through the mapping), else any. None when the program never mapped it."""
+        path = mapped.path[: -len(DELETED_SUFFIX)]
+        if mapped.sha256:
+            return entries.get(library_key(program, path, mapped.sha256))
+        prefix, suffix = f"{program.key} | ", " " + library_key(program, path, "").rpartition(" ")[2]
+        return next((e for k, e in entries.items() if k.startswith(prefix) and k.endswith(suffix)), None)
 
     def _approved(self, entries: Mapping[str, Entry], path: str, sha256: str) -> bool:
         return (
