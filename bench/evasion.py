@@ -1347,6 +1347,7 @@ class Bench:
             first.setdefault(behavior, round(t - started, 1))
         known_clears = [v for v in clears.values() if v is not None]
         uid = self.attacker_uid(attack)
+        alerts = self.alarms.in_alarm_alerts(started, time.monotonic())
         return {
             "scenario": attack.name,
             "description": attack.description,
@@ -1367,6 +1368,8 @@ class Bench:
             "clear_s": max(known_clears) if known_clears and len(known_clears) == len(clears) else None,
             "clear_by_behavior_s": clears,
             "already_in_alarm": already,
+            # every in-alarm alert of the run, to tell what an alarm that is not about the miner was about
+            "alerts": [{"at_s": round(t - started, 1), "behavior": b, "evidence": e} for t, b, e in alerts],
             **specific,
         }
 
@@ -1823,13 +1826,16 @@ def markdown(document: dict[str, Any]) -> str:
         lines.append("")
         for r in document["benign"]:
             for behavior, evidence in r.get("evidence", []):
-                processes = [
-                    p.get("script") or p.get("exe") or p.get("name") for p in evidence.get("processes", [])
-                ]
-                pointed = ", ".join(
-                    map(str, processes + evidence.get("connections", []) + evidence.get("items", []))
+                lines.append(f"benign {r['scenario']}: {behavior} pointed at {pointed_at(evidence)}")
+    for r in document["attacks"]:
+        unnamed = {b for b, c in r.get("evidence_by_behavior", {}).items() if c == EVIDENCE_NOT_NAMED}
+        for alert in r.get("alerts", []):
+            if alert["behavior"] in unnamed and isinstance(alert.get("evidence"), dict):
+                unnamed.discard(alert["behavior"])
+                lines.append(
+                    f"{r['scenario']}: {alert['behavior']} (not about the miner) pointed at "
+                    f"{pointed_at(alert['evidence'])}"
                 )
-                lines.append(f"benign {r['scenario']}: {behavior} pointed at {pointed or 'nothing'}")
     for r in document["attacks"] + document["benign"]:
         if r["already_in_alarm"]:
             still = ", ".join(r["already_in_alarm"])
@@ -1868,6 +1874,13 @@ def markdown(document: dict[str, Any]) -> str:
     if document["failure"]:
         lines.append(f"FAILED: {document['failure']}")
     return "\n".join(lines)
+
+
+def pointed_at(evidence: dict[str, Any]) -> str:
+    """What an alert's evidence names, in one line: its processes' programs, connections and items."""
+    processes = [p.get("script") or p.get("exe") or p.get("name") for p in evidence.get("processes", [])]
+    pointed = ", ".join(map(str, processes + evidence.get("connections", []) + evidence.get("items", [])))
+    return pointed or "nothing"
 
 
 def compare_cell(result: Optional[dict[str, Any]]) -> str:

@@ -528,6 +528,20 @@ def test_the_tables_say_the_mode_the_attacker_and_the_evidence_and_compare_modes
         [{**document, "attacks": [late]}], ["c"]
     )
 
+    other = {"items": ["/usr/bin/dash (pid 7) maps /usr/lib/libc.so.6 (sha256 unknown)"]}
+    noisy = {
+        **attack, "behaviors": ["new-executables", "new-program-libraries"],
+        "evidence_by_behavior": {
+            "new-executables": evasion.EVIDENCE_FULL, "new-program-libraries": evasion.EVIDENCE_NOT_NAMED,
+        },
+        "alerts": [{"at_s": 45.0, "behavior": "new-program-libraries", "evidence": other}],
+    }  # fmt: skip
+    text = evasion.markdown({**document, "attacks": [noisy]})
+    assert (
+        "sshd-proxy: new-program-libraries (not about the miner) pointed at /usr/bin/dash (pid 7) maps "
+        "/usr/lib/libc.so.6 (sha256 unknown)"
+    ) in text
+
 
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
