@@ -349,6 +349,32 @@ def test_a_process_that_executed_another_program_while_read_is_read_again(
     assert [(n.pid, n.path) for n in stats.new_libraries] == [(201, str(true))]
 
 
+def test_the_component_and_its_reader_are_left_out_of_what_programs_do(
+    host: FixtureHost, tmp_path: Path
+) -> None:
+    """The component's own process loads code as its work needs it (the first lookup of a user with no
+    passwd entry loads libnss_systemd: seen as a new library of the component's program when it ran as
+    root). It and its child, the privileged reader, are no program here; the same code in another
+    process of that program is new."""
+    clock = Clock()
+    python, libc, nss = (host.program(name) for name in ("python3", "libc.so.6", "libnss_systemd.so.2"))
+    me = os.getpid()
+    for pid in (me, 200):  # this component, and another process of its program (a Python tool)
+        host.start(pid, python)
+        fixture_maps(host, pid, [python, libc])
+    observer = observer_on(host, clock, Config(tmp_path / "baseline.json"))
+    run(observer, host, clock, LEARNING + STEP, {me: 0.0, 200: 0.0})
+
+    host.start(201, python)
+    host.table[201] = replace(host.table[201], ppid=me)  # the privileged reader
+    host.start(202, python)
+    for pid in (me, 201, 202):
+        fixture_maps(host, pid, [python, libc, nss])
+    stats = run(observer, host, clock, STEP, {me: 90.0, 200: 0.0, 201: 0.0, 202: 0.0})
+    assert stats is not None
+    assert [(n.pid, n.path) for n in stats.new_libraries] == [(202, str(nss))]
+
+
 def test_a_learned_library_deleted_under_a_running_process_is_not_new(
     host: FixtureHost, tmp_path: Path
 ) -> None:

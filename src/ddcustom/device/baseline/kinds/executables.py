@@ -134,13 +134,13 @@ class _ProcessWatch:
         if identity.reason_unknowable == NO_ACCESS:
             key = self._observe_unreadable(baseline, info, now)
             known = key is not None
-            if key:
+            if key and not self._context.is_component(info):
                 self.known(info.pid, Program(key, path))
         else:
             known = self.observe_executable(baseline, identity, now) or self._vouched(
                 baseline, info, identity, now
             )
-            if known:
+            if known and not self._context.is_component(info):
                 self.known(info.pid, Program(identity.key, path, identity.content_sha256))
         if known:
             return None

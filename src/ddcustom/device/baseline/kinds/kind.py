@@ -16,6 +16,7 @@ from the registry (``kinds/__init__.py``) and name none:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol
@@ -24,7 +25,7 @@ from ddcustom.device.baseline.approvals import Approvals
 from ddcustom.device.baseline.cycle import CycleBaseline
 from ddcustom.device.baseline.deployment import DeploymentTrust
 from ddcustom.device.baseline.file import RANK, Entry
-from ddcustom.device.sample import Sample
+from ddcustom.device.sample import ProcessInfo, Sample
 from ddcustom.device.sources.identity import IdentityReader
 from ddcustom.device.sources.process_details import ProcessDetails
 from ddcustom.device.sources.procfs import STAT_BYTES, parse_stat
@@ -80,6 +81,14 @@ class Context:
     # the programs of this cycle's processes whose executable is known (pid -> program), which the
     # executable kind finds first and the kinds about what programs do read
     programs: dict[int, Program] = field(default_factory=dict)
+    own_pid: int = field(default_factory=os.getpid)  # this component's process
+
+    def is_component(self, info: ProcessInfo) -> bool:
+        """Whether ``info`` is this component's process or its child (the privileged reader): they are
+        left out of what programs do. The component loads code as its work needs it (the first lookup
+        of a user's name loads the system's NSS modules, a Python module loads when first used), which
+        after learning would be a new library; its executable is still learned and judged."""
+        return self.own_pid in (info.pid, info.ppid)
 
 
 def own_start_ticks() -> int:
