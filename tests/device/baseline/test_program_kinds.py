@@ -442,17 +442,28 @@ def network_sample(clock: Clock, table: dict[int, ProcessInfo], sockets: list[so
     return Sample(time=clock.now, monotonic=clock.now, network=network, processes=processes)
 
 
-def test_a_program_that_never_connected_while_learning_connecting_now_is_new(tmp_path: Path) -> None:
-    """This test's own process is the program: it listened while learning, never connected; then it
-    connects out, and that is new (its listening is not)."""
-    clock = Clock()
-    me = os.getpid()
-    stat = Path(f"/proc/{me}/stat").read_text()
+def holding(*sockets: socket.socket) -> tuple[subprocess.Popen[bytes], ProcessInfo]:
+    """A Python process holding ``sockets`` (inherited), and its process table entry (as if started by
+    another process than this test's: a child of this component would be the privileged reader)."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], pass_fds=[s.fileno() for s in sockets]
+    )
+    stat = Path(f"/proc/{child.pid}/stat").read_text()
     start = int(stat.rpartition(")")[2].split()[19])
-    table = {me: ProcessInfo(me, 1, "python3", "python3", " ".join(sys.argv), start_ticks=start)}
+    return child, ProcessInfo(child.pid, 1, "python3", "python3", sys.executable, start_ticks=start)
+
+
+def test_a_program_that_never_connected_while_learning_connecting_now_is_new(tmp_path: Path) -> None:
+    """A Python program listened while learning, never connected; then a process of it connects out, and
+    that is new (its listening is not). Real sockets, held by child processes of the test (the test's
+    own process would be this component, which is left out)."""
+    clock = Clock()
     server = socket.create_server(("127.0.0.1", 0))
+    listener, listener_info = holding(server)
     observer = BaselineObserver(IdentityReader(), ProcessDetails(), clock=clock)
     observer.configure(Config(tmp_path / "baseline.json"), enabled=True)
+    table = {listener.pid: listener_info}
+    client: Optional[subprocess.Popen[bytes]] = None
     try:
         observer.observe(network_sample(clock, table, [server]))
         clock.now += LEARNING + STEP
@@ -460,21 +471,23 @@ def test_a_program_that_never_connected_while_learning_connecting_now_is_new(tmp
             learning=False
         )
 
-        client = socket.create_connection(server.getsockname(), timeout=5)
+        connection = socket.create_connection(server.getsockname(), timeout=5)
         accepted, _ = server.accept()
+        client, client_info = holding(connection)  # the same socket: the connection out, in the child
         clock.now += STEP
-        stats = observer.observe(network_sample(clock, table, [server, client])).baseline
+        both = {**table, client.pid: client_info}
+        stats = observer.observe(network_sample(clock, both, [server, connection])).baseline
         assert stats is not None
-        assert [(n.pid, n.use) for n in stats.new_network_use] == [(me, "outbound")]
-        client.close()
+        connection.close()
         accepted.close()
-        clock.now += STEP
-        assert observer.observe(network_sample(clock, table, [server])).baseline == BaselineStats(
-            learning=False
-        )
     finally:
+        for child in (listener, client):
+            if child is not None:
+                child.kill()
+                child.wait()
         server.close()
         observer.close()
+    assert [(n.pid, n.use) for n in stats.new_network_use] == [(client.pid, "outbound")]
     written = [json.loads(line) for line in (tmp_path / "baseline.json").read_text().splitlines()[1:]]
     assert any(item[0] == "program_network" and item[1].endswith(" | listening") for item in written)
 
