@@ -32,7 +32,7 @@ from ddcustom.device.sources.identity import (
     script_argument,
 )
 from support.helpers import poll
-from support.procfs import Spawn, fake_process, spawn, wait_for_exec
+from support.procfs import Spawn, deny_exe_links, fake_process, spawn, wait_for_exec
 
 __all__ = ["spawn"]  # the fixture, imported for the tests below
 
@@ -313,6 +313,26 @@ def test_fixture_unreadable_executables(tmp_path: Path) -> None:
         assert identity == ExecutableIdentity(
             path=str(tmp_path / path), sha256="", reason_unknowable=UNREADABLE
         )
+
+
+def test_fixture_an_exiting_process_has_no_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A zombie keeps its /proc folder, not its executable: read while it exits (a fork storm's), it is
+    gone, not an unreadable executable nor another user's process without access."""
+    proc = tmp_path / "proc"
+    for pid in (20, 21):
+        fake_process(proc, pid, str(tmp_path / "exited"), ["true"])
+    deny_exe_links(monkeypatch, proc, [21])
+    reader = IdentityReader(proc_root=str(proc))
+    for pid in (20, 21):
+        (proc / str(pid) / "stat").write_text(f"{pid} (true) R 1 " + "0 " * 20)
+    assert reader.read(20) == ExecutableIdentity(
+        path=str(tmp_path / "exited"), sha256="", reason_unknowable=UNREADABLE
+    )
+    assert reader.read(21) == ExecutableIdentity(path="", sha256="", reason_unknowable=NO_ACCESS)
+    for pid in (20, 21):
+        (proc / str(pid) / "stat").write_text(f"{pid} (true) Z 1 " + "0 " * 20)
+    assert reader.read(20) is None
+    assert reader.read(21) is None
 
 
 def test_fixture_gone_process_and_kernel_thread_have_no_identity(tmp_path: Path) -> None:

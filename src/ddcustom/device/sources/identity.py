@@ -47,7 +47,7 @@ from urllib.parse import quote
 from ddcustom.device.fileio import read_bounded
 from ddcustom.device.sample import ProcessInfo
 from ddcustom.device.sources.privileged.client import PrivilegedReader
-from ddcustom.device.sources.procfs import parse_stat
+from ddcustom.device.sources.procfs import STAT_BYTES, parse_stat
 
 MAX_HASH_BYTES = 512 * 1024 * 1024
 MAX_HASH_SECONDS = 30.0  # a file slower than this to read (a stuck network mount) is not waited for
@@ -351,9 +351,10 @@ class IdentityReader:
             link = os.readlink(f"{base}/exe")
         except OSError as exc:
             if exc.errno in (errno.EACCES, errno.EPERM):
-                return self._read_privileged(pid, process) or ExecutableIdentity(
-                    path="", sha256="", reason_unknowable=NO_ACCESS
-                )
+                found = self._read_privileged(pid, process)
+                if found is not None or _exited(base):
+                    return found  # None: the reader found it gone, or it is exiting
+                return ExecutableIdentity(path="", sha256="", reason_unknowable=NO_ACCESS)
             return None
         if link.startswith("/memfd:"):
             return ExecutableIdentity(path=link, sha256="", reason_unknowable=MEMFD)
@@ -387,7 +388,7 @@ class IdentityReader:
         hashes from the cache or read now."""
         exe_signature = _signature(f"{base}/exe")
         if exe_signature is None:
-            if not os.path.isdir(base):
+            if _exited(base):
                 return None  # it exited while we read it
             return ExecutableIdentity(path=link, sha256="", reason_unknowable=UNREADABLE)
 
@@ -406,7 +407,7 @@ class IdentityReader:
         sha, reason = self._hash(f"{base}/exe", exe_signature)
         if script_signature is not None:
             script_sha = self._hash(self._script_file(base, script), script_signature)[0]
-        if reason == UNREADABLE and not os.path.isdir(base):
+        if reason == UNREADABLE and _exited(base):
             return None  # it exited while we read it
         identity = ExecutableIdentity(
             path=link, sha256=sha, script=script, script_sha256=script_sha, reason_unknowable=reason
@@ -559,6 +560,18 @@ def _identity_of(answer: dict[str, object]) -> Optional[ExecutableIdentity]:
     return ExecutableIdentity(
         path=path, sha256=sha, script=script, script_sha256=script_sha, reason_unknowable=reason
     )
+
+
+def _exited(base: str) -> bool:
+    """Whether the process at ``base`` (/proc/PID) is gone or exiting: a zombie keeps its folder, not
+    its executable, so a fork storm's dying processes would otherwise be unreadable executables."""
+    try:
+        text = read_bounded(f"{base}/stat", STAT_BYTES).decode("utf-8", "replace")
+    except FileNotFoundError:
+        return not os.path.isdir(base)
+    except OSError:
+        return False
+    return text.rpartition(")")[2].split()[:1] in (["Z"], ["X"])
 
 
 def _signature(path: str) -> Optional[FileSignature]:
