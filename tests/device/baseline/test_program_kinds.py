@@ -375,6 +375,28 @@ def test_the_component_and_its_reader_are_left_out_of_what_programs_do(
     assert [(n.pid, n.path) for n in stats.new_libraries] == [(202, str(nss))]
 
 
+def test_a_process_is_read_once_the_loader_has_mapped_its_libraries(
+    host: FixtureHost, tmp_path: Path
+) -> None:
+    """Right after exec the loader has mapped only itself and the program: a process is read once it is
+    SETTLE_SECONDS old (a fork storm's true(1) read in that window had learned a partial set)."""
+    clock = Clock()
+    daemon, libc, evil = (host.program(name) for name in ("daemon", "libc.so.6", "libevil.so"))
+    host.start(200, daemon)
+    fixture_maps(host, 200, [daemon, libc])
+    observer = observer_on(host, clock, Config(tmp_path / "baseline.json"))
+    run(observer, host, clock, LEARNING + STEP, {200: 0.0})
+
+    host.start(201, daemon)
+    fixture_maps(host, 201, [daemon, libc, evil])
+    (host.proc / "stat").write_text(f"cpu 0 0 0 0\nbtime {int(clock.now + STEP - 1)}\n")  # 201: 1 s old
+    stats = run(observer, host, clock, STEP, {200: 0.0, 201: 0.0})
+    assert stats is not None and stats.new_libraries == ()
+    stats = run(observer, host, clock, STEP, {200: 0.0, 201: 0.0})  # 6 s old
+    assert stats is not None
+    assert [(n.pid, n.path) for n in stats.new_libraries] == [(201, str(evil))]
+
+
 def test_a_learned_library_deleted_under_a_running_process_is_not_new(
     host: FixtureHost, tmp_path: Path
 ) -> None:

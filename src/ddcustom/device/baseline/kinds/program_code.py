@@ -8,11 +8,12 @@ so is executable memory without a file in a program that never had any. Learning
 for a program the baseline came to know later (a deployment, an upgrade that brought this kind to a
 learned baseline), as long from the marker's first sight.
 
-What a process maps is read when it is first seen, every cycle for a watched application's processes
-(where a library loaded at run time is most likely), every BUSY_RECHECK_SECONDS for a process using
-more than a floor of CPU, and every RECHECK_SECONDS for the others; at most MAX_READS_PER_CYCLE reads a
-cycle, new processes first. A new library is reported, with the loader variables of the process
-(``LD_PRELOAD`` ...) and ``/etc/ld.so.preload``, for as long as the process maps it.
+What a process maps is read when it is first seen (once it is SETTLE_SECONDS old), every cycle for a
+watched application's processes (where a library loaded at run time is most likely), every
+BUSY_RECHECK_SECONDS for a process using more than a floor of CPU, and every RECHECK_SECONDS for the
+others; at most MAX_READS_PER_CYCLE reads a cycle, new processes first. A new library is reported,
+with the loader variables of the process (``LD_PRELOAD`` ...) and ``/etc/ld.so.preload``, for as long
+as the process maps it.
 
 Approvals: ``ApprovedLibraries`` (the configuration: SHA-256s or paths any program may map), and
 ``ddcustom baseline approve library:ITEM`` (keys ``* | sha256:<hex>`` and ``* | path:<path>``).
@@ -37,6 +38,9 @@ from ddcustom.device.sources.mapped_code import MappedCode, MappedCodeReader, Ma
 RECHECK_SECONDS = 300.0
 BUSY_RECHECK_SECONDS = 30.0
 MAX_READS_PER_CYCLE = 32
+# A process younger than this is read later: right after exec the loader has mapped only itself and the
+# program, not yet the program's libraries (a read then would learn, or judge, a partial set).
+SETTLE_SECONDS = 2.0
 ANONYMOUS = "anonymous executable memory"
 ANY_PROGRAM = "* | "
 
@@ -82,7 +86,9 @@ class CodeWatch:
             seen.add((pid, info.start_ticks))
             known = self._processes.get((pid, info.start_ticks))
             if known is None:
-                due.append((0.0, pid, info))
+                started = self._context.details.started(info.start_ticks)
+                if started is None or sample.time - started >= SETTLE_SECONDS:
+                    due.append((0.0, pid, info))
                 continue
             since = mono - known.read_at
             busy = processes.cpu_percent.get(pid, 0.0) > FLOOR
