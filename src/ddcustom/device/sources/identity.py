@@ -47,7 +47,7 @@ from urllib.parse import quote
 from ddcustom.device.fileio import read_bounded
 from ddcustom.device.sample import ProcessInfo
 from ddcustom.device.sources.privileged.client import PrivilegedReader
-from ddcustom.device.sources.procfs import STAT_BYTES, parse_stat
+from ddcustom.device.sources.procfs import STAT_BYTES, exiting, parse_stat
 
 MAX_HASH_BYTES = 512 * 1024 * 1024
 MAX_HASH_SECONDS = 30.0  # a file slower than this to read (a stuck network mount) is not waited for
@@ -563,15 +563,15 @@ def _identity_of(answer: dict[str, object]) -> Optional[ExecutableIdentity]:
 
 
 def _exited(base: str) -> bool:
-    """Whether the process at ``base`` (/proc/PID) is gone or exiting: a zombie keeps its folder, not
-    its executable, so a fork storm's dying processes would otherwise be unreadable executables."""
+    """Whether the process at ``base`` (/proc/PID) is gone or exiting (a fork storm's dying processes
+    would otherwise be unreadable executables)."""
     try:
         text = read_bounded(f"{base}/stat", STAT_BYTES).decode("utf-8", "replace")
     except FileNotFoundError:
         return not os.path.isdir(base)
     except OSError:
         return False
-    return text.rpartition(")")[2].split()[:1] in (["Z"], ["X"])
+    return exiting(text)
 
 
 def _signature(path: str) -> Optional[FileSignature]:

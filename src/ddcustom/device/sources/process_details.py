@@ -14,7 +14,7 @@ from typing import Optional
 from ddcustom.device.fileio import read_bounded, read_text
 from ddcustom.device.sources.privileged.client import PrivilegedReader
 from ddcustom.device.sources.privileged.protocol import LOADER_VARIABLES, MAX_VALUE_CHARS
-from ddcustom.device.sources.procfs import STAT_BYTES, parse_stat
+from ddcustom.device.sources.procfs import STAT_BYTES, exiting, parse_stat
 
 MAX_FDS = 4096  # of one process, when looking for the sockets it holds
 MAX_STATUS_BYTES = 8192
@@ -45,8 +45,7 @@ class ProcessDetails:
             comm, _, _, start = parse_stat(text)
         except (OSError, ValueError, IndexError):
             return None
-        state = text.rpartition(")")[2].split()[:1]
-        return None if state in (["Z"], ["X"]) else (comm, start)
+        return None if exiting(text) else (comm, start)
 
     def socket_inodes(self, pid: int) -> set[int]:
         """Inodes of the sockets process ``pid`` holds (none when it cannot be looked at)."""

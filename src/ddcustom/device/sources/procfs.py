@@ -18,6 +18,12 @@ def parse_stat(text: str) -> tuple[str, int, int, int]:
     return comm, int(fields[1]), numbers[0] + numbers[1], numbers[2]
 
 
+def exiting(text: str) -> bool:
+    """Whether a /proc/<pid>/stat line is of a process that is exiting: a zombie (Z) or dead (X), which
+    keeps its /proc folder but no longer its executable or its mappings."""
+    return text.rpartition(")")[2].split()[:1] in (["Z"], ["X"])
+
+
 def parse_cmdline(raw: bytes) -> list[str]:
     """Arguments of /proc/<pid>/cmdline (NUL-separated; a process may have rewritten it with spaces)."""
     return [arg.decode("utf-8", "replace") for arg in raw.rstrip(b"\0").split(b"\0")] if raw else []

@@ -131,17 +131,18 @@ class _ProcessWatch:
         if identity is None:
             return None  # exited meanwhile, or a zombie
         path = identity.content_path or identity.path or info.argv0_name
+        program: Optional[Program] = None
         if identity.reason_unknowable == NO_ACCESS:
             key = self._observe_unreadable(baseline, info, now)
             known = key is not None
-            if key and not self._context.is_component(info):
-                self.known(info.pid, Program(key, path))
+            program = Program(key, path) if key else None
         else:
             known = self.observe_executable(baseline, identity, now) or self._vouched(
                 baseline, info, identity, now
             )
-            if known and not self._context.is_component(info):
-                self.known(info.pid, Program(identity.key, path, identity.content_sha256))
+            program = Program(identity.key, path, identity.content_sha256) if known else None
+        if program is not None and not self._context.is_component(info):
+            self.known(info.pid, program)
         if known:
             return None
         return NewProcess(info.pid, info.comm, path, identity.content_sha256, identity.reason_unknowable)
