@@ -148,6 +148,29 @@ def deny_exe_links(monkeypatch: pytest.MonkeyPatch, proc_root: Path, pids: Itera
     monkeypatch.setattr(os, "readlink", denying)
 
 
+def exec_while_read(
+    monkeypatch: pytest.MonkeyPatch, proc_root: Path, pid: int, exe: str, cmdline: list[str]
+) -> None:
+    """Fixture process ``pid`` executes ``exe`` with ``cmdline`` right after its exe link is first read:
+    what a reader meets when a process executes another program while it is read (a fork storm's shell
+    child becoming true(1))."""
+    base = Path(proc_root) / str(pid)
+    link = str(base / "exe")
+    readlink = os.readlink
+    executed: list[bool] = []
+
+    def reading(path: Any, *args: Any, **kwargs: Any) -> Any:
+        target = readlink(path, *args, **kwargs)
+        if os.fspath(path) == link and not executed:
+            executed.append(True)
+            os.remove(link)
+            os.symlink(exe, link)
+            (base / "cmdline").write_bytes(b"".join(arg.encode() + b"\0" for arg in cmdline))
+        return target
+
+    monkeypatch.setattr(os, "readlink", reading)
+
+
 def spare_library() -> str:
     """A shared object of the C library that no program loads unless told to (libBrokenLocale), for
     tests that load one at run time or preload one."""

@@ -32,7 +32,7 @@ from ddcustom.device.sources.identity import (
     script_argument,
 )
 from support.helpers import poll
-from support.procfs import Spawn, deny_exe_links, fake_process, spawn, wait_for_exec
+from support.procfs import Spawn, deny_exe_links, exec_while_read, fake_process, spawn, wait_for_exec
 
 __all__ = ["spawn"]  # the fixture, imported for the tests below
 
@@ -333,6 +333,35 @@ def test_fixture_an_exiting_process_has_no_identity(tmp_path: Path, monkeypatch:
         (proc / str(pid) / "stat").write_text(f"{pid} (true) Z 1 " + "0 " * 20)
     assert reader.read(20) is None
     assert reader.read(21) is None
+
+
+def test_fixture_a_process_read_while_it_executes_another_program_is_judged_next_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fork storm's shell child executing true(1) while it is read: the link said the shell, then the
+    command line and the file were true's, an identity of neither program. None this time, true's next."""
+    shell, true = tmp_path / "dash", tmp_path / "true"
+    shell.write_bytes(b"a shell")
+    true.write_bytes(b"true(1)")
+    proc = tmp_path / "proc"
+    fake_process(proc, 50, str(shell), ["sh", "-c", "while :; do true & done"])
+    exec_while_read(monkeypatch, proc, 50, str(true), [str(true)])
+    reader = IdentityReader(proc_root=str(proc))
+    assert reader.read(50) is None
+    assert reader.read(50) == ExecutableIdentity(path=str(true), sha256=sha256_of(str(true)))
+
+
+def test_fixture_an_interpreter_read_before_its_arguments_are_set_is_judged_next_time(tmp_path: Path) -> None:
+    """Right after an exec the kernel shows the new executable before the new arguments: an interpreter
+    read then has an empty command line, which would be an interactive one. None the first time; a
+    process that cleared its own arguments is judged from the second read on."""
+    python = tmp_path / "python3"
+    python.write_bytes(b"an interpreter")
+    proc = tmp_path / "proc"
+    fake_process(proc, 51, str(python), [])
+    reader = IdentityReader(proc_root=str(proc))
+    assert reader.read(51) is None
+    assert reader.read(51) == ExecutableIdentity(path=str(python), sha256=sha256_of(str(python)))
 
 
 def test_fixture_gone_process_and_kernel_thread_have_no_identity(tmp_path: Path) -> None:

@@ -47,6 +47,7 @@ from urllib.parse import quote
 from ddcustom.device.fileio import read_bounded
 from ddcustom.device.sample import ProcessInfo
 from ddcustom.device.sources.privileged.client import PrivilegedReader
+from ddcustom.device.sources.privileged.protocol import GONE, NO_PROGRAM
 from ddcustom.device.sources.procfs import STAT_BYTES, exiting, parse_stat
 
 MAX_HASH_BYTES = 512 * 1024 * 1024
@@ -338,6 +339,7 @@ class IdentityReader:
         self._scripted: dict[str, bool] = {}  # exe path -> whether it runs scripts
         # (pid, start ticks, comm, command line) -> (monotonic time asked, identity): the privileged reader's
         self._privileged: OrderedDict[tuple[object, ...], tuple[float, ExecutableIdentity]] = OrderedDict()
+        self._empty_cmdlines: set[tuple[int, str]] = set()  # (pid, exe link) read once without arguments
         self.files_hashed = 0  # files read in full so far: tests check the cache with it
 
     def read(
@@ -351,9 +353,9 @@ class IdentityReader:
             link = os.readlink(f"{base}/exe")
         except OSError as exc:
             if exc.errno in (errno.EACCES, errno.EPERM):
-                found = self._read_privileged(pid, process)
-                if found is not None or _exited(base):
-                    return found  # None: the reader found it gone, or it is exiting
+                answered, found = self._read_privileged(pid, process)
+                if answered or _exited(base):
+                    return found  # None: gone, exiting, or executing another program (next time)
                 return ExecutableIdentity(path="", sha256="", reason_unknowable=NO_ACCESS)
             return None
         if link.startswith("/memfd:"):
@@ -369,6 +371,8 @@ class IdentityReader:
             scripted = self._scripted[link] = runs_scripts(link)
         if scripted and cmdline is None:
             cmdline = _read_cmdline(f"{base}/cmdline")
+        if scripted and not cmdline and self._first_empty_cmdline(pid, link):
+            return None  # most likely just executed, its arguments not set up yet: judged next time
         process_key = (pid, link, tuple(cmdline) if scripted and cmdline else ())
         now = self._clock()
         seen = self._processes.get(process_key)
@@ -376,6 +380,10 @@ class IdentityReader:
             self._processes.move_to_end(process_key)
             return seen[1]
         identity = self._identify(base, link, cmdline if scripted else None)
+        if identity is not None and _link(base) != link:
+            # It executed another program while it was read: its command line or file may be the new
+            # program's beside the old one's path (an identity neither has). Judged next time.
+            return None
         if identity is not None and identity.reason_unknowable != UNREADABLE:
             self._processes[process_key] = (now, identity)
             self._processes.move_to_end(process_key)
@@ -428,18 +436,22 @@ class IdentityReader:
         sha, reason = self._hash(resolved, signature)
         return ExecutableIdentity(path=resolved, sha256=sha, reason_unknowable=reason)
 
-    def _read_privileged(self, pid: int, process: Optional[ProcessInfo]) -> Optional[ExecutableIdentity]:
-        """The identity the privileged reader gives, kept as long as the process is the same program (its
-        start time, name and command line) and rechecked like the others; None without an answer."""
+    def _read_privileged(
+        self, pid: int, process: Optional[ProcessInfo]
+    ) -> tuple[bool, Optional[ExecutableIdentity]]:
+        """(whether the privileged reader answered, the identity it gave): the identity is kept as long as
+        the process is the same program (its start time, name and command line) and rechecked like the
+        others. An answer without an identity says the process is gone or was executing another
+        program; no answer (no reader, a timeout, a failure) leaves the caller to what it may read."""
         reader = self.privileged
         if reader is None or not reader.available:
-            return None
+            return False, None
         if process is None:
             try:
                 stat = read_bounded(f"{self.proc_root}/{pid}/stat", 4096).decode("utf-8", "replace")
                 comm, _, _, start = parse_stat(stat)
             except (OSError, ValueError, IndexError):
-                return None
+                return False, None
             key: tuple[object, ...] = (
                 pid,
                 start,
@@ -453,15 +465,29 @@ class IdentityReader:
         seen = self._privileged.get(key)
         if seen is not None and now - seen[0] < self.recheck_seconds:
             self._privileged.move_to_end(key)
-            return seen[1]
+            return True, seen[1]
         answer = reader.ask("identity", pid, start)
-        identity = _identity_of(answer) if answer is not None else None
+        if answer is None:
+            return reader.last_error in (GONE, NO_PROGRAM), None
+        identity = _identity_of(answer)
         if identity is not None:
             self._privileged[key] = (now, identity)
             self._privileged.move_to_end(key)
             while len(self._privileged) > self.cache_size:
                 self._privileged.popitem(last=False)
-        return identity
+        return identity is not None, identity
+
+    def _first_empty_cmdline(self, pid: int, link: str) -> bool:
+        """Whether this is the first time the interpreter process ``pid`` running ``link`` is read with an
+        empty command line. Right after an exec the kernel has switched the executable before it set up
+        the new arguments; a process that cleared its own arguments is judged from the second read on."""
+        key = (pid, link)
+        if key in self._empty_cmdlines:
+            return False
+        if len(self._empty_cmdlines) >= self.cache_size:
+            self._empty_cmdlines.clear()
+        self._empty_cmdlines.add(key)
+        return True
 
     def digest(self, path: str) -> tuple[str, str]:
         """(sha256, reason_unknowable) of the regular file at ``path`` (followed if a link), hashed once
@@ -572,6 +598,14 @@ def _exited(base: str) -> bool:
     except OSError:
         return False
     return exiting(text)
+
+
+def _link(base: str) -> Optional[str]:
+    """The exe link of the process at ``base``; None when it cannot be read (any more)."""
+    try:
+        return os.readlink(f"{base}/exe")
+    except OSError:
+        return None
 
 
 def _signature(path: str) -> Optional[FileSignature]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from ddcustom.device.sources.identity import ExecutableIdentity, IdentityReader
 from ddcustom.device.sources.privileged.client import PrivilegedReader
 from ddcustom.device.sources.privileged.protocol import (
     MAX_ANSWER_BYTES,
@@ -26,7 +27,7 @@ from ddcustom.device.sources.privileged.protocol import (
     encode_request,
 )
 from ddcustom.device.sources.privileged.server import Answers, serve
-from support.procfs import fake_process
+from support.procfs import deny_exe_links, exec_while_read, fake_process
 
 START = 4242  # the fixture processes' start time, in clock ticks
 Pair = tuple[socket.socket, threading.Thread]
@@ -118,6 +119,42 @@ def test_a_reused_pid_is_gone_and_so_is_an_exited_one(proc: Path) -> None:
     for op in ("identity", "maps", "sockets", "preload"):
         assert ask(answers, op, start=START + 1) == {"id": 7, "error": "gone"}
         assert ask(answers, op, pid=99) == {"id": 7, "error": "gone"}
+
+
+def test_a_process_read_while_it_executes_another_program_has_no_program(proc: Path, tmp_path: Path) -> None:
+    """Not an identity mixing the two programs (the shell's path, true's file), nor "gone": the component
+    asks again next cycle and then gets true's."""
+    true = tmp_path / "true"
+    true.write_bytes(b"true(1)")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        exec_while_read(monkeypatch, proc, 10, str(true), [str(true)])
+        answers = Answers(str(proc))
+        assert ask(answers, "identity") == {"id": 7, "error": "no program"}
+        assert ask(answers, "identity")["path"] == str(true)
+
+
+def test_the_component_judges_next_time_a_process_the_reader_met_executing(
+    proc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The component, which may not read the process's exe link, gets no identity this time rather than a
+    weak one ("no access": a new executable to a baseline that learned the full identity)."""
+    true = tmp_path / "true"
+    true.write_bytes(b"true(1)")
+    as_root = tmp_path / "proc-as-root"  # the same tree under another path: the reader may read the link
+    os.symlink(proc, as_root)
+    deny_exe_links(monkeypatch, proc, [10])
+    exec_while_read(monkeypatch, as_root, 10, str(true), [str(true)])
+    component, reader = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    thread = threading.Thread(target=serve, args=(reader, Answers(str(as_root))), daemon=True)
+    thread.start()
+    try:
+        identities = IdentityReader(str(proc), privileged=PrivilegedReader(component, proc_root=str(proc)))
+        assert identities.read(10) is None
+        assert identities.read(10) == ExecutableIdentity(path=str(true), sha256=sha256_of(str(true)))
+    finally:
+        component.close()
+        thread.join(5)
+        reader.close()
 
 
 def test_many_mappings_are_bounded(proc: Path) -> None:

@@ -33,10 +33,13 @@ class PrivilegedReader:
         self._next_id = 0
         self.available = True  # False once the reader has gone away
         self.asked = 0  # questions sent: tests and the benchmark count round trips with it
+        self.last_error = ""  # why the last question got no answer: the reader's error, "" for none
 
     def ask(self, op: str, pid: int, start: Optional[int] = None) -> Optional[dict[str, Any]]:
         """The answer to ``op`` about process ``pid`` (``start``: its start in clock ticks, read here
-        when not given); None when there is none: the process is gone, the reader failed or is away."""
+        when not given); None when there is none: the process is gone, the reader failed or is away.
+        ``last_error`` says then what the reader answered (protocol.py's errors), "" when it did not."""
+        self.last_error = ""
         if not self.available:
             return None
         if start is None:
@@ -66,6 +69,7 @@ class PrivilegedReader:
         finally:
             self.asked += 1
         if "error" in answer:
+            self.last_error = str(answer["error"])
             return None
         return answer
 

@@ -37,6 +37,9 @@ MAX_SOCKETS = 4096
 MAX_VALUE_CHARS = 1024  # of one loader variable
 LOADER_VARIABLES = ("LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT")
 GONE = "gone"  # the process exited, or its pid is another process's now
+# identity: the process runs no program that could be read now: it was executing another one while it
+# was read (ask again next cycle), or it is a kernel thread
+NO_PROGRAM = "no program"
 
 
 class BadRequest(ValueError):

@@ -22,6 +22,7 @@ from ddcustom.device.sources.privileged.protocol import (
     GONE,
     MAX_REQUEST_BYTES,
     MAX_SOCKETS,
+    NO_PROGRAM,
     BadRequest,
     encode_answer,
     parse_request,
@@ -68,8 +69,8 @@ class Answers:
 
     def _identity(self, pid: int) -> dict[str, Any]:
         identity = self._identities.read(pid)
-        if identity is None:
-            return {"error": GONE}
+        if identity is None:  # gone (answer() says so) or executing another program while it was read
+            return {"error": NO_PROGRAM}
         return {
             "path": identity.path,
             "sha256": identity.sha256,
