@@ -24,10 +24,15 @@ when the caller does not pass it); its files are stat'ed again every RECHECK_SEC
 the link or an interpreter's command line changes (an exec). The file is read through
 ``/proc/PID/exe`` and scripts through ``/proc/PID/root``, so processes in containers are hashed right.
 
+A process that executes another program while it is read would show parts of both (the old exe link,
+the new command line or file): the link is read again after the rest, and a change gives None, the
+process judged at the next read. So does an interpreter read the first time with an empty command line
+(right after an exec, before the kernel set up its arguments).
+
 Usage::
 
     reader = IdentityReader()           # proc_root="/proc"
-    identity = reader.read(pid)         # None: the process is gone, a kernel thread or a zombie
+    identity = reader.read(pid)         # None: gone, a kernel thread, a zombie, or in the middle of an exec
     identity.key, identity.knowable, identity.reason_unknowable
 """
 
@@ -345,9 +350,9 @@ class IdentityReader:
     def read(
         self, pid: int, cmdline: Optional[list[str]] = None, process: Optional[ProcessInfo] = None
     ) -> Optional[ExecutableIdentity]:
-        """The identity of process ``pid``; None when it has exited or runs no executable (a kernel
-        thread or a zombie). ``cmdline``: its arguments, ``process``: what the process table read of it,
-        when the caller has them already."""
+        """The identity of process ``pid``; None when it has exited, runs no executable (a kernel thread
+        or a zombie) or was executing another program while it was read (ask again later). ``cmdline``:
+        its arguments, ``process``: what the process table read of it, when the caller has them already."""
         base = f"{self.proc_root}/{pid}"
         try:
             link = os.readlink(f"{base}/exe")

@@ -13,7 +13,9 @@ component drops its privileges, answers exactly four questions about a process, 
 Answers carry digests and names, never a file's content nor a descriptor, so whoever holds the
 component's end of the socket learns no more than the baseline keeps. A request names the process by
 pid and start time (in clock ticks after boot, field 22 of ``/proc/PID/stat``): a pid reused by another
-process since the component saw it is answered ``gone``, never with the other process's facts.
+process since the component saw it is answered ``gone``, never with the other process's facts; a
+process that executed another program while its identity was read is answered ``no program`` (the
+component asks again next cycle, rather than take what it may read itself for the answer).
 
 Wire form: one JSON object per datagram of a SOCK_SEQPACKET socket pair (message boundaries kept).
 A request is ``{"id": N, "op": "identity", "pid": P, "start": S}`` and at most MAX_REQUEST_BYTES; an
