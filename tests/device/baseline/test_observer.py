@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
@@ -63,7 +64,7 @@ class Clock:
 class Owners(ProcessDetails):
     """Process owners as the test says (the fixture tree's directories all belong to the test's user)."""
 
-    def __init__(self, uids: dict[int, int], proc_root: str = "/proc") -> None:
+    def __init__(self, uids: dict[int, int], proc_root: str) -> None:
         super().__init__(proc_root)
         self.uids = uids
 
@@ -201,7 +202,7 @@ def test_an_unreadable_process_is_known_by_its_user_name_and_argv0(
     agent = host.program("agent")
     host.start(400, agent, argv0="/usr/bin/agent")
     deny_exe_links(monkeypatch, host.proc, [400, 401, 402, 403])
-    observer = observer_of(host, clock, Owners({400: 1000, 401: 1000, 402: 1000, 403: 1001}))
+    observer = observer_of(host, clock, Owners({400: 1000, 401: 1000, 402: 1000, 403: 1001}, str(host.proc)))
     observer.configure(config, enabled=True)
     observer.observe(sample_of(host, clock))
     assert observer.store is not None
@@ -323,6 +324,35 @@ def test_an_unreadable_process_is_known_by_its_code_size_too(
 
     assert stats is not None
     assert [p.pid for p in stats.new_processes] == [402]
+
+
+def test_an_unreadable_process_that_executed_another_program_since_the_table_was_read_waits(
+    host: FixtureHost, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fork storm's shell child read without the reader: the table says "sh", its code size is already
+    true(1)'s. Not new this cycle (a name and a size of two programs); judged when read as what it runs."""
+    clock = Clock()
+    sshd, shell, true = host.program("sshd"), host.program("sh"), host.program("true")
+    host.start(400, sshd, argv0="/usr/sbin/sshd")
+    code_size(host, 400, 900)
+    deny_exe_links(monkeypatch, host.proc, [400, 403])
+    observer = observer_of(host, clock, Owners({400: 0, 403: 0}, str(host.proc)))
+    observer.configure(config, enabled=True)
+    observer.observe(sample_of(host, clock))
+
+    clock.now = AFTER
+    host.start(403, shell, argv0="sh")
+    sample = sample_of(host, clock)
+    os.remove(host.proc / "403" / "exe")
+    os.symlink(true, host.proc / "403" / "exe")
+    host.rename(403, "true")  # it executed true(1) after the table was read
+    code_size(host, 403, 16)
+    stats = observer.observe(sample).baseline
+    assert stats is not None and stats.new_processes == ()
+
+    host.table[403] = replace(host.table[403], comm="true", argv0_name="true", cmdline="true")
+    stats = observer.observe(sample_of(host, clock)).baseline
+    assert stats is not None and [p.pid for p in stats.new_processes] == [403]  # true was not learned
 
 
 def test_a_weaker_entry_vouches_once_for_a_process_that_ran_before_the_upgrade(

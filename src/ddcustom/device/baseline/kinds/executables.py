@@ -165,7 +165,13 @@ class _ProcessWatch:
         if baseline.observe(self._kind, key, weak, now):
             return key
         older = weak_key(uid, info.comm, info.argv0_name, None)
-        return key if older != key and self._vouch(baseline, info, older, key, weak, now) else None
+        if older != key and self._vouch(baseline, info, older, key, weak, now):
+            return key
+        if details.image(info.pid) != (info.comm, info.start_ticks):
+            # It executed another program (or exited) since the process table was read: its name is the
+            # old program's, its code size the new one's. Judged next cycle.
+            return ""
+        return None
 
     def _vouched(
         self, baseline: CycleBaseline, info: ProcessInfo, identity: ExecutableIdentity, now: float
