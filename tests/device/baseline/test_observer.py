@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
@@ -326,33 +325,33 @@ def test_an_unreadable_process_is_known_by_its_code_size_too(
     assert [p.pid for p in stats.new_processes] == [402]
 
 
-def test_an_unreadable_process_that_executed_another_program_since_the_table_was_read_waits(
+def test_an_unreadable_process_whose_name_changed_since_the_table_was_read_is_judged_as_it_is_now(
     host: FixtureHost, config: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A fork storm's shell child read without the reader: the table says "sh", its code size is already
-    true(1)'s. Not new this cycle (a name and a size of two programs); judged when read as what it runs."""
+    """Without the reader. A fork storm's shell child: the table says "sh", its code size is already
+    true(1)'s, whose name, argv[0] and size the baseline knows: not new (the old name beside the new size
+    is neither program). A miner that renamed itself after the table was read is new in the same cycle."""
     clock = Clock()
-    sshd, shell, true = host.program("sshd"), host.program("sh"), host.program("true")
-    host.start(400, sshd, argv0="/usr/sbin/sshd")
-    code_size(host, 400, 900)
-    deny_exe_links(monkeypatch, host.proc, [400, 403])
-    observer = observer_of(host, clock, Owners({400: 0, 403: 0}, str(host.proc)))
+    shell, true, miner = host.program("sh"), host.program("true"), host.program("miner")
+    host.start(400, true, argv0="true")
+    code_size(host, 400, 16)
+    deny_exe_links(monkeypatch, host.proc, [400, 403, 404])
+    observer = observer_of(host, clock, Owners({400: 0, 403: 0, 404: 0}, str(host.proc)))
     observer.configure(config, enabled=True)
     observer.observe(sample_of(host, clock))
+    host.stop(400)
 
     clock.now = AFTER
     host.start(403, shell, argv0="sh")
+    host.start(404, miner, argv0="miner")
     sample = sample_of(host, clock)
-    os.remove(host.proc / "403" / "exe")
-    os.symlink(true, host.proc / "403" / "exe")
-    host.rename(403, "true")  # it executed true(1) after the table was read
-    code_size(host, 403, 16)
+    for pid, name, size in ((403, "true", 16), (404, "kworker/0:2", 7412)):  # after the table was read
+        host.rename(pid, name)
+        (host.proc / str(pid) / "cmdline").write_bytes(name.encode() + b"\0")
+        code_size(host, pid, size)
     stats = observer.observe(sample).baseline
-    assert stats is not None and stats.new_processes == ()
 
-    host.table[403] = replace(host.table[403], comm="true", argv0_name="true", cmdline="true")
-    stats = observer.observe(sample_of(host, clock)).baseline
-    assert stats is not None and [p.pid for p in stats.new_processes] == [403]  # true was not learned
+    assert stats is not None and [p.pid for p in stats.new_processes] == [404]
 
 
 def test_a_weaker_entry_vouches_once_for_a_process_that_ran_before_the_upgrade(

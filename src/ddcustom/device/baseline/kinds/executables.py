@@ -167,11 +167,21 @@ class _ProcessWatch:
         older = weak_key(uid, info.comm, info.argv0_name, None)
         if older != key and self._vouch(baseline, info, older, key, weak, now):
             return key
-        if details.image(info.pid) != (info.comm, info.start_ticks):
-            # It executed another program (or exited) since the process table was read: its name is the
-            # old program's, its code size the new one's. Judged next cycle.
-            return ""
-        return None
+        image = details.image(info.pid)
+        if image is None or image[1] != info.start_ticks:
+            return ""  # exited since the process table was read
+        if image[0] == info.comm:
+            return None
+        # Its name changed since the process table was read: it executed another program (the old name
+        # beside the new program's text size is neither's: a fork storm's shell child becoming true) or
+        # renamed itself. Judged by what it is now, at once.
+        name, argv0 = image[0], details.argv0_name(info.pid)
+        now_key = weak_key(uid, name, argv0, exe_kb)
+        return (
+            now_key
+            if baseline.observe(self._kind, now_key, {**weak, "name": name, "argv0": argv0}, now)
+            else None
+        )
 
     def _vouched(
         self, baseline: CycleBaseline, info: ProcessInfo, identity: ExecutableIdentity, now: float
