@@ -502,6 +502,12 @@ def test_a_program_that_never_connected_while_learning_connecting_now_is_new(tmp
         assert stats is not None
         connection.close()
         accepted.close()
+        client.kill()
+        client.wait()
+        clock.now += STEP  # the connection closed with the process that held it: nothing new any more
+        assert observer.observe(network_sample(clock, table, [server])).baseline == BaselineStats(
+            learning=False
+        )
     finally:
         for child in (listener, client):
             if child is not None:

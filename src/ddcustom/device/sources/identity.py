@@ -53,12 +53,11 @@ from ddcustom.device.fileio import read_bounded
 from ddcustom.device.sample import ProcessInfo
 from ddcustom.device.sources.privileged.client import PrivilegedReader
 from ddcustom.device.sources.privileged.protocol import GONE, NO_PROGRAM
-from ddcustom.device.sources.procfs import STAT_BYTES, exiting, parse_stat
+from ddcustom.device.sources.procfs import STAT_BYTES, exiting, parse_stat, read_cmdline
 
 MAX_HASH_BYTES = 512 * 1024 * 1024
 MAX_HASH_SECONDS = 30.0  # a file slower than this to read (a stuck network mount) is not waited for
 HASH_CHUNK = 1024 * 1024
-CMDLINE_BYTES = 4096
 CACHE_SIZE = 4096
 # A process whose exe link and command line are unchanged keeps its identity this long before its files
 # are looked at again (stat): only a process that execs a file replaced at the same path goes unseen
@@ -375,7 +374,7 @@ class IdentityReader:
                 self._scripted.clear()
             scripted = self._scripted[link] = runs_scripts(link)
         if scripted and cmdline is None:
-            cmdline = _read_cmdline(f"{base}/cmdline")
+            cmdline = read_cmdline(f"{base}/cmdline")
         if scripted and not cmdline and self._first_empty_cmdline(pid, link):
             return None  # most likely just executed, its arguments not set up yet: judged next time
         process_key = (pid, link, tuple(cmdline) if scripted and cmdline else ())
@@ -453,7 +452,7 @@ class IdentityReader:
             return False, None
         if process is None:
             try:
-                stat = read_bounded(f"{self.proc_root}/{pid}/stat", 4096).decode("utf-8", "replace")
+                stat = read_bounded(f"{self.proc_root}/{pid}/stat", STAT_BYTES).decode("utf-8", "replace")
                 comm, _, _, start = parse_stat(stat)
             except (OSError, ValueError, IndexError):
                 return False, None
@@ -461,7 +460,7 @@ class IdentityReader:
                 pid,
                 start,
                 comm,
-                tuple(_read_cmdline(f"{self.proc_root}/{pid}/cmdline")),
+                tuple(read_cmdline(f"{self.proc_root}/{pid}/cmdline")),
             )
         else:
             start = process.start_ticks
@@ -622,15 +621,3 @@ def _signature(path: str) -> Optional[FileSignature]:
     if not stat.S_ISREG(st.st_mode):
         return None
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
-
-
-def _read_cmdline(path: str) -> list[str]:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            raw = os.read(fd, CMDLINE_BYTES)
-        finally:
-            os.close(fd)
-    except OSError:
-        return []
-    return [arg.decode("utf-8", "replace") for arg in raw.rstrip(b"\0").split(b"\0")] if raw else []

@@ -14,12 +14,11 @@ from typing import Optional
 from ddcustom.device.fileio import read_bounded, read_text
 from ddcustom.device.sources.privileged.client import PrivilegedReader
 from ddcustom.device.sources.privileged.protocol import LOADER_VARIABLES, MAX_VALUE_CHARS
-from ddcustom.device.sources.procfs import STAT_BYTES, exiting, parse_stat
+from ddcustom.device.sources.procfs import STAT_BYTES, argv0_name, exiting, parse_stat, read_cmdline
 
 MAX_FDS = 4096  # of one process, when looking for the sockets it holds
 MAX_STATUS_BYTES = 8192
 MAX_ENVIRON_BYTES = 256 * 1024
-ARGV0_BYTES = 4096  # of the command line, for its first argument
 CODE_SIZES = ("VmExe", "VmLib")  # kB of the program's text and of its libraries: anyone may read them
 
 
@@ -50,11 +49,7 @@ class ProcessDetails:
 
     def argv0_name(self, pid: int) -> str:
         """The base name of the process's argv[0] now, as anyone may read it ("" for none)."""
-        try:
-            raw = read_bounded(f"{self.proc_root}/{pid}/cmdline", ARGV0_BYTES)
-        except OSError:
-            return ""
-        return raw.split(b"\0", 1)[0].decode("utf-8", "replace").rpartition("/")[2]
+        return argv0_name(read_cmdline(f"{self.proc_root}/{pid}/cmdline"))
 
     def socket_inodes(self, pid: int) -> set[int]:
         """Inodes of the sockets process ``pid`` holds (none when it cannot be looked at)."""

@@ -32,7 +32,7 @@ from typing import ClassVar, Optional
 
 from ddcustom.device.fileio import read_bounded
 from ddcustom.device.sample import Connection, MinerProcess, ProcessInfo, ProcessStats, Sample
-from ddcustom.device.sources.procfs import CMDLINE_BYTES, STAT_BYTES, parse_cmdline, parse_stat
+from ddcustom.device.sources.procfs import CMDLINE_BYTES, STAT_BYTES, argv0_name, parse_cmdline, parse_stat
 from ddcustom.device.sources.source import THIS_MACHINE, Machine, SourceSettings
 
 COMM_LENGTH = 15  # TASK_COMM_LEN - 1
@@ -153,9 +153,8 @@ def read_process_table(proc_root: str = "/proc", files: Optional[ProcFiles] = No
         except (OSError, ValueError, IndexError):  # exited mid-scan, or not readable
             continue
         argv = parse_cmdline(cmdline_raw)
-        argv0_name = argv[0].rpartition("/")[2] if argv else ""
         comm, ppid, cpu_ticks, start_ticks = stat
-        table[pid] = ProcessInfo(pid, ppid, comm, argv0_name, " ".join(argv), cpu_ticks, start_ticks)
+        table[pid] = ProcessInfo(pid, ppid, comm, argv0_name(argv), " ".join(argv), cpu_ticks, start_ticks)
     files.keep_only(pids)
     return table
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ddcustom.device.fileio import read_bounded
+
 STAT_BYTES = 4096
 CMDLINE_BYTES = 4096
 
@@ -27,3 +29,17 @@ def exiting(text: str) -> bool:
 def parse_cmdline(raw: bytes) -> list[str]:
     """Arguments of /proc/<pid>/cmdline (NUL-separated; a process may have rewritten it with spaces)."""
     return [arg.decode("utf-8", "replace") for arg in raw.rstrip(b"\0").split(b"\0")] if raw else []
+
+
+def read_cmdline(path: str) -> list[str]:
+    """The arguments in the /proc/<pid>/cmdline file at ``path`` (its first CMDLINE_BYTES); none when it
+    cannot be read (the process is gone)."""
+    try:
+        return parse_cmdline(read_bounded(path, CMDLINE_BYTES, one_read=True))
+    except OSError:
+        return []
+
+
+def argv0_name(argv: list[str]) -> str:
+    """The base name of argv[0]; "" for no arguments (a kernel thread)."""
+    return argv[0].rpartition("/")[2] if argv else ""
